@@ -1,0 +1,170 @@
+//! The `bullpen` command line. Each subcommand is a thin layer over the
+//! library; the flags' defaults are BullMQ's where BullMQ has one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tracing::info;
+
+use crate::engine::new_engine;
+use crate::host::ChildQueues;
+use crate::plugin::{new_linker, Plugin};
+use crate::registry::PluginSlot;
+use crate::sandbox::Limits;
+use crate::worker::{Binding, BindingConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "bullpen", version, about = "Run BullMQ jobs in sandboxed WebAssembly processors")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Process jobs of a BullMQ queue with a Wasm component, until SIGINT/SIGTERM.
+    Worker(WorkerArgs),
+    /// Add a job to a queue (as BullMQ's Queue.add does) and print its id.
+    Add(AddArgs),
+}
+
+/// Where the queue lives.
+#[derive(Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Queue name.
+    #[arg(long)]
+    pub queue: String,
+    /// BullMQ key prefix (use a hash tag such as '{bull}' with Redis Cluster).
+    #[arg(long, default_value = "bull")]
+    pub prefix: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// The processor: a WebAssembly component of the bullpen:processor world.
+    #[arg(long)]
+    pub plugin: PathBuf,
+    /// Attempts run at once (BullMQ `concurrency`).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Wall-clock limit per attempt, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Linear memory limit per instance, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_memory_mb: usize,
+    /// BullMQ `lockDuration`, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub lock_duration_ms: u64,
+    /// BullMQ `stalledInterval`, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub stalled_interval_ms: u64,
+    /// BullMQ `maxStalledCount`.
+    #[arg(long, default_value_t = 1)]
+    pub max_stalled_count: u32,
+    /// BullMQ `maxStartedAttempts` (unlimited when absent).
+    #[arg(long)]
+    pub max_started_attempts: Option<u32>,
+    /// On SIGTERM, how long running attempts may finish before they are
+    /// interrupted and their jobs handed back to wait, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub grace_ms: u64,
+    /// A queue guests may add children to (repeatable; '*' for any).
+    /// Default: the worker's queue and '<queue>-children'.
+    #[arg(long = "child-queue")]
+    pub child_queues: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// Job name.
+    pub name: String,
+    /// Job data, as JSON.
+    pub data: String,
+    /// BullMQ job options, as JSON (e.g. '{"attempts":3,"jobId":"a1"}').
+    #[arg(long)]
+    pub opts: Option<String>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Worker(a) => worker(a).await,
+        Command::Add(a) => add(a).await,
+    }
+}
+
+async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    if a.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let engine = new_engine()?;
+    let linker = new_linker(&engine)?;
+    let plugin = Plugin::from_file(&engine, &linker, &a.plugin)?;
+    info!(plugin = %plugin.source, digest = %plugin.digest, "plugin loaded");
+    let mut config = BindingConfig::new(a.q.redis.clone(), a.q.queue.clone());
+    config.prefix = a.q.prefix.clone();
+    config.concurrency = a.concurrency;
+    config.limits = Limits {
+        timeout: Duration::from_millis(a.timeout_ms),
+        max_memory_bytes: a.max_memory_mb << 20,
+        ..Limits::default()
+    };
+    config.lock_duration_ms = a.lock_duration_ms;
+    config.stalled_interval_ms = a.stalled_interval_ms;
+    config.max_stalled_count = a.max_stalled_count;
+    config.max_started_attempts = a.max_started_attempts;
+    if a.child_queues.iter().any(|q| q == "*") {
+        config.child_queues = ChildQueues::Any;
+    } else if !a.child_queues.is_empty() {
+        config.child_queues = ChildQueues::Only(a.child_queues.clone());
+    }
+    let slot = Arc::new(PluginSlot::new(plugin));
+    let binding = Binding::start(engine, slot, config)
+        .await
+        .with_context(|| format!("cannot start a worker for queue `{}` on {}", a.q.queue, a.q.redis))?;
+    info!(queue = %a.q.queue, concurrency = a.concurrency, "worker ready");
+    wait_for_shutdown_signal().await?;
+    info!(grace_ms = a.grace_ms, "shutting down: no new jobs; waiting for running attempts");
+    binding.close(Duration::from_millis(a.grace_ms)).await?;
+    info!("worker stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn add(a: AddArgs) -> anyhow::Result<()> {
+    let data: serde_json::Value =
+        serde_json::from_str(&a.data).with_context(|| format!("job data is not valid JSON: {:?}", a.data))?;
+    let opts: bullmq::JobOptions = match &a.opts {
+        Some(o) => serde_json::from_str(o).with_context(|| format!("--opts is not valid BullMQ job options: {o:?}"))?,
+        None => bullmq::JobOptions::default(),
+    };
+    let mut qopts = bullmq::QueueOptions::default();
+    qopts.connection = qopts.connection.url(a.q.redis.clone());
+    qopts.prefix = a.q.prefix.clone();
+    let queue = bullmq::Queue::with_options(&a.q.queue, qopts)
+        .await
+        .with_context(|| format!("cannot open queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let job = queue.add(&a.name, data).options(opts).await.context("adding the job failed")?;
+    println!("{}", job.id());
+    Ok(())
+}

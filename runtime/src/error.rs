@@ -1,0 +1,56 @@
+//! Errors, one enum per boundary, each variant documented by its cause.
+
+use std::path::PathBuf;
+
+/// Loading a processor component failed. The message is shown to operators
+/// (at `bullpen worker` start, or when a hot swap is refused), so each
+/// variant says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read (missing, permissions, a directory).
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes do not start with the Wasm magic number (or are truncated
+    /// before the header ends).
+    #[error("{0} is not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm(String),
+    /// A core Wasm module, not a component.
+    #[error("{0} is a core WebAssembly module, not a component: build for wasm32-wasip2 or run `wasm-tools component new` on it")]
+    CoreModule(String),
+    /// wasmtime refused to compile the component (truncated, corrupt, or
+    /// uses features the engine does not enable).
+    #[error("{what} is not a valid component: {reason}")]
+    Compile { what: String, reason: String },
+    /// The component compiled but does not fit the `bullpen:processor`
+    /// world: it imports something the host does not provide, or does not
+    /// export `process` with the right type.
+    #[error("{what} does not match the bullpen:processor@0.1.0 world: {reason}")]
+    WorldMismatch { what: String, reason: String },
+}
+
+/// Why one attempt ended in a failure the host produced itself (as opposed
+/// to a failure the guest returned). Its Display is the job's failedReason.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The job's `data` field is not valid JSON; no guest can use it.
+    #[error("job data is not valid JSON: {0}")]
+    BadData(String),
+    /// The guest trapped (panic, unreachable, stack overflow, out of
+    /// memory). The text names the trap and, for panics, the message.
+    #[error("{0}")]
+    Trap(String),
+    /// The attempt ran longer than the binding's wall-clock limit.
+    #[error("attempt timed out: exceeded the wall-clock limit of {limit_ms} ms (--timeout-ms)")]
+    Timeout { limit_ms: u64 },
+    /// The component could not be instantiated for this attempt.
+    #[error("cannot instantiate processor: {0}")]
+    Instantiate(String),
+    /// The guest returned something the host cannot store (e.g. a return
+    /// value that is not JSON).
+    #[error("{0}")]
+    BadOutput(String),
+}

@@ -1,0 +1,389 @@
+//! The `job-context` host functions: each one acts on the current job only,
+//! and each one that writes job state is checked against the job's lock
+//! token first.
+//!
+//! BullMQ's own `updateData`, `updateProgress` and `addLog` scripts do not
+//! check the token, so bullpen runs its own scripts (`lua/`): the lock check
+//! followed by exactly the writes BullMQ's script makes, so Node clients see
+//! no difference. Moves (`moveToDelayed`, `moveToWaitingChildren`) use
+//! BullMQ's scripts through `bullmq-official`, which check the token
+//! themselves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bullmq::{JobOptions, ParentOptions, Queue, QueueKeys, QueueOptions};
+use redis::aio::ConnectionManager;
+use tokio::sync::Mutex;
+
+use crate::bindings::bullpen::processor::job_context;
+use crate::bindings::types::{self, JobError};
+use crate::sandbox::{truncate_utf8, CapturedOutput, HostState, Limits};
+
+const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
+
+/// bullpen's lock-checked scripts, compiled (hashed) once per binding.
+pub struct Scripts {
+    update_data: redis::Script,
+    update_progress: redis::Script,
+    add_log: redis::Script,
+    check_lock: redis::Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let s = |body: &str| redis::Script::new(&format!("{CHECK_LOCK}\n{body}"));
+        Scripts {
+            update_data: s(include_str!("lua/update_data.lua")),
+            update_progress: s(include_str!("lua/update_progress.lua")),
+            add_log: s(include_str!("lua/add_log.lua")),
+            check_lock: s(include_str!("lua/check_only.lua")),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a binding shares with all its attempts' host calls.
+pub struct Shared {
+    pub redis: ConnectionManager,
+    pub redis_url: String,
+    pub prefix: String,
+    pub keys: QueueKeys,
+    pub scripts: Scripts,
+    pub limits: Limits,
+    /// Queues this binding's guests may add children to.
+    pub child_queues: ChildQueues,
+    /// One `Queue` handle per child queue, created on first use.
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+}
+
+/// Which queues a guest may add children to.
+#[derive(Debug, Clone)]
+pub enum ChildQueues {
+    /// Any queue under the binding's prefix (`--child-queue '*'`).
+    Any,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+impl ChildQueues {
+    /// The default: the binding's own queue and `<queue>-children`.
+    pub fn default_for(queue: &str) -> Self {
+        ChildQueues::Only(vec![queue.to_string(), format!("{queue}-children")])
+    }
+    fn allows(&self, q: &str) -> bool {
+        match self {
+            ChildQueues::Any => true,
+            ChildQueues::Only(list) => list.iter().any(|x| x == q),
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(
+        redis: ConnectionManager,
+        redis_url: String,
+        prefix: String,
+        queue: &str,
+        limits: Limits,
+        child_queues: ChildQueues,
+    ) -> Self {
+        Shared {
+            redis,
+            redis_url,
+            keys: QueueKeys::new(queue, Some(&prefix)),
+            prefix,
+            scripts: Scripts::new(),
+            limits,
+            child_queues,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn queue(&self, name: &str) -> Result<Arc<Queue>, bullmq::Error> {
+        let mut qs = self.queues.lock().await;
+        if let Some(q) = qs.get(name) {
+            return Ok(q.clone());
+        }
+        let mut opts = QueueOptions::default();
+        opts.connection = opts.connection.url(self.redis_url.clone());
+        opts.prefix = self.prefix.clone();
+        let q = Arc::new(Queue::with_options(name, opts).await?);
+        qs.insert(name.to_string(), q.clone());
+        Ok(q)
+    }
+}
+
+/// How a host call ended the attempt early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// `move-to-delayed` succeeded.
+    Delayed,
+    /// `wait-for-children` returned true.
+    WaitingChildren,
+}
+
+/// The current job as the host functions see it.
+pub struct JobContext {
+    pub(crate) shared: Arc<Shared>,
+    /// The bullmq job, carrying the lock token for BullMQ's move scripts.
+    pub(crate) job: bullmq::Job,
+    pub(crate) id: String,
+    token: String,
+    job_key: String,
+    lock_key: String,
+    keep_logs: String,
+    /// Set when a move succeeded: the attempt must end without finishing.
+    pub(crate) moved: Option<Moved>,
+    /// Set when the lock was found missing or taken: nothing more is
+    /// written for this job by this attempt.
+    pub(crate) lock_lost: bool,
+    /// The guest's stdout/stderr, flushed to the log before each move.
+    output: CapturedOutput,
+}
+
+impl JobContext {
+    pub fn new(shared: Arc<Shared>, job: bullmq::Job, token: String, output: CapturedOutput) -> Self {
+        let id = job.id().to_string();
+        let job_key = shared.keys.job_key(&id);
+        let keep_logs = match job.opts().keep_logs {
+            Some(n) if n > 0 => n.to_string(),
+            _ => String::new(),
+        };
+        JobContext {
+            lock_key: format!("{job_key}:lock"),
+            job_key,
+            keep_logs,
+            id,
+            token,
+            job,
+            shared,
+            moved: None,
+            lock_lost: false,
+            output,
+        }
+    }
+
+    /// Run one of bullpen's lock-checked scripts with KEYS = [job, lock, extra...]
+    /// and ARGV = [token, args...].
+    async fn run_checked(
+        &mut self,
+        script: fn(&Scripts) -> &redis::Script,
+        extra_keys: &[&str],
+        args: &[&str],
+    ) -> Result<i64, JobError> {
+        if self.lock_lost {
+            return Err(JobError::LockLost);
+        }
+        let shared = self.shared.clone();
+        let mut inv = script(&shared.scripts).prepare_invoke();
+        inv.key(&self.job_key).key(&self.lock_key);
+        for k in extra_keys {
+            inv.key(*k);
+        }
+        inv.arg(&self.token);
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = shared.redis.clone();
+        let code: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
+        self.code_to_result(code)
+    }
+
+    fn code_to_result(&mut self, code: i64) -> Result<i64, JobError> {
+        match code {
+            -2 | -6 => {
+                self.lock_lost = true;
+                Err(JobError::LockLost)
+            }
+            -1 => {
+                // The job was removed while we ran: treat like a lost lock,
+                // since there is nothing left this attempt may write.
+                self.lock_lost = true;
+                Err(JobError::WrongState(format!("job {} no longer exists", self.id)))
+            }
+            c => Ok(c),
+        }
+    }
+
+    fn bullmq_error(&mut self, e: bullmq::Error) -> JobError {
+        use bullmq::Error as B;
+        match e {
+            B::JobLockNotExist(_) => {
+                self.lock_lost = true;
+                JobError::LockLost
+            }
+            B::Script { code, message } if code == -2 || code == -6 => {
+                let _ = message;
+                self.lock_lost = true;
+                JobError::LockLost
+            }
+            B::JobNotFound(_) | B::Script { code: -1, .. } => {
+                self.lock_lost = true;
+                JobError::WrongState(format!("job {} no longer exists", self.id))
+            }
+            B::JobNotInState(_, s) => JobError::WrongState(format!("job {} is not {s}", self.id)),
+            B::Script { code: -3, message } => JobError::WrongState(message),
+            B::Unrecoverable(m) => JobError::WrongState(m),
+            B::Redis(e) => JobError::Unavailable(format!("redis: {e}")),
+            other => JobError::Unavailable(other.to_string()),
+        }
+    }
+
+    fn check_json(&self, what: &str, json: &str, max: usize) -> Result<(), JobError> {
+        if json.len() > max {
+            return Err(JobError::Invalid(format!("{what} is {} bytes; the limit is {max}", json.len())));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(json)
+            .map(|_| ())
+            .map_err(|e| JobError::Invalid(format!("{what} is not valid JSON: {e}")))
+    }
+
+    /// Append lines to the job log in one lock-checked script call.
+    pub(crate) async fn append_logs(&mut self, lines: &[String]) -> Result<i64, JobError> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let logs_key = format!("{}:logs", self.job_key);
+        let keep = self.keep_logs.clone();
+        let mut args: Vec<&str> = vec![&keep];
+        args.extend(lines.iter().map(|s| s.as_str()));
+        self.run_checked(|s| &s.add_log, &[&logs_key], &args).await
+    }
+
+    /// Write what the guest printed so far to the job log. Called before a
+    /// move (which releases the lock) and at the end of the attempt.
+    pub(crate) async fn flush_output(&mut self) -> Result<(), JobError> {
+        let lines = self.output.take_lines(self.shared.limits.max_log_line_bytes);
+        self.append_logs(&lines).await.map(|_| ())
+    }
+
+    /// Is this worker still holding the lock? (Used before adding a child.)
+    async fn check_lock(&mut self) -> Result<(), JobError> {
+        self.run_checked(|s| &s.check_lock, &[], &[]).await.map(|_| ())
+    }
+}
+
+impl types::Host for HostState {}
+
+impl job_context::Host for HostState {
+    async fn update_data(&mut self, data: String) -> Result<(), JobError> {
+        let job = &mut self.job;
+        job.check_json("data", &data, job.shared.limits.max_payload_bytes)?;
+        job.run_checked(|s| &s.update_data, &[], &[&data]).await.map(|_| ())
+    }
+
+    async fn update_progress(&mut self, progress: String) -> Result<(), JobError> {
+        let job = &mut self.job;
+        job.check_json("progress", &progress, job.shared.limits.max_log_line_bytes)?;
+        let events = job.shared.keys.events();
+        let meta = job.shared.keys.meta();
+        let id = job.id.clone();
+        job.run_checked(|s| &s.update_progress, &[&events, &meta], &[&id, &progress]).await.map(|_| ())
+    }
+
+    async fn log(&mut self, line: String) -> Result<(), JobError> {
+        let job = &mut self.job;
+        let max = job.shared.limits.max_log_line_bytes;
+        if line.len() > max {
+            return Err(JobError::Invalid(format!("log line is {} bytes; the limit is {max}", line.len())));
+        }
+        job.append_logs(&[line]).await.map(|_| ())
+    }
+
+    async fn move_to_delayed(&mut self, timestamp_ms: u64) -> Result<(), JobError> {
+        let job = &mut self.job;
+        if job.lock_lost {
+            return Err(JobError::LockLost);
+        }
+        if job.moved.is_some() {
+            return Err(JobError::WrongState("the job was already moved in this attempt".into()));
+        }
+        job.flush_output().await?;
+        match job.job.move_to_delayed(timestamp_ms).await {
+            Ok(()) => {
+                job.moved = Some(Moved::Delayed);
+                Ok(())
+            }
+            Err(e) => Err(job.bullmq_error(e)),
+        }
+    }
+
+    async fn add_child(&mut self, queue: String, name: String, data: String, opts: String) -> Result<String, JobError> {
+        let job = &mut self.job;
+        if !job.shared.child_queues.allows(&queue) {
+            return Err(JobError::Invalid(format!(
+                "queue `{queue}` is not one this binding may add children to (allowed: {:?}; see --child-queue)",
+                job.shared.child_queues
+            )));
+        }
+        job.check_json("child data", &data, job.shared.limits.max_payload_bytes)?;
+        let data_value: serde_json::Value = serde_json::from_str(&data).expect("checked above");
+        let mut child_opts: JobOptions = if opts.trim().is_empty() {
+            JobOptions::default()
+        } else {
+            serde_json::from_str(&opts).map_err(|e| JobError::Invalid(format!("child opts are not valid job options: {e}")))?
+        };
+        child_opts.parent = Some(ParentOptions {
+            queue: job.shared.keys.base(),
+            id: job.id.clone(),
+            wait_children: None,
+        });
+        // The lock is checked just before adding; a retried step re-adding
+        // a child with the same custom jobId gets the existing child back.
+        job.check_lock().await?;
+        let q = match job.shared.queue(&queue).await {
+            Ok(q) => q,
+            Err(e) => return Err(job.bullmq_error(e)),
+        };
+        match q.add(&name, data_value).options(child_opts).await {
+            Ok(child) => Ok(child.id().to_string()),
+            Err(bullmq::Error::InvalidConfig(m)) => Err(JobError::Invalid(m)),
+            Err(e) => Err(job.bullmq_error(e)),
+        }
+    }
+
+    async fn wait_for_children(&mut self) -> Result<bool, JobError> {
+        let job = &mut self.job;
+        if job.lock_lost {
+            return Err(JobError::LockLost);
+        }
+        if job.moved.is_some() {
+            return Err(JobError::WrongState("the job was already moved in this attempt".into()));
+        }
+        job.flush_output().await?;
+        match job.job.move_to_waiting_children(None).await {
+            Ok(true) => {
+                job.moved = Some(Moved::WaitingChildren);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(job.bullmq_error(e)),
+        }
+    }
+
+    async fn children_values(&mut self) -> Result<Vec<(String, String)>, JobError> {
+        let job = &mut self.job;
+        let key = format!("{}:processed", job.job_key);
+        let mut conn = job.shared.redis.clone();
+        let map: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
+        Ok(map)
+    }
+}
+
+/// A log line cut to the limit (used for stdout lines and host notes).
+pub fn clip(line: &str, limits: &Limits) -> String {
+    truncate_utf8(line, limits.max_log_line_bytes).to_string()
+}

@@ -1,0 +1,42 @@
+//! bullpen: a BullMQ (v6) worker runtime whose job processors are sandboxed
+//! WebAssembly components.
+//!
+//! Where things live (one room per concern):
+//! - [`engine`]: the wasmtime `Engine` (async, epoch interruption) and its ticker.
+//! - [`plugin`]: loading and validating a component; digest; `InstancePre`.
+//! - [`registry`]: which plugin version each queue runs now.
+//! - [`host`]: the WIT `job-context` functions, lock-token-checked, over Redis.
+//! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
+//! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
+//! - [`cli`]: the `bullpen` command line.
+//! - [`error`]: one error enum per boundary.
+//!
+//! The contract with guests is `wit/processor.wit`; [`bindings`] is generated from it.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod plugin;
+pub mod registry;
+pub mod sandbox;
+pub mod worker;
+
+/// Host-side bindings generated from `wit/processor.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "processor",
+        path: "../wit",
+        // Host calls await Redis; exports are awaited so a guest yields to
+        // tokio at every epoch tick instead of blocking a runtime thread.
+        imports: { default: async },
+        exports: { default: async },
+    });
+
+    pub use bullpen::processor::types;
+}
+
+pub use error::{AttemptError, PluginError};
+pub use plugin::Plugin;
+pub use sandbox::Limits;
+pub use worker::{Binding, BindingConfig};

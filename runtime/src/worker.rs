@@ -1,0 +1,309 @@
+//! A binding: one queue, one plugin slot, one `bullmq` Worker whose
+//! processor runs each attempt in a fresh instance of the current plugin.
+//!
+//! The attempt lifecycle, in order: check the job's data is JSON; take the
+//! current plugin; new Store (limits, deny-by-default WASI, captured
+//! stdout/stderr); instantiate from the `InstancePre`; call `process` under
+//! the wall-clock limit; write captured output to the job log; map the result
+//! to what bullmq-official does next (complete, retry/fail, or nothing when
+//! the job was moved or the lock was lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bullmq::worker::CancellationToken;
+use bullmq::{Worker, WorkerOptions};
+use serde_json::Value;
+use tracing::{debug, info_span, warn, Instrument};
+use wasmtime::{Engine, Store, Trap};
+
+use crate::bindings::types::{self as wit, Failure, Outcome};
+use crate::error::AttemptError;
+use crate::host::{ChildQueues, JobContext, Moved, Shared};
+use crate::registry::PluginSlot;
+use crate::sandbox::{CapturedOutput, HostState, Limits};
+
+/// Everything that configures one queue binding. Defaults match BullMQ's
+/// Node worker where one exists.
+#[derive(Debug, Clone)]
+pub struct BindingConfig {
+    pub redis_url: String,
+    pub queue: String,
+    /// BullMQ key prefix (`bull`, or a hash-tagged `{bull}` for Cluster).
+    pub prefix: String,
+    pub concurrency: usize,
+    pub limits: Limits,
+    /// BullMQ `lockDuration` (30 s) and `stalledInterval` (30 s).
+    pub lock_duration_ms: u64,
+    pub stalled_interval_ms: u64,
+    /// BullMQ `maxStalledCount` (1).
+    pub max_stalled_count: u32,
+    /// BullMQ `maxStartedAttempts` (unlimited).
+    pub max_started_attempts: Option<u32>,
+    pub child_queues: ChildQueues,
+}
+
+impl BindingConfig {
+    pub fn new(redis_url: impl Into<String>, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        BindingConfig {
+            redis_url: redis_url.into(),
+            child_queues: ChildQueues::default_for(&queue),
+            queue,
+            prefix: "bull".into(),
+            concurrency: 1,
+            limits: Limits::default(),
+            lock_duration_ms: 30_000,
+            stalled_interval_ms: 30_000,
+            max_stalled_count: 1,
+            max_started_attempts: None,
+        }
+    }
+}
+
+/// A running binding.
+pub struct Binding {
+    worker: Worker,
+    pub slot: Arc<PluginSlot>,
+    pub config: BindingConfig,
+}
+
+struct Attempts {
+    engine: Engine,
+    slot: Arc<PluginSlot>,
+    shared: Arc<Shared>,
+    queue: String,
+}
+
+impl Binding {
+    /// Connect to Redis and start processing `config.queue` with the plugin in `slot`.
+    pub async fn start(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig) -> anyhow::Result<Binding> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let redis = redis::aio::ConnectionManager::new(client).await?;
+        let shared = Arc::new(Shared::new(
+            redis,
+            config.redis_url.clone(),
+            config.prefix.clone(),
+            &config.queue,
+            config.limits.clone(),
+            config.child_queues.clone(),
+        ));
+        let attempts = Arc::new(Attempts { engine, slot: slot.clone(), shared, queue: config.queue.clone() });
+        let processor = move |job: bullmq::Job, cancel: CancellationToken| {
+            let attempts = attempts.clone();
+            async move { attempts.run(job, cancel).await }
+        };
+        let mut opts = WorkerOptions::default();
+        opts.connection = opts.connection.url(config.redis_url.clone());
+        opts.prefix = config.prefix.clone();
+        opts.concurrency = config.concurrency;
+        opts.lock_duration = config.lock_duration_ms;
+        opts.stalled_interval = config.stalled_interval_ms;
+        opts.max_stalled_count = config.max_stalled_count;
+        opts.max_started_attempts = config.max_started_attempts;
+        let worker = Worker::with_options(&config.queue, processor, opts).await?;
+        Ok(Binding { worker, slot, config })
+    }
+
+    /// Stop fetching; give running attempts `grace` to finish; then
+    /// interrupt the rest and hand their jobs back to wait without counting
+    /// an attempt.
+    pub async fn close(&self, grace: Duration) -> anyhow::Result<()> {
+        let closing = self.worker.close(grace.as_millis() as u64);
+        tokio::pin!(closing);
+        tokio::select! {
+            r = &mut closing => { r?; return Ok(()); }
+            _ = tokio::time::sleep(grace) => {}
+        }
+        warn!(queue = %self.config.queue, "grace period over: interrupting running attempts");
+        self.worker.cancel_all_jobs().await;
+        closing.await?;
+        Ok(())
+    }
+}
+
+/// What the attempt produced, in bullmq-official's terms: `Ok` completes;
+/// `Err(Delayed)` tells it the job was already moved (or must be left alone);
+/// `Err(RateLimited)` hands the job back to wait; other errors fail/retry.
+type BullResult = Result<Value, bullmq::Error>;
+
+impl Attempts {
+    async fn run(self: Arc<Self>, job: bullmq::Job, cancel: CancellationToken) -> BullResult {
+        let span = info_span!("attempt", queue = %self.queue, job = %job.id(), attempt = job.attempts_made() + 1);
+        async move {
+            tokio::select! {
+                r = self.attempt(job) => r,
+                _ = cancel.cancelled() => {
+                    // Shutdown past its grace period: the job goes back to
+                    // wait (moveJobFromActiveToWait), attemptsMade unchanged.
+                    warn!("attempt interrupted by shutdown; job handed back to wait");
+                    Err(bullmq::Error::RateLimited { delay_ms: 0 })
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(&self, job: bullmq::Job) -> BullResult {
+        if let Err(e) = self.check_data(&job).await {
+            return Err(bullmq::Error::Unrecoverable(e.to_string()));
+        }
+        let plugin = self.slot.current();
+        let limits = &self.shared.limits;
+        let token = job.token().unwrap_or_default().to_string();
+        let wit_job = to_wit_job(&job, &self.queue);
+        let out = CapturedOutput::new(limits.max_output_bytes);
+        let ctx = JobContext::new(self.shared.clone(), job, token, out.clone());
+        let mut store = Store::new(&self.engine, HostState::new(ctx, limits, &out));
+        store.limiter(|s| &mut s.memory);
+        // Yield to tokio at every epoch tick; the wall clock is enforced
+        // by the timeout below, which drops (and so stops) the guest.
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let called = tokio::time::timeout(limits.timeout, async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
+            instance.call_process(&mut store, &wit_job).await.map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
+        })
+        .await;
+
+        let state = store.data_mut();
+        let lines = out.take_lines(limits.max_log_line_bytes);
+        let ctx = &mut state.job;
+        debug!(digest = %plugin.digest, "attempt returned");
+
+        // Output goes to the log before the job is finished, so a Node
+        // client that sees `completed` also sees the lines. After a move the
+        // lock is gone, so late output is dropped rather than written unchecked.
+        if !ctx.lock_lost && ctx.moved.is_none() {
+            if let Err(e) = ctx.append_logs(&lines).await {
+                warn!(error = ?e, "could not write guest output to the job log");
+            }
+        }
+        if ctx.lock_lost {
+            warn!("lock lost during the attempt: leaving the job to its new owner");
+            return Err(bullmq::Error::Delayed);
+        }
+
+        let result = match called {
+            Err(_) => return Err(retryable(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 })),
+            Ok(Err(AttemptError::Trap(t))) => {
+                let reason = match state.memory.hit {
+                    Some(wanted) => format!(
+                        "out of memory: the guest tried to grow its memory to {} MiB, over the limit of {} MiB (--max-memory-mb); trap: {t}",
+                        wanted >> 20,
+                        limits.max_memory_bytes >> 20
+                    ),
+                    None => with_panic_message(t, &lines),
+                };
+                return Err(bullmq::Error::ProcessingError(reason));
+            }
+            Ok(Err(e)) => return Err(retryable(e)),
+            Ok(Ok(r)) => r,
+        };
+        let moved = state.job.moved;
+        match result {
+            Ok(Outcome::Completed(json)) => {
+                if json.len() > limits.max_payload_bytes {
+                    return Err(bullmq::Error::ProcessingError(format!(
+                        "return value is {} bytes; the limit is {}",
+                        json.len(),
+                        limits.max_payload_bytes
+                    )));
+                }
+                serde_json::from_str(&json).map_err(|e| {
+                    bullmq::Error::Unrecoverable(AttemptError::BadOutput(format!("return value is not valid JSON: {e}")).to_string())
+                })
+            }
+            Ok(Outcome::Moved) => match moved {
+                Some(Moved::Delayed) => Err(bullmq::Error::Delayed),
+                Some(Moved::WaitingChildren) => Err(bullmq::Error::WaitingChildren),
+                None => Err(bullmq::Error::ProcessingError(
+                    "processor returned `moved` but no host call moved the job (call move-to-delayed or wait-for-children first)".into(),
+                )),
+            },
+            Err(Failure::Retry(reason)) => Err(bullmq::Error::ProcessingError(reason)),
+            Err(Failure::Unrecoverable(reason)) => Err(bullmq::Error::Unrecoverable(reason)),
+            Err(Failure::RetryAfter(r)) => {
+                // TODO(issue 3): honour r.delay_ms; until then it retries per the job's backoff.
+                Err(bullmq::Error::ProcessingError(r.reason))
+            }
+        }
+    }
+
+    /// bullmq-official turns data that is not JSON into `null`; look at the
+    /// raw field whenever data is `null` so such a job fails with a reason
+    /// instead of running on made-up input.
+    async fn check_data(&self, job: &bullmq::Job) -> Result<(), AttemptError> {
+        if !job.data().is_null() {
+            return Ok(());
+        }
+        let mut conn = self.shared.redis.clone();
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.shared.keys.job_key(job.id()))
+            .arg("data")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| AttemptError::BadData(format!("cannot read it: {e}")))?;
+        match raw {
+            None => Err(AttemptError::BadData("the job hash has no `data` field".into())),
+            Some(raw) => serde_json::from_str::<serde::de::IgnoredAny>(&raw)
+                .map(|_| ())
+                .map_err(|e| AttemptError::BadData(format!("{e} (data starts with {:?})", crate::sandbox::truncate_utf8(&raw, 40)))),
+        }
+    }
+}
+
+fn retryable(e: AttemptError) -> bullmq::Error {
+    bullmq::Error::ProcessingError(e.to_string())
+}
+
+impl AttemptError {
+    /// Classify an error from inside the guest call as a trap with a name.
+    fn with_trap(self, e: wasmtime::Error) -> AttemptError {
+        let name = match e.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => "stack overflow (the guest recursed past its 1 MiB wasm stack)".to_string(),
+            Some(Trap::UnreachableCodeReached) => "unreachable instruction executed".to_string(),
+            Some(Trap::MemoryOutOfBounds) => "out-of-bounds memory access".to_string(),
+            Some(Trap::IntegerDivisionByZero) => "integer division by zero".to_string(),
+            Some(Trap::Interrupt) => "interrupted".to_string(),
+            Some(t) => t.to_string(),
+            None => format!("{e:#}"),
+        };
+        AttemptError::Trap(format!("wasm trap: {name}"))
+    }
+}
+
+/// A Rust guest's panic prints `... panicked at file:line:col:` and the
+/// message to stderr before trapping; put them in the failedReason.
+fn with_panic_message(trap: String, lines: &[String]) -> String {
+    match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(i) => {
+            let msg = lines.get(i + 1).map(String::as_str).unwrap_or("");
+            format!("{trap} (guest panicked: {msg}; {})", lines[i].trim())
+        }
+        None => trap,
+    }
+}
+
+fn to_wit_job(job: &bullmq::Job, queue: &str) -> wit::Job {
+    wit::Job {
+        id: job.id().to_string(),
+        name: job.name().to_string(),
+        queue: queue.to_string(),
+        data: serde_json::to_string(job.data()).unwrap_or_else(|_| "null".into()),
+        opts: serde_json::to_string(job.opts()).unwrap_or_else(|_| "{}".into()),
+        attempts_made: job.attempts_made(),
+        attempts_started: job.attempts_started(),
+        timestamp: job.timestamp(),
+        progress: serde_json::to_string(job.progress()).unwrap_or_else(|_| "0".into()),
+        parent: job.parent().map(|p| wit::ParentRef {
+            id: p.id.clone(),
+            queue: p.queue_key.rsplit(':').next().unwrap_or(&p.queue_key).to_string(),
+        }),
+    }
+}
