@@ -1,1 +1,274 @@
+//! The integration-test harness: real processes only.
+//!
+//! - [`Redis`]: a `redis-server` on a free port in a temp dir, killed on drop.
+//! - [`Worker`]: the release `bullpen worker` binary, SIGTERMed on drop.
+//! - [`node`] / [`python`]: the real `bullmq` packages (tests/node/driver.js,
+//!   tests/python/driver.py) as producers and observers, JSON on stdout.
+//!
+//! Prerequisites come from `scripts/setup.sh` (run by `scripts/test.sh`):
+//! target/release/bullpen, target/plugins/*.wasm, tests/node/node_modules,
+//! tests/python/.venv.
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The release `bullpen` binary (tests run against what users run).
+pub fn bullpen_bin() -> PathBuf {
+    let p = std::env::var_os("BULLPEN_BIN").map(PathBuf::from).unwrap_or_else(|| root().join("target/release/bullpen"));
+    assert!(p.exists(), "{} missing: run `cargo build --release -p bullpen` (scripts/test.sh does)", p.display());
+    p
+}
+
+/// `target/plugins/<name>-<lang>.wasm`, built by scripts/build-plugins.sh.
+pub fn plugin(name: &str, lang: &str) -> PathBuf {
+    let p = root().join(format!("target/plugins/{name}-{lang}.wasm"));
+    assert!(p.exists(), "{} missing: run scripts/build-plugins.sh", p.display());
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private redis-server for one test.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra `redis-server` arguments (e.g. `--appendonly yes`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(extra)
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server not found: scripts/setup.sh installs it (apt-get install redis-server)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken between probe and bind: try another
+                }
+                if redis_ping(port) {
+                    return Redis { child, port, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+        }
+        panic!("could not start redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+}
+
+fn redis_ping(port: u16) -> bool {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok()
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `bullpen worker`.
+pub struct Worker {
+    pub child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    pub fn start(redis: &Redis, queue: &str, plugin: &Path, extra: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let child = Command::new(bullpen_bin())
+            .args(["worker", "--redis", &redis.url(), "--queue", queue, "--plugin"])
+            .arg(plugin)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Worker { child, log, _dir: dir };
+        w.wait_log("worker ready", Duration::from_secs(30));
+        w
+    }
+
+    /// What the worker wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("worker log never said {needle:?}; log:\n{}", self.log());
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.child.wait().unwrap()
+    }
+
+    fn sigterm(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.sigterm();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run_json(mut cmd: Command, what: &str) -> Value {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)])))
+}
+
+/// `node tests/node/driver.js <args>` (the real bullmq npm package).
+pub fn node(args: &[&str]) -> Value {
+    let mut cmd = Command::new("node");
+    cmd.arg(root().join("tests/node/driver.js")).args(args);
+    run_json(cmd, &format!("node driver.js {}", args.first().unwrap_or(&"")))
+}
+
+/// `tests/python/.venv/bin/python tests/python/driver.py <args>` (bullmq on PyPI).
+pub fn python(args: &[&str]) -> Value {
+    let py = root().join("tests/python/.venv/bin/python");
+    assert!(py.exists(), "{} missing: run scripts/setup.sh", py.display());
+    let mut cmd = Command::new(py);
+    cmd.arg(root().join("tests/python/driver.py")).args(args);
+    run_json(cmd, "python driver.py")
+}
+
+/// Node QueueEvents listening in the background; `finish` collects events.
+pub struct NodeEvents {
+    child: Child,
+}
+
+impl NodeEvents {
+    /// Listen until `count` completed/failed events arrived or `timeout`.
+    pub fn listen(redis: &Redis, queue: &str, count: usize, timeout: Duration) -> NodeEvents {
+        let mut child = Command::new("node")
+            .arg(root().join("tests/node/driver.js"))
+            .args(["events", &redis.url(), queue, &count.to_string(), &timeout.as_millis().to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "QueueEvents listener did not start");
+        NodeEvents { child }
+    }
+
+    pub fn finish(self) -> Vec<Value> {
+        let out: Output = self.child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    }
+}
+
+/// Inspect jobs from Node: `{jobs: [...], counts: {...}}`.
+pub fn inspect(redis: &Redis, queue: &str, ids: &[String]) -> Value {
+    node(&["inspect", &redis.url(), queue, &serde_json::to_string(ids).unwrap()])
+}
+
+/// Add jobs from Node; returns their ids. (The jobs go through stdin.)
+pub fn node_add(redis: &Redis, queue: &str, jobs: Value) -> Vec<String> {
+    let mut cmd = Command::new("node");
+    cmd.arg(root().join("tests/node/driver.js")).args(["add", &redis.url(), queue, "-"]);
+    ids(run_json_stdin(cmd, "node driver.js add", jobs.to_string().as_bytes()))
+}
+
+fn run_json_stdin(mut cmd: Command, what: &str, input: &[u8]) -> Value {
+    use std::io::Write;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{what} failed: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: bad JSON ({e})"))
+}
+
+pub fn ids(v: Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+}
+
+/// Poll Node's view until every job is finished (completed or failed).
+pub fn wait_finished(redis: &Redis, queue: &str, ids: &[String], timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = inspect(redis, queue, ids);
+        let done = v["jobs"].as_array().unwrap().iter().all(|j| j["state"] == "completed" || j["state"] == "failed");
+        if done || Instant::now() > deadline {
+            assert!(done, "jobs not finished after {timeout:?}: {v:#}");
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run `bullpen <args>` to completion.
+pub fn bullpen(args: &[&str]) -> Output {
+    Command::new(bullpen_bin()).args(args).env("NO_COLOR", "1").output().unwrap()
+}

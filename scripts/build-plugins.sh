@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Build every example plugin into target/plugins/<plugin>-<lang>.wasm.
+#   bash scripts/build-plugins.sh
+# Rust guests build for wasm32-wasip2 (a component straight out of cargo).
+# Where rustup cannot provide that target, scripts/setup.sh installs Debian's
+# rustc-web and this script uses build-std instead (DESIGN.md §6).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="$root/target/plugins"
+mkdir -p "$out"
+export CARGO_TARGET_DIR="$root/target/guests"
+
+if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --quiet)
+elif [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ]; then
+  (cd "$root/plugins" && env PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+     RUSTFLAGS="-L native=/usr/lib/wasm32-wasi" /usr/bin/cargo build --release \
+     --target wasm32-wasip2 -Zbuild-std=std,panic_abort --quiet)
+else
+  echo "build-plugins: no wasm32-wasip2 Rust toolchain; run scripts/setup.sh first" >&2
+  exit 1
+fi
+
+for dir in "$root"/plugins/*/rust; do
+  plugin="$(basename "$(dirname "$dir")")"
+  cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/${plugin//-/_}.wasm" "$out/$plugin-rust.wasm"
+  echo "built target/plugins/$plugin-rust.wasm"
+done

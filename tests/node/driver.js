@@ -1,0 +1,82 @@
+// The Node side of bullpen's interop tests and demo: the real `bullmq`
+// package as producer and observer. One command per call; output is JSON on
+// stdout so the Rust tests can read it.
+//
+//   node driver.js add     <redis-url> <queue> '[{"name":..,"data":..,"opts":..}]'
+//   node driver.js inspect <redis-url> <queue> '["id1","id2"]'
+//   node driver.js events  <redis-url> <queue> <finished-count> <timeout-ms>
+//   node driver.js counts  <redis-url> <queue>
+'use strict';
+const { Queue, QueueEvents, Job } = require('bullmq');
+
+// process.exit() would cut a large pipe write short: wait for the flush.
+function out(value) {
+  return new Promise((resolve) => process.stdout.write(JSON.stringify(value) + '\n', resolve));
+}
+
+function connection(url) {
+  const u = new URL(url);
+  return { host: u.hostname, port: Number(u.port || 6379), maxRetriesPerRequest: null };
+}
+
+async function main() {
+  const [cmd, url, queueName, ...rest] = process.argv.slice(2);
+  // A JSON argument of '-' is read from stdin (large payloads exceed argv limits).
+  for (let i = 0; i < rest.length; i++) if (rest[i] === '-') rest[i] = require('fs').readFileSync(0, 'utf8');
+  const conn = connection(url);
+  const prefix = process.env.BULLMQ_PREFIX || 'bull';
+  if (cmd === 'add') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const ids = [];
+    for (const j of JSON.parse(rest[0])) {
+      const job = await queue.add(j.name, j.data, j.opts || {});
+      ids.push(job.id);
+    }
+    await queue.close();
+    await out(ids);
+  } else if (cmd === 'inspect') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const jobs = [];
+    for (const id of JSON.parse(rest[0])) {
+      const job = await Job.fromId(queue, id);
+      if (!job) { jobs.push({ id, missing: true }); continue; }
+      const { logs } = await queue.getJobLogs(id);
+      jobs.push({
+        id: job.id, name: job.name, data: job.data, state: await job.getState(),
+        returnvalue: job.returnvalue, progress: job.progress, attemptsMade: job.attemptsMade,
+        attemptsStarted: job.attemptsStarted, failedReason: job.failedReason || null,
+        finishedOn: job.finishedOn || null, processedOn: job.processedOn || null, logs,
+      });
+    }
+    const counts = await queue.getJobCounts();
+    await queue.close();
+    await out({ jobs, counts });
+  } else if (cmd === 'counts') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const counts = await queue.getJobCounts();
+    await queue.close();
+    await out(counts);
+  } else if (cmd === 'events') {
+    const want = Number(rest[0]);
+    const timeout = Number(rest[1]);
+    const qe = new QueueEvents(queueName, { connection: conn, prefix });
+    await qe.waitUntilReady();
+    const events = [];
+    let finished = 0;
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeout);
+      const done = () => { if (++finished >= want) { clearTimeout(timer); resolve(); } };
+      qe.on('completed', ({ jobId, returnvalue }) => { events.push({ event: 'completed', jobId, returnvalue }); done(); });
+      qe.on('failed', ({ jobId, failedReason }) => { events.push({ event: 'failed', jobId, failedReason }); done(); });
+      qe.on('progress', ({ jobId, data }) => { events.push({ event: 'progress', jobId, data }); });
+      // Readiness line: the caller starts producing once it sees this.
+      process.stderr.write('ready\n');
+    });
+    await qe.close();
+    await out(events);
+  } else {
+    throw new Error(`unknown command ${cmd}`);
+  }
+}
+
+main().then(() => process.exit(0), (e) => { console.error(e); process.exit(1); });

@@ -1,0 +1,232 @@
+//! Issue 2: a Wasm processor on real BullMQ queues, observed from Node's and
+//! Python's bullmq. Each test starts its own redis-server.
+
+use std::time::Duration;
+
+use bullpen_tests::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+
+/// Node adds varied jobs; bullpen's echo processes them; Node sees exactly
+/// what a Node worker would have written, and QueueEvents reports them.
+#[test]
+fn node_jobs_processed_and_observed_from_node() {
+    let redis = Redis::start();
+    let big = "x".repeat(256 * 1024);
+    let jobs = json!([
+        {"name": "unicode", "data": {"text": "héllo wörld ✓ 日本語 🚀", "emoji": "👍🏽"}},
+        {"name": "nested", "data": {"a": {"b": {"c": [1, 2.5, -3, true, null, {"d": "e"}]}}, "z": 1, "m": 2}},
+        {"name": "big", "data": {"blob": big}},
+        {"name": "custom", "data": {"n": 1}, "opts": {"jobId": "order-42"}},
+        {"name": "custom2", "data": [1, 2, 3], "opts": {"jobId": "with-dash_and.dot"}},
+        {"name": "scalar", "data": "just a string"},
+    ]);
+    let events = NodeEvents::listen(&redis, "emails", 6, T);
+    let ids = node_add(&redis, "emails", jobs.clone());
+    assert_eq!(ids[3], "order-42");
+    let worker = Worker::start(&redis, "emails", &plugin("echo", "rust"), &["--concurrency", "4"]);
+    let v = wait_finished(&redis, "emails", &ids, T);
+    let events = events.finish();
+    for (i, job) in v["jobs"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(job["state"], "completed", "{job:#}");
+        assert_eq!(job["returnvalue"], jobs[i]["data"], "returnvalue of {}", job["name"]);
+        assert_eq!(job["progress"], 100);
+        assert_eq!(job["attemptsMade"], 1);
+        assert!(job["finishedOn"].as_u64().unwrap() >= job["processedOn"].as_u64().unwrap());
+        assert_eq!(job["logs"], json!([format!("echo: job {} ({})", ids[i], jobs[i]["name"].as_str().unwrap())]));
+    }
+    assert_eq!(v["counts"]["completed"], 6);
+    assert_eq!(v["counts"]["waiting"], 0);
+    assert_eq!(v["counts"]["failed"], 0);
+    let completed: Vec<&Value> = events.iter().filter(|e| e["event"] == "completed").collect();
+    assert_eq!(completed.len(), 6, "{events:#?}");
+    let order = completed.iter().find(|e| e["jobId"] == "order-42").unwrap();
+    assert_eq!(order["returnvalue"], json!({"n": 1}));
+    assert!(events.iter().any(|e| e["event"] == "progress" && e["data"] == 100));
+    // Key order survives the trip (JSON text, not re-sorted).
+    let mut c = redis.conn();
+    let raw: String = redis::cmd("HGET").arg("bull:emails:2").arg("returnvalue").query(&mut c).unwrap();
+    assert!(raw.starts_with(r#"{"a":"#) && raw.ends_with(r#""z":1,"m":2}"#), "{raw}");
+    assert!(worker.stop().success());
+}
+
+/// `bullpen add` prints the id; Node reads the processed job.
+#[test]
+fn bullpen_add_then_node_reads() {
+    let redis = Redis::start();
+    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "q", "greet", r#"{"who":"Ada"}"#, "--opts", r#"{"jobId":"g1","attempts":2}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "g1");
+    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "q", "plain", "[1,2]"]);
+    let id2 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id2.parse::<u64>().is_ok(), "a generated id is numeric: {id2:?}");
+    let _w = Worker::start(&redis, "q", &plugin("echo", "rust"), &[]);
+    let v = wait_finished(&redis, "q", &["g1".into(), id2], T);
+    assert_eq!(v["jobs"][0]["returnvalue"], json!({"who": "Ada"}));
+    assert_eq!(v["jobs"][0]["name"], "greet");
+    assert_eq!(v["jobs"][1]["returnvalue"], json!([1, 2]));
+}
+
+/// Python's bullmq as producer.
+#[test]
+fn python_producer_interop() {
+    let redis = Redis::start();
+    let jobs = json!([
+        {"name": "py", "data": {"lang": "python", "text": "naïve café"}},
+        {"name": "py2", "data": {"list": [1, {"x": null}]}, "opts": {"jobId": "py-custom"}},
+    ]);
+    let ids = ids(python(&["add", &redis.url(), "pyq", &jobs.to_string()]));
+    let _w = Worker::start(&redis, "pyq", &plugin("echo", "rust"), &[]);
+    let v = wait_finished(&redis, "pyq", &ids, T);
+    assert_eq!(ids[1], "py-custom");
+    for (i, job) in v["jobs"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(job["state"], "completed");
+        assert_eq!(job["returnvalue"], jobs[i]["data"]);
+    }
+}
+
+/// A guest error: failed with that failedReason; with attempts 3 it is retried
+/// and Node sees attemptsMade 3; a later success shows retries work.
+#[test]
+fn guest_error_fails_and_retries_like_node() {
+    let redis = Redis::start();
+    let events = NodeEvents::listen(&redis, "f", 3, T);
+    let ids = node_add(
+        &redis,
+        "f",
+        json!([
+            {"name": "once", "data": {"failTimes": 9}},
+            {"name": "thrice", "data": {"failTimes": 9}, "opts": {"attempts": 3}},
+            {"name": "recovers", "data": {"failTimes": 2}, "opts": {"attempts": 3}},
+        ]),
+    );
+    let _w = Worker::start(&redis, "f", &plugin("flaky", "rust"), &["--concurrency", "3"]);
+    let v = wait_finished(&redis, "f", &ids, T);
+    let j = &v["jobs"];
+    assert_eq!(j[0]["state"], "failed");
+    assert_eq!(j[0]["failedReason"], "flaky: failing attempt 1 of 9");
+    assert_eq!(j[0]["attemptsMade"], 1);
+    assert_eq!(j[1]["state"], "failed");
+    assert_eq!(j[1]["attemptsMade"], 3);
+    assert_eq!(j[1]["failedReason"], "flaky: failing attempt 3 of 9");
+    assert_eq!(j[2]["state"], "completed");
+    assert_eq!(j[2]["attemptsMade"], 3);
+    assert_eq!(j[2]["returnvalue"], json!({"succeededOnAttempt": 3}));
+    let events = events.finish();
+    let failed: Vec<&Value> = events.iter().filter(|e| e["event"] == "failed").collect();
+    // QueueEvents `failed` is emitted for final failures only (moveToFinished).
+    assert_eq!(failed.len(), 2, "{events:#?}");
+}
+
+/// Job data that is not JSON fails that job with a clear reason; the worker
+/// goes on with the next job.
+#[test]
+fn job_data_not_json_fails_clearly_and_worker_goes_on() {
+    let redis = Redis::start();
+    let ids = node_add(&redis, "bad", json!([{"name": "broken", "data": {"ok": true}}]));
+    let mut c = redis.conn();
+    let _: () = redis::cmd("HSET").arg(format!("bull:bad:{}", ids[0])).arg("data").arg("{not json").query(&mut c).unwrap();
+    let more = node_add(&redis, "bad", json!([{"name": "fine", "data": {"ok": 1}}]));
+    let _w = Worker::start(&redis, "bad", &plugin("echo", "rust"), &[]);
+    // Node's own Job.fromId throws on such data, so read the broken job raw.
+    let v = wait_finished(&redis, "bad", &more, T);
+    assert_eq!(v["jobs"][0]["state"], "completed");
+    assert_eq!(v["jobs"][0]["returnvalue"], json!({"ok": 1}));
+    let failed: Vec<String> = redis::cmd("ZRANGE").arg("bull:bad:failed").arg(0).arg(-1).query(&mut c).unwrap();
+    assert_eq!(failed, vec![ids[0].clone()]);
+    let reason: String = redis::cmd("HGET").arg(format!("bull:bad:{}", ids[0])).arg("failedReason").query(&mut c).unwrap();
+    assert!(reason.starts_with("job data is not valid JSON"), "{reason}");
+    let atm: String = redis::cmd("HGET").arg(format!("bull:bad:{}", ids[0])).arg("atm").query(&mut c).unwrap();
+    assert_eq!(atm, "1");
+}
+
+fn worker_refuses(redis: &Redis, plugin: &std::path::Path) -> String {
+    let out = bullpen(&["worker", "--redis", &redis.url(), "--queue", "x", "--plugin", plugin.to_str().unwrap()]);
+    assert!(!out.status.success(), "worker should refuse {}", plugin.display());
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Bad plugins are refused at start with a message that says what is wrong,
+/// and no job is touched.
+#[test]
+fn bad_plugins_are_refused_and_no_job_is_lost() {
+    let redis = Redis::start();
+    let ids = node_add(&redis, "x", json!([{"name": "keep", "data": {}}]));
+    let dir = tempfile::tempdir().unwrap();
+
+    let err = worker_refuses(&redis, &dir.path().join("missing.wasm"));
+    assert!(err.contains("cannot read plugin") && err.contains("missing.wasm"), "{err}");
+
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, "this is not wasm").unwrap();
+    let err = worker_refuses(&redis, &text);
+    assert!(err.contains("is not a WebAssembly file"), "{err}");
+
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module (func (export \"process\")))").unwrap()).unwrap();
+    let err = worker_refuses(&redis, &core);
+    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+
+    let truncated = dir.path().join("truncated.wasm");
+    let echo = std::fs::read(plugin("echo", "rust")).unwrap();
+    std::fs::write(&truncated, &echo[..echo.len() / 2]).unwrap();
+    let err = worker_refuses(&redis, &truncated);
+    assert!(err.contains("is not a valid component"), "{err}");
+
+    let other = dir.path().join("other-world.wasm");
+    let wat = r#"(component
+        (core module $m (func (export "run") (result i32) i32.const 7))
+        (core instance $i (instantiate $m))
+        (func $run (result u32) (canon lift (core func $i "run")))
+        (export "run" (func $run)))"#;
+    std::fs::write(&other, wat::parse_str(wat).unwrap()).unwrap();
+    let err = worker_refuses(&redis, &other);
+    assert!(err.contains("does not match the bullpen:processor@0.1.0 world"), "{err}");
+    assert!(err.contains("process"), "should name the missing export: {err}");
+
+    let importer = dir.path().join("importer.wasm");
+    std::fs::write(&importer, wat::parse_str(r#"(component (import "evil:net/socket" (instance (export "connect" (func)))))"#).unwrap()).unwrap();
+    let err = worker_refuses(&redis, &importer);
+    assert!(err.contains("does not match") && err.contains("evil:net/socket"), "{err}");
+
+    let v = inspect(&redis, "x", &ids);
+    assert_eq!(v["jobs"][0]["state"], "waiting", "refused workers must not touch jobs");
+}
+
+/// Every command answers --help.
+#[test]
+fn help_on_every_command() {
+    for args in [&["--help"][..], &["worker", "--help"], &["add", "--help"]] {
+        let out = bullpen(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: bullpen"), "{args:?}: {text}");
+    }
+    let text = String::from_utf8_lossy(&bullpen(&["worker", "--help"]).stdout).to_string();
+    for flag in ["--redis", "--queue", "--plugin", "--concurrency", "--prefix"] {
+        assert!(text.contains(flag), "worker --help lacks {flag}");
+    }
+}
+
+/// `bullpen add` with data that is not JSON exits non-zero and adds nothing.
+#[test]
+fn add_refuses_bad_json() {
+    let redis = Redis::start();
+    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "q", "n", "{oops"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("job data is not valid JSON"));
+    let counts = node(&["counts", &redis.url(), "q"]);
+    assert_eq!(counts["waiting"], 0);
+}
+
+/// SIGTERM stops the worker cleanly (exit 0) and a finished job stays finished.
+#[test]
+fn sigterm_stops_cleanly() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "s", &plugin("echo", "rust"), &[]);
+    let ids = node_add(&redis, "s", json!([{"name": "a", "data": 1}]));
+    wait_finished(&redis, "s", &ids, T);
+    let status = w.stop();
+    assert!(status.success(), "{status}");
+}
