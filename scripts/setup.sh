@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install and build everything the demo and the tests need. Safe to run twice.
+#   bash scripts/setup.sh
+# - redis-server (Debian package; tests and the demo start their own servers)
+# - the wasm32-wasip2 Rust target (rustup; Debian rustc-web + build-std fallback)
+# - the real bullmq npm package (tests/node) and PyPI package (tests/python/.venv)
+# - the release bullpen binary and every example plugin (target/plugins/)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v redis-server >/dev/null; then
+  say "installing redis-server (apt)"
+  apt_install redis-server
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  say "adding the wasm32-wasip2 Rust target"
+  if ! timeout 120 rustup target add wasm32-wasip2; then
+    say "rustup could not download it: installing Debian's rustc-web for build-std"
+    apt_install rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc
+  fi
+fi
+
+if [ ! -d tests/node/node_modules/bullmq ]; then
+  say "installing bullmq@6 and ioredis (npm)"
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+if [ ! -x tests/python/.venv/bin/python ] || ! tests/python/.venv/bin/python -c 'import bullmq' 2>/dev/null; then
+  say "installing bullmq (PyPI) into tests/python/.venv"
+  python3 -m venv tests/python/.venv
+  tests/python/.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+fi
+
+say "building bullpen (release)"
+cargo build --release -p bullpen --quiet
+say "building example plugins"
+bash scripts/build-plugins.sh >&2
