@@ -19,6 +19,8 @@ pub struct Plugin {
     /// Where it came from (file path or registry), for messages.
     pub source: String,
     pub(crate) pre: ProcessorPre<HostState>,
+    /// The component also exports `backoff` (world `processor-with-backoff`).
+    pub has_backoff: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -63,7 +65,8 @@ impl Plugin {
         let mismatch = |e: wasmtime::Error| PluginError::WorldMismatch { what: source.to_string(), reason: format!("{e:#}") };
         let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = ProcessorPre::new(pre).map_err(mismatch)?;
-        Ok(Arc::new(Plugin { digest: digest(bytes), source: source.to_string(), pre }))
+        let has_backoff = component.component_type().exports(engine).any(|(name, _)| name == "backoff");
+        Ok(Arc::new(Plugin { digest: digest(bytes), source: source.to_string(), pre, has_backoff }))
     }
 }
 

@@ -19,7 +19,9 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::types::{self as wit, Failure, Outcome};
 use crate::error::AttemptError;
+use crate::host::retry::{attempts_remain, random_unit, Backoff};
 use crate::host::{ChildQueues, JobContext, Moved, Shared};
+use crate::plugin::Plugin;
 use crate::registry::PluginSlot;
 use crate::sandbox::{CapturedOutput, HostState, Limits};
 
@@ -86,6 +88,7 @@ impl Binding {
             config.prefix.clone(),
             &config.queue,
             config.limits.clone(),
+            config.lock_duration_ms,
             config.child_queues.clone(),
         ));
         let attempts = Arc::new(Attempts { engine, slot: slot.clone(), shared, queue: config.queue.clone() });
@@ -226,11 +229,99 @@ impl Attempts {
                     "processor returned `moved` but no host call moved the job (call move-to-delayed or wait-for-children first)".into(),
                 )),
             },
-            Err(Failure::Retry(reason)) => Err(bullmq::Error::ProcessingError(reason)),
+            Err(Failure::Retry(reason)) => self.retry(&plugin, &mut state.job, &wit_job, reason).await,
             Err(Failure::Unrecoverable(reason)) => Err(bullmq::Error::Unrecoverable(reason)),
-            Err(Failure::RetryAfter(r)) => {
-                // TODO(issue 3): honour r.delay_ms; until then it retries per the job's backoff.
-                Err(bullmq::Error::ProcessingError(r.reason))
+            Err(Failure::RetryAfter(r)) => Self::retry_after(&mut state.job, r.reason, r.delay_ms).await,
+        }
+    }
+
+    /// `failure::retry-after`: the guest's own delay, counted as an attempt.
+    async fn retry_after(ctx: &mut JobContext, reason: String, delay_ms: u64) -> BullResult {
+        if !attempts_remain(&ctx.job) {
+            // No attempts left: bullmq-official fails it, as Node would.
+            return Err(bullmq::Error::ProcessingError(reason));
+        }
+        Self::delayed_retry(ctx, delay_ms, reason).await
+    }
+
+    async fn delayed_retry(ctx: &mut JobContext, delay_ms: u64, reason: String) -> BullResult {
+        match ctx.retry_later(delay_ms, &reason).await {
+            // Moved (or no longer ours): bullmq-official must write nothing more.
+            Ok(()) | Err(wit::JobError::LockLost) => Err(bullmq::Error::Delayed),
+            Err(e) => {
+                warn!(error = ?e, "delayed retry failed; falling back to BullMQ's retry");
+                Err(bullmq::Error::ProcessingError(reason))
+            }
+        }
+    }
+
+    /// `failure::retry`. bullmq-official applies `attempts` and plain
+    /// fixed/exponential backoff itself; bullpen steps in only for what it
+    /// cannot compute: `jitter`, and custom types (the guest's `backoff`).
+    async fn retry(&self, plugin: &Plugin, ctx: &mut JobContext, wit_job: &wit::Job, reason: String) -> BullResult {
+        let bullmq_does_it = Err(bullmq::Error::ProcessingError(reason.clone()));
+        if !attempts_remain(&ctx.job) || ctx.job.opts().backoff.is_none() {
+            return bullmq_does_it;
+        }
+        let Some(backoff) = Backoff::from_opts(&ctx.raw_opts().await.unwrap_or_default()) else {
+            return bullmq_does_it;
+        };
+        let n = ctx.job.attempts_made() + 1;
+        let delay = if backoff.is_builtin() {
+            if backoff.jitter == 0.0 {
+                return bullmq_does_it;
+            }
+            backoff.builtin_delay(n, random_unit())
+        } else {
+            match self.guest_backoff(plugin, ctx, wit_job, &backoff.kind, n, &reason).await {
+                Some(wit::BackoffDecision::DelayMs(d)) => d,
+                Some(wit::BackoffDecision::GiveUp) => return Err(bullmq::Error::Unrecoverable(reason)),
+                // As bullmq-official with no strategy: retry at once.
+                None => 0,
+            }
+        };
+        if delay == 0 {
+            return bullmq_does_it;
+        }
+        Self::delayed_retry(ctx, delay, reason).await
+    }
+
+    /// Ask the guest's optional `backoff` export for the delay, in a fresh
+    /// instance under the same limits.
+    async fn guest_backoff(
+        &self,
+        plugin: &Plugin,
+        ctx: &JobContext,
+        wit_job: &wit::Job,
+        kind: &str,
+        n: u32,
+        reason: &str,
+    ) -> Option<wit::BackoffDecision> {
+        if !plugin.has_backoff {
+            warn!(backoff = kind, "custom backoff type but the plugin exports no `backoff`: retrying at once");
+            return None;
+        }
+        let limits = &self.shared.limits;
+        let out = CapturedOutput::new(limits.max_output_bytes);
+        let bctx = JobContext::new(self.shared.clone(), ctx.job.clone(), ctx.token.clone(), out.clone());
+        let mut store = Store::new(&self.engine, HostState::new(bctx, limits, &out));
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_async_yield_and_update(1);
+        let call = async {
+            let instance = plugin.pre.instance_pre().instantiate_async(&mut store).await?;
+            let f = instance.get_typed_func::<(String, u32, String, wit::Job), (wit::BackoffDecision,)>(&mut store, "backoff")?;
+            let (d,) = f.call_async(&mut store, (kind.to_string(), n, reason.to_string(), wit_job.clone())).await?;
+            Ok::<_, wasmtime::Error>(d)
+        };
+        match tokio::time::timeout(limits.timeout, call).await {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "guest backoff failed: retrying at once");
+                None
+            }
+            Err(_) => {
+                warn!("guest backoff timed out: retrying at once");
+                None
             }
         }
     }

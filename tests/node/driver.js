@@ -6,8 +6,10 @@
 //   node driver.js inspect <redis-url> <queue> '["id1","id2"]'
 //   node driver.js events  <redis-url> <queue> <finished-count> <timeout-ms>
 //   node driver.js counts  <redis-url> <queue>
+//   node driver.js flow    <redis-url> - '<FlowProducer.add tree>'   -> {id, queue, children: [...]}
+//   node driver.js retry   <redis-url> <queue> <id>   (Node's Job.retry('failed'))
 'use strict';
-const { Queue, QueueEvents, Job } = require('bullmq');
+const { Queue, QueueEvents, Job, FlowProducer } = require('bullmq');
 
 // process.exit() would cut a large pipe write short: wait for the flush.
 function out(value) {
@@ -51,6 +53,12 @@ async function main() {
     const counts = await queue.getJobCounts();
     await queue.close();
     await out({ jobs, counts });
+  } else if (cmd === 'flow') {
+    const fp = new FlowProducer({ connection: conn, prefix });
+    const tree = await fp.add(JSON.parse(rest[0]));
+    const ids = (node) => ({ id: node.job.id, queue: node.job.queueName, children: (node.children || []).map(ids) });
+    await fp.close();
+    await out(ids(tree));
   } else if (cmd === 'counts') {
     const queue = new Queue(queueName, { connection: conn, prefix });
     const counts = await queue.getJobCounts();

@@ -20,6 +20,8 @@ use crate::bindings::bullpen::processor::job_context;
 use crate::bindings::types::{self, JobError};
 use crate::sandbox::{truncate_utf8, CapturedOutput, HostState, Limits};
 
+pub mod retry;
+
 const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 
 /// bullpen's lock-checked scripts, compiled (hashed) once per binding.
@@ -56,6 +58,8 @@ pub struct Shared {
     pub keys: QueueKeys,
     pub scripts: Scripts,
     pub limits: Limits,
+    /// BullMQ `lockDuration`, passed to BullMQ's move scripts.
+    pub lock_duration_ms: u64,
     /// Queues this binding's guests may add children to.
     pub child_queues: ChildQueues,
     /// One `Queue` handle per child queue, created on first use.
@@ -91,6 +95,7 @@ impl Shared {
         prefix: String,
         queue: &str,
         limits: Limits,
+        lock_duration_ms: u64,
         child_queues: ChildQueues,
     ) -> Self {
         Shared {
@@ -100,6 +105,7 @@ impl Shared {
             prefix,
             scripts: Scripts::new(),
             limits,
+            lock_duration_ms,
             child_queues,
             queues: Mutex::new(HashMap::new()),
         }
@@ -134,8 +140,8 @@ pub struct JobContext {
     /// The bullmq job, carrying the lock token for BullMQ's move scripts.
     pub(crate) job: bullmq::Job,
     pub(crate) id: String,
-    token: String,
-    job_key: String,
+    pub(crate) token: String,
+    pub(crate) job_key: String,
     lock_key: String,
     keep_logs: String,
     /// Set when a move succeeded: the attempt must end without finishing.
@@ -198,7 +204,7 @@ impl JobContext {
         self.code_to_result(code)
     }
 
-    fn code_to_result(&mut self, code: i64) -> Result<i64, JobError> {
+    pub(crate) fn code_to_result(&mut self, code: i64) -> Result<i64, JobError> {
         match code {
             -2 | -6 => {
                 self.lock_lost = true;

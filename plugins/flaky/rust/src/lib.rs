@@ -1,21 +1,37 @@
-//! flaky: fails on purpose, to exercise retries, unrecoverable failures and traps.
+//! flaky: misbehaves on purpose, to exercise retries, unrecoverable
+//! failures, traps, retry delays and lost locks. Fields of `data`:
 //!
-//! data: `{"failTimes": n}` fails retryably while `attemptsMade < n`;
-//! `{"fatal": true}` fails unrecoverably; `{"panic": true}` panics (a trap).
+//! - `failTimes: n` — fail retryably while `attemptsMade < n`
+//! - `retryAfterMs: ms` — those failures ask for their own delay (Celery's countdown)
+//! - `fatal: true` — fail unrecoverably
+//! - `panic: true` — panic (a trap)
+//! - `sleepMs: ms` — sleep first, then write `touchedOnAttempt` into the data
+//!   (a host call that fails with lock-lost if the lock was taken meanwhile)
+//! - `returnChildren: true` — include the children's return values (flows)
 use bullpen_guest::{Error, Job, Outcome};
 use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct Data {
     fail_times: u32,
+    retry_after_ms: Option<u64>,
     fatal: bool,
     panic: bool,
+    sleep_ms: u64,
+    return_children: bool,
 }
 
 fn process(job: &Job) -> Result<Outcome, Error> {
     let data: Data = job.data()?;
     let attempt = job.attempts_made() + 1;
+    if data.sleep_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(data.sleep_ms));
+        let mut raw: Map<String, Value> = job.data()?;
+        raw.insert("touchedOnAttempt".into(), json!(attempt));
+        job.update_data(&raw)?;
+    }
     if data.panic {
         panic!("flaky: asked to panic on attempt {attempt}");
     }
@@ -23,10 +39,20 @@ fn process(job: &Job) -> Result<Outcome, Error> {
         return Err(Error::unrecoverable(format!("flaky: fatal error on attempt {attempt}")));
     }
     if job.attempts_made() < data.fail_times {
-        return Err(Error::retry(format!("flaky: failing attempt {attempt} of {}", data.fail_times)));
+        let reason = format!("flaky: failing attempt {attempt} of {}", data.fail_times);
+        return Err(match data.retry_after_ms {
+            Some(ms) => Error::retry_after(reason, ms),
+            None => Error::retry(reason),
+        });
     }
     job.log(format!("flaky: succeeded on attempt {attempt}"))?;
-    Outcome::complete(&serde_json::json!({ "succeededOnAttempt": attempt }))
+    let mut out = json!({ "succeededOnAttempt": attempt });
+    if data.return_children {
+        let mut children = job.children_values()?;
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        out["children"] = Value::Object(children.into_iter().collect());
+    }
+    Outcome::complete(&out)
 }
 
 bullpen_guest::export_processor!(process);

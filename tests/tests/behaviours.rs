@@ -1,0 +1,303 @@
+//! Issue 3: every row of DESIGN.md §4 on a real redis-server, checked from
+//! the outside with Node's bullmq: steps, delays, children, failures,
+//! traps, retry delays, backoff, maxStartedAttempts, lost locks, flows.
+
+use std::time::{Duration, Instant};
+
+use bullpen_tests::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(90);
+
+fn job<'a>(v: &'a Value, i: usize) -> &'a Value {
+    &v["jobs"][i]
+}
+
+/// The seeds' step pattern end to end: Initial → Second → delayed 200 ms →
+/// Third → two children → waiting-children → Finish with the children's
+/// values. Moves do not count as attempts.
+#[test]
+fn steps_run_through_delay_children_and_finish() {
+    let redis = Redis::start();
+    let _steps = Worker::start(&redis, "orders", &plugin("steps", "rust"), &["--concurrency", "2"]);
+    let _kids = Worker::start(&redis, "orders-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
+    let ids = node_add(&redis, "orders", json!([{"name": "order", "data": {"order": 7}}]));
+    let started = Instant::now();
+    let v = wait_finished(&redis, "orders", &ids, T);
+    let j = job(&v, 0);
+    assert_eq!(j["state"], "completed", "{j:#}");
+    let id = &ids[0];
+    assert_eq!(
+        j["returnvalue"],
+        json!({"step": "Finish", "children": {
+            format!("bull:orders-children:{id}-child-1"): {"child": 1, "parent": id},
+            format!("bull:orders-children:{id}-child-2"): {"child": 2, "parent": id},
+        }})
+    );
+    assert_eq!(j["logs"], json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]));
+    assert_eq!(j["attemptsMade"], 1, "delays and waits do not count as attempts");
+    assert!(j["attemptsStarted"].as_u64().unwrap() >= 3, "started at Initial, after the delay, after the children");
+    assert_eq!(j["data"], json!({"step": "Finish", "order": 7}), "the step is stored in the job data");
+    assert!(started.elapsed() >= Duration::from_millis(200), "the delay was honoured");
+}
+
+/// An injected failure at each step: the retry resumes at that step (each
+/// step's log line appears once) and the failure counts as an attempt.
+#[test]
+fn steps_resume_at_the_stored_step_after_a_failure() {
+    let redis = Redis::start();
+    let _steps = Worker::start(&redis, "st", &plugin("steps", "rust"), &["--concurrency", "4"]);
+    let _kids = Worker::start(&redis, "st-children", &plugin("echo", "rust"), &["--concurrency", "4"]);
+    let steps = ["Initial", "Second", "Third", "Finish"];
+    let jobs: Vec<Value> = steps.iter().map(|s| json!({"name": s, "data": {"failAt": s}, "opts": {"attempts": 2}})).collect();
+    let ids = node_add(&redis, "st", Value::Array(jobs));
+    let v = wait_finished(&redis, "st", &ids, T);
+    for (i, s) in steps.iter().enumerate() {
+        let j = job(&v, i);
+        assert_eq!(j["state"], "completed", "failAt {s}: {j:#}");
+        assert_eq!(j["attemptsMade"], 2, "failAt {s}: one failure + the completion");
+        assert_eq!(j["logs"], json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]), "failAt {s}");
+        assert_eq!(j["returnvalue"]["children"].as_object().unwrap().len(), 2, "failAt {s}");
+    }
+    let kids = node(&["counts", &redis.url(), "st-children"]);
+    assert_eq!(kids["completed"], 8, "no child added twice: {kids}");
+}
+
+/// Unrecoverable failure ends the job whatever `attempts` says.
+#[test]
+fn unrecoverable_fails_at_once() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "u", &plugin("flaky", "rust"), &[]);
+    let ids = node_add(&redis, "u", json!([{"name": "x", "data": {"fatal": true}, "opts": {"attempts": 5}}]));
+    let v = wait_finished(&redis, "u", &ids, T);
+    assert_eq!(job(&v, 0)["state"], "failed");
+    assert_eq!(job(&v, 0)["attemptsMade"], 1);
+    assert_eq!(job(&v, 0)["failedReason"], "flaky: fatal error on attempt 1");
+}
+
+/// A panic is a trap: the failedReason names it and carries the panic
+/// message; retries apply; the worker goes on with other jobs.
+#[test]
+fn trap_fails_the_attempt_with_a_named_reason_and_retries() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "p", &plugin("flaky", "rust"), &[]);
+    let ids = node_add(&redis, "p", json!([
+        {"name": "boom", "data": {"panic": true}, "opts": {"attempts": 2}},
+        {"name": "fine", "data": {}},
+    ]));
+    let v = wait_finished(&redis, "p", &ids, T);
+    let j = job(&v, 0);
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["attemptsMade"], 2);
+    let reason = j["failedReason"].as_str().unwrap();
+    assert!(reason.starts_with("wasm trap: unreachable"), "{reason}");
+    assert!(reason.contains("flaky: asked to panic on attempt 2"), "{reason}");
+    assert!(j["logs"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("panicked at")), "stderr goes to the log");
+    assert_eq!(job(&v, 1)["state"], "completed");
+}
+
+/// `retry-after`: the guest's own delay; it counts as an attempt and the job
+/// waits in `delayed` with the failedReason, as after a Node backoff retry.
+#[test]
+fn retry_after_uses_the_guests_delay() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "ra", &plugin("flaky", "rust"), &[]);
+    let ids = node_add(&redis, "ra", json!([{"name": "x", "data": {"failTimes": 1, "retryAfterMs": 1500}, "opts": {"attempts": 2}}]));
+    let deadline = Instant::now() + T;
+    let delayed = loop {
+        let v = inspect(&redis, "ra", &ids);
+        if job(&v, 0)["state"] == "delayed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never delayed: {v:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(job(&delayed, 0)["attemptsMade"], 1);
+    assert_eq!(job(&delayed, 0)["failedReason"], "flaky: failing attempt 1 of 1");
+    let mut c = redis.conn();
+    let score: f64 = redis::cmd("ZSCORE").arg("bull:ra:delayed").arg(&ids[0]).query(&mut c).unwrap();
+    let due = (score / 4096.0) as u64;
+    let failed_at = job(&delayed, 0)["processedOn"].as_u64().unwrap();
+    assert!(due >= failed_at + 1400 && due <= failed_at + 3000, "due {due} vs failed at ~{failed_at}");
+    let v = wait_finished(&redis, "ra", &ids, T);
+    assert_eq!(job(&v, 0)["state"], "completed");
+    assert_eq!(job(&v, 0)["attemptsMade"], 2);
+    assert!(job(&v, 0)["finishedOn"].as_u64().unwrap() >= due);
+}
+
+/// Fixed and exponential backoff from job opts, as Node computes them.
+#[test]
+fn backoff_fixed_and_exponential_from_job_opts() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "b", &plugin("flaky", "rust"), &["--concurrency", "2"]);
+    let ids = node_add(&redis, "b", json!([
+        {"name": "fixed", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "fixed", "delay": 400}}},
+        {"name": "exp", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "exponential", "delay": 300}}},
+    ]));
+    let v = wait_finished(&redis, "b", &ids, T);
+    for i in 0..2 {
+        let j = job(&v, i);
+        assert_eq!(j["state"], "completed", "{j:#}");
+        assert_eq!(j["attemptsMade"], 3);
+    }
+    // Timestamps from Node: finishedOn - timestamp covers both delays.
+    let raw = |id: &str, f: &str| -> u64 {
+        let mut c = redis.conn();
+        let s: String = redis::cmd("HGET").arg(format!("bull:b:{id}")).arg(f).query(&mut c).unwrap();
+        s.parse().unwrap()
+    };
+    assert!(raw(&ids[0], "finishedOn") - raw(&ids[0], "timestamp") >= 800, "fixed: 400 + 400");
+    assert!(raw(&ids[1], "finishedOn") - raw(&ids[1], "timestamp") >= 900, "exponential: 300 + 600");
+}
+
+/// Jitter (which bullmq-official's port ignores) is applied as BullMQ's
+/// backoffs.ts does: uniform in [delay·(1−j), delay).
+#[test]
+fn backoff_jitter_is_applied() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "j", &plugin("flaky", "rust"), &["--concurrency", "6"]);
+    let jobs: Vec<Value> = (0..6)
+        .map(|_| json!({"name": "j", "data": {"failTimes": 5}, "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 20000, "jitter": 0.5}}}))
+        .collect();
+    let ids = node_add(&redis, "j", Value::Array(jobs));
+    let deadline = Instant::now() + T;
+    let mut c = redis.conn();
+    let mut delays = vec![];
+    for id in &ids {
+        loop {
+            let score: Option<f64> = redis::cmd("ZSCORE").arg("bull:j:delayed").arg(id).query(&mut c).unwrap();
+            if let Some(score) = score {
+                let fin: String = redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
+                delays.push((score / 4096.0) as i64 - fin.parse::<i64>().unwrap());
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for d in &delays {
+        assert!((9_900..20_100).contains(d), "first retry delay {d} outside [10000, 20000): {delays:?}");
+    }
+    let spread = delays.iter().max().unwrap() - delays.iter().min().unwrap();
+    assert!(spread > 100, "jitter should spread the delays: {delays:?}");
+}
+
+/// maxStartedAttempts as a worker option: the job fails with BullMQ's reason
+/// once it has started more often than allowed.
+#[test]
+fn max_started_attempts_fails_the_job() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "m", &plugin("flaky", "rust"), &["--max-started-attempts", "1"]);
+    let ids = node_add(&redis, "m", json!([{"name": "x", "data": {"failTimes": 9}, "opts": {"attempts": 5}}]));
+    let v = wait_finished(&redis, "m", &ids, T);
+    assert_eq!(job(&v, 0)["state"], "failed");
+    assert_eq!(job(&v, 0)["failedReason"], "job started more than allowable limit");
+    assert_eq!(job(&v, 0)["attemptsStarted"], 2);
+}
+
+/// The lock is taken away while the guest runs (as a stall recovery would):
+/// the guest's next write gets lock-lost, nothing is written, the attempt
+/// neither completes nor fails the job, and the job's next owner finishes it.
+#[test]
+fn lost_lock_means_nothing_is_written_and_the_new_owner_finishes() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "l", &plugin("flaky", "rust"), &["--stalled-interval-ms", "1000"]);
+    let ids = node_add(&redis, "l", json!([{"name": "x", "data": {"sleepMs": 1500}}]));
+    let mut c = redis.conn();
+    let lock = format!("bull:l:{}:lock", ids[0]);
+    let deadline = Instant::now() + T;
+    loop {
+        let exists: bool = redis::cmd("EXISTS").arg(&lock).query(&mut c).unwrap();
+        if exists {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _: () = redis::cmd("DEL").arg(&lock).query(&mut c).unwrap();
+    w.wait_log("lock lost during the attempt", T);
+    let v = inspect(&redis, "l", &ids);
+    assert_eq!(job(&v, 0)["data"], json!({"sleepMs": 1500}), "the guest's write after the loss was refused");
+    assert_eq!(job(&v, 0)["attemptsMade"], 0, "the abandoned attempt was neither completed nor failed");
+    assert!(job(&v, 0)["failedReason"].is_null());
+    // The stalled check re-queues it and the next attempt (its new owner) completes it.
+    let v = wait_finished(&redis, "l", &ids, T);
+    let j = job(&v, 0);
+    assert_eq!(j["state"], "completed", "{j:#}");
+    assert_eq!(j["attemptsMade"], 1);
+    assert_eq!(j["data"]["touchedOnAttempt"], 1);
+}
+
+fn flow(redis: &Redis, tree: Value) -> Value {
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(root().join("tests/node/driver.js")).args(["flow", &redis.url(), "-", &tree.to_string()]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A flow from Node's FlowProducer (parent in one queue, children in
+/// another, a grandchild) runs on bullpen workers: each parent runs after its
+/// children, with their values.
+#[test]
+fn node_flow_producer_flow_runs_bottom_up() {
+    let redis = Redis::start();
+    let _p = Worker::start(&redis, "fparents", &plugin("flaky", "rust"), &[]);
+    let _k = Worker::start(&redis, "fkids", &plugin("flaky", "rust"), &["--concurrency", "3"]);
+    let tree = flow(&redis, json!({
+        "name": "parent", "queueName": "fparents", "data": {"returnChildren": true},
+        "children": [
+            {"name": "kid-a", "queueName": "fkids", "data": {"returnChildren": true},
+             "children": [{"name": "grandkid", "queueName": "fkids", "data": {}}]},
+            {"name": "kid-b", "queueName": "fkids", "data": {}},
+        ]
+    }));
+    let pid = tree["id"].as_str().unwrap().to_string();
+    let a = tree["children"][0]["id"].as_str().unwrap();
+    let b = tree["children"][1]["id"].as_str().unwrap();
+    let g = tree["children"][0]["children"][0]["id"].as_str().unwrap();
+    let v = wait_finished(&redis, "fparents", &[pid.clone()], T);
+    let parent = job(&v, 0);
+    assert_eq!(parent["state"], "completed", "{parent:#}");
+    assert_eq!(parent["returnvalue"]["children"], json!({
+        format!("bull:fkids:{a}"): {"succeededOnAttempt": 1, "children": {format!("bull:fkids:{g}"): {"succeededOnAttempt": 1}}},
+        format!("bull:fkids:{b}"): {"succeededOnAttempt": 1},
+    }));
+    let kids = inspect(&redis, "fkids", &[a.into(), b.into(), g.into()]);
+    let done = |i: usize| kids["jobs"][i]["finishedOn"].as_u64().unwrap();
+    assert!(done(2) <= done(0), "grandchild before its parent");
+    assert!(parent["processedOn"].as_u64().unwrap() >= done(0).max(done(1)), "parent runs after its children");
+}
+
+/// failParentOnFailure: a failed child fails the parent (as in Node);
+/// ignoreDependencyOnFailure: the parent completes without that child.
+#[test]
+fn flow_fail_parent_and_ignore_dependency_on_failure() {
+    let redis = Redis::start();
+    let _p = Worker::start(&redis, "gp", &plugin("flaky", "rust"), &["--concurrency", "2"]);
+    let _k = Worker::start(&redis, "gk", &plugin("flaky", "rust"), &["--concurrency", "4"]);
+    let failing = flow(&redis, json!({
+        "name": "p1", "queueName": "gp", "data": {"returnChildren": true},
+        "children": [
+            {"name": "bad", "queueName": "gk", "data": {"fatal": true}, "opts": {"failParentOnFailure": true}},
+            {"name": "good", "queueName": "gk", "data": {}},
+        ]
+    }));
+    let ignoring = flow(&redis, json!({
+        "name": "p2", "queueName": "gp", "data": {"returnChildren": true},
+        "children": [
+            {"name": "bad", "queueName": "gk", "data": {"fatal": true}, "opts": {"ignoreDependencyOnFailure": true}},
+            {"name": "good", "queueName": "gk", "data": {}},
+        ]
+    }));
+    let p1 = failing["id"].as_str().unwrap().to_string();
+    let p2 = ignoring["id"].as_str().unwrap().to_string();
+    let v = wait_finished(&redis, "gp", &[p1, p2], T);
+    let bad1 = failing["children"][0]["id"].as_str().unwrap();
+    assert_eq!(job(&v, 0)["state"], "failed", "{:#}", job(&v, 0));
+    let reason = job(&v, 0)["failedReason"].as_str().unwrap();
+    assert!(reason.contains(&format!("bull:gk:{bad1}")) && reason.contains("failed"), "{reason}");
+    assert_eq!(job(&v, 1)["state"], "completed", "{:#}", job(&v, 1));
+    let good2 = ignoring["children"][1]["id"].as_str().unwrap();
+    assert_eq!(job(&v, 1)["returnvalue"]["children"], json!({format!("bull:gk:{good2}"): {"succeededOnAttempt": 1}}));
+}
