@@ -1,0 +1,62 @@
+//! hog: abuses the sandbox on purpose; `data.mode` picks the abuse.
+//!
+//! - `loop`: spins forever (stopped by the wall-clock limit)
+//! - `memory`: grows memory without bound (stopped by the memory cap)
+//! - `output`: writes ~8 MiB to stdout, then completes (the log keeps a bounded part)
+//! - `recursion`: recurses without bound (a stack-overflow trap)
+//! - `file` / `net` / `env`: tries to read a host file, open a socket, read the
+//!   environment; completes with what it got (errors, not access)
+//! - anything else: completes with `{"ok": true}`
+use bullpen_guest::{Error, Job, Outcome};
+use serde_json::json;
+use std::hint::black_box;
+
+#[derive(serde::Deserialize)]
+struct Data {
+    mode: String,
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64, pad: [u64; 16]) -> u64 {
+    black_box(pad);
+    1 + recurse(black_box(n + 1), black_box([n; 16]))
+}
+
+fn process(job: &Job) -> Result<Outcome, Error> {
+    let data: Data = job.data()?;
+    match data.mode.as_str() {
+        "loop" => {
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "output" => {
+            let line = "hog: flooding stdout ".repeat(4);
+            for i in 0..100_000 {
+                println!("{i} {line}");
+            }
+            Outcome::complete(&json!({ "printed": 100_000 }))
+        }
+        "recursion" => Outcome::complete(&json!({ "depth": recurse(0, [0; 16]) })),
+        "file" => {
+            let r = std::fs::read_to_string("/etc/passwd");
+            Outcome::complete(&json!({ "file": r.map(|s| s.len().to_string()).map_err(|e| e.to_string()) }))
+        }
+        "net" => {
+            let r = std::net::TcpStream::connect("127.0.0.1:6379");
+            Outcome::complete(&json!({ "net": r.map(|_| "connected".to_string()).map_err(|e| e.to_string()) }))
+        }
+        "env" => Outcome::complete(&json!({ "env": std::env::vars().count(), "args": std::env::args().count() })),
+        _ => Outcome::complete(&json!({ "ok": true })),
+    }
+}
+
+bullpen_guest::export_processor!(process);
