@@ -301,3 +301,35 @@ fn flow_fail_parent_and_ignore_dependency_on_failure() {
     let good2 = ignoring["children"][1]["id"].as_str().unwrap();
     assert_eq!(job(&v, 1)["returnvalue"]["children"], json!({format!("bull:gk:{good2}"): {"succeededOnAttempt": 1}}));
 }
+
+/// A custom backoff type is answered by the guest's `backoff` export
+/// (flaky: "linear" = 300 ms × attempts made; "never" = give up), as Node's
+/// `settings.backoffStrategy` would be.
+#[test]
+fn custom_backoff_is_computed_by_the_guest() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "cb", &plugin("flaky", "rust"), &["--concurrency", "2"]);
+    let ids = node_add(&redis, "cb", json!([
+        {"name": "linear", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "linear"}}},
+        {"name": "never", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "never"}}},
+    ]));
+    let mut c = redis.conn();
+    let deadline = Instant::now() + T;
+    let score: f64 = loop {
+        let s: Option<f64> = redis::cmd("ZSCORE").arg("bull:cb:delayed").arg(&ids[0]).query(&mut c).unwrap();
+        if let Some(s) = s {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the linear job was never delayed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let processed: String = redis::cmd("HGET").arg(format!("bull:cb:{}", ids[0])).arg("processedOn").query(&mut c).unwrap();
+    let delay = (score / 4096.0) as i64 - processed.parse::<i64>().unwrap();
+    assert!((290..1300).contains(&delay), "first linear delay should be ~300 ms, was {delay}");
+    let v = wait_finished(&redis, "cb", &ids, T);
+    assert_eq!(job(&v, 0)["state"], "completed");
+    assert_eq!(job(&v, 0)["attemptsMade"], 3);
+    assert_eq!(job(&v, 1)["state"], "failed", "give-up stops retries");
+    assert_eq!(job(&v, 1)["attemptsMade"], 1);
+    assert_eq!(job(&v, 1)["failedReason"], "flaky: failing attempt 1 of 2");
+}

@@ -48,6 +48,22 @@ pub mod bindings {
     });
 }
 
+/// Bindings for the `processor-with-backoff` world, sharing the types above.
+#[doc(hidden)]
+pub mod backoff_bindings {
+    wit_bindgen::generate!({
+        world: "processor-with-backoff",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_processor_with_backoff_world",
+        default_bindings_module: "bullpen_guest::backoff_bindings",
+        with: {
+            "bullpen:processor/types@0.1.0": crate::bindings::bullpen::processor::types,
+            "bullpen:processor/job-context@0.1.0": crate::bindings::bullpen::processor::job_context,
+        },
+    });
+}
+
 use bindings::bullpen::processor::job_context as host;
 use bindings::bullpen::processor::types as wit;
 
@@ -265,6 +281,31 @@ impl Job {
     }
 }
 
+/// What a custom backoff strategy decides after a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// Retry after this many milliseconds (0 = at once).
+    DelayMs(u64),
+    /// Do not retry: fail the job now (BullMQ's custom backoff `-1`).
+    GiveUp,
+}
+
+/// Runs a user backoff function as the component's `backoff` export. Used by
+/// [`export_processor!`]; not part of the API.
+#[doc(hidden)]
+pub fn __backoff(
+    strategy: String,
+    attempts_made: u32,
+    reason: String,
+    job: wit::Job,
+    f: fn(&str, u32, &str, &Job) -> Backoff,
+) -> wit::BackoffDecision {
+    match f(&strategy, attempts_made, &reason, &Job { inner: job }) {
+        Backoff::DelayMs(ms) => wit::BackoffDecision::DelayMs(ms),
+        Backoff::GiveUp => wit::BackoffDecision::GiveUp,
+    }
+}
+
 /// Runs a user function as the component's `process` export. Used by
 /// [`export_processor!`]; not part of the API.
 #[doc(hidden)]
@@ -283,8 +324,35 @@ pub fn __run(job: wit::Job, f: fn(&Job) -> Result<Outcome, Error>) -> Result<wit
 }
 
 /// Export `fn(&Job) -> Result<Outcome, Error>` as this component's processor.
+///
+/// With `backoff = f`, also export a custom backoff strategy
+/// `fn(strategy: &str, attempts_made: u32, reason: &str, job: &Job) -> Backoff`,
+/// called when a job whose `opts.backoff.type` is not `fixed`/`exponential`
+/// fails retryably (`attempts_made` counts the failed attempt).
 #[macro_export]
 macro_rules! export_processor {
+    ($f:path, backoff = $b:path) => {
+        struct __BullpenProcessor;
+        impl $crate::backoff_bindings::Guest for __BullpenProcessor {
+            fn process(
+                job: $crate::bindings::bullpen::processor::types::Job,
+            ) -> ::core::result::Result<
+                $crate::bindings::bullpen::processor::types::Outcome,
+                $crate::bindings::bullpen::processor::types::Failure,
+            > {
+                $crate::__run(job, $f)
+            }
+            fn backoff(
+                strategy: ::std::string::String,
+                attempts_made: u32,
+                reason: ::std::string::String,
+                job: $crate::bindings::bullpen::processor::types::Job,
+            ) -> $crate::bindings::bullpen::processor::types::BackoffDecision {
+                $crate::__backoff(strategy, attempts_made, reason, job, $b)
+            }
+        }
+        $crate::backoff_bindings::__export_processor_with_backoff_world!(__BullpenProcessor with_types_in $crate::backoff_bindings);
+    };
     ($f:path) => {
         struct __BullpenProcessor;
         impl $crate::bindings::Guest for __BullpenProcessor {

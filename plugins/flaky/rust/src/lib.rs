@@ -8,7 +8,10 @@
 //! - `sleepMs: ms` — sleep first, then write `touchedOnAttempt` into the data
 //!   (a host call that fails with lock-lost if the lock was taken meanwhile)
 //! - `returnChildren: true` — include the children's return values (flows)
-use bullpen_guest::{Error, Job, Outcome};
+//!
+//! It also exports a custom backoff: job opts `backoff: {type: "linear"}`
+//! retry after 300 ms × attempts made; `{type: "never"}` gives up.
+use bullpen_guest::{Backoff, Error, Job, Outcome};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -55,4 +58,12 @@ fn process(job: &Job) -> Result<Outcome, Error> {
     Outcome::complete(&out)
 }
 
-bullpen_guest::export_processor!(process);
+fn backoff(strategy: &str, attempts_made: u32, _reason: &str, _job: &Job) -> Backoff {
+    match strategy {
+        "linear" => Backoff::DelayMs(300 * attempts_made as u64),
+        "never" => Backoff::GiveUp,
+        _ => Backoff::DelayMs(0),
+    }
+}
+
+bullpen_guest::export_processor!(process, backoff = backoff);
