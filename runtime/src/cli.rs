@@ -29,6 +29,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Add a job to a queue (as BullMQ's Queue.add does) and print its id.
     Add(AddArgs),
+    /// Move a failed (or completed) job back to wait, as BullMQ's Job.retry does.
+    Retry(RetryArgs),
+    /// Print one job (data, state, attempts, result, logs) as JSON.
+    Inspect(InspectArgs),
 }
 
 /// Where the queue lives.
@@ -96,10 +100,38 @@ pub struct AddArgs {
     pub opts: Option<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// Job id.
+    pub job_id: String,
+    /// The state the job is retried from.
+    #[arg(long, value_enum, default_value_t = crate::admin::FinishedState::Failed)]
+    pub state: crate::admin::FinishedState,
+    /// Reset attemptsMade to 0 (BullMQ `resetAttemptsMade`): the job gets its
+    /// full `attempts` again.
+    #[arg(long)]
+    pub reset_attempts_made: bool,
+    /// Reset attemptsStarted to 0 (BullMQ `resetAttemptsStarted`).
+    #[arg(long)]
+    pub reset_attempts_started: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// Job id.
+    pub job_id: String,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(a) => worker(a).await,
         Command::Add(a) => add(a).await,
+        Command::Retry(a) => retry(a).await,
+        Command::Inspect(a) => inspect(a).await,
     }
 }
 
@@ -166,5 +198,21 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open queue `{}` on {}", a.q.queue, a.q.redis))?;
     let job = queue.add(&a.name, data).options(opts).await.context("adding the job failed")?;
     println!("{}", job.id());
+    Ok(())
+}
+
+async fn retry(a: RetryArgs) -> anyhow::Result<()> {
+    let opts = crate::admin::RetryOptions {
+        reset_attempts_made: a.reset_attempts_made,
+        reset_attempts_started: a.reset_attempts_started,
+    };
+    crate::admin::retry_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
+    info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
+    Ok(())
+}
+
+async fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let view = crate::admin::inspect_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id).await?;
+    println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }

@@ -13,6 +13,7 @@
 //!
 //! The contract with guests is `wit/processor.wit`; [`bindings`] is generated from it.
 
+pub mod admin;
 pub mod cli;
 pub mod engine;
 pub mod error;
