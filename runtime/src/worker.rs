@@ -63,6 +63,9 @@ impl BindingConfig {
     }
 }
 
+/// How long interrupted attempts get to hand their jobs back at shutdown.
+const HANDBACK_TIME: Duration = Duration::from_secs(5);
+
 /// A running binding.
 pub struct Binding {
     worker: Worker,
@@ -112,7 +115,10 @@ impl Binding {
     /// interrupt the rest and hand their jobs back to wait without counting
     /// an attempt.
     pub async fn close(&self, grace: Duration) -> anyhow::Result<()> {
-        let closing = self.worker.close(grace.as_millis() as u64);
+        // bullmq's close() aborts whatever still runs at its deadline, which
+        // would leave jobs active until a stalled check; give interrupted
+        // attempts time past the grace period to hand their jobs back.
+        let closing = self.worker.close((grace + HANDBACK_TIME).as_millis() as u64);
         tokio::pin!(closing);
         tokio::select! {
             r = &mut closing => { r?; return Ok(()); }

@@ -151,6 +151,12 @@ impl Worker {
         self.child.wait().unwrap()
     }
 
+    /// SIGKILL: the process dies mid-attempt, as on a machine failure.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn sigterm(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
     }
