@@ -142,7 +142,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let engine = new_engine()?;
     let linker = new_linker(&engine)?;
     let plugin = Plugin::from_file(&engine, &linker, &a.plugin)?;
-    info!(plugin = %plugin.source, digest = %plugin.digest, "plugin loaded");
+    info!(plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
     let mut config = BindingConfig::new(a.q.redis.clone(), a.q.queue.clone());
     config.prefix = a.q.prefix.clone();
     config.concurrency = a.concurrency;

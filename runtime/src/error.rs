@@ -25,6 +25,11 @@ pub enum PluginError {
     /// uses features the engine does not enable).
     #[error("{what} is not a valid component: {reason}")]
     Compile { what: String, reason: String },
+    /// Instantiating the component trapped (its start code hit `unreachable`,
+    /// ran out of bounds, or ran for more than a second), so every attempt
+    /// would fail.
+    #[error("{what} traps when instantiated: {reason}")]
+    InstantiationTrap { what: String, reason: String },
     /// The component compiled but does not fit the `bullpen:processor`
     /// world: it imports something the host does not provide, or does not
     /// export `process` with the right type.

@@ -1,12 +1,16 @@
 //! A processor component, loaded, validated against the WIT world and
 //! pre-linked (`InstancePre`), so an attempt only pays for instantiation.
 
-use std::path::Path;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::Engine;
+use tracing::{debug, warn};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{Processor, ProcessorPre};
 use crate::error::PluginError;
@@ -21,6 +25,10 @@ pub struct Plugin {
     pub(crate) pre: ProcessorPre<HostState>,
     /// The component also exports `backoff` (world `processor-with-backoff`).
     pub has_backoff: bool,
+    /// Time to make it ready (compile or cache load, probe, pre-link), ms.
+    pub load_ms: f64,
+    /// Whether the precompiled-artifact cache served the compile.
+    pub from_cache: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -51,6 +59,10 @@ impl Plugin {
     }
 
     /// Validate and pre-link component bytes; `source` names them in errors.
+    ///
+    /// Order: header check, compile (or load the precompiled artifact cached
+    /// for this digest), a probe instantiation that refuses components that
+    /// trap while instantiating, then the world check (`InstancePre`).
     pub fn from_bytes(
         engine: &Engine,
         linker: &Linker<HostState>,
@@ -58,7 +70,14 @@ impl Plugin {
         source: &str,
     ) -> Result<Arc<Plugin>, PluginError> {
         check_header(bytes, source)?;
-        let component = Component::new(engine, bytes).map_err(|e| PluginError::Compile {
+        let digest = digest(bytes);
+        let started = Instant::now();
+        let (component, cached) = compile_cached(engine, bytes, &digest).map_err(|e| PluginError::Compile {
+            what: source.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+        probe_instantiation(engine, &component).map_err(|e| PluginError::InstantiationTrap {
             what: source.to_string(),
             reason: format!("{e:#}"),
         })?;
@@ -66,8 +85,84 @@ impl Plugin {
         let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = ProcessorPre::new(pre).map_err(mismatch)?;
         let has_backoff = component.component_type().exports(engine).any(|(name, _)| name == "backoff");
-        Ok(Arc::new(Plugin { digest: digest(bytes), source: source.to_string(), pre, has_backoff }))
+        debug!(%digest, cached, compile_ms, total_ms = started.elapsed().as_secs_f64() * 1000.0, "plugin ready");
+        Ok(Arc::new(Plugin { digest, source: source.to_string(), pre, has_backoff, load_ms: started.elapsed().as_secs_f64() * 1000.0, from_cache: cached }))
     }
+}
+
+/// Where precompiled components are kept: `$BULLPEN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/bullpen`, else `~/.cache/bullpen`. `BULLPEN_CACHE_DIR=off`
+/// disables the cache. JS components take seconds to compile; loading their
+/// artifact takes about a millisecond.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("BULLPEN_CACHE_DIR") {
+        Some(v) if v == "off" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("bullpen")),
+    }
+}
+
+/// Compile, or deserialize the artifact cached under this digest and this
+/// engine's compatibility hash (so a different wasmtime or different
+/// settings never load a stale artifact). Returns whether the cache served it.
+fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, bool)> {
+    let Some(dir) = cache_dir() else {
+        return Ok((Component::new(engine, bytes)?, false));
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let path = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+    if path.exists() {
+        // SAFETY: the file was written by `Component::serialize` of this
+        // engine configuration (the name carries its compatibility hash) for
+        // exactly these bytes (the name carries their sha256).
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => return Ok((c, true)),
+            Err(e) => warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unreadable cached artifact"),
+        }
+    }
+    let component = Component::new(engine, bytes)?;
+    if let Err(e) = write_artifact(&component, &dir, &path) {
+        warn!(dir = %dir.display(), error = %e, "cannot cache the compiled plugin; it will be compiled again next start");
+    }
+    Ok((component, false))
+}
+
+fn write_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Store data for the probe: WASI only, nothing granted.
+struct ProbeState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for ProbeState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Instantiate once with every non-WASI import trapping, under a 1 s epoch
+/// deadline and a 256 MiB memory cap, so a component whose start code traps
+/// (or spins) is refused at load instead of failing every job.
+fn probe_instantiation(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
+    let mut linker: Linker<ProbeState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    linker.define_unknown_imports_as_traps(component)?;
+    let mut store = Store::new(engine, ProbeState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+    store.set_epoch_deadline((1000 / crate::engine::EPOCH_TICK.as_millis()) as u64);
+    store.epoch_deadline_trap();
+    linker.instantiate(&mut store, component)?;
+    Ok(())
 }
 
 /// Wasm files start with `\0asm` and a 4-byte version/layer: `01 00 00 00`

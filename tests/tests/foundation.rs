@@ -190,6 +190,12 @@ fn bad_plugins_are_refused_and_no_job_is_lost() {
     let err = worker_refuses(&redis, &importer);
     assert!(err.contains("does not match") && err.contains("evil:net/socket"), "{err}");
 
+    let trapper = dir.path().join("trapper.wasm");
+    let wat = r#"(component (core module $m (func $start unreachable) (start $start)) (core instance (instantiate $m)))"#;
+    std::fs::write(&trapper, wat::parse_str(wat).unwrap()).unwrap();
+    let err = worker_refuses(&redis, &trapper);
+    assert!(err.contains("traps when instantiated") && err.contains("unreachable"), "{err}");
+
     let v = inspect(&redis, "x", &ids);
     assert_eq!(v["jobs"][0]["state"], "waiting", "refused workers must not touch jobs");
 }
@@ -229,4 +235,30 @@ fn sigterm_stops_cleanly() {
     wait_finished(&redis, "s", &ids, T);
     let status = w.stop();
     assert!(status.success(), "{status}");
+}
+
+/// The compiled component is cached by digest: a second start loads the
+/// artifact instead of compiling (what makes JS workers start fast).
+#[test]
+fn second_start_loads_the_precompiled_artifact() {
+    let redis = Redis::start();
+    let cache = tempfile::tempdir().unwrap();
+    let start = |n: usize| {
+        let out = std::process::Command::new(bullpen_bin())
+            .args(["worker", "--redis", &redis.url(), "--queue", "c", "--plugin", plugin("echo", "rust").to_str().unwrap()])
+            .env("BULLPEN_CACHE_DIR", cache.path())
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = std::process::Command::new("kill").args(["-TERM", &out.id().to_string()]).status();
+        let o = out.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(log.contains("plugin loaded"), "start {n}: {log}");
+        log
+    };
+    assert!(start(1).contains("from_cache=false"));
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "one artifact written");
+    assert!(start(2).contains("from_cache=true"));
 }
