@@ -91,3 +91,51 @@ fn sigterm_finishes_or_hands_back_running_attempts() {
     let v = inspect(&redis, "g2", &ids);
     assert_eq!(v["jobs"][0]["state"], "completed");
 }
+
+/// Redis restarted under a running worker (AOF on): the worker logs the
+/// outage, reconnects and goes on; no job is lost.
+#[test]
+fn redis_restart_under_a_running_worker_loses_nothing() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let w = Worker::start(&redis, "rr", &plugin("echo", "rust"), &["--concurrency", "4"]);
+    let first: Vec<Value> = (0..50).map(|i| json!({"name": "before", "data": {"i": i}})).collect();
+    let mut ids = node_add(&redis, "rr", Value::Array(first));
+    wait_finished(&redis, "rr", &ids, T);
+    let queued: Vec<Value> = (0..50).map(|i| json!({"name": "during", "data": {"i": i}, "opts": {"delay": 1500}})).collect();
+    ids.extend(node_add(&redis, "rr", Value::Array(queued)));
+    redis.restart(Duration::from_millis(1500));
+    let after: Vec<Value> = (0..50).map(|i| json!({"name": "after", "data": {"i": i}})).collect();
+    ids.extend(node_add(&redis, "rr", Value::Array(after)));
+    let v = wait_finished(&redis, "rr", &ids, T);
+    for j in v["jobs"].as_array().unwrap() {
+        assert_eq!(j["state"], "completed", "{j:#}");
+    }
+    assert_eq!(v["counts"]["completed"], 150);
+    let log = w.log();
+    assert!(log.to_lowercase().contains("error") || log.contains("WARN"), "the outage is logged:\n{log}");
+}
+
+/// Lock renewal keeps attempts longer than the lock duration alive, even
+/// when the guest spins without yielding: no stall, no second run.
+#[test]
+fn lock_renewal_outlives_long_and_spinning_attempts() {
+    let redis = Redis::start();
+    let flags = ["--concurrency", "2", "--lock-duration-ms", "1000", "--stalled-interval-ms", "500", "--timeout-ms", "3000"];
+    let w = Worker::start(&redis, "lr", &plugin("flaky", "rust"), &flags);
+    let h = Worker::start(&redis, "lr-hog", &plugin("hog", "rust"), &flags);
+    let ids = node_add(&redis, "lr", json!([{"name": "long", "data": {"sleepMs": 2500}}]));
+    let hog = node_add(&redis, "lr-hog", json!([{"name": "spin", "data": {"mode": "loop"}}]));
+    let v = wait_finished(&redis, "lr", &ids, T);
+    assert_eq!(v["jobs"][0]["state"], "completed");
+    assert_eq!(v["jobs"][0]["attemptsMade"], 1);
+    assert_eq!(v["jobs"][0]["attemptsStarted"], 1, "never re-run by a stalled check");
+    let hv = wait_finished(&redis, "lr-hog", &hog, T);
+    assert_eq!(hv["jobs"][0]["failedReason"], "attempt timed out: exceeded the wall-clock limit of 3000 ms (--timeout-ms)");
+    assert_eq!(hv["jobs"][0]["attemptsStarted"], 1, "the spinning guest did not starve lock renewal");
+    let mut c = redis.conn();
+    for q in ["lr", "lr-hog"] {
+        let stalled: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(format!("bull:{q}:events")).arg("-").arg("+").query::<Vec<(String, Vec<String>)>>(&mut c).unwrap();
+        assert!(!stalled.iter().any(|(_, f)| f.get(1).map(String::as_str) == Some("stalled")), "{q}: a stalled event was emitted");
+    }
+    drop((w, h));
+}

@@ -196,11 +196,13 @@ impl JobContext {
         for a in args {
             inv.arg(*a);
         }
-        let mut conn = shared.redis.clone();
-        let code: i64 = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
+        let code: i64 = with_reconnect(|| {
+            let mut conn = shared.redis.clone();
+            let inv = &inv;
+            async move { inv.invoke_async(&mut conn).await }
+        })
+        .await
+        .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
         self.code_to_result(code)
     }
 
@@ -386,6 +388,30 @@ impl job_context::Host for HostState {
             .await
             .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
         Ok(map)
+    }
+}
+
+/// Run a Redis call, retrying connection failures for up to ~3 s. The
+/// connection manager reconnects in the background, but the first call after
+/// an outage still fails with the dead connection's error; without this a
+/// Redis restart would fail the attempts that were running.
+pub(crate) async fn with_reconnect<T, F, Fut>(mut call: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(e) if tries < 7 && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()) => {
+                tries += 1;
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+            r => return r,
+        }
     }
 }
 
