@@ -9,6 +9,12 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
 
+/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
+/// (one per attempt, recording the plugin version).
+fn guest_logs(j: &Value) -> Value {
+    Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
+}
+
 #[test]
 fn each_abuse_fails_only_its_own_job() {
     let redis = Redis::start();
@@ -33,7 +39,8 @@ fn each_abuse_fails_only_its_own_job() {
     assert!(reason(1).starts_with("out of memory:") && reason(1).contains("the limit of 32 MiB (--max-memory-mb)"), "{}", reason(1));
 
     assert_eq!(j(2)["state"], "completed", "flooding output is not an error: {:#}", j(2));
-    let logs = j(2)["logs"].as_array().unwrap();
+    let logs = guest_logs(j(2));
+    let logs = logs.as_array().unwrap();
     let bytes: usize = logs.iter().map(|l| l.as_str().unwrap().len()).sum();
     assert!(bytes <= 64 * 1024, "captured output is bounded, got {bytes} bytes");
     assert!(logs.last().unwrap().as_str().unwrap().starts_with("[bullpen] output truncated"), "{:?}", logs.last());
@@ -61,4 +68,26 @@ fn wasi_grants_no_files_network_or_environment() {
     assert!(r(0)["file"]["Err"].is_string(), "reading /etc/passwd must fail: {}", r(0));
     assert!(r(1)["net"]["Err"].is_string(), "connecting to Redis must fail: {}", r(1));
     assert_eq!(r(2), json!({"env": 0, "args": 0}));
+}
+
+/// Payload limits: oversized log lines, progress and data are refused with
+/// a clear error the guest sees; an oversized return value fails the job.
+#[test]
+fn payload_limits_give_clear_errors() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "big", &plugin("hog", "rust"), &["--concurrency", "2"]);
+    let ids = node_add(&redis, "big", json!([
+        {"name": "biglog", "data": {"mode": "biglog"}},
+        {"name": "bigprogress", "data": {"mode": "bigprogress"}},
+        {"name": "bigdata", "data": {"mode": "bigdata"}},
+        {"name": "bigreturn", "data": {"mode": "bigreturn"}},
+    ]));
+    let v = wait_finished(&redis, "big", &ids, T);
+    let refused = |i: usize| v["jobs"][i]["returnvalue"]["refused"].as_str().unwrap_or("").to_string();
+    assert_eq!(refused(0), "invalid argument: log line is 102400 bytes; the limit is 65536");
+    assert_eq!(refused(1), "invalid argument: progress is 102402 bytes; the limit is 65536");
+    assert_eq!(refused(2), "invalid argument: data is 17825803 bytes; the limit is 16777216");
+    assert_eq!(v["jobs"][2]["data"], json!({"mode": "bigdata"}), "nothing was written");
+    assert_eq!(v["jobs"][3]["state"], "failed");
+    assert_eq!(v["jobs"][3]["failedReason"], "return value is 17825803 bytes; the limit is 16777216");
 }

@@ -6,6 +6,9 @@
 //! - `recursion`: recurses without bound (a stack-overflow trap)
 //! - `file` / `net` / `env`: tries to read a host file, open a socket, read the
 //!   environment; completes with what it got (errors, not access)
+//! - `biglog` / `bigprogress` / `bigdata`: a 100 KiB log line, a 100 KiB
+//!   progress value, 17 MiB of data; completes with the host's answers
+//! - `bigreturn`: returns 17 MiB (over the host's return-value limit)
 //! - anything else: completes with `{"ok": true}`
 use bullpen_guest::{Error, Job, Outcome};
 use serde_json::json;
@@ -54,6 +57,15 @@ fn process(job: &Job) -> Result<Outcome, Error> {
             let r = std::net::TcpStream::connect("127.0.0.1:6379");
             Outcome::complete(&json!({ "net": r.map(|_| "connected".to_string()).map_err(|e| e.to_string()) }))
         }
+        "biglog" | "bigprogress" | "bigdata" => {
+            let r = match data.mode.as_str() {
+                "biglog" => job.log("x".repeat(100 << 10)),
+                "bigprogress" => job.progress("x".repeat(100 << 10)),
+                _ => job.update_data(&json!({ "blob": "x".repeat(17 << 20) })),
+            };
+            Outcome::complete(&json!({ "refused": r.err().map(|e| e.to_string()) }))
+        }
+        "bigreturn" => Outcome::complete(&json!({ "blob": "x".repeat(17 << 20) })),
         "env" => Outcome::complete(&json!({ "env": std::env::vars().count(), "args": std::env::args().count() })),
         _ => Outcome::complete(&json!({ "ok": true })),
     }
