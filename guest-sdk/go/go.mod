@@ -1,0 +1,3 @@
+module bullpen.dev/guest
+
+go 1.24
