@@ -26,3 +26,25 @@ for dir in "$root"/plugins/*/rust; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/${plugin//-/_}.wasm" "$out/$plugin-rust.wasm"
   echo "built target/plugins/$plugin-rust.wasm"
 done
+
+# Go guests: plugins/<name>/go, a GOOS=wasip1 reactor module (Go's own
+# toolchain, -buildmode=c-shared; the SDK has the canonical-ABI glue), made a
+# component by bullpen-componentize (the workspace's componentize/ crate)
+# with WASI's reactor adapter. A plugin that calls guest.WithBackoff exports
+# `backoff`: world processor-with-backoff.
+go_bin="$(bash "$root/scripts/find-go.sh" || true)"
+if [ -z "$go_bin" ]; then
+  echo "build-plugins: no Go >= 1.24 toolchain; run scripts/setup.sh first" >&2
+  exit 1
+fi
+(cd "$root" && CARGO_TARGET_DIR="$root/target" cargo build --release -p bullpen-componentize --quiet)
+gotmp="$(mktemp -d)"
+trap 'rm -rf "$gotmp"' EXIT
+for dir in "$root"/plugins/*/go; do
+  plugin="$(basename "$(dirname "$dir")")"
+  world=processor
+  if grep -q 'guest\.WithBackoff(' "$dir"/*.go; then world=processor-with-backoff; fi
+  (cd "$dir" && GOOS=wasip1 GOARCH=wasm GOFLAGS=-buildvcs=false "$go_bin" build -buildmode=c-shared -trimpath -o "$gotmp/$plugin.wasm" .)
+  "$root/target/release/bullpen-componentize" "$gotmp/$plugin.wasm" --wit "$root/wit" --world "$world" -o "$out/$plugin-go.wasm"
+  echo "built target/plugins/$plugin-go.wasm"
+done

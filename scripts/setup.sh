@@ -4,6 +4,7 @@
 # - redis-server (Debian package; tests and the demo start their own servers)
 # - the wasm32-wasip2 Rust target (rustup; Debian rustc-web + build-std fallback)
 # - the real bullmq npm package (tests/node) and PyPI package (tests/python/.venv)
+# - checks for Go >= 1.24 (Go guests; installed on the machine)
 # - the release bullpen binary and every example plugin (target/plugins/)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,6 +41,14 @@ if [ ! -x tests/python/.venv/bin/python ] || ! tests/python/.venv/bin/python -c 
   say "installing bullmq (PyPI) into tests/python/.venv"
   python3 -m venv tests/python/.venv
   tests/python/.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+fi
+
+# Go guests need Go >= 1.24 (GOOS=wasip1 with //go:wasmexport); this
+# project's machines come with Go 1.26 in /usr/local/go. Debian's golang-go
+# (1.19) is too old, so there is nothing to install from apt.
+if ! bash scripts/find-go.sh >/dev/null; then
+  echo "setup: Go guests need Go >= 1.24 on PATH or in /usr/local/go/bin" >&2
+  exit 1
 fi
 
 say "building bullpen (release)"
