@@ -68,7 +68,7 @@ const HANDBACK_TIME: Duration = Duration::from_secs(5);
 
 /// A running binding.
 pub struct Binding {
-    worker: Worker,
+    worker: Arc<Worker>,
     pub slot: Arc<PluginSlot>,
     pub config: BindingConfig,
 }
@@ -107,7 +107,8 @@ impl Binding {
         opts.stalled_interval = config.stalled_interval_ms;
         opts.max_stalled_count = config.max_stalled_count;
         opts.max_started_attempts = config.max_started_attempts;
-        let worker = Worker::with_options(&config.queue, processor, opts).await?;
+        let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
+        drain_worker_events(worker.clone(), config.queue.clone());
         Ok(Binding { worker, slot, config })
     }
 
@@ -129,6 +130,23 @@ impl Binding {
         closing.await?;
         Ok(())
     }
+}
+
+/// bullmq-official queues every worker event (with each job's return value)
+/// on an unbounded channel; unread, it grows with every job. Read it: log
+/// errors, drop the rest.
+fn drain_worker_events(worker: Arc<Worker>, queue: String) {
+    use bullmq::worker::WorkerEvent;
+    tokio::spawn(async move {
+        while let Some(event) = worker.next_event().await {
+            match event {
+                WorkerEvent::Error(e) => warn!(queue = %queue, error = %e, "worker error"),
+                WorkerEvent::Stalled { job_id } => warn!(queue = %queue, job = %job_id, "stalled job recovered"),
+                WorkerEvent::Closed => break,
+                _ => {}
+            }
+        }
+    });
 }
 
 /// What the attempt produced, in bullmq-official's terms: `Ok` completes;
