@@ -192,6 +192,10 @@ pub struct JobView {
     pub parent: Option<Value>,
     /// The job's BullMQ log lines (`<prefix>:<queue>:<id>:logs`), oldest first.
     pub logs: Vec<String>,
+    /// The sha256 of the plugin version that ran the job's latest attempt,
+    /// from its `bullpen: plugin sha256:<hex>` log line (null when no
+    /// attempt ran, or the line was trimmed by `keepLogs`).
+    pub plugin_digest: Option<String>,
 }
 
 /// Read one job: its hash (HGETALL), its state (BullMQ's `getState`
@@ -244,6 +248,7 @@ fn view_from_hash(id: &str, state: String, raw: &HashMap<String, Vec<u8>>, logs:
         processed_on: number("processedOn"),
         finished_on: number("finishedOn"),
         parent: text("parent").map(|s| parse_or_string(s).0),
+        plugin_digest: logs.iter().rev().find_map(|l| l.strip_prefix(crate::host::DIGEST_LOG_PREFIX)).map(str::to_string),
         logs,
     }
 }
@@ -293,5 +298,9 @@ mod tests {
         assert_eq!(v["failedReason"], Value::Null);
         assert_eq!(v["finishedOn"], Value::Null);
         assert_eq!(v["logs"][0], "l");
+        assert_eq!(v["pluginDigest"], Value::Null);
+        let logs = vec!["bullpen: plugin sha256:aa".into(), "x".into(), "bullpen: plugin sha256:bb".into()];
+        let v = serde_json::to_value(view_from_hash("7", "completed".into(), &raw, logs)).unwrap();
+        assert_eq!(v["pluginDigest"], "bb", "the latest attempt's version");
     }
 }

@@ -9,10 +9,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::deploy::{watch_file, Loader, RegistryFollower};
 use crate::engine::new_engine;
 use crate::host::ChildQueues;
 use crate::plugin::{new_linker, Plugin};
-use crate::registry::PluginSlot;
+use crate::registry::{iso8601, PluginSlot, Registry};
 use crate::sandbox::Limits;
 use crate::worker::{Binding, BindingConfig};
 
@@ -33,6 +34,14 @@ pub enum Command {
     Retry(RetryArgs),
     /// Print one job (data, state, attempts, result, logs) as JSON.
     Inspect(InspectArgs),
+    /// Validate a component and make it the queue's processor on every
+    /// registry worker (`bullpen worker` without --plugin); prints its digest.
+    Deploy(DeployArgs),
+    /// Make an earlier deployed version current again (default: the one
+    /// current before the current one); prints its digest.
+    Rollback(RollbackArgs),
+    /// List the versions deployed for a queue, with deploy times and which is current.
+    Plugins(PluginsArgs),
 }
 
 /// Where the queue lives.
@@ -53,9 +62,17 @@ pub struct QueueArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub q: QueueArgs,
-    /// The processor: a WebAssembly component of the bullpen:processor world.
+    /// The processor: a WebAssembly component of the bullpen:processor
+    /// world. The file is watched: when it changes to another valid
+    /// component the worker switches to it (a broken file is refused and
+    /// the loaded version keeps running). Without --plugin the worker runs
+    /// what `bullpen deploy` made current for the queue and follows deploys
+    /// and rollbacks.
     #[arg(long)]
-    pub plugin: PathBuf,
+    pub plugin: Option<PathBuf>,
+    /// With --plugin: load the file once, do not watch it.
+    #[arg(long, requires = "plugin")]
+    pub no_watch: bool,
     /// Attempts run at once (BullMQ `concurrency`).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -126,12 +143,43 @@ pub struct InspectArgs {
     pub job_id: String,
 }
 
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// The component to deploy (validated first: a refused component changes nothing).
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// The version to make current: a digest or a unique prefix of one
+    /// (see `bullpen plugins`). Default: the version current before the
+    /// current one (repeat to go further back).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PluginsArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// Print JSON (`[{"digest","deployedAt","size","current"}]`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(a) => worker(a).await,
         Command::Add(a) => add(a).await,
         Command::Retry(a) => retry(a).await,
         Command::Inspect(a) => inspect(a).await,
+        Command::Deploy(a) => deploy(a).await,
+        Command::Rollback(a) => rollback(a).await,
+        Command::Plugins(a) => plugins(a).await,
     }
 }
 
@@ -141,7 +189,25 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     }
     let engine = new_engine()?;
     let linker = new_linker(&engine)?;
-    let plugin = Plugin::from_file(&engine, &linker, &a.plugin)?;
+    let loader = Loader::new(engine.clone(), linker);
+    let shutdown = wait_for_shutdown_signal();
+    tokio::pin!(shutdown);
+    // The plugin source: a (watched) file, or the queue's registry.
+    let mut follower = None;
+    let plugin = match &a.plugin {
+        Some(path) => loader.load_file(path).await?,
+        None => {
+            let mut f = RegistryFollower::connect(loader.clone(), &a.q.redis, &a.q.prefix, &a.q.queue)
+                .await
+                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+            let first = tokio::select! {
+                p = f.first() => p,
+                r = &mut shutdown => { r?; info!("stopped before anything was deployed"); return Ok(()); }
+            };
+            follower = Some(f);
+            first
+        }
+    };
     info!(plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
     let mut config = BindingConfig::new(a.q.redis.clone(), a.q.queue.clone());
     config.prefix = a.q.prefix.clone();
@@ -161,11 +227,19 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         config.child_queues = ChildQueues::Only(a.child_queues.clone());
     }
     let slot = Arc::new(PluginSlot::new(plugin));
-    let binding = Binding::start(engine, slot, config)
+    let binding = Binding::start(engine, slot.clone(), config)
         .await
         .with_context(|| format!("cannot start a worker for queue `{}` on {}", a.q.queue, a.q.redis))?;
-    info!(queue = %a.q.queue, concurrency = a.concurrency, "worker ready");
-    wait_for_shutdown_signal().await?;
+    let swapper = match (follower, &a.plugin) {
+        (Some(f), _) => Some(f.spawn(slot.clone())),
+        (None, Some(path)) if !a.no_watch => Some(watch_file(loader.clone(), path.clone(), slot.clone())),
+        _ => None,
+    };
+    info!(queue = %a.q.queue, concurrency = a.concurrency, digest = %slot.current().digest, "worker ready");
+    shutdown.await?;
+    if let Some(s) = swapper {
+        s.abort();
+    }
     info!(grace_ms = a.grace_ms, "shutting down: no new jobs; waiting for running attempts");
     binding.close(Duration::from_millis(a.grace_ms)).await?;
     info!("worker stopped");
@@ -208,6 +282,65 @@ async fn retry(a: RetryArgs) -> anyhow::Result<()> {
     };
     crate::admin::retry_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
     info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
+    Ok(())
+}
+
+/// Validate (as a worker would load it), store, make current, notify.
+async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&a.file).with_context(|| format!("refusing to deploy: cannot read {}", a.file.display()))?;
+    let engine = new_engine()?;
+    let linker = new_linker(&engine)?;
+    let source = a.file.display().to_string();
+    let checked = bytes.clone();
+    let plugin = tokio::task::spawn_blocking(move || Plugin::from_bytes(&engine, &linker, &checked, &source))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refusing to deploy: {e}; nothing was changed"))?;
+    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
+        .await
+        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let done = registry.deploy(&plugin.digest, &bytes).await?;
+    info!(
+        queue = %a.q.queue,
+        digest = %done.current,
+        previous = done.previous.as_deref().unwrap_or("none"),
+        notified = done.notified,
+        size = bytes.len(),
+        "deployed"
+    );
+    println!("{}", done.current);
+    Ok(())
+}
+
+async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
+    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
+        .await
+        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let done = registry.rollback(a.to.as_deref()).await?;
+    if done.previous.as_deref() == Some(done.current.as_str()) {
+        info!(queue = %a.q.queue, digest = %done.current, "already current; nothing changed");
+    } else {
+        info!(queue = %a.q.queue, digest = %done.current, previous = done.previous.as_deref().unwrap_or("none"), notified = done.notified, "rolled back");
+    }
+    println!("{}", done.current);
+    Ok(())
+}
+
+async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
+    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
+        .await
+        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let versions = registry.versions().await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&versions)?);
+    } else if versions.is_empty() {
+        println!("nothing deployed for queue {}", a.q.queue);
+    } else {
+        println!("  {:<64}  {:<24}  {:>10}", "digest (sha256)", "deployed (UTC)", "bytes");
+        for v in versions.iter().rev() {
+            let mark = if v.current { "*" } else { " " };
+            println!("{mark} {:<64}  {:<24}  {:>10}", v.digest, iso8601(v.deployed_at), v.size);
+        }
+    }
     Ok(())
 }
 

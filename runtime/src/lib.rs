@@ -4,7 +4,8 @@
 //! Where things live (one room per concern):
 //! - [`engine`]: the wasmtime `Engine` (async, epoch interruption) and its ticker.
 //! - [`plugin`]: loading and validating a component; digest; `InstancePre`.
-//! - [`registry`]: which plugin version each queue runs now.
+//! - [`registry`]: which plugin version each queue runs now; the Redis plugin registry.
+//! - [`deploy`]: hot swap: the watched file or the registry as a worker's plugin source.
 //! - [`host`]: the WIT `job-context` functions, lock-token-checked, over Redis.
 //! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod host;

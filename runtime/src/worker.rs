@@ -181,7 +181,8 @@ impl Attempts {
         let token = job.token().unwrap_or_default().to_string();
         let wit_job = to_wit_job(&job, &self.queue);
         let out = CapturedOutput::new(limits.max_output_bytes);
-        let ctx = JobContext::new(self.shared.clone(), job, token, out.clone());
+        // The job log records the version that ran this attempt.
+        let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
         let mut store = Store::new(&self.engine, HostState::new(ctx, limits, &out));
         store.limiter(|s| &mut s.memory);
         // Yield to tokio at every epoch tick; the wall clock is enforced
@@ -204,7 +205,8 @@ impl Attempts {
         debug!(digest = %plugin.digest, "attempt returned");
 
         // Output goes to the log before the job is finished, so a Node
-        // client that sees `completed` also sees the lines. After a move the
+        // client that sees `completed` also sees the lines (and the plugin
+        // digest line, when nothing was logged yet). After a move the
         // lock is gone, so late output is dropped rather than written unchecked.
         if !ctx.lock_lost && ctx.moved.is_none() {
             if let Err(e) = ctx.append_logs(&lines).await {

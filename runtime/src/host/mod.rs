@@ -24,6 +24,11 @@ pub mod retry;
 
 const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 
+/// The job log line that records which plugin version ran an attempt:
+/// this prefix and the component's sha256 hex. Written once per attempt,
+/// with the attempt's first log write (see [`JobContext::append_logs`]).
+pub const DIGEST_LOG_PREFIX: &str = "bullpen: plugin sha256:";
+
 /// bullpen's lock-checked scripts, compiled (hashed) once per binding.
 pub struct Scripts {
     update_data: redis::Script,
@@ -151,6 +156,10 @@ pub struct JobContext {
     pub(crate) lock_lost: bool,
     /// The guest's stdout/stderr, flushed to the log before each move.
     output: CapturedOutput,
+    /// `bullpen: plugin sha256:<digest>` for the attempt's plugin, if set.
+    digest_line: Option<String>,
+    /// Whether `digest_line` is in the job log already.
+    digest_logged: bool,
 }
 
 impl JobContext {
@@ -172,7 +181,16 @@ impl JobContext {
             moved: None,
             lock_lost: false,
             output,
+            digest_line: None,
+            digest_logged: false,
         }
+    }
+
+    /// Record `digest` (the attempt's plugin version) in the job log with
+    /// the attempt's first log write, at no extra Redis call.
+    pub(crate) fn with_plugin_digest(mut self, digest: &str) -> Self {
+        self.digest_line = Some(format!("{DIGEST_LOG_PREFIX}{digest}"));
+        self
     }
 
     /// Run one of bullpen's lock-checked scripts with KEYS = [job, lock, extra...]
@@ -255,16 +273,26 @@ impl JobContext {
             .map_err(|e| JobError::Invalid(format!("{what} is not valid JSON: {e}")))
     }
 
-    /// Append lines to the job log in one lock-checked script call.
+    /// Append lines to the job log in one lock-checked script call. The
+    /// attempt's first call also writes the plugin digest line before the
+    /// lines, even when `lines` is empty (so the end-of-attempt flush records
+    /// the digest of an attempt that logged nothing).
     pub(crate) async fn append_logs(&mut self, lines: &[String]) -> Result<i64, JobError> {
-        if lines.is_empty() {
+        let digest_line = match &self.digest_line {
+            Some(l) if !self.digest_logged => Some(l.clone()),
+            _ => None,
+        };
+        if lines.is_empty() && digest_line.is_none() {
             return Ok(0);
         }
         let logs_key = format!("{}:logs", self.job_key);
         let keep = self.keep_logs.clone();
         let mut args: Vec<&str> = vec![&keep];
+        args.extend(digest_line.as_deref());
         args.extend(lines.iter().map(|s| s.as_str()));
-        self.run_checked(|s| &s.add_log, &[&logs_key], &args).await
+        let written = self.run_checked(|s| &s.add_log, &[&logs_key], &args).await?;
+        self.digest_logged = true;
+        Ok(written)
     }
 
     /// Write what the guest printed so far to the job log. Called before a
