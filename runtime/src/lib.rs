@@ -25,6 +25,9 @@ pub mod registry;
 pub mod sandbox;
 pub mod worker;
 
+#[cfg(test)]
+mod proptests;
+
 /// Host-side bindings generated from `wit/processor.wit`.
 pub mod bindings {
     wasmtime::component::bindgen!({

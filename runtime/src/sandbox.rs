@@ -123,7 +123,15 @@ impl CapturedOutput {
     fn push(&self, bytes: &[u8]) {
         let mut c = self.inner.lock().unwrap();
         let room = c.cap.saturating_sub(c.buf.len());
-        let n = room.min(bytes.len());
+        let mut n = room.min(bytes.len());
+        if n < bytes.len() {
+            // Cut on a character boundary, so the kept text stays within the cap.
+            if let Err(e) = std::str::from_utf8(&bytes[..n]) {
+                if e.error_len().is_none() {
+                    n = e.valid_up_to();
+                }
+            }
+        }
         c.buf.extend_from_slice(&bytes[..n]);
         c.dropped += bytes.len() - n;
     }

@@ -407,7 +407,8 @@ fn with_panic_message(trap: String, lines: &[String]) -> String {
     }
 }
 
-fn to_wit_job(job: &bullmq::Job, queue: &str) -> wit::Job {
+/// The guest's read-only view of the job. Total: never panics, whatever the hash held.
+pub(crate) fn to_wit_job(job: &bullmq::Job, queue: &str) -> wit::Job {
     wit::Job {
         id: job.id().to_string(),
         name: job.name().to_string(),

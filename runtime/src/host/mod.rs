@@ -265,12 +265,7 @@ impl JobContext {
     }
 
     fn check_json(&self, what: &str, json: &str, max: usize) -> Result<(), JobError> {
-        if json.len() > max {
-            return Err(JobError::Invalid(format!("{what} is {} bytes; the limit is {max}", json.len())));
-        }
-        serde_json::from_str::<serde::de::IgnoredAny>(json)
-            .map(|_| ())
-            .map_err(|e| JobError::Invalid(format!("{what} is not valid JSON: {e}")))
+        check_json_arg(what, json, max)
     }
 
     /// Append lines to the job log in one lock-checked script call. The
@@ -417,6 +412,17 @@ impl job_context::Host for HostState {
             .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
         Ok(map)
     }
+}
+
+/// The check every JSON argument of a host call passes: at most `max`
+/// bytes, and valid JSON. Checked before anything touches Redis.
+pub fn check_json_arg(what: &str, json: &str, max: usize) -> Result<(), JobError> {
+    if json.len() > max {
+        return Err(JobError::Invalid(format!("{what} is {} bytes; the limit is {max}", json.len())));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map(|_| ())
+        .map_err(|e| JobError::Invalid(format!("{what} is not valid JSON: {e}")))
 }
 
 /// Run a Redis call, retrying connection failures for up to ~3 s. The

@@ -1,0 +1,138 @@
+#!/usr/bin/env node
+// bullpen-build: turn a JavaScript processor into a bullpen component.
+//
+//   bullpen-build <entry.js> -o <out.wasm> [--world processor|processor-with-backoff] [--wit <dir>]
+//
+// 1. esbuild bundles the entry with everything it imports (bullpen-guest,
+//    other npm packages, relative modules) into one ES module, because
+//    componentize-js takes a single source file. `bullpen-guest` always
+//    resolves to the SDK next to this script; the host interface
+//    `bullpen:processor/job-context@0.1.0` stays an import.
+// 2. componentize-js (StarlingMonkey) makes the component for the world:
+//    `processor-with-backoff` when the entry exports `backoff`, else
+//    `processor`. The `http` and `fetch-event` features are disabled: the
+//    host links WASI p2 but not wasi:http. componentize-js is called
+//    directly (`jco componentize` cannot find the WIT here).
+import { build } from 'esbuild';
+import { componentize } from '@bytecodealliance/componentize-js';
+import { existsSync, mkdtempSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const WORLDS = ['processor', 'processor-with-backoff'];
+const sdkDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+const usage = `usage: bullpen-build <entry.js> -o <out.wasm> [--world processor|processor-with-backoff] [--wit <dir>]
+
+Bundles <entry.js> with esbuild and makes a bullpen processor component of it
+with componentize-js. The entry must export \`process\` (and \`backoff\` for
+the processor-with-backoff world):
+
+  export const { process } = exportProcessor(handle);
+  export const { process, backoff } = exportProcessor(handle, { backoff: strategy });
+
+Options:
+  -o, --out <file>     the component to write (required)
+  --world <name>       processor | processor-with-backoff (default: from the entry's exports)
+  --wit <dir>          the bullpen WIT directory (default: the SDK's own wit/, else <repo>/wit)
+  --keep-bundle        also write the bundled JavaScript to <out>.bundle.js
+                       (job-log stack traces point into it)
+  -h, --help           this text`;
+
+function fail(msg) {
+  console.error(`bullpen-build: ${msg}`);
+  process.exit(1);
+}
+
+let args;
+try {
+  args = parseArgs({
+    allowPositionals: true,
+    options: {
+      out: { type: 'string', short: 'o' },
+      world: { type: 'string' },
+      wit: { type: 'string' },
+      'keep-bundle': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+} catch (e) {
+  fail(`${e.message}\n\n${usage}`);
+}
+const { values: opts, positionals } = args;
+if (opts.help) {
+  console.log(usage);
+  process.exit(0);
+}
+if (positionals.length !== 1) fail(`expected exactly one entry file\n\n${usage}`);
+if (!opts.out) fail(`-o <out.wasm> is required\n\n${usage}`);
+if (opts.world && !WORLDS.includes(opts.world)) fail(`--world must be one of: ${WORLDS.join(', ')}`);
+
+const entry = resolve(positionals[0]);
+if (!existsSync(entry)) fail(`${positionals[0]}: no such file`);
+const out = resolve(opts.out);
+
+// The WIT: a copy inside the package (if one was packed), else the repository's.
+const witDir = opts.wit
+  ? resolve(opts.wit)
+  : [join(sdkDir, 'wit'), join(sdkDir, '..', '..', 'wit')].find((d) => existsSync(join(d, 'processor.wit')));
+if (!witDir) fail('cannot find the bullpen wit/ directory; pass --wit <dir>');
+
+const started = Date.now();
+const work = mkdtempSync(join(tmpdir(), 'bullpen-build-'));
+try {
+  // componentize-js names the module after its file: keep the entry's name,
+  // so stack traces in job logs say which processor it was.
+  const bundle = join(work, `${basename(entry, extname(entry))}.js`);
+  let result;
+  try {
+    result = await build({
+      entryPoints: [entry],
+      bundle: true,
+      format: 'esm',
+      platform: 'neutral',
+      mainFields: ['module', 'main'],
+      target: 'es2022',
+      alias: { 'bullpen-guest': join(sdkDir, 'index.js') },
+      external: ['bullpen:*'],
+      outfile: bundle,
+      metafile: true,
+      logLevel: 'silent',
+      legalComments: 'none',
+    });
+  } catch (e) {
+    const errors = (e.errors ?? []).map(
+      (m) => `  ${m.location ? `${m.location.file}:${m.location.line}:${m.location.column}: ` : ''}${m.text}`,
+    );
+    fail(`bundling ${positionals[0]} failed:\n${errors.join('\n') || e.message}`);
+  }
+  const exported = Object.values(result.metafile.outputs)[0]?.exports ?? [];
+  if (!exported.includes('process')) {
+    fail(`${positionals[0]} does not export \`process\`; end it with\n  export const { process } = exportProcessor(handle);`);
+  }
+  const world = opts.world ?? (exported.includes('backoff') ? 'processor-with-backoff' : 'processor');
+  if (world === 'processor-with-backoff' && !exported.includes('backoff')) {
+    fail(`the processor-with-backoff world needs a \`backoff\` export:\n  export const { process, backoff } = exportProcessor(handle, { backoff: strategy });`);
+  }
+  if (opts['keep-bundle']) copyFileSync(bundle, `${out}.bundle.js`);
+
+  let component;
+  try {
+    ({ component } = await componentize({
+      sourcePath: bundle,
+      witPath: witDir,
+      worldName: world,
+      disableFeatures: ['http', 'fetch-event'],
+    }));
+  } catch (e) {
+    fail(`componentize-js failed for ${positionals[0]} (world ${world}):\n${e.message}`);
+  }
+  writeFileSync(out, component);
+  const mb = (component.length / 1e6).toFixed(1);
+  const secs = ((Date.now() - started) / 1000).toFixed(1);
+  console.error(`bullpen-build: wrote ${opts.out} (world ${world}, ${mb} MB) in ${secs} s`);
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}

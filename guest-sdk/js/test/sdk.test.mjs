@@ -1,0 +1,191 @@
+// Unit tests of the SDK's semantics against a mock host (node --test).
+// The real host is exercised by tests/tests/conformance.rs with the example
+// plugins; these pin down the mapping to the WIT shapes componentize-js uses.
+import { test, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { build } from 'esbuild';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'bullpen-sdk-test-'));
+const outfile = join(dir, 'sdk.mjs');
+await build({
+  stdin: {
+    contents: `export * from ${JSON.stringify(join(here, '..', 'index.js'))};
+      export * as host from ${JSON.stringify(join(here, 'host-mock.js'))};`,
+    resolveDir: here,
+  },
+  bundle: true,
+  format: 'esm',
+  platform: 'neutral',
+  outfile,
+  logLevel: 'silent',
+  plugins: [{
+    name: 'mock-host',
+    setup(b) {
+      b.onResolve({ filter: /^bullpen:processor\/job-context@0\.1\.0$/ }, () => ({ path: join(here, 'host-mock.js') }));
+    },
+  }],
+});
+const sdk = await import(outfile);
+rmSync(dir, { recursive: true, force: true });
+const { exportProcessor, Outcome, BullpenError, HostError, Backoff, host } = sdk;
+
+const witJob = (over = {}) => ({
+  id: '42', name: 'n', queue: 'q', data: '{"a":1}', opts: '{"attempts":3}',
+  attemptsMade: 1, attemptsStarted: 2, timestamp: 1700000000123n, progress: '0', parent: undefined, ...over,
+});
+const run = (f, job = witJob()) => exportProcessor(f).process(job);
+
+beforeEach(() => {
+  host.calls.length = 0;
+  for (const k of Object.keys(host.replies)) delete host.replies[k];
+});
+
+test('job snapshot accessors', async () => {
+  let seen;
+  await run((job) => {
+    seen = {
+      id: job.id, name: job.name, queue: job.queue, data: job.data(), dataJson: job.dataJson, optsJson: job.optsJson,
+      attemptsMade: job.attemptsMade, attemptsStarted: job.attemptsStarted, timestamp: job.timestamp,
+      progressJson: job.progressJson, parent: job.parent(),
+    };
+    return Outcome.moved;
+  });
+  assert.deepEqual(seen, {
+    id: '42', name: 'n', queue: 'q', data: { a: 1 }, dataJson: '{"a":1}', optsJson: '{"attempts":3}',
+    attemptsMade: 1, attemptsStarted: 2, timestamp: 1700000000123, progressJson: '0', parent: null,
+  });
+  await run((job) => { seen = job.parent(); }, witJob({ parent: { id: 'p', queue: 'pq' } }));
+  assert.deepEqual(seen, { id: 'p', queue: 'pq' });
+});
+
+test('outcomes: Outcome, plain values, promises, moved', async () => {
+  assert.deepEqual(await run(() => Outcome.complete({ b: [1, 'x'] })), { tag: 'ok', val: { tag: 'completed', val: '{"b":[1,"x"]}' } });
+  assert.deepEqual(await run(() => Outcome.completeJson('{"raw": true}')), { tag: 'ok', val: { tag: 'completed', val: '{"raw": true}' } });
+  assert.deepEqual(await run(() => ({ plain: 1 })), { tag: 'ok', val: { tag: 'completed', val: '{"plain":1}' } });
+  assert.deepEqual(await run(() => undefined), { tag: 'ok', val: { tag: 'completed', val: 'null' } });
+  assert.deepEqual(await run(async () => { await new Promise((r) => setTimeout(r, 5)); return 7; }), { tag: 'ok', val: { tag: 'completed', val: '7' } });
+  assert.deepEqual(await run(() => Outcome.moved), { tag: 'ok', val: { tag: 'moved' } });
+});
+
+test('failures map to the WIT failure variant', async () => {
+  assert.deepEqual(await run(() => { throw BullpenError.retry('r'); }), { tag: 'err', val: { tag: 'retry', val: 'r' } });
+  assert.deepEqual(await run(() => { throw BullpenError.retryAfter('later', 1500.9); }), { tag: 'err', val: { tag: 'retry-after', val: { reason: 'later', delayMs: 1500n } } });
+  assert.deepEqual(await run(async () => { throw BullpenError.unrecoverable('no'); }), { tag: 'err', val: { tag: 'unrecoverable', val: 'no' } });
+  assert.deepEqual(await run(() => Outcome.complete(10n)), { tag: 'err', val: { tag: 'unrecoverable', val: 'return value is not serialisable: Do not know how to serialize a BigInt' } });
+});
+
+test('host refusals are HostErrors; escaping process they retry with the Rust SDK text', async () => {
+  const cases = [
+    [{ tag: 'lock-lost' }, 'lock lost: this worker no longer owns the job', ''],
+    [{ tag: 'wrong-state', val: 'not active' }, 'job in wrong state: not active', 'not active'],
+    [{ tag: 'invalid', val: 'queue x not allowed' }, 'invalid argument: queue x not allowed', 'queue x not allowed'],
+    [{ tag: 'unavailable', val: 'redis down' }, 'host unavailable: redis down', 'redis down'],
+  ];
+  for (const [error, message, detail] of cases) {
+    host.replies.log = { error };
+    let caught;
+    const r = await run((job) => {
+      try { job.log('x'); } catch (e) { caught = e; }
+      job.log('again');
+    });
+    assert.ok(caught instanceof HostError);
+    assert.equal(caught.kind, error.tag);
+    assert.equal(caught.detail, detail);
+    assert.equal(caught.message, message);
+    assert.equal(caught.isLockLost(), error.tag === 'lock-lost');
+    assert.deepEqual(r, { tag: 'err', val: { tag: 'retry', val: message } });
+  }
+});
+
+test('host calls send JSON text and u64 as BigInt', async () => {
+  host.replies.addChild = { value: 'child-id' };
+  host.replies.waitForChildren = { value: false };
+  host.replies.childrenValues = { value: [['bull:k:1', '{"v":1}'], ['bull:k:2', '"s"']] };
+  let got;
+  await run((job) => {
+    job.updateData({ step: 'Second', n: 1 });
+    job.progress(42);
+    job.progress({ pct: 5 });
+    job.log('line');
+    got = {
+      child: job.addChild('k', 'c', { i: 1 }, { jobId: '42-child-1' }),
+      child2: job.addChild('k', 'c', [1]),
+      wait: job.waitForChildren(),
+      values: job.childrenValues(),
+      delayed: job.delayUntil(1700000000999.6),
+    };
+  });
+  assert.deepEqual(host.calls, [
+    ['updateData', '{"step":"Second","n":1}'],
+    ['updateProgress', '42'],
+    ['updateProgress', '{"pct":5}'],
+    ['log', 'line'],
+    ['addChild', 'k', 'c', '{"i":1}', '{"jobId":"42-child-1"}'],
+    ['addChild', 'k', 'c', '[1]', ''],
+    ['waitForChildren'],
+    ['childrenValues'],
+    ['moveToDelayed', 1700000000999n],
+  ]);
+  assert.equal(got.child, 'child-id');
+  assert.equal(got.wait, null);
+  assert.deepEqual(got.values, [['bull:k:1', { v: 1 }], ['bull:k:2', 's']]);
+  assert.equal(got.delayed, Outcome.moved);
+  host.replies.waitForChildren = { value: true };
+  assert.deepEqual(await run((job) => job.waitForChildren() ?? 'not moved'), { tag: 'ok', val: { tag: 'moved' } });
+});
+
+test('JSON that does not fit is unrecoverable "invalid JSON: ..."', async () => {
+  const bad = await run((job) => job.data(), witJob({ data: '{oops' }));
+  assert.equal(bad.val.tag, 'unrecoverable');
+  assert.match(bad.val.val, /^invalid JSON: /);
+  const big = await run((job) => job.updateData({ n: 1n }));
+  assert.deepEqual(big, { tag: 'err', val: { tag: 'unrecoverable', val: 'invalid JSON: Do not know how to serialize a BigInt' } });
+  host.replies.childrenValues = { value: [['k', 'not json']] };
+  const child = await run((job) => job.childrenValues());
+  assert.match(child.val.val, /^invalid JSON: /);
+  assert.equal(host.calls.filter(([n]) => n === 'updateData').length, 0, 'nothing written');
+});
+
+test('any other exception is a panic: reported on stderr, then rethrown (the component traps)', async () => {
+  const lines = [];
+  const orig = console.error;
+  console.error = (s) => lines.push(String(s));
+  try {
+    await assert.rejects(run(() => { throw new TypeError('boom'); }), /boom/);
+    await assert.rejects(run(() => { throw 'a string'; }), /a string/);
+  } finally {
+    console.error = orig;
+  }
+  assert.match(lines[0], /^JavaScript exception in process, panicked at .*:\nboom$/);
+  assert.ok(lines.some((l) => l.startsWith('stack:')));
+  assert.match(lines.at(-1), /panicked at process:\na string$/);
+});
+
+test('backoff export', async () => {
+  const seen = [];
+  const { backoff } = exportProcessor(() => null, {
+    backoff: (strategy, attemptsMade, reason, job) => {
+      seen.push([strategy, attemptsMade, reason, job.id]);
+      return strategy === 'never' ? Backoff.giveUp : Backoff.delayMs(300 * attemptsMade);
+    },
+  });
+  assert.deepEqual(await backoff('linear', 2, 'why', witJob()), { tag: 'delay-ms', val: 600n });
+  assert.deepEqual(await backoff('never', 1, 'why', witJob()), { tag: 'give-up' });
+  assert.deepEqual(seen, [['linear', 2, 'why', '42'], ['never', 1, 'why', '42']]);
+  assert.equal(exportProcessor(() => null).backoff, undefined);
+  const orig = console.error;
+  console.error = () => {};
+  try {
+    const { backoff: wrong } = exportProcessor(() => null, { backoff: () => 5 });
+    await assert.rejects(wrong('x', 1, 'r', witJob()), /must return Backoff.delayMs/);
+  } finally {
+    console.error = orig;
+  }
+  assert.throws(() => Backoff.delayMs(-1), RangeError);
+  assert.throws(() => BullpenError.retryAfter('x', NaN), RangeError);
+});
