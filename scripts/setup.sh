@@ -4,6 +4,7 @@
 # - redis-server (Debian package; tests and the demo start their own servers)
 # - the wasm32-wasip2 Rust target (rustup; Debian rustc-web + build-std fallback)
 # - the real bullmq npm package (tests/node) and PyPI package (tests/python/.venv)
+# - componentize-js and esbuild (guest-sdk/js), which build JavaScript guests
 # - checks for Go >= 1.24 (Go guests; installed on the machine)
 # - the release bullpen binary and every example plugin (target/plugins/)
 set -euo pipefail
@@ -35,6 +36,13 @@ fi
 if [ ! -d tests/node/node_modules/bullmq ]; then
   say "installing bullmq@6 and ioredis (npm)"
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# JavaScript guests: componentize-js and esbuild for guest-sdk/js's bullpen-build
+# (again whenever package-lock.json is newer than what npm last installed).
+if [ ! -f guest-sdk/js/node_modules/.package-lock.json ] || [ guest-sdk/js/package-lock.json -nt guest-sdk/js/node_modules/.package-lock.json ]; then
+  say "installing componentize-js and esbuild for JavaScript guests (npm)"
+  (cd guest-sdk/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if [ ! -x tests/python/.venv/bin/python ] || ! tests/python/.venv/bin/python -c 'import bullmq' 2>/dev/null; then

@@ -279,13 +279,13 @@ export function exportProcessor(process, options = {}) {
   const exports = {
     async process(witJob) {
       const job = new Job(witJob);
-      let result;
+      let outcome;
       try {
-        result = await process(job);
+        const result = await process(job);
+        outcome = result instanceof Outcome ? result : Outcome.complete(result);
       } catch (e) {
         return { tag: 'err', val: toFailure(e) };
       }
-      const outcome = result instanceof Outcome ? result : Outcome.complete(result);
       return outcome.kind === 'moved'
         ? { tag: 'ok', val: { tag: 'moved' } }
         : { tag: 'ok', val: { tag: 'completed', val: outcome.json } };

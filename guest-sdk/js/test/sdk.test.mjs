@@ -77,6 +77,7 @@ test('failures map to the WIT failure variant', async () => {
   assert.deepEqual(await run(() => { throw BullpenError.retryAfter('later', 1500.9); }), { tag: 'err', val: { tag: 'retry-after', val: { reason: 'later', delayMs: 1500n } } });
   assert.deepEqual(await run(async () => { throw BullpenError.unrecoverable('no'); }), { tag: 'err', val: { tag: 'unrecoverable', val: 'no' } });
   assert.deepEqual(await run(() => Outcome.complete(10n)), { tag: 'err', val: { tag: 'unrecoverable', val: 'return value is not serialisable: Do not know how to serialize a BigInt' } });
+  assert.deepEqual(await run(() => ({ n: 10n })), { tag: 'err', val: { tag: 'unrecoverable', val: 'return value is not serialisable: Do not know how to serialize a BigInt' } });
 });
 
 test('host refusals are HostErrors; escaping process they retry with the Rust SDK text', async () => {
