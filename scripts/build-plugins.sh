@@ -4,6 +4,7 @@
 # Rust guests build for wasm32-wasip2 (a component straight out of cargo).
 # Where rustup cannot provide that target, scripts/setup.sh installs Debian's
 # rustc-web and this script uses build-std instead (DESIGN.md §6).
+# JavaScript guests build with guest-sdk/js's bullpen-build (see the end).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/target/plugins"
@@ -25,6 +26,30 @@ for dir in "$root"/plugins/*/rust; do
   plugin="$(basename "$(dirname "$dir")")"
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/${plugin//-/_}.wasm" "$out/$plugin-rust.wasm"
   echo "built target/plugins/$plugin-rust.wasm"
+done
+
+# JavaScript guests: plugins/<name>/js/<name>.js, built by the JS SDK's
+# bullpen-build (esbuild + componentize-js; about 12 MB and several seconds
+# each, so only when the source, the SDK or the WIT changed: a rebuild also
+# changes the component's digest, which invalidates the compile cache).
+js_sdk="$root/guest-sdk/js"
+if [ ! -d "$js_sdk/node_modules/@bytecodealliance/componentize-js" ] || [ ! -d "$js_sdk/node_modules/esbuild" ]; then
+  echo "build-plugins: guest-sdk/js/node_modules missing; run scripts/setup.sh first" >&2
+  exit 1
+fi
+pids=()
+for dir in "$root"/plugins/*/js; do
+  plugin="$(basename "$(dirname "$dir")")"
+  wasm="$out/$plugin-js.wasm"
+  if [ -f "$wasm" ] && [ -z "$(find "$dir" "$js_sdk/index.js" "$js_sdk/bin" "$js_sdk/package-lock.json" "$root/wit" -type f -newer "$wasm" 2>/dev/null)" ]; then
+    echo "up to date target/plugins/$plugin-js.wasm"
+    continue
+  fi
+  node "$js_sdk/bin/build.mjs" "$dir/$plugin.js" -o "$wasm" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do
+  wait "$pid" || { echo "build-plugins: a JavaScript plugin failed to build" >&2; exit 1; }
 done
 
 # Go guests: plugins/<name>/go, a GOOS=wasip1 reactor module (Go's own

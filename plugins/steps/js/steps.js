@@ -1,0 +1,141 @@
+// @ts-check
+// steps: the step-job pattern from BullMQ's "Process step jobs" guide.
+// The JavaScript twin of plugins/steps/rust: same log lines, data writes,
+// children and return value.
+//
+// Initial → (updateData step=Second) → Second → delayUntil(now+200 ms)
+// → Third → add two children to `data.childQueue` (default
+// `<queue>-children`) → waitForChildren → Finish, which returns the
+// children's return values. The step lives in the job data, so a retry, a
+// delay or a wait resumes where the job left off.
+//
+// `data.failAt = "<Step>"` injects one retryable failure on entering that
+// step (on the first attempt only), to show a retry resumes at that step.
+import { BullpenError, exportProcessor, Outcome } from 'bullpen-guest';
+
+const STEPS = ['Initial', 'Second', 'Third', 'Finish'];
+
+/** @param {import('bullpen-guest').Job} job */
+function handle(job) {
+  const data = parseData(job.data());
+  for (;;) {
+    if (data.failAt === data.step && job.attemptsMade === 0) {
+      throw BullpenError.retry(`steps: injected failure at ${data.step}`);
+    }
+    job.log(`steps: ${data.step}`);
+    switch (data.step) {
+      case 'Initial':
+        data.step = 'Second';
+        job.updateData(toJson(data));
+        break;
+      case 'Second':
+        data.step = 'Third';
+        job.updateData(toJson(data));
+        return job.delayUntil(Date.now() + 200);
+      case 'Third': {
+        const queue = data.childQueue ?? `${job.queue}-children`;
+        for (const i of [1, 2]) {
+          // An id derived from the parent and the step: a retried step finds
+          // its child instead of adding a second one.
+          job.addChild(queue, 'child', { child: i, parent: job.id }, { jobId: `${job.id}-child-${i}` });
+        }
+        data.step = 'Finish';
+        job.updateData(toJson(data));
+        const moved = job.waitForChildren();
+        if (moved) return moved;
+        break;
+      }
+      case 'Finish': {
+        const children = job.childrenValues().sort(([a], [b]) => byCodePoint(a, b));
+        return Outcome.complete(sortKeys({ step: 'Finish', children: Object.fromEntries(children) }));
+      }
+    }
+  }
+}
+
+export const { process } = exportProcessor(handle);
+
+// --- the Rust plugin's `Data` (serde), field for field ----------------------
+
+/**
+ * @typedef {{ step: string, childQueue: string | null, failAt: string | null, rest: Record<string, unknown> }} Data
+ */
+
+/**
+ * `step` (default Initial), `childQueue` and `failAt` (null = absent), and
+ * whatever else the producer put in the data, kept as it is. Refuses what
+ * serde refuses, with serde's words.
+ * @returns {Data}
+ */
+function parseData(raw) {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw invalid(`invalid type: ${unexpected(raw)}, expected struct Data`);
+  }
+  const { step = 'Initial', childQueue = null, failAt = null, ...rest } = raw;
+  if (childQueue !== null && typeof childQueue !== 'string') {
+    throw invalid(`invalid type: ${unexpected(childQueue)}, expected a string`);
+  }
+  return { step: parseStep(step), childQueue, failAt: failAt === null ? null : parseStep(failAt), rest };
+}
+
+function parseStep(v) {
+  if (typeof v !== 'string') throw invalid(`invalid type: ${unexpected(v)}, expected enum Step`);
+  if (!STEPS.includes(v)) throw invalid(`unknown variant \`${v}\`, expected one of ${STEPS.map((s) => `\`${s}\``).join(', ')}`);
+  return v;
+}
+
+/**
+ * What serde writes for `Data`: step, childQueue and failAt when set, then the
+ * other fields in serde_json's (sorted) key order.
+ * @param {Data} d
+ */
+function toJson(d) {
+  return {
+    step: d.step,
+    ...(d.childQueue !== null && { childQueue: d.childQueue }),
+    ...(d.failAt !== null && { failAt: d.failAt }),
+    ...sortKeys(d.rest),
+  };
+}
+
+function invalid(msg) {
+  return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
+}
+
+function unexpected(v) {
+  if (v === null) return 'null';
+  if (typeof v === 'boolean') return `boolean \`${v}\``;
+  if (typeof v === 'number') return Number.isInteger(v) ? `integer \`${v}\`` : `floating point \`${v}\``;
+  if (typeof v === 'string') return `string ${JSON.stringify(v)}`;
+  return Array.isArray(v) ? 'sequence' : 'map';
+}
+
+/**
+ * A copy with every object's keys in serde_json's order (sorted by code
+ * point), as the Rust plugin's `serde_json::Value` writes them. (JavaScript
+ * always puts integer-like keys such as "2" first; only those can differ.)
+ * @returns {any}
+ */
+function sortKeys(v) {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v === null || typeof v !== 'object') return v;
+  return Object.fromEntries(
+    Object.keys(v)
+      .sort(byCodePoint)
+      .map((k) => [k, sortKeys(v[k])]),
+  );
+}
+
+/** @param {string} a @param {string} b */
+function byCodePoint(a, b) {
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = /** @type {number} */ (a.codePointAt(i));
+    const y = /** @type {number} */ (b.codePointAt(j));
+    if (x !== y) return x - y;
+    i += x > 0xffff ? 2 : 1;
+    j += y > 0xffff ? 2 : 1;
+  }
+  return a.length - i - (b.length - j);
+}
