@@ -4,7 +4,7 @@
 # Rust guests build for wasm32-wasip2 (a component straight out of cargo).
 # Where rustup cannot provide that target, scripts/setup.sh installs Debian's
 # rustc-web and this script uses build-std instead (DESIGN.md §6).
-# JavaScript guests build with guest-sdk/js's bullpen-build (see the end).
+# JavaScript guests build with guest-sdk/js's bullpen-build (see below).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/target/plugins"
