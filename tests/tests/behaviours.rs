@@ -102,33 +102,41 @@ fn trap_fails_the_attempt_with_a_named_reason_and_retries() {
     assert_eq!(job(&v, 1)["state"], "completed");
 }
 
-/// `retry-after`: the guest's own delay; it counts as an attempt and the job
-/// waits in `delayed` with the failedReason, as after a Node backoff retry.
+/// The `delayed` events of a job in the queue's event stream, as
+/// (when it was emitted, ms it asked to wait). Robust under load: no need to
+/// catch the job while it sits in `delayed`.
+fn delayed_events(redis: &Redis, queue: &str, id: &str) -> Vec<(i64, i64)> {
+    let mut c = redis.conn();
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(format!("bull:{queue}:events")).arg("-").arg("+").query(&mut c).unwrap();
+    entries
+        .into_iter()
+        .filter_map(|(sid, f)| {
+            let get = |k: &str| f.chunks(2).find(|p| p[0] == k).map(|p| p[1].clone());
+            (get("event").as_deref() == Some("delayed") && get("jobId").as_deref() == Some(id)).then(|| {
+                let at: i64 = sid.split('-').next().unwrap().parse().unwrap();
+                (at, get("delay").unwrap().parse::<i64>().unwrap() - at)
+            })
+        })
+        .collect()
+}
+
+/// `retry-after`: the guest's own delay; it counts as an attempt, and the
+/// job goes through `delayed` with the failedReason, as after a Node backoff retry.
 #[test]
 fn retry_after_uses_the_guests_delay() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "ra", &plugin("flaky", "rust"), &[]);
     let ids = node_add(&redis, "ra", json!([{"name": "x", "data": {"failTimes": 1, "retryAfterMs": 1500}, "opts": {"attempts": 2}}]));
-    let deadline = Instant::now() + T;
-    let delayed = loop {
-        let v = inspect(&redis, "ra", &ids);
-        if job(&v, 0)["state"] == "delayed" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "never delayed: {v:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(job(&delayed, 0)["attemptsMade"], 1);
-    assert_eq!(job(&delayed, 0)["failedReason"], "flaky: failing attempt 1 of 1");
-    let mut c = redis.conn();
-    let score: f64 = redis::cmd("ZSCORE").arg("bull:ra:delayed").arg(&ids[0]).query(&mut c).unwrap();
-    let due = (score / 4096.0) as u64;
-    let failed_at = job(&delayed, 0)["processedOn"].as_u64().unwrap();
-    assert!(due >= failed_at + 1400 && due <= failed_at + 3000, "due {due} vs failed at ~{failed_at}");
     let v = wait_finished(&redis, "ra", &ids, T);
-    assert_eq!(job(&v, 0)["state"], "completed");
-    assert_eq!(job(&v, 0)["attemptsMade"], 2);
-    assert!(job(&v, 0)["finishedOn"].as_u64().unwrap() >= due);
+    let j = job(&v, 0);
+    assert_eq!(j["state"], "completed");
+    assert_eq!(j["attemptsMade"], 2, "the retry-after failure counted as an attempt");
+    assert_eq!(j["failedReason"], "flaky: failing attempt 1 of 1", "the failure was recorded");
+    let delays = delayed_events(&redis, "ra", &ids[0]);
+    assert_eq!(delays.len(), 1, "{delays:?}");
+    assert!((1490..=1600).contains(&delays[0].1), "asked for 1500 ms: {delays:?}");
+    assert!(j["processedOn"].as_i64().unwrap() >= delays[0].0 + 1490, "the second attempt waited");
 }
 
 /// Fixed and exponential backoff from job opts, as Node computes them.
@@ -208,7 +216,7 @@ fn max_started_attempts_fails_the_job() {
 fn lost_lock_means_nothing_is_written_and_the_new_owner_finishes() {
     let redis = Redis::start();
     let w = Worker::start(&redis, "l", &plugin("flaky", "rust"), &["--stalled-interval-ms", "1000"]);
-    let ids = node_add(&redis, "l", json!([{"name": "x", "data": {"sleepMs": 1500}}]));
+    let ids = node_add(&redis, "l", json!([{"name": "x", "data": {"sleepMs": 3000}}]));
     let mut c = redis.conn();
     let lock = format!("bull:l:{}:lock", ids[0]);
     let deadline = Instant::now() + T;
@@ -223,7 +231,7 @@ fn lost_lock_means_nothing_is_written_and_the_new_owner_finishes() {
     let _: () = redis::cmd("DEL").arg(&lock).query(&mut c).unwrap();
     w.wait_log("lock lost during the attempt", T);
     let v = inspect(&redis, "l", &ids);
-    assert_eq!(job(&v, 0)["data"], json!({"sleepMs": 1500}), "the guest's write after the loss was refused");
+    assert_eq!(job(&v, 0)["data"], json!({"sleepMs": 3000}), "the guest's write after the loss was refused");
     assert_eq!(job(&v, 0)["attemptsMade"], 0, "the abandoned attempt was neither completed nor failed");
     assert!(job(&v, 0)["failedReason"].is_null());
     // The stalled check re-queues it and the next attempt (its new owner) completes it.
@@ -319,20 +327,10 @@ fn custom_backoff_is_computed_by_the_guest() {
         {"name": "linear", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "linear"}}},
         {"name": "never", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "never"}}},
     ]));
-    let mut c = redis.conn();
-    let deadline = Instant::now() + T;
-    let score: f64 = loop {
-        let s: Option<f64> = redis::cmd("ZSCORE").arg("bull:cb:delayed").arg(&ids[0]).query(&mut c).unwrap();
-        if let Some(s) = s {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the linear job was never delayed");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let processed: String = redis::cmd("HGET").arg(format!("bull:cb:{}", ids[0])).arg("processedOn").query(&mut c).unwrap();
-    let delay = (score / 4096.0) as i64 - processed.parse::<i64>().unwrap();
-    assert!((290..1300).contains(&delay), "first linear delay should be ~300 ms, was {delay}");
     let v = wait_finished(&redis, "cb", &ids, T);
+    let delays = delayed_events(&redis, "cb", &ids[0]);
+    assert_eq!(delays.len(), 2, "{delays:?}");
+    assert!((290..=310).contains(&delays[0].1) && (590..=610).contains(&delays[1].1), "linear: 300 ms x attempts made: {delays:?}");
     assert_eq!(job(&v, 0)["state"], "completed");
     assert_eq!(job(&v, 0)["attemptsMade"], 3);
     assert_eq!(job(&v, 1)["state"], "failed", "give-up stops retries");

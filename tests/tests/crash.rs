@@ -30,7 +30,7 @@ fn kill9_mid_job_loses_nothing() {
     let flags = ["--concurrency", "3", "--lock-duration-ms", "1000", "--stalled-interval-ms", "500"];
     let events = NodeEvents::listen(&redis, "k", 3, T);
     let a = Worker::start(&redis, "k", &plugin("flaky", "rust"), &flags);
-    let jobs: Vec<Value> = (0..3).map(|i| json!({"name": "slow", "data": {"sleepMs": 1500, "n": i}})).collect();
+    let jobs: Vec<Value> = (0..3).map(|i| json!({"name": "slow", "data": {"sleepMs": 3000, "n": i}})).collect();
     let ids = node_add(&redis, "k", Value::Array(jobs));
     wait_active(&redis, "k", 3);
     a.kill9();
@@ -52,7 +52,7 @@ fn max_stalled_count_is_honoured() {
     let redis = Redis::start();
     let flags = ["--lock-duration-ms", "1000", "--stalled-interval-ms", "500", "--max-stalled-count", "0"];
     let a = Worker::start(&redis, "ms", &plugin("flaky", "rust"), &flags);
-    let ids = node_add(&redis, "ms", json!([{"name": "slow", "data": {"sleepMs": 1500}}]));
+    let ids = node_add(&redis, "ms", json!([{"name": "slow", "data": {"sleepMs": 3000}}]));
     wait_active(&redis, "ms", 1);
     a.kill9();
     let _b = Worker::start(&redis, "ms", &plugin("flaky", "rust"), &flags);

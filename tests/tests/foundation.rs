@@ -250,21 +250,24 @@ fn second_start_loads_the_precompiled_artifact() {
     let redis = Redis::start();
     let cache = tempfile::tempdir().unwrap();
     let start = |n: usize| {
-        let out = std::process::Command::new(bullpen_bin())
+        let log = cache.path().join(format!("worker{n}.log"));
+        let child = std::process::Command::new(bullpen_bin())
             .args(["worker", "--redis", &redis.url(), "--queue", "c", "--plugin", plugin("echo", "rust").to_str().unwrap()])
-            .env("BULLPEN_CACHE_DIR", cache.path())
+            .env("BULLPEN_CACHE_DIR", cache.path().join("artifacts"))
             .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        let _ = std::process::Command::new("kill").args(["-TERM", &out.id().to_string()]).status();
-        let o = out.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(log.contains("plugin loaded"), "start {n}: {log}");
-        log
+        let deadline = std::time::Instant::now() + T;
+        while !std::fs::read_to_string(&log).unwrap().contains("worker ready") {
+            assert!(std::time::Instant::now() < deadline, "start {n} never got ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait_with_output();
+        std::fs::read_to_string(&log).unwrap()
     };
     assert!(start(1).contains("from_cache=false"));
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "one artifact written");
+    assert_eq!(std::fs::read_dir(cache.path().join("artifacts")).unwrap().count(), 1, "one artifact written");
     assert!(start(2).contains("from_cache=true"));
 }
