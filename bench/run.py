@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""bullpen benchmarks, side by side on one local redis-server.
+
+    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|all]
+
+Scenarios (names from BullMQ's benchmark suite):
+  worker-concurrent  N small jobs pre-added, one worker process, concurrency 100, until drained
+  worker-generic     the same at concurrency 1 (latency-bound; N/10 jobs)
+Contenders, each doing echo's work per job (one log line, progress 100, return the data):
+  node        BullMQ's own Node worker (bullmq@6)            -- the baseline
+  native      a Rust worker on bullmq-official, no Wasm       -- the protocol ceiling
+  bullpen-<lang>  bullpen with target/plugins/echo-<lang>.wasm (a fresh instance per job)
+For each: jobs/s, worker CPU µs per job (from /proc), Redis CPU µs per job
+(INFO cpu), worker RSS, and the ratio of jobs/s to node's. Needs
+`bash scripts/setup.sh` (release host, plugins, tests/node) and
+`cargo build --release -p bullpen-bench-native`.
+"""
+import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def rcli(port, *args):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def redis_cpu(port):
+    info = dict(l.split(":", 1) for l in rcli(port, "INFO", "cpu").splitlines() if ":" in l)
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def proc_cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def proc_rss_mb(pid):
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1]) / 1024
+    return 0.0
+
+
+def contenders(conc):
+    c = {
+        "node": lambda url, q: ["node", f"{ROOT}/bench/node/worker.js", url, q, str(conc)],
+        "native": lambda url, q: [f"{ROOT}/target/release/bullpen-bench-native", url, q, str(conc)],
+    }
+    for lang in ("rust", "go", "js"):
+        p = f"{ROOT}/target/plugins/echo-{lang}.wasm"
+        if os.path.exists(p):
+            c[f"bullpen-{lang}"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
+                                                        "--queue", q, "--plugin", p, "--concurrency", str(conc)]
+    return c
+
+
+def run_one(name, cmd_for, jobs, port):
+    url = f"redis://127.0.0.1:{port}"
+    q = f"bench-{name}"
+    subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, q, str(jobs)], check=True)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd_for(url, q), stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+    t0 = c0 = r0 = None
+    start_at = max(1, jobs // 100)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        done = int(rcli(port, "ZCARD", f"bull:{q}:completed"))
+        if t0 is None and done >= start_at:
+            t0, c0, r0, n0 = time.time(), proc_cpu(proc.pid), redis_cpu(port), done
+        if done >= jobs:
+            t1, c1, r1 = time.time(), proc_cpu(proc.pid), redis_cpu(port)
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill(); raise SystemExit(f"{name}: not drained in time")
+    rss = proc_rss_mb(proc.pid)
+    proc.send_signal(signal.SIGTERM); proc.wait(timeout=30)
+    failed = int(rcli(port, "ZCARD", f"bull:{q}:failed"))
+    n = jobs - n0
+    return {"name": name, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
+            "redis_cpu_us": (r1 - r0) / n * 1e6, "rss_mb": rss, "failed": failed}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=50000)
+    ap.add_argument("--scenario", default="all")
+    ap.add_argument("--only", help="comma-separated contender names")
+    a = ap.parse_args()
+    scen = {"worker-concurrent": (100, a.jobs), "worker-generic": (1, max(1000, a.jobs // 10))}
+    names = scen if a.scenario == "all" else {a.scenario: scen[a.scenario]}
+    d = tempfile.mkdtemp()
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+                             stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                rcli(port, "PING"); break
+            except subprocess.CalledProcessError:
+                time.sleep(0.05)
+        results = {}
+        for sname, (conc, jobs) in names.items():
+            rows = []
+            for name, cmd in contenders(conc).items():
+                if a.only and name not in a.only.split(","):
+                    continue
+                rows.append(run_one(f"{name}", cmd, jobs, port))
+                rcli(port, "FLUSHALL")
+            base = next((r["jobs_per_s"] for r in rows if r["name"] == "node"), None)
+            print(f"\n## {sname}: {jobs} jobs, concurrency {conc}, one redis-server, {os.cpu_count()} cores")
+            print(f"| contender | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | worker RSS MB | failed |")
+            print(f"|---|---|---|---|---|---|---|")
+            for r in rows:
+                ratio = f"{r['jobs_per_s'] / base:.2f}x" if base else "-"
+                print(f"| {r['name']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['rss_mb']:.0f} | {r['failed']} |")
+            results[sname] = rows
+        print("\n" + json.dumps(results))
+    finally:
+        redis.kill(); redis.wait(); shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
