@@ -82,6 +82,10 @@ pub struct WorkerArgs {
     /// Linear memory limit per instance, in MiB.
     #[arg(long, default_value_t = 128)]
     pub max_memory_mb: usize,
+    /// Fuel per attempt (roughly, wasm instructions); past it the attempt
+    /// fails naming the limit. Unmetered when absent (metering costs speed).
+    #[arg(long)]
+    pub fuel: Option<u64>,
     /// BullMQ `lockDuration`, in ms.
     #[arg(long, default_value_t = 30_000)]
     pub lock_duration_ms: u64,
@@ -187,7 +191,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let engine = new_engine()?;
+    let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel: a.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
     let loader = Loader::new(engine.clone(), linker);
     let shutdown = wait_for_shutdown_signal();
@@ -215,6 +219,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     config.limits = Limits {
         timeout: Duration::from_millis(a.timeout_ms),
         max_memory_bytes: a.max_memory_mb << 20,
+        fuel: a.fuel,
         ..Limits::default()
     };
     config.lock_duration_ms = a.lock_duration_ms;

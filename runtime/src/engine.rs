@@ -12,9 +12,24 @@ use wasmtime::{Config, Engine};
 /// while costing ~100 wakeups/s.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Build the engine every plugin is compiled for.
+/// Engine-wide settings a process picks at start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineOptions {
+    /// Count fuel (instructions, roughly) so `--fuel` can cap an attempt.
+    /// Off by default: metering costs every guest some speed, and the
+    /// wall-clock limit already stops runaway guests.
+    pub fuel: bool,
+}
+
+/// Build the engine every plugin is compiled for, with default options.
 pub fn new_engine() -> anyhow::Result<Engine> {
+    new_engine_with(EngineOptions::default())
+}
+
+/// Build the engine every plugin is compiled for.
+pub fn new_engine_with(options: EngineOptions) -> anyhow::Result<Engine> {
     let mut config = Config::new();
+    config.consume_fuel(options.fuel);
     // Epoch interruption, not fuel, for time limits: near-zero cost per
     // instruction, and a guest in a tight loop is still interrupted.
     config.epoch_interruption(true);

@@ -161,6 +161,8 @@ fn probe_instantiation(engine: &Engine, component: &Component) -> wasmtime::Resu
     let mut store = Store::new(engine, ProbeState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
     store.set_epoch_deadline((1000 / crate::engine::EPOCH_TICK.as_millis()) as u64);
     store.epoch_deadline_trap();
+    // Engines built with fuel metering need fuel in every store (errors when off).
+    let _ = store.set_fuel(u64::MAX);
     linker.instantiate(&mut store, component)?;
     Ok(())
 }

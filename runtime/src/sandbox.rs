@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Longest line the guest may log, and longest progress JSON (bytes).
     pub max_log_line_bytes: usize,
+    /// Fuel per attempt (`--fuel`); `None` = not metered. Needs an engine
+    /// built with `EngineOptions { fuel: true }`.
+    pub fuel: Option<u64>,
     /// Largest `update-data` / `add-child` data / return value (bytes).
     /// 16 MiB: far above BullMQ's practical sizes, far below Redis's 512 MiB.
     pub max_payload_bytes: usize,
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_memory_bytes: 128 << 20,
             max_output_bytes: 64 << 10,
             max_log_line_bytes: 64 << 10,
+            fuel: None,
             max_payload_bytes: 16 << 20,
         }
     }

@@ -185,6 +185,9 @@ impl Attempts {
         let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
         let mut store = Store::new(&self.engine, HostState::new(ctx, limits, &out));
         store.limiter(|s| &mut s.memory);
+        if let Some(fuel) = limits.fuel {
+            store.set_fuel(fuel).map_err(|e| bullmq::Error::ProcessingError(format!("cannot set fuel: {e}")))?;
+        }
         // Yield to tokio at every epoch tick; the wall clock is enforced
         // by the timeout below, which drops (and so stops) the guest.
         store.epoch_deadline_async_yield_and_update(1);
@@ -222,6 +225,10 @@ impl Attempts {
             Err(_) => return Err(retryable(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 })),
             Ok(Err(AttemptError::Trap(t))) => {
                 let reason = match state.memory.hit {
+                    None if t.contains("fuel") => format!(
+                        "out of fuel: the attempt used up its {} units of fuel (--fuel); {t}",
+                        limits.fuel.unwrap_or_default()
+                    ),
                     Some(wanted) => format!(
                         "out of memory: the guest tried to grow its memory to {} MiB, over the limit of {} MiB (--max-memory-mb); trap: {t}",
                         wanted >> 20,
@@ -332,6 +339,9 @@ impl Attempts {
         let bctx = JobContext::new(self.shared.clone(), ctx.job.clone(), ctx.token.clone(), out.clone());
         let mut store = Store::new(&self.engine, HostState::new(bctx, limits, &out));
         store.limiter(|s| &mut s.memory);
+        if let Some(fuel) = limits.fuel {
+            let _ = store.set_fuel(fuel);
+        }
         store.epoch_deadline_async_yield_and_update(1);
         let call = async {
             let instance = plugin.pre.instance_pre().instantiate_async(&mut store).await?;

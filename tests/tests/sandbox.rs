@@ -91,3 +91,19 @@ fn payload_limits_give_clear_errors() {
     assert_eq!(v["jobs"][3]["state"], "failed");
     assert_eq!(v["jobs"][3]["failedReason"], "return value is 17825803 bytes; the limit is 16777216");
 }
+
+/// `--fuel` caps the work of an attempt: a spinning guest runs out long
+/// before the wall clock, with a reason naming the limit; normal jobs fit.
+#[test]
+fn fuel_limit_stops_a_spinning_guest() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "fuel", &plugin("hog", "rust"), &["--fuel", "50000000", "--timeout-ms", "60000"]);
+    let ids = node_add(&redis, "fuel", json!([{"name": "spin", "data": {"mode": "loop"}}, {"name": "ok", "data": {"mode": "fine"}}]));
+    let started = std::time::Instant::now();
+    let v = wait_finished(&redis, "fuel", &ids, T);
+    assert_eq!(v["jobs"][0]["state"], "failed");
+    let reason = v["jobs"][0]["failedReason"].as_str().unwrap();
+    assert!(reason.starts_with("out of fuel: the attempt used up its 50000000 units of fuel (--fuel)"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(50), "stopped by fuel, not by the 60 s wall clock");
+    assert_eq!(v["jobs"][1]["state"], "completed");
+}
