@@ -151,20 +151,33 @@ impl WasiView for ProbeState {
     }
 }
 
-/// Instantiate once with every non-WASI import trapping, under a 1 s epoch
-/// deadline and a 256 MiB memory cap, so a component whose start code traps
-/// (or spins) is refused at load instead of failing every job.
+/// The functions of `job-context`; the probe defines each as a trap.
+const JOB_CONTEXT_FUNCS: [&str; 7] =
+    ["update-data", "update-progress", "log", "move-to-delayed", "add-child", "wait-for-children", "children-values"];
+
+/// Instantiate once, with WASI (nothing granted) and every `job-context`
+/// function trapping, under a 1 s epoch deadline, so a component whose start
+/// code traps (or spins) is refused at load instead of failing every job.
+/// Start code may use WASI (Go's runtime reads the clock and randomness).
+/// Only a trap refuses: an import the probe cannot satisfy is left to the
+/// world check that follows, which names it.
 fn probe_instantiation(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
     let mut linker: Linker<ProbeState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    linker.define_unknown_imports_as_traps(component)?;
+    linker.instance("bullpen:processor/types@0.1.0")?;
+    let mut job_context = linker.instance("bullpen:processor/job-context@0.1.0")?;
+    for name in JOB_CONTEXT_FUNCS {
+        job_context.func_new(name, |_, _, _, _| Err(wasmtime::Error::msg("job-context called during the load-time probe")))?;
+    }
     let mut store = Store::new(engine, ProbeState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
     store.set_epoch_deadline((1000 / crate::engine::EPOCH_TICK.as_millis()) as u64);
     store.epoch_deadline_trap();
     // Engines built with fuel metering need fuel in every store (errors when off).
     let _ = store.set_fuel(u64::MAX);
-    linker.instantiate(&mut store, component)?;
-    Ok(())
+    match linker.instantiate(&mut store, component) {
+        Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Wasm files start with `\0asm` and a 4-byte version/layer: `01 00 00 00`
