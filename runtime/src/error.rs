@@ -44,6 +44,13 @@ pub enum AttemptError {
     /// The job's `data` field is not valid JSON; no guest can use it.
     #[error("job data is not valid JSON: {0}")]
     BadData(String),
+    /// The job hash has no `data` field at all (written by something other
+    /// than a BullMQ producer).
+    #[error("job data is missing: the job hash has no `data` field")]
+    MissingData,
+    /// The job's data is larger than the binding's payload limit.
+    #[error("job data is {bytes} bytes; the limit is {limit}")]
+    DataTooLarge { bytes: usize, limit: usize },
     /// The guest trapped (panic, unreachable, stack overflow, out of
     /// memory). The text names the trap and, for panics, the message.
     #[error("{0}")]

@@ -180,6 +180,10 @@ impl Attempts {
         let limits = &self.shared.limits;
         let token = job.token().unwrap_or_default().to_string();
         let wit_job = to_wit_job(&job, &self.queue);
+        if wit_job.data.len() > limits.max_payload_bytes {
+            let e = AttemptError::DataTooLarge { bytes: wit_job.data.len(), limit: limits.max_payload_bytes };
+            return Err(bullmq::Error::Unrecoverable(e.to_string()));
+        }
         let out = CapturedOutput::new(limits.max_output_bytes);
         // The job log records the version that ran this attempt.
         let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
@@ -377,7 +381,7 @@ impl Attempts {
             .await
             .map_err(|e| AttemptError::BadData(format!("cannot read it: {e}")))?;
         match raw {
-            None => Err(AttemptError::BadData("the job hash has no `data` field".into())),
+            None => Err(AttemptError::MissingData),
             Some(raw) => serde_json::from_str::<serde::de::IgnoredAny>(&raw)
                 .map(|_| ())
                 .map_err(|e| AttemptError::BadData(format!("{e} (data starts with {:?})", crate::sandbox::truncate_utf8(&raw, 40)))),

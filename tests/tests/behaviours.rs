@@ -337,3 +337,22 @@ fn custom_backoff_is_computed_by_the_guest() {
     assert_eq!(job(&v, 1)["attemptsMade"], 1);
     assert_eq!(job(&v, 1)["failedReason"], "flaky: failing attempt 1 of 2");
 }
+
+/// A guest may add children only to the queues its binding allows
+/// (`--child-queue`); anything else is refused with `invalid` before Redis.
+#[test]
+fn add_child_is_limited_to_allowed_queues() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "ac", &plugin("steps", "rust"), &["--child-queue", "ac-kids"]);
+    let _k = Worker::start(&redis, "ac-kids", &plugin("echo", "rust"), &[]);
+    let ids = node_add(&redis, "ac", json!([
+        {"name": "allowed", "data": {"childQueue": "ac-kids"}},
+        {"name": "forbidden", "data": {"childQueue": "payments"}},
+    ]));
+    let v = wait_finished(&redis, "ac", &ids, T);
+    assert_eq!(job(&v, 0)["state"], "completed");
+    assert_eq!(job(&v, 1)["state"], "failed");
+    let reason = job(&v, 1)["failedReason"].as_str().unwrap();
+    assert!(reason.starts_with("invalid argument: queue `payments` is not one this binding may add children to"), "{reason}");
+    assert_eq!(node(&["counts", &redis.url(), "payments"])["waiting"], 0, "nothing was added");
+}

@@ -147,6 +147,24 @@ fn job_data_not_json_fails_clearly_and_worker_goes_on() {
     assert_eq!(atm, "1");
 }
 
+/// Job data that is missing, or larger than the payload limit (16 MiB),
+/// fails that job with a reason saying so; nothing reaches the guest.
+#[test]
+fn missing_or_huge_job_data_fails_clearly() {
+    let redis = Redis::start();
+    let huge = "x".repeat(17 << 20);
+    let ids = node_add(&redis, "hd", json!([{"name": "huge", "data": {"blob": huge}}, {"name": "nodata", "data": {}}, {"name": "fine", "data": 5}]));
+    let mut c = redis.conn();
+    let _: () = redis::cmd("HDEL").arg(format!("bull:hd:{}", ids[1])).arg("data").query(&mut c).unwrap();
+    let _w = Worker::start(&redis, "hd", &plugin("echo", "rust"), &[]);
+    let v = wait_finished(&redis, "hd", &ids, T);
+    assert_eq!(v["jobs"][0]["state"], "failed");
+    assert_eq!(v["jobs"][0]["failedReason"], "job data is 17825803 bytes; the limit is 16777216");
+    assert_eq!(v["jobs"][1]["state"], "failed");
+    assert_eq!(v["jobs"][1]["failedReason"], "job data is missing: the job hash has no `data` field");
+    assert_eq!(v["jobs"][2]["state"], "completed");
+}
+
 fn worker_refuses(redis: &Redis, plugin: &std::path::Path) -> String {
     let out = bullpen(&["worker", "--redis", &redis.url(), "--queue", "x", "--plugin", plugin.to_str().unwrap()]);
     assert!(!out.status.success(), "worker should refuse {}", plugin.display());
