@@ -5,5 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
+# The Go guest SDK's unit tests (canonical-ABI layouts, serde_json-compatible JSON).
+(cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
 # Release: the tests run the same wasmtime host users run (a debug host is ~10x slower).
 cargo test --release --workspace
