@@ -41,10 +41,15 @@ Options:
                        (job-log stack traces point into it)
   -h, --help           this text`;
 
+// Throws, so the `finally` below still removes the work directory.
+class BuildError extends Error {}
 function fail(msg) {
-  console.error(`bullpen-build: ${msg}`);
-  process.exit(1);
+  throw new BuildError(msg);
 }
+process.on('uncaughtException', (e) => {
+  console.error(e instanceof BuildError ? `bullpen-build: ${e.message}` : e);
+  process.exit(1);
+});
 
 let args;
 try {
