@@ -323,6 +323,22 @@ pub fn __run(job: wit::Job, f: fn(&Job) -> Result<Outcome, Error>) -> Result<wit
     }
 }
 
+/// The `process` export both worlds share. Used by [`export_processor!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __process_export {
+    ($f:path) => {
+        fn process(
+            job: $crate::bindings::bullpen::processor::types::Job,
+        ) -> ::core::result::Result<
+            $crate::bindings::bullpen::processor::types::Outcome,
+            $crate::bindings::bullpen::processor::types::Failure,
+        > {
+            $crate::__run(job, $f)
+        }
+    };
+}
+
 /// Export `fn(&Job) -> Result<Outcome, Error>` as this component's processor.
 ///
 /// With `backoff = f`, also export a custom backoff strategy
@@ -334,14 +350,7 @@ macro_rules! export_processor {
     ($f:path, backoff = $b:path) => {
         struct __BullpenProcessor;
         impl $crate::backoff_bindings::Guest for __BullpenProcessor {
-            fn process(
-                job: $crate::bindings::bullpen::processor::types::Job,
-            ) -> ::core::result::Result<
-                $crate::bindings::bullpen::processor::types::Outcome,
-                $crate::bindings::bullpen::processor::types::Failure,
-            > {
-                $crate::__run(job, $f)
-            }
+            $crate::__process_export!($f);
             fn backoff(
                 strategy: ::std::string::String,
                 attempts_made: u32,
@@ -356,14 +365,7 @@ macro_rules! export_processor {
     ($f:path) => {
         struct __BullpenProcessor;
         impl $crate::bindings::Guest for __BullpenProcessor {
-            fn process(
-                job: $crate::bindings::bullpen::processor::types::Job,
-            ) -> ::core::result::Result<
-                $crate::bindings::bullpen::processor::types::Outcome,
-                $crate::bindings::bullpen::processor::types::Failure,
-            > {
-                $crate::__run(job, $f)
-            }
+            $crate::__process_export!($f);
         }
         $crate::bindings::__export_processor_world!(__BullpenProcessor with_types_in $crate::bindings);
     };
