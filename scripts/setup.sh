@@ -4,6 +4,7 @@
 # - redis-server (Debian package; tests and the demo start their own servers)
 # - the wasm32-wasip2 Rust target (rustup; Debian rustc-web + build-std fallback)
 # - the real bullmq npm package (tests/node) and PyPI package (tests/python/.venv)
+# - bull-board, express and puppeteer-core (tests/node) and Debian's chromium (dashboard test)
 # - componentize-js and esbuild (guest-sdk/js), which build JavaScript guests
 # - checks for Go >= 1.24 (Go guests; installed on the machine)
 # - the release bullpen binary and every example plugin (target/plugins/)
@@ -33,8 +34,15 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   fi
 fi
 
-if [ ! -d tests/node/node_modules/bullmq ]; then
-  say "installing bullmq@6 and ioredis (npm)"
+# Headless Chromium for the bull-board test (puppeteer-core downloads no browser).
+if ! command -v chromium >/dev/null; then
+  say "installing chromium (apt)"
+  apt_install chromium
+fi
+
+# Again whenever package-lock.json is newer than what npm last installed (new packages).
+if [ ! -d tests/node/node_modules/bullmq ] || [ ! -f tests/node/node_modules/.package-lock.json ] || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
+  say "installing bullmq@6, ioredis, bull-board, express and puppeteer-core (npm)"
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
