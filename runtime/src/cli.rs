@@ -20,8 +20,19 @@ use crate::worker::{Binding, BindingConfig};
 #[derive(Parser, Debug)]
 #[command(name = "bullpen", version, about = "Run BullMQ jobs in sandboxed WebAssembly processors")]
 pub struct Cli {
+    /// Log format on stderr: `human` (default) or `json` (one object per
+    /// line, with the attempt span's queue, job, attempt and digest).
+    #[arg(long, global = true, value_enum, env = "BULLPEN_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,6 +53,9 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// List the versions deployed for a queue, with deploy times and which is current.
     Plugins(PluginsArgs),
+    /// Show a queue's job counts per state, last-minute rates, and the live
+    /// bullpen workers with the plugin digest each runs.
+    Stats(StatsArgs),
 }
 
 /// Where the queue lives.
@@ -102,6 +116,10 @@ pub struct WorkerArgs {
     /// interrupted and their jobs handed back to wait, in ms.
     #[arg(long, default_value_t = 10_000)]
     pub grace_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
+    /// port 0 picks a free port, logged at start). Off when absent.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// A queue guests may add children to (repeatable; '*' for any).
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
@@ -113,12 +131,20 @@ pub struct AddArgs {
     #[command(flatten)]
     pub q: QueueArgs,
     /// Job name.
-    pub name: String,
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
     /// Job data, as JSON.
-    pub data: String,
+    #[arg(required_unless_present = "file")]
+    pub data: Option<String>,
     /// BullMQ job options, as JSON (e.g. '{"attempts":3,"jobId":"a1"}').
+    /// With --file: the default for lines without their own `opts`.
     #[arg(long)]
     pub opts: Option<String>,
+    /// Add many jobs: a file with one JSON object per line,
+    /// `{"name": ..., "data": ..., "opts": {...}}` (`opts` optional; `-` = stdin).
+    /// Every line is checked before anything is added; prints the ids.
+    #[arg(long, conflicts_with_all = ["name", "data"])]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +201,21 @@ pub struct PluginsArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub q: QueueArgs,
+    /// Refresh until interrupted (in place on a terminal).
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: refresh interval, in ms.
+    #[arg(long, default_value_t = 2_000)]
+    pub interval_ms: u64,
+    /// Print JSON instead of text (with --watch: one object per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(a) => worker(a).await,
@@ -184,12 +225,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(a) => deploy(a).await,
         Command::Rollback(a) => rollback(a).await,
         Command::Plugins(a) => plugins(a).await,
+        Command::Stats(a) => stats(a).await,
     }
 }
 
 async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
+    }
+    if let Some(addr) = a.metrics_addr {
+        crate::metrics::serve(addr).await?;
     }
     let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel: a.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
@@ -263,19 +308,23 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
 }
 
 async fn add(a: AddArgs) -> anyhow::Result<()> {
-    let data: serde_json::Value =
-        serde_json::from_str(&a.data).with_context(|| format!("job data is not valid JSON: {:?}", a.data))?;
     let opts: bullmq::JobOptions = match &a.opts {
         Some(o) => serde_json::from_str(o).with_context(|| format!("--opts is not valid BullMQ job options: {o:?}"))?,
         None => bullmq::JobOptions::default(),
     };
+    if let Some(file) = &a.file {
+        return crate::bulk::add_file(&a.q, file, &opts).await;
+    }
+    let (name, data) = (a.name.unwrap_or_default(), a.data.unwrap_or_default());
+    let data: serde_json::Value =
+        serde_json::from_str(&data).with_context(|| format!("job data is not valid JSON: {data:?}"))?;
     let mut qopts = bullmq::QueueOptions::default();
     qopts.connection = qopts.connection.url(a.q.redis.clone());
     qopts.prefix = a.q.prefix.clone();
     let queue = bullmq::Queue::with_options(&a.q.queue, qopts)
         .await
         .with_context(|| format!("cannot open queue `{}` on {}", a.q.queue, a.q.redis))?;
-    let job = queue.add(&a.name, data).options(opts).await.context("adding the job failed")?;
+    let job = queue.add(&name, data).options(opts).await.context("adding the job failed")?;
     println!("{}", job.id());
     Ok(())
 }
@@ -353,4 +402,35 @@ async fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let view = crate::admin::inspect_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id).await?;
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
+}
+
+async fn stats(a: StatsArgs) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let client = redis::Client::open(a.q.redis.as_str())?;
+    let mut conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .with_context(|| format!("cannot connect to {}", a.q.redis))?;
+    let in_place = a.watch && !a.json && std::io::stdout().is_terminal();
+    loop {
+        let s = crate::stats::queue_stats(&mut conn, &a.q.prefix, &a.q.queue)
+            .await
+            .with_context(|| format!("cannot read queue `{}` on {}", a.q.queue, a.q.redis))?;
+        let text = if a.json { serde_json::to_string(&s)? + "\n" } else { crate::stats::render(&s) };
+        let mut out = std::io::stdout().lock();
+        if in_place {
+            // Home + clear: redraw in place.
+            write!(out, "\x1b[H\x1b[2J")?;
+        } else if a.watch && !a.json {
+            writeln!(out)?;
+        }
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        if !a.watch {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(a.interval_ms.max(100))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }

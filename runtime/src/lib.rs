@@ -15,14 +15,17 @@
 //! The contract with guests is `wit/processor.wit`; [`bindings`] is generated from it.
 
 pub mod admin;
+pub mod bulk;
 pub mod cli;
 pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod metrics;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;
+pub mod stats;
 pub mod worker;
 
 #[cfg(test)]

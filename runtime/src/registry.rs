@@ -68,6 +68,14 @@ impl RegistryKeys {
     pub fn new(prefix: &str, queue: &str) -> Self {
         RegistryKeys { base: format!("{prefix}:{queue}:bullpen") }
     }
+    /// Sorted set: live worker id scored by its last heartbeat (ms); see `stats`.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.base)
+    }
+    /// Hash: worker id → JSON (host, pid, digest, concurrency, start time).
+    pub fn worker_info(&self) -> String {
+        format!("{}:worker-info", self.base)
+    }
     /// Hash: digest → component bytes.
     pub fn plugins(&self) -> String {
         format!("{}:plugins", self.base)
@@ -377,7 +385,7 @@ mod tests {
     #[test]
     fn keys_share_the_queue_base() {
         let k = RegistryKeys::new("{bull}", "emails");
-        for key in [k.plugins(), k.versions(), k.current(), k.history(), k.channel()] {
+        for key in [k.plugins(), k.versions(), k.current(), k.history(), k.channel(), k.workers(), k.worker_info()] {
             assert!(key.starts_with("{bull}:emails:bullpen:"), "{key}");
         }
     }

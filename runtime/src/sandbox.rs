@@ -72,7 +72,7 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryLimiter { max: limits.max_memory_bytes, hit: None },
+            memory: MemoryLimiter { max: limits.max_memory_bytes, hit: None, peak: 0 },
             job,
         }
     }
@@ -89,6 +89,8 @@ impl WasiView for HostState {
 pub(crate) struct MemoryLimiter {
     max: usize,
     pub(crate) hit: Option<usize>,
+    /// The largest size granted to any of the instance's memories (metrics).
+    pub(crate) peak: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -97,6 +99,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = Some(desired);
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {

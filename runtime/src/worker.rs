@@ -9,18 +9,19 @@
 //! the job was moved or the lock was lost).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bullmq::worker::CancellationToken;
 use bullmq::{Worker, WorkerOptions};
 use serde_json::Value;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::types::{self as wit, Failure, Outcome};
 use crate::error::AttemptError;
 use crate::host::retry::{attempts_remain, random_unit, Backoff};
 use crate::host::{ChildQueues, JobContext, Moved, Shared};
+use crate::metrics::{self, AttemptRecord, JobLabels, LimitLabels, QueueLabels, TrapLabels};
 use crate::plugin::Plugin;
 use crate::registry::PluginSlot;
 use crate::sandbox::{CapturedOutput, HostState, Limits};
@@ -69,6 +70,8 @@ const HANDBACK_TIME: Duration = Duration::from_secs(5);
 /// A running binding.
 pub struct Binding {
     worker: Arc<Worker>,
+    heartbeat: tokio::sync::Mutex<Option<crate::stats::Heartbeat>>,
+    redis: redis::aio::ConnectionManager,
     pub slot: Arc<PluginSlot>,
     pub config: BindingConfig,
 }
@@ -85,8 +88,9 @@ impl Binding {
     pub async fn start(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig) -> anyhow::Result<Binding> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let redis = redis::aio::ConnectionManager::new(client).await?;
+        let heartbeat = crate::stats::Heartbeat::spawn(redis.clone(), &config.prefix, &config.queue, slot.clone(), config.concurrency);
         let shared = Arc::new(Shared::new(
-            redis,
+            redis.clone(),
             config.redis_url.clone(),
             config.prefix.clone(),
             &config.queue,
@@ -109,13 +113,17 @@ impl Binding {
         opts.max_started_attempts = config.max_started_attempts;
         let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
         drain_worker_events(worker.clone(), config.queue.clone());
-        Ok(Binding { worker, slot, config })
+        Ok(Binding { worker, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
     }
 
     /// Stop fetching; give running attempts `grace` to finish; then
     /// interrupt the rest and hand their jobs back to wait without counting
     /// an attempt.
     pub async fn close(&self, grace: Duration) -> anyhow::Result<()> {
+        // Leave `bullpen stats`'s live list first: this worker takes no new jobs.
+        if let Some(h) = self.heartbeat.lock().await.take() {
+            h.stop(&mut self.redis.clone()).await;
+        }
         // bullmq's close() aborts whatever still runs at its deadline, which
         // would leave jobs active until a stalled check; give interrupted
         // attempts time past the grace period to hand their jobs back.
@@ -156,27 +164,74 @@ type BullResult = Result<Value, bullmq::Error>;
 
 impl Attempts {
     async fn run(self: Arc<Self>, job: bullmq::Job, cancel: CancellationToken) -> BullResult {
-        let span = info_span!("attempt", queue = %self.queue, job = %job.id(), attempt = job.attempts_made() + 1);
-        async move {
+        // The plugin is taken once, here, so the span names the version
+        // that runs the whole attempt even if a deploy lands meanwhile.
+        let plugin = self.slot.current();
+        let digest = plugin.digest.clone();
+        let span = info_span!("attempt", queue = %self.queue, job = %job.id(), attempt = job.attempts_made() + 1, digest = %plugin.digest);
+        let will_retry = attempts_remain(&job);
+        let started = Instant::now();
+        let mut rec = AttemptRecord::default();
+        let ran = async {
             tokio::select! {
-                r = self.attempt(job) => r,
-                _ = cancel.cancelled() => {
-                    // Shutdown past its grace period: the job goes back to
-                    // wait (moveJobFromActiveToWait), attemptsMade unchanged.
-                    warn!("attempt interrupted by shutdown; job handed back to wait");
-                    Err(bullmq::Error::RateLimited { delay_ms: 0 })
-                }
+                r = self.attempt(plugin, job, &mut rec) => Some(r),
+                _ = cancel.cancelled() => None,
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        let result = ran.unwrap_or_else(|| {
+            // Shutdown past its grace period: the job goes back to wait
+            // (moveJobFromActiveToWait), attemptsMade unchanged.
+            span.in_scope(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
+            rec.outcome = Some("handed_back");
+            Err(bullmq::Error::RateLimited { delay_ms: 0 })
+        });
+        span.in_scope(|| self.record(&digest, started.elapsed(), will_retry, &rec, &result));
+        result
     }
 
-    async fn attempt(&self, job: bullmq::Job) -> BullResult {
+    /// Prometheus metrics for one finished attempt (see `metrics`).
+    fn record(&self, digest: &str, took: Duration, will_retry: bool, rec: &AttemptRecord, result: &BullResult) {
+        let m = metrics::global();
+        let queue = QueueLabels { queue: self.queue.clone() };
+        m.attempt_seconds.get_or_create(&queue).observe(took.as_secs_f64());
+        if let Some(d) = rec.instantiate {
+            m.instantiate_seconds.get_or_create(&queue).observe(d.as_secs_f64());
+        }
+        if rec.memory_peak > 0 {
+            m.memory_peak_bytes.get_or_create(&queue).observe(rec.memory_peak as f64);
+        }
+        if let Some(kind) = rec.trap {
+            m.traps.get_or_create(&TrapLabels { queue: self.queue.clone(), kind }).inc();
+        }
+        if let Some(limit) = rec.limit {
+            m.limit_kills.get_or_create(&LimitLabels { queue: self.queue.clone(), limit }).inc();
+        }
+        let outcome = rec.outcome.unwrap_or(match result {
+            Ok(_) => "completed",
+            Err(bullmq::Error::Delayed) => "delayed",
+            Err(bullmq::Error::WaitingChildren) => "waiting_children",
+            Err(bullmq::Error::RateLimited { .. }) => "handed_back",
+            Err(bullmq::Error::Unrecoverable(_)) => "failed",
+            Err(_) if will_retry => "retried",
+            Err(_) => "failed",
+        });
+        m.jobs.get_or_create(&JobLabels { queue: self.queue.clone(), digest: digest.to_string(), outcome }).inc();
+        // Operators see why attempts fail without opening each job.
+        if let (Err(e), "failed" | "retried") = (result, outcome) {
+            let reason = match e {
+                bullmq::Error::ProcessingError(r) | bullmq::Error::Unrecoverable(r) => r.clone(),
+                other => other.to_string(),
+            };
+            info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed");
+        }
+    }
+
+    async fn attempt(&self, plugin: Arc<Plugin>, job: bullmq::Job, rec: &mut AttemptRecord) -> BullResult {
         if let Err(e) = self.check_data(&job).await {
             return Err(bullmq::Error::Unrecoverable(e.to_string()));
         }
-        let plugin = self.slot.current();
         let limits = &self.shared.limits;
         let token = job.token().unwrap_or_default().to_string();
         let wit_job = to_wit_job(&job, &self.queue);
@@ -196,17 +251,22 @@ impl Attempts {
         // by the timeout below, which drops (and so stops) the guest.
         store.epoch_deadline_async_yield_and_update(1);
 
+        let mut instantiated = None;
         let called = tokio::time::timeout(limits.timeout, async {
+            let t = Instant::now();
             let instance = plugin
                 .pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
+            instantiated = Some(t.elapsed());
             instance.call_process(&mut store, &wit_job).await.map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
         })
         .await;
 
+        rec.instantiate = instantiated;
         let state = store.data_mut();
+        rec.memory_peak = state.memory.peak;
         let lines = out.take_lines(limits.max_log_line_bytes);
         let ctx = &mut state.job;
         debug!(digest = %plugin.digest, "attempt returned");
@@ -222,12 +282,22 @@ impl Attempts {
         }
         if ctx.lock_lost {
             warn!("lock lost during the attempt: leaving the job to its new owner");
+            rec.outcome = Some("lock_lost");
             return Err(bullmq::Error::Delayed);
         }
 
         let result = match called {
-            Err(_) => return Err(retryable(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 })),
+            Err(_) => {
+                rec.limit = Some("timeout");
+                return Err(retryable(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 }));
+            }
             Ok(Err(AttemptError::Trap(t))) => {
+                rec.trap = Some(trap_kind(&t));
+                rec.limit = match state.memory.hit {
+                    Some(_) => Some("memory"),
+                    None if t.contains("fuel") => Some("fuel"),
+                    None => None,
+                };
                 let reason = match state.memory.hit {
                     None if t.contains("fuel") => format!(
                         "out of fuel: the attempt used up its {} units of fuel (--fuel); {t}",
@@ -266,9 +336,19 @@ impl Attempts {
                     "processor returned `moved` but no host call moved the job (call move-to-delayed or wait-for-children first)".into(),
                 )),
             },
-            Err(Failure::Retry(reason)) => self.retry(&plugin, &mut state.job, &wit_job, reason).await,
-            Err(Failure::Unrecoverable(reason)) => Err(bullmq::Error::Unrecoverable(reason)),
-            Err(Failure::RetryAfter(r)) => Self::retry_after(&mut state.job, r.reason, r.delay_ms).await,
+            Err(failure) => {
+                let r = match failure {
+                    Failure::Retry(reason) => self.retry(&plugin, &mut state.job, &wit_job, reason).await,
+                    Failure::Unrecoverable(reason) => Err(bullmq::Error::Unrecoverable(reason)),
+                    Failure::RetryAfter(r) => Self::retry_after(&mut state.job, r.reason, r.delay_ms).await,
+                };
+                // `Delayed` here is bullpen's own delayed retry (or a lock
+                // lost while making it), not a guest move.
+                if matches!(r, Err(bullmq::Error::Delayed)) {
+                    rec.outcome = Some(if state.job.lock_lost { "lock_lost" } else { "retried" });
+                }
+                r
+            }
         }
     }
 
@@ -386,6 +466,23 @@ impl Attempts {
                 .map(|_| ())
                 .map_err(|e| AttemptError::BadData(format!("{e} (data starts with {:?})", crate::sandbox::truncate_utf8(&raw, 40)))),
         }
+    }
+}
+
+/// The `kind` label of a trap, from the reason `with_trap` wrote.
+fn trap_kind(reason: &str) -> &'static str {
+    if reason.contains("stack overflow") {
+        "stack_overflow"
+    } else if reason.contains("unreachable") {
+        "unreachable"
+    } else if reason.contains("out-of-bounds") {
+        "out_of_bounds"
+    } else if reason.contains("division by zero") {
+        "division_by_zero"
+    } else if reason.contains("interrupted") {
+        "interrupt"
+    } else {
+        "other"
     }
 }
 

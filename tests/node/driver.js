@@ -44,7 +44,7 @@ async function main() {
       if (!job) { jobs.push({ id, missing: true }); continue; }
       const { logs } = await queue.getJobLogs(id);
       jobs.push({
-        id: job.id, name: job.name, data: job.data, state: await job.getState(),
+        id: job.id, name: job.name, data: job.data, opts: job.opts, state: await job.getState(),
         returnvalue: job.returnvalue, progress: job.progress, attemptsMade: job.attemptsMade,
         attemptsStarted: job.attemptsStarted, failedReason: job.failedReason || null,
         finishedOn: job.finishedOn || null, processedOn: job.processedOn || null, logs,

@@ -1,0 +1,244 @@
+//! Issue 8 (operating bullpen): bulk adds from NDJSON, `bullpen stats`,
+//! JSON logs with attempt spans, and the Prometheus endpoint. Observed through
+//! Node's bullmq and a plain HTTP scrape.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bullpen_tests::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(90);
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "bullpen failed: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// The sha256 of a file, as bullpen names plugin versions.
+fn digest_of(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn add_file_adds_every_line_and_a_bad_line_adds_nothing() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..1200 {
+        let line = match i {
+            7 => json!({"name": "custom", "data": {"i": i}, "opts": {"jobId": "order-7", "attempts": 4}}),
+            _ => json!({"name": "bulk", "data": {"i": i, "text": "ünïcode"}}),
+        };
+        text += &format!("{line}\n");
+        if i == 100 {
+            text += "\n"; // blank lines are skipped
+        }
+    }
+    let file = write_file(&dir, "jobs.ndjson", &text);
+    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "bulk", "--file", &file, "--opts", r#"{"attempts":2}"#]);
+    let stdout = ok(&out);
+    let ids: Vec<&str> = stdout.lines().collect();
+    assert_eq!(ids.len(), 1200, "one id per job, in file order");
+    assert_eq!(ids[7], "order-7");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("added 1200 jobs to bulk"), "plain progress lines when not a TTY: {stderr}");
+    assert!(stderr.contains("added 500/1200 jobs"), "{stderr}");
+
+    let counts = node(&["counts", &redis.url(), "bulk"]);
+    assert_eq!(counts["waiting"], 1200, "{counts}");
+    let v = inspect(&redis, "bulk", &[ids[0].to_string(), "order-7".to_string(), ids[1199].to_string()]);
+    assert_eq!(v["jobs"][0]["data"], json!({"i": 0, "text": "ünïcode"}));
+    assert_eq!(v["jobs"][0]["opts"]["attempts"], 2, "--opts is the default for lines without opts");
+    assert_eq!(v["jobs"][1]["name"], "custom");
+    assert_eq!(v["jobs"][1]["opts"]["attempts"], 4, "a line's own opts win");
+    assert_eq!(v["jobs"][2]["data"]["i"], 1199);
+
+    // A broken line: refused with its number, and nothing is added.
+    let bad = write_file(&dir, "bad.ndjson", "{\"name\":\"a\",\"data\":1}\n{\"name\":\"b\",\"data\":1}\n{\"name\":\"c\",\"data\":}\n");
+    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "bad", "--file", &bad]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("nothing was added"), "{err}");
+    assert_eq!(node(&["counts", &redis.url(), "bad"])["waiting"], 0);
+
+    // Redis not there: a clear error, exit 1.
+    let out = bullpen(&["add", "--redis", "redis://127.0.0.1:1", "--queue", "bulk", "--file", &file]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open queue `bulk`"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn stats_json(redis: &Redis, queue: &str) -> Value {
+    serde_json::from_str(&ok(&bullpen(&["stats", "--redis", &redis.url(), "--queue", queue, "--json"]))).unwrap()
+}
+
+#[test]
+fn stats_shows_counts_rates_and_the_digest_each_live_worker_runs() {
+    let redis = Redis::start();
+    let echo = plugin("echo", "rust");
+    let flaky = plugin("flaky", "rust");
+    let w1 = Worker::start(&redis, "st", &echo, &["--concurrency", "4", "--no-watch"]);
+    let w2 = Worker::start(&redis, "st", &flaky, &["--concurrency", "2", "--no-watch"]);
+    // flaky fails a job whose data says so; echo completes anything.
+    let jobs: Vec<Value> = (0..30).map(|i| json!({"name": "s", "data": {"i": i}})).collect();
+    let ids = node_add(&redis, "st", Value::Array(jobs));
+    wait_finished(&redis, "st", &ids, T);
+
+    let s = stats_json(&redis, "st");
+    let total = s["counts"]["completed"].as_u64().unwrap() + s["counts"]["failed"].as_u64().unwrap();
+    assert_eq!(total, 30, "{s:#}");
+    assert_eq!(s["counts"]["waiting"], 0);
+    assert_eq!(s["counts"]["active"], 0);
+    assert_eq!(s["completedLastMinute"], s["counts"]["completed"], "all finished within the minute");
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{s:#}");
+    let mut digests: Vec<(&str, u64)> =
+        workers.iter().map(|w| (w["digest"].as_str().unwrap(), w["concurrency"].as_u64().unwrap())).collect();
+    digests.sort();
+    let mut want = vec![(digest_of(&echo), 4), (digest_of(&flaky), 2)];
+    want.sort();
+    let want: Vec<(&str, u64)> = want.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+    assert_eq!(digests, want, "each live worker with the digest it runs");
+
+    // The text form, and --watch refreshing (plain blocks when not a TTY).
+    let text = ok(&bullpen(&["stats", "--redis", &redis.url(), "--queue", "st"]));
+    assert!(text.contains("live bullpen workers: 2") && text.contains(&digest_of(&echo)[..12]), "{text}");
+    let mut watch = Command::new(bullpen_bin())
+        .args(["stats", "--redis", &redis.url(), "--queue", "st", "--watch", "--json", "--interval-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(&mut watch);
+    let mut lines = String::new();
+    watch.stdout.take().unwrap().read_to_string(&mut lines).unwrap();
+    let n = lines.lines().filter(|l| serde_json::from_str::<Value>(l).is_ok()).count();
+    assert!(n >= 3, "--watch printed {n} snapshots: {lines}");
+
+    // A stopped worker leaves the live list at once.
+    assert!(w2.stop().success());
+    let s = stats_json(&redis, "st");
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{s:#}");
+    assert_eq!(workers[0]["digest"], digest_of(&echo));
+    drop(w1);
+}
+
+#[test]
+fn json_logs_carry_the_attempt_span() {
+    let redis = Redis::start();
+    let hog = plugin("hog", "rust");
+    let w = Worker::start(&redis, "logs", &hog, &["--log-format", "json"]);
+    let ids = node_add(&redis, "logs", json!([{"name": "r", "data": {"mode": "recursion"}}]));
+    wait_finished(&redis, "logs", &ids, T);
+    w.wait_log("attempt failed", T);
+    let log = w.log();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let failed = lines.iter().find(|l| l["fields"]["message"] == "attempt failed").unwrap();
+    assert_eq!(failed["level"], "INFO");
+    assert_eq!(failed["fields"]["outcome"], "failed");
+    // A Rust guest's stack lives in linear memory: deep recursion runs it out of bounds.
+    assert!(failed["fields"]["reason"].as_str().unwrap().starts_with("wasm trap: out-of-bounds"), "{failed}");
+    let span = &failed["span"];
+    assert_eq!(span["name"], "attempt");
+    assert_eq!(span["queue"], "logs");
+    assert_eq!(span["job"], ids[0].as_str());
+    assert_eq!(span["attempt"], 1);
+    assert_eq!(span["digest"], digest_of(&hog));
+}
+
+/// GET `path` from 127.0.0.1:`port`; (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the sample whose line starts with `series` (name + labels).
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
+}
+
+#[test]
+fn metrics_count_outcomes_traps_limits_and_attempt_costs() {
+    let redis = Redis::start();
+    let hog = plugin("hog", "rust");
+    let w = Worker::start(
+        &redis,
+        "met",
+        &hog,
+        &["--concurrency", "4", "--timeout-ms", "1000", "--max-memory-mb", "32", "--metrics-addr", "127.0.0.1:0"],
+    );
+    let log = w.log();
+    let port: u16 = log
+        .split("addr=127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+    let jobs = json!([
+        {"name": "a", "data": {"mode": "fine"}},
+        {"name": "b", "data": {"mode": "fine"}},
+        {"name": "c", "data": {"mode": "fine"}},
+        {"name": "loop", "data": {"mode": "loop"}, "opts": {"attempts": 2}},
+        {"name": "mem", "data": {"mode": "memory"}},
+        {"name": "rec", "data": {"mode": "recursion"}},
+    ]);
+    let ids = node_add(&redis, "met", jobs);
+    wait_finished(&redis, "met", &ids, T);
+    // The last attempt's metrics are recorded right after its result is
+    // written; give the scrape a moment to see it.
+    let d = digest_of(&hog);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = http_get(port, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let done = body.contains(&format!("bullpen_jobs_total{{queue=\"met\",digest=\"{d}\",outcome=\"failed\"}} 3"));
+        if done || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let jobs = |outcome: &str| sample(&body, &format!("bullpen_jobs_total{{queue=\"met\",digest=\"{d}\",outcome=\"{outcome}\"}}"));
+    assert_eq!(jobs("completed"), 3.0, "{body}");
+    assert_eq!(jobs("failed"), 3.0, "loop (after its retry), memory and recursion");
+    assert_eq!(jobs("retried"), 1.0, "loop's first attempt");
+    assert_eq!(sample(&body, "bullpen_limit_kills_total{queue=\"met\",limit=\"timeout\"}"), 2.0);
+    assert_eq!(sample(&body, "bullpen_limit_kills_total{queue=\"met\",limit=\"memory\"}"), 1.0);
+    assert_eq!(sample(&body, "bullpen_traps_total{queue=\"met\",kind=\"out_of_bounds\"}"), 1.0, "recursion");
+    assert_eq!(sample(&body, "bullpen_attempt_duration_seconds_count{queue=\"met\"}"), 7.0);
+    assert_eq!(sample(&body, "bullpen_instantiation_duration_seconds_count{queue=\"met\"}"), 7.0);
+    assert_eq!(sample(&body, "bullpen_attempt_memory_peak_bytes_count{queue=\"met\"}"), 7.0);
+    // The memory hog reached its 32 MiB cap; nothing went past it.
+    assert!(body.contains("bullpen_attempt_memory_peak_bytes_bucket{le=\"33554432.0\",queue=\"met\"} 7"), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics text");
+
+    let (status, _) = http_get(port, "/nope");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn a_taken_metrics_port_stops_the_worker_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let redis = Redis::start();
+    let out = bullpen(&["worker", "--redis", &redis.url(), "--queue", "x", "--plugin", plugin("echo", "rust").to_str().unwrap(), "--metrics-addr", &addr]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on --metrics-addr {addr}")), "{err}");
+}
