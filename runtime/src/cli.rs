@@ -9,12 +9,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::config::{QueuePlan, Settings, WorkerFile};
 use crate::deploy::{watch_file, Loader, RegistryFollower};
 use crate::engine::new_engine;
-use crate::host::ChildQueues;
 use crate::plugin::{new_linker, Plugin};
 use crate::registry::{iso8601, PluginSlot, Registry};
-use crate::sandbox::Limits;
 use crate::worker::{Binding, BindingConfig};
 
 #[derive(Parser, Debug)]
@@ -72,10 +71,25 @@ pub struct QueueArgs {
     pub prefix: String,
 }
 
+/// `bullpen worker`. Per-queue settings are `Option`s so a config file can
+/// supply them; defaults are applied in `config::Settings::apply`.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    #[command(flatten)]
-    pub q: QueueArgs,
+    /// Redis URL. Default: the config's `redis`, else $REDIS_URL, else
+    /// redis://127.0.0.1:6379.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Queue name. With --config: serve only this queue of the file.
+    #[arg(long, required_unless_present = "config")]
+    pub queue: Option<String>,
+    /// BullMQ key prefix (default `bull`; use a hash tag such as '{bull}'
+    /// with Redis Cluster).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Serve the queues of this file (see docs/bullpen.toml); the flags
+    /// below override its settings for every queue.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The processor: a WebAssembly component of the bullpen:processor
     /// world. The file is watched: when it changes to another valid
     /// component the worker switches to it (a broken file is refused and
@@ -84,38 +98,38 @@ pub struct WorkerArgs {
     /// and rollbacks.
     #[arg(long)]
     pub plugin: Option<PathBuf>,
-    /// With --plugin: load the file once, do not watch it.
-    #[arg(long, requires = "plugin")]
+    /// Load plugin files once, do not watch them.
+    #[arg(long)]
     pub no_watch: bool,
-    /// Attempts run at once (BullMQ `concurrency`).
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
-    /// Wall-clock limit per attempt, in ms.
-    #[arg(long, default_value_t = 30_000)]
-    pub timeout_ms: u64,
-    /// Linear memory limit per instance, in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub max_memory_mb: usize,
+    /// Attempts run at once (BullMQ `concurrency`) [default: 1].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Wall-clock limit per attempt, in ms [default: 30000].
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Linear memory limit per instance, in MiB [default: 128].
+    #[arg(long)]
+    pub max_memory_mb: Option<usize>,
     /// Fuel per attempt (roughly, wasm instructions); past it the attempt
     /// fails naming the limit. Unmetered when absent (metering costs speed).
     #[arg(long)]
     pub fuel: Option<u64>,
-    /// BullMQ `lockDuration`, in ms.
-    #[arg(long, default_value_t = 30_000)]
-    pub lock_duration_ms: u64,
-    /// BullMQ `stalledInterval`, in ms.
-    #[arg(long, default_value_t = 30_000)]
-    pub stalled_interval_ms: u64,
-    /// BullMQ `maxStalledCount`.
-    #[arg(long, default_value_t = 1)]
-    pub max_stalled_count: u32,
+    /// BullMQ `lockDuration`, in ms [default: 30000].
+    #[arg(long)]
+    pub lock_duration_ms: Option<u64>,
+    /// BullMQ `stalledInterval`, in ms [default: 30000].
+    #[arg(long)]
+    pub stalled_interval_ms: Option<u64>,
+    /// BullMQ `maxStalledCount` [default: 1].
+    #[arg(long)]
+    pub max_stalled_count: Option<u32>,
     /// BullMQ `maxStartedAttempts` (unlimited when absent).
     #[arg(long)]
     pub max_started_attempts: Option<u32>,
     /// On SIGTERM, how long running attempts may finish before they are
-    /// interrupted and their jobs handed back to wait, in ms.
-    #[arg(long, default_value_t = 10_000)]
-    pub grace_ms: u64,
+    /// interrupted and their jobs handed back to wait, in ms [default: 10000].
+    #[arg(long)]
+    pub grace_ms: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
     /// port 0 picks a free port, logged at start). Off when absent.
     #[arg(long)]
@@ -124,6 +138,24 @@ pub struct WorkerArgs {
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
     pub child_queues: Vec<String>,
+}
+
+impl WorkerArgs {
+    /// The per-queue settings given on the command line.
+    fn settings(&self) -> Settings {
+        Settings {
+            concurrency: self.concurrency,
+            timeout_ms: self.timeout_ms,
+            max_memory_mb: self.max_memory_mb,
+            fuel: self.fuel,
+            lock_duration_ms: self.lock_duration_ms,
+            stalled_interval_ms: self.stalled_interval_ms,
+            max_stalled_count: self.max_stalled_count,
+            max_started_attempts: self.max_started_attempts,
+            child_queues: (!self.child_queues.is_empty()).then(|| self.child_queues.clone()),
+            watch: self.no_watch.then_some(false),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -229,71 +261,102 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The default Redis when neither a flag, the config nor $REDIS_URL says.
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
 async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
-    if a.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
+    let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
+    let redis = a
+        .redis
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.redis.clone()))
+        .or_else(|| std::env::var("REDIS_URL").ok())
+        .unwrap_or_else(|| DEFAULT_REDIS.into());
+    let prefix = a.prefix.clone().or_else(|| file.as_ref().and_then(|f| f.prefix.clone())).unwrap_or_else(|| "bull".into());
+    let flags = a.settings();
+    let mut plans = match &file {
+        Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
+        None => {
+            let mut binding = BindingConfig::new(redis.clone(), a.queue.clone().unwrap_or_default());
+            binding.prefix = prefix.clone();
+            flags.apply(&mut binding)?;
+            vec![QueuePlan { binding, plugin: None, watch: flags.watch.unwrap_or(true) }]
+        }
+    };
+    if let Some(p) = &a.plugin {
+        if plans.len() != 1 {
+            bail!("--plugin applies to one queue: add --queue to pick one of the config's queues");
+        }
+        plans[0].plugin = Some(p.clone());
     }
-    if let Some(addr) = a.metrics_addr {
+    if let Some(addr) = a.metrics_addr.or_else(|| file.as_ref().and_then(|f| f.metrics_addr)) {
         crate::metrics::serve(addr).await?;
     }
-    let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel: a.fuel.is_some() })?;
+    let grace = Duration::from_millis(a.grace_ms.or_else(|| file.as_ref().and_then(|f| f.grace_ms)).unwrap_or(10_000));
+    // One engine for every queue; fuel metering is engine-wide.
+    let fuel = plans.iter().any(|p| p.binding.limits.fuel.is_some());
+    let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel })?;
     let linker = new_linker(&engine)?;
     let loader = Loader::new(engine.clone(), linker);
     let shutdown = wait_for_shutdown_signal();
     tokio::pin!(shutdown);
-    // The plugin source: a (watched) file, or the queue's registry.
+    // Queues start concurrently: one waiting for its first deploy does not
+    // hold the others back.
+    let starting = futures_util::future::try_join_all(plans.into_iter().map(|plan| start_queue(engine.clone(), loader.clone(), plan)));
+    let running = tokio::select! {
+        r = starting => r?,
+        r = &mut shutdown => { r?; info!("stopped before every queue had a plugin"); return Ok(()); }
+    };
+    let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
+    info!(queues = %names.join(","), "worker ready");
+    shutdown.await?;
+    info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
+    futures_util::future::try_join_all(running.iter().map(|r| {
+        if let Some(s) = &r.swapper {
+            s.abort();
+        }
+        r.binding.close(grace)
+    }))
+    .await?;
+    info!("worker stopped");
+    Ok(())
+}
+
+/// A queue being served, and what swaps its plugin.
+struct Running {
+    binding: Binding,
+    swapper: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Load the queue's plugin (its file, or what is deployed: waiting, with a
+/// log line every 10 s, until something is) and start its binding.
+async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueuePlan) -> anyhow::Result<Running> {
+    let c = &plan.binding;
     let mut follower = None;
-    let plugin = match &a.plugin {
-        Some(path) => loader.load_file(path).await?,
+    let plugin = match &plan.plugin {
+        Some(path) => loader.load_file(path).await.with_context(|| format!("queue `{}`", c.queue))?,
         None => {
-            let mut f = RegistryFollower::connect(loader.clone(), &a.q.redis, &a.q.prefix, &a.q.queue)
+            let mut f = RegistryFollower::connect(loader.clone(), &c.redis_url, &c.prefix, &c.queue)
                 .await
-                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
-            let first = tokio::select! {
-                p = f.first() => p,
-                r = &mut shutdown => { r?; info!("stopped before anything was deployed"); return Ok(()); }
-            };
+                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", c.queue, c.redis_url))?;
+            let first = f.first().await;
             follower = Some(f);
             first
         }
     };
-    info!(plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
-    let mut config = BindingConfig::new(a.q.redis.clone(), a.q.queue.clone());
-    config.prefix = a.q.prefix.clone();
-    config.concurrency = a.concurrency;
-    config.limits = Limits {
-        timeout: Duration::from_millis(a.timeout_ms),
-        max_memory_bytes: a.max_memory_mb << 20,
-        fuel: a.fuel,
-        ..Limits::default()
-    };
-    config.lock_duration_ms = a.lock_duration_ms;
-    config.stalled_interval_ms = a.stalled_interval_ms;
-    config.max_stalled_count = a.max_stalled_count;
-    config.max_started_attempts = a.max_started_attempts;
-    if a.child_queues.iter().any(|q| q == "*") {
-        config.child_queues = ChildQueues::Any;
-    } else if !a.child_queues.is_empty() {
-        config.child_queues = ChildQueues::Only(a.child_queues.clone());
-    }
+    info!(queue = %c.queue, plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
     let slot = Arc::new(PluginSlot::new(plugin));
-    let binding = Binding::start(engine, slot.clone(), config)
+    let (queue, concurrency, redis_url) = (c.queue.clone(), c.concurrency, c.redis_url.clone());
+    let binding = Binding::start(engine, slot.clone(), plan.binding)
         .await
-        .with_context(|| format!("cannot start a worker for queue `{}` on {}", a.q.queue, a.q.redis))?;
-    let swapper = match (follower, &a.plugin) {
+        .with_context(|| format!("cannot start a worker for queue `{queue}` on {redis_url}"))?;
+    let swapper = match (follower, &plan.plugin) {
         (Some(f), _) => Some(f.spawn(slot.clone())),
-        (None, Some(path)) if !a.no_watch => Some(watch_file(loader.clone(), path.clone(), slot.clone())),
+        (None, Some(path)) if plan.watch => Some(watch_file(loader.clone(), path.clone(), slot.clone())),
         _ => None,
     };
-    info!(queue = %a.q.queue, concurrency = a.concurrency, digest = %slot.current().digest, "worker ready");
-    shutdown.await?;
-    if let Some(s) = swapper {
-        s.abort();
-    }
-    info!(grace_ms = a.grace_ms, "shutting down: no new jobs; waiting for running attempts");
-    binding.close(Duration::from_millis(a.grace_ms)).await?;
-    info!("worker stopped");
-    Ok(())
+    info!(queue = %queue, concurrency, digest = %slot.current().digest, "queue ready");
+    Ok(Running { binding, swapper })
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod bulk;
 pub mod cli;
+pub mod config;
 pub mod deploy;
 pub mod engine;
 pub mod error;

@@ -242,3 +242,105 @@ fn a_taken_metrics_port_stops_the_worker_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on --metrics-addr {addr}")), "{err}");
 }
+
+/// `bullpen worker <args>` with stderr in a file; waits for "worker ready".
+struct ConfigWorker {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl ConfigWorker {
+    fn start(dir: &tempfile::TempDir, args: &[&str]) -> ConfigWorker {
+        let log = dir.path().join(format!("worker-{}.log", rand_suffix()));
+        let child = Command::new(bullpen_bin())
+            .arg("worker")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let w = ConfigWorker { child, log };
+        let deadline = Instant::now() + T;
+        while !w.log().contains("worker ready") {
+            assert!(Instant::now() < deadline, "worker never ready:\n{}", w.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ConfigWorker {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+#[test]
+fn one_process_serves_the_queues_of_a_config_file_and_flags_override_it() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hog = plugin("hog", "rust");
+    let config = format!(
+        r#"
+redis = "{url}"
+[defaults]
+timeout_ms = 800
+
+[[queues]]
+name = "mails"
+plugin = "{echo}"
+concurrency = 3
+
+[[queues]]
+name = "hogs"
+plugin = "{hog}"
+
+[[queues]]
+name = "slowhogs"
+plugin = "{hog}"
+timeout_ms = 1500
+"#,
+        url = redis.url(),
+        echo = plugin("echo", "rust").display(),
+        hog = hog.display(),
+    );
+    let file = write_file(&dir, "bullpen.toml", &config);
+    let w = ConfigWorker::start(&dir, &["--config", &file]);
+    assert!(w.log().contains("queues=mails,hogs,slowhogs"), "{}", w.log());
+
+    let mails = node_add(&redis, "mails", json!([{"name": "m", "data": {"to": "ada"}}, {"name": "m", "data": {"to": "bob"}}]));
+    let hogs = node_add(&redis, "hogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
+    let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
+    let v = wait_finished(&redis, "mails", &mails, T);
+    assert_eq!(v["jobs"][1]["returnvalue"], json!({"to": "bob"}));
+    let v = wait_finished(&redis, "hogs", &hogs, T);
+    assert!(v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 800 ms"), "[defaults] timeout: {v:#}");
+    let v = wait_finished(&redis, "slowhogs", &slow, T);
+    assert!(v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 1500 ms"), "the entry's own timeout: {v:#}");
+    assert_eq!(stats_json(&redis, "mails")["workers"][0]["concurrency"], 3);
+    drop(w);
+
+    // Flags win over the file, and --queue serves just one of its queues.
+    let w = ConfigWorker::start(&dir, &["--config", &file, "--queue", "slowhogs", "--timeout-ms", "600"]);
+    assert!(w.log().contains("queues=slowhogs"), "{}", w.log());
+    let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
+    let v = wait_finished(&redis, "slowhogs", &slow, T);
+    assert!(v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 600 ms"), "--timeout-ms overrides: {v:#}");
+    assert_eq!(stats_json(&redis, "mails")["workers"], json!([]), "mails is not served by this process");
+    drop(w);
+
+    // A typo in the file is named, and nothing starts.
+    let bad = write_file(&dir, "bad.toml", "[[queues]]\nname = \"a\"\nconcurency = 2\n");
+    let out = bullpen(&["worker", "--config", &bad]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml is not valid") && err.contains("concurency"), "{err}");
+}

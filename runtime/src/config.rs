@@ -1,0 +1,266 @@
+//! `bullpen worker --config bullpen.toml`: one worker process serving
+//! several queues, each with its own plugin source, concurrency, limits and
+//! allowed child queues. The commented reference is `docs/bullpen.toml`
+//! (parsed by a test below, so it cannot drift from this code).
+//!
+//! Precedence for every per-queue setting, highest first: a command-line
+//! flag (applies to every queue), the queue's `[[queues]]` entry, the
+//! file's `[defaults]`, bullpen's built-in default (BullMQ's where BullMQ
+//! has one; see `BindingConfig::new` and `Limits::default`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::host::ChildQueues;
+use crate::worker::BindingConfig;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Redis URL (default `$REDIS_URL`, else redis://127.0.0.1:6379).
+    pub redis: Option<String>,
+    /// BullMQ key prefix for every queue (default `bull`).
+    pub prefix: Option<String>,
+    /// Serve Prometheus metrics here (`host:port`); off when absent.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Shutdown grace period for running attempts, ms (default 10000).
+    pub grace_ms: Option<u64>,
+    /// Settings every queue gets unless its entry says otherwise.
+    #[serde(default)]
+    pub defaults: Settings,
+    /// The queues this process serves.
+    #[serde(default)]
+    pub queues: Vec<QueueEntry>,
+}
+
+/// Per-queue settings, all optional so layers can be merged.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub concurrency: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<usize>,
+    pub fuel: Option<u64>,
+    pub lock_duration_ms: Option<u64>,
+    pub stalled_interval_ms: Option<u64>,
+    pub max_stalled_count: Option<u32>,
+    pub max_started_attempts: Option<u32>,
+    pub child_queues: Option<Vec<String>>,
+    /// Watch `plugin` and swap on change (default true).
+    pub watch: Option<bool>,
+}
+
+/// One `[[queues]]` entry.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct QueueEntry {
+    pub name: String,
+    /// The component file, relative to the config file's directory. Absent:
+    /// the queue runs what `bullpen deploy` made current and follows deploys.
+    pub plugin: Option<PathBuf>,
+    pub concurrency: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<usize>,
+    pub fuel: Option<u64>,
+    pub lock_duration_ms: Option<u64>,
+    pub stalled_interval_ms: Option<u64>,
+    pub max_stalled_count: Option<u32>,
+    pub max_started_attempts: Option<u32>,
+    pub child_queues: Option<Vec<String>>,
+    pub watch: Option<bool>,
+}
+
+impl QueueEntry {
+    fn settings(&self) -> Settings {
+        Settings {
+            concurrency: self.concurrency,
+            timeout_ms: self.timeout_ms,
+            max_memory_mb: self.max_memory_mb,
+            fuel: self.fuel,
+            lock_duration_ms: self.lock_duration_ms,
+            stalled_interval_ms: self.stalled_interval_ms,
+            max_stalled_count: self.max_stalled_count,
+            max_started_attempts: self.max_started_attempts,
+            child_queues: self.child_queues.clone(),
+            watch: self.watch,
+        }
+    }
+}
+
+impl Settings {
+    /// `self` where set, else `lower`.
+    pub fn over(&self, lower: &Settings) -> Settings {
+        Settings {
+            concurrency: self.concurrency.or(lower.concurrency),
+            timeout_ms: self.timeout_ms.or(lower.timeout_ms),
+            max_memory_mb: self.max_memory_mb.or(lower.max_memory_mb),
+            fuel: self.fuel.or(lower.fuel),
+            lock_duration_ms: self.lock_duration_ms.or(lower.lock_duration_ms),
+            stalled_interval_ms: self.stalled_interval_ms.or(lower.stalled_interval_ms),
+            max_stalled_count: self.max_stalled_count.or(lower.max_stalled_count),
+            max_started_attempts: self.max_started_attempts.or(lower.max_started_attempts),
+            child_queues: self.child_queues.clone().or_else(|| lower.child_queues.clone()),
+            watch: self.watch.or(lower.watch),
+        }
+    }
+
+    /// Apply the set fields to a binding config that holds the built-in defaults.
+    pub fn apply(&self, c: &mut BindingConfig) -> anyhow::Result<()> {
+        if let Some(n) = self.concurrency {
+            if n == 0 {
+                bail!("queue `{}`: concurrency must be at least 1", c.queue);
+            }
+            c.concurrency = n;
+        }
+        if let Some(ms) = self.timeout_ms {
+            c.limits.timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(mb) = self.max_memory_mb {
+            c.limits.max_memory_bytes = mb << 20;
+        }
+        if self.fuel.is_some() {
+            c.limits.fuel = self.fuel;
+        }
+        if let Some(v) = self.lock_duration_ms {
+            c.lock_duration_ms = v;
+        }
+        if let Some(v) = self.stalled_interval_ms {
+            c.stalled_interval_ms = v;
+        }
+        if let Some(v) = self.max_stalled_count {
+            c.max_stalled_count = v;
+        }
+        if self.max_started_attempts.is_some() {
+            c.max_started_attempts = self.max_started_attempts;
+        }
+        match &self.child_queues {
+            Some(qs) if qs.iter().any(|q| q == "*") => c.child_queues = ChildQueues::Any,
+            Some(qs) if !qs.is_empty() => c.child_queues = ChildQueues::Only(qs.clone()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// One queue as the process will serve it.
+#[derive(Debug, Clone)]
+pub struct QueuePlan {
+    pub binding: BindingConfig,
+    /// `Some`: this file (watched unless `watch` is false); `None`: the registry.
+    pub plugin: Option<PathBuf>,
+    pub watch: bool,
+}
+
+impl WorkerFile {
+    pub fn parse(text: &str) -> anyhow::Result<WorkerFile> {
+        let f: WorkerFile = toml::from_str(text)?;
+        let mut seen = std::collections::HashSet::new();
+        for q in &f.queues {
+            if q.name.is_empty() {
+                bail!("a [[queues]] entry has an empty name");
+            }
+            if !seen.insert(q.name.as_str()) {
+                bail!("queue `{}` appears twice", q.name);
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<WorkerFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut f = Self::parse(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+        // Plugin paths are relative to the file, not to where bullpen runs.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for q in &mut f.queues {
+            if let Some(p) = &q.plugin {
+                if p.is_relative() {
+                    q.plugin = Some(dir.join(p));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The queues to serve, with `flags` (command-line settings) on top.
+    /// `only`: serve just this queue of the file.
+    pub fn plan(&self, redis_url: &str, prefix: &str, flags: &Settings, only: Option<&str>) -> anyhow::Result<Vec<QueuePlan>> {
+        if self.queues.is_empty() {
+            bail!("the config has no [[queues]] entry: nothing to serve");
+        }
+        let mut plans = Vec::new();
+        for q in &self.queues {
+            if only.is_some_and(|o| o != q.name) {
+                continue;
+            }
+            let s = flags.over(&q.settings().over(&self.defaults));
+            let mut binding = BindingConfig::new(redis_url, q.name.clone());
+            binding.prefix = prefix.to_string();
+            s.apply(&mut binding)?;
+            plans.push(QueuePlan { binding, plugin: q.plugin.clone(), watch: s.watch.unwrap_or(true) });
+        }
+        if let (Some(o), true) = (only, plans.is_empty()) {
+            bail!("queue `{o}` is not in the config (it has: {})", self.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(", "));
+        }
+        Ok(plans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFERENCE: &str = include_str!("../../docs/bullpen.toml");
+
+    #[test]
+    fn the_reference_file_parses_and_means_what_it_says() {
+        let f = WorkerFile::parse(REFERENCE).unwrap();
+        assert_eq!(f.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(f.prefix.as_deref(), Some("bull"));
+        let plans = f.plan("redis://r", "bull", &Settings::default(), None).unwrap();
+        let names: Vec<&str> = plans.iter().map(|p| p.binding.queue.as_str()).collect();
+        assert_eq!(names, ["emails", "thumbnails", "reports"]);
+        let (emails, thumbs, reports) = (&plans[0], &plans[1], &plans[2]);
+        assert_eq!(emails.binding.concurrency, 8);
+        assert_eq!(emails.binding.limits.timeout, std::time::Duration::from_millis(10_000), "from [defaults]");
+        assert!(emails.plugin.is_some() && emails.watch);
+        assert_eq!(thumbs.binding.limits.max_memory_bytes, 512 << 20);
+        assert_eq!(thumbs.binding.limits.fuel, Some(5_000_000_000));
+        assert!(matches!(&thumbs.binding.child_queues, ChildQueues::Only(q) if q == &["thumbnails-done"]));
+        assert!(!thumbs.watch);
+        assert!(reports.plugin.is_none(), "no plugin: the deploy registry");
+        assert_eq!(reports.binding.concurrency, 2, "from [defaults]");
+        assert_eq!(reports.binding.max_started_attempts, Some(5));
+    }
+
+    #[test]
+    fn flags_beat_entries_beat_defaults() {
+        let f = WorkerFile::parse(
+            "[defaults]\nconcurrency = 3\ntimeout_ms = 5\n[[queues]]\nname = \"a\"\nconcurrency = 7\n[[queues]]\nname = \"b\"\n",
+        )
+        .unwrap();
+        let p = f.plan("redis://r", "bull", &Settings::default(), None).unwrap();
+        assert_eq!((p[0].binding.concurrency, p[1].binding.concurrency), (7, 3));
+        let flags = Settings { concurrency: Some(1), ..Settings::default() };
+        let p = f.plan("redis://r", "bull", &flags, Some("b")).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].binding.concurrency, 1);
+        assert_eq!(p[0].binding.limits.timeout.as_millis(), 5);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = WorkerFile::parse("[[queues]]\nname = \"a\"\nconcurency = 2\n").unwrap_err();
+        assert!(format!("{e:#}").contains("concurency"), "{e:#}");
+        let e = WorkerFile::parse("[[queues]]\nname = \"a\"\n[[queues]]\nname = \"a\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("twice"), "{e:#}");
+        let f = WorkerFile::parse("[[queues]]\nname = \"a\"\nconcurrency = 0\n").unwrap();
+        assert!(f.plan("redis://r", "bull", &Settings::default(), None).is_err());
+        let f = WorkerFile::parse("").unwrap();
+        assert!(format!("{:#}", f.plan("redis://r", "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]"));
+        let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
+        assert!(format!("{:#}", f.plan("redis://r", "bull", &Settings::default(), Some("zz")).unwrap_err()).contains("not in the config"));
+    }
+}
