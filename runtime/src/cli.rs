@@ -308,7 +308,8 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         r = &mut shutdown => { r?; info!("stopped before every queue had a plugin"); return Ok(()); }
     };
     let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
-    info!(queues = %names.join(","), "worker ready");
+    let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.clone()).collect();
+    info!(queues = %names.join(","), digest = %digests.join(","), "worker ready");
     shutdown.await?;
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
     futures_util::future::try_join_all(running.iter().map(|r| {
