@@ -42,6 +42,60 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// List the versions deployed for a queue, with deploy times and which is current.
     Plugins(PluginsArgs),
+    /// Run a processor on one job held in memory, without Redis, printing
+    /// every host call and the outcome: the development loop for a plugin.
+    Run(crate::run::RunArgs),
+}
+
+/// Ends the process with this exit status; what went wrong was printed
+/// already (`bullpen run`: 1 = the job failed, 2 = could not run).
+#[derive(Debug)]
+pub struct ExitStatus(pub u8);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
+
+/// The per-attempt limits, the same for `worker` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Wall-clock limit per attempt, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Linear memory limit per instance, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_memory_mb: usize,
+    /// Fuel per attempt (roughly, wasm instructions); past it the attempt
+    /// fails naming the limit. Unmetered when absent (metering costs speed).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_memory_bytes: self.max_memory_mb << 20,
+            fuel: self.fuel,
+            ..Limits::default()
+        }
+    }
+}
+
+/// `--child-queue` flags: '*' for any queue; none for the default (the
+/// queue and '<queue>-children').
+pub fn child_queues(queue: &str, flags: &[String]) -> ChildQueues {
+    if flags.iter().any(|q| q == "*") {
+        ChildQueues::Any
+    } else if flags.is_empty() {
+        ChildQueues::default_for(queue)
+    } else {
+        ChildQueues::Only(flags.to_vec())
+    }
 }
 
 /// Where the queue lives.
@@ -76,16 +130,8 @@ pub struct WorkerArgs {
     /// Attempts run at once (BullMQ `concurrency`).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// Wall-clock limit per attempt, in ms.
-    #[arg(long, default_value_t = 30_000)]
-    pub timeout_ms: u64,
-    /// Linear memory limit per instance, in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub max_memory_mb: usize,
-    /// Fuel per attempt (roughly, wasm instructions); past it the attempt
-    /// fails naming the limit. Unmetered when absent (metering costs speed).
-    #[arg(long)]
-    pub fuel: Option<u64>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// BullMQ `lockDuration`, in ms.
     #[arg(long, default_value_t = 30_000)]
     pub lock_duration_ms: u64,
@@ -184,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(a) => deploy(a).await,
         Command::Rollback(a) => rollback(a).await,
         Command::Plugins(a) => plugins(a).await,
+        Command::Run(a) => crate::run::run(a).await,
     }
 }
 
@@ -191,7 +238,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel: a.fuel.is_some() })?;
+    let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel: a.limits.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
     let loader = Loader::new(engine.clone(), linker);
     let shutdown = wait_for_shutdown_signal();
@@ -216,21 +263,12 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let mut config = BindingConfig::new(a.q.redis.clone(), a.q.queue.clone());
     config.prefix = a.q.prefix.clone();
     config.concurrency = a.concurrency;
-    config.limits = Limits {
-        timeout: Duration::from_millis(a.timeout_ms),
-        max_memory_bytes: a.max_memory_mb << 20,
-        fuel: a.fuel,
-        ..Limits::default()
-    };
+    config.limits = a.limits.limits();
     config.lock_duration_ms = a.lock_duration_ms;
     config.stalled_interval_ms = a.stalled_interval_ms;
     config.max_stalled_count = a.max_stalled_count;
     config.max_started_attempts = a.max_started_attempts;
-    if a.child_queues.iter().any(|q| q == "*") {
-        config.child_queues = ChildQueues::Any;
-    } else if !a.child_queues.is_empty() {
-        config.child_queues = ChildQueues::Only(a.child_queues.clone());
-    }
+    config.child_queues = child_queues(&a.q.queue, &a.child_queues);
     let slot = Arc::new(PluginSlot::new(plugin));
     let binding = Binding::start(engine, slot.clone(), config)
         .await
