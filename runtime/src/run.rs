@@ -218,8 +218,7 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
         progress: "0".into(),
         parent: None,
     };
-    let out = CapturedOutput::new(limits.max_output_bytes);
-    let local = LocalJob::new(data, children_values, limits.clone(), child_queues(&a.queue, &a.child_queues), out, report);
+    let local = LocalJob::new(data, children_values, limits.clone(), child_queues(&a.queue, &a.child_queues), report);
     Ok((Setup { plugin, engine, attempts: opts.attempts.unwrap_or(0), limits, job }, local))
 }
 

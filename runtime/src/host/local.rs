@@ -56,13 +56,13 @@ impl LocalJob {
         children_values: Vec<(String, String)>,
         limits: Limits,
         child_queues: ChildQueues,
-        output: CapturedOutput,
         report: Report,
     ) -> Self {
         LocalJob {
             limits,
             child_queues,
-            output,
+            // Each attempt brings its own (`next_attempt`).
+            output: CapturedOutput::new(0),
             report,
             data,
             children: Vec::new(),
@@ -72,8 +72,9 @@ impl LocalJob {
         }
     }
 
-    /// Ready for the job's next attempt (`bullpen run --until-done`), with
-    /// the data as updated. Children the job waited for count as finished.
+    /// Ready for an attempt, whose stdout/stderr is `output`. After a first
+    /// attempt (`--until-done`) the data is as the guest updated it, and
+    /// children the job waited for count as finished.
     pub fn next_attempt(&mut self, output: CapturedOutput) {
         if self.moved == Some(Moved::WaitingChildren) {
             self.done_children.append(&mut self.children);
