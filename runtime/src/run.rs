@@ -47,7 +47,7 @@ Exit status: 0 completed or moved, 1 failed, 2 could not run (bad arguments,
 a file that is not a valid processor component).";
 
 #[derive(Args, Debug)]
-#[command(after_long_help = RUN_HELP)]
+#[command(after_help = "The output format and exit status: bullpen run --help", after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// The processor: a WebAssembly component of the bullpen:processor world.
     pub file: PathBuf,
@@ -60,8 +60,8 @@ pub struct RunArgs {
     /// Job id ("1": a queue's first job id in BullMQ).
     #[arg(long, default_value = "1")]
     pub id: String,
-    /// The queue the job says it is in (and whose children queues
-    /// --child-queue allows by default).
+    /// The job's queue name (children may go to it and to
+    /// '<queue>-children' unless --child-queue says otherwise).
     #[arg(long, default_value = "local")]
     pub queue: String,
     /// BullMQ job options, as JSON (e.g. '{"attempts":3}').
