@@ -11,6 +11,8 @@ use tracing::info;
 
 use crate::config::{QueuePlan, Settings, WorkerFile};
 use crate::deploy::{watch_file, Loader, RegistryFollower};
+use crate::host::ChildQueues;
+use crate::sandbox::Limits;
 use crate::engine::new_engine;
 use crate::plugin::{new_linker, Plugin};
 use crate::registry::{iso8601, PluginSlot, Registry};
@@ -55,6 +57,60 @@ pub enum Command {
     /// Show a queue's job counts per state, last-minute rates, and the live
     /// bullpen workers with the plugin digest each runs.
     Stats(StatsArgs),
+    /// Run a processor on one job held in memory, without Redis, printing
+    /// every host call and the outcome: the development loop for a plugin.
+    Run(crate::run::RunArgs),
+}
+
+/// Ends the process with this exit status; what went wrong was printed
+/// already (`bullpen run`: 1 = the job failed, 2 = could not run).
+#[derive(Debug)]
+pub struct ExitStatus(pub u8);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
+
+/// The per-attempt limits, the same for `worker` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Wall-clock limit per attempt, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Linear memory limit per instance, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_memory_mb: usize,
+    /// Fuel per attempt (roughly, wasm instructions); past it the attempt
+    /// fails naming the limit. Unmetered when absent (metering costs speed).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_memory_bytes: self.max_memory_mb << 20,
+            fuel: self.fuel,
+            ..Limits::default()
+        }
+    }
+}
+
+/// `--child-queue` flags: '*' for any queue; none for the default (the
+/// queue and '<queue>-children').
+pub fn child_queues(queue: &str, flags: &[String]) -> ChildQueues {
+    if flags.iter().any(|q| q == "*") {
+        ChildQueues::Any
+    } else if flags.is_empty() {
+        ChildQueues::default_for(queue)
+    } else {
+        ChildQueues::Only(flags.to_vec())
+    }
 }
 
 /// Where the queue lives.
@@ -258,6 +314,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => rollback(a).await,
         Command::Plugins(a) => plugins(a).await,
         Command::Stats(a) => stats(a).await,
+        Command::Run(a) => crate::run::run(a).await,
     }
 }
 

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::host::ChildQueues;
 use crate::worker::BindingConfig;
 
 /// The whole file.
@@ -136,10 +135,8 @@ impl Settings {
         if self.max_started_attempts.is_some() {
             c.max_started_attempts = self.max_started_attempts;
         }
-        match &self.child_queues {
-            Some(qs) if qs.iter().any(|q| q == "*") => c.child_queues = ChildQueues::Any,
-            Some(qs) if !qs.is_empty() => c.child_queues = ChildQueues::Only(qs.clone()),
-            _ => {}
+        if let Some(qs) = &self.child_queues {
+            c.child_queues = crate::cli::child_queues(&c.queue, qs);
         }
         Ok(())
     }
@@ -211,6 +208,7 @@ impl WorkerFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::ChildQueues;
 
     const REFERENCE: &str = include_str!("../../docs/bullpen.toml");
 

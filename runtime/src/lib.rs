@@ -9,6 +9,7 @@
 //! - [`host`]: the WIT `job-context` functions, lock-token-checked, over Redis.
 //! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
+//! - [`run`]: `bullpen run`, one job in memory without Redis (host calls printed).
 //! - [`cli`]: the `bullpen` command line.
 //! - [`error`]: one error enum per boundary.
 //!
@@ -25,6 +26,7 @@ pub mod host;
 pub mod metrics;
 pub mod plugin;
 pub mod registry;
+pub mod run;
 pub mod sandbox;
 pub mod stats;
 pub mod worker;

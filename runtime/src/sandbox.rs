@@ -10,7 +10,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::host::JobContext;
+use crate::host::Backend;
 
 /// Per-binding limits for every attempt. Defaults are written next to why.
 #[derive(Debug, Clone)]
@@ -53,15 +53,15 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) memory: MemoryLimiter,
-    pub(crate) job: JobContext,
+    pub(crate) job: Backend,
 }
 
 impl HostState {
     /// A WASI context with nothing granted: no preopens, no env, no args,
     /// no network (sockets deny every address; name lookup off). Clocks and
     /// random are allowed. stdout/stderr go to `out`, which ends up in the
-    /// job's log.
-    pub(crate) fn new(job: JobContext, limits: &Limits, out: &CapturedOutput) -> Self {
+    /// job's log (or, for `bullpen run`, on stdout).
+    pub(crate) fn new(job: impl Into<Backend>, limits: &Limits, out: &CapturedOutput) -> Self {
         let wasi = WasiCtxBuilder::new()
             .stdout(out.clone())
             .stderr(out.clone())
@@ -73,7 +73,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             memory: MemoryLimiter { max: limits.max_memory_bytes, hit: None, peak: 0 },
-            job,
+            job: job.into(),
         }
     }
 }

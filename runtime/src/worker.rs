@@ -20,7 +20,7 @@ use wasmtime::{Engine, Store, Trap};
 use crate::bindings::types::{self as wit, Failure, Outcome};
 use crate::error::AttemptError;
 use crate::host::retry::{attempts_remain, random_unit, Backoff};
-use crate::host::{ChildQueues, JobContext, Moved, Shared};
+use crate::host::{Backend, ChildQueues, JobContext, Moved, Shared};
 use crate::metrics::{self, AttemptRecord, JobLabels, LimitLabels, QueueLabels, TrapLabels};
 use crate::plugin::Plugin;
 use crate::registry::PluginSlot;
@@ -242,33 +242,14 @@ impl Attempts {
         let out = CapturedOutput::new(limits.max_output_bytes);
         // The job log records the version that ran this attempt.
         let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
-        let mut store = Store::new(&self.engine, HostState::new(ctx, limits, &out));
-        store.limiter(|s| &mut s.memory);
-        if let Some(fuel) = limits.fuel {
-            store.set_fuel(fuel).map_err(|e| bullmq::Error::ProcessingError(format!("cannot set fuel: {e}")))?;
-        }
-        // Yield to tokio at every epoch tick; the wall clock is enforced
-        // by the timeout below, which drops (and so stops) the guest.
-        store.epoch_deadline_async_yield_and_update(1);
-
-        let mut instantiated = None;
-        let called = tokio::time::timeout(limits.timeout, async {
-            let t = Instant::now();
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
-            instantiated = Some(t.elapsed());
-            instance.call_process(&mut store, &wit_job).await.map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
-        })
-        .await;
+        let (mut store, called, instantiated) =
+            call_process(&self.engine, &plugin, HostState::new(ctx, limits, &out), limits, &wit_job).await;
 
         rec.instantiate = instantiated;
         let state = store.data_mut();
         rec.memory_peak = state.memory.peak;
         let lines = out.take_lines(limits.max_log_line_bytes);
-        let ctx = &mut state.job;
+        let Backend::Redis(ctx) = &mut state.job else { unreachable!("a worker's attempts run against Redis") };
         debug!(digest = %plugin.digest, "attempt returned");
 
         // Output goes to the log before the job is finished, so a Node
@@ -287,35 +268,24 @@ impl Attempts {
         }
 
         let result = match called {
-            Err(_) => {
-                rec.limit = Some("timeout");
-                return Err(retryable(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 }));
-            }
-            Ok(Err(AttemptError::Trap(t))) => {
+            Err(AttemptError::Trap(t)) => {
                 rec.trap = Some(trap_kind(&t));
                 rec.limit = match state.memory.hit {
                     Some(_) => Some("memory"),
                     None if t.contains("fuel") => Some("fuel"),
                     None => None,
                 };
-                let reason = match state.memory.hit {
-                    None if t.contains("fuel") => format!(
-                        "out of fuel: the attempt used up its {} units of fuel (--fuel); {t}",
-                        limits.fuel.unwrap_or_default()
-                    ),
-                    Some(wanted) => format!(
-                        "out of memory: the guest tried to grow its memory to {} MiB, over the limit of {} MiB (--max-memory-mb); trap: {t}",
-                        wanted >> 20,
-                        limits.max_memory_bytes >> 20
-                    ),
-                    None => with_panic_message(t, &lines),
-                };
-                return Err(bullmq::Error::ProcessingError(reason));
+                return Err(bullmq::Error::ProcessingError(trap_reason(t, state.memory.hit, limits, &lines)));
             }
-            Ok(Err(e)) => return Err(retryable(e)),
-            Ok(Ok(r)) => r,
+            Err(e) => {
+                if matches!(e, AttemptError::Timeout { .. }) {
+                    rec.limit = Some("timeout");
+                }
+                return Err(retryable(e));
+            }
+            Ok(r) => r,
         };
-        let moved = state.job.moved;
+        let moved = ctx.moved;
         match result {
             Ok(Outcome::Completed(json)) => {
                 if json.len() > limits.max_payload_bytes {
@@ -338,14 +308,14 @@ impl Attempts {
             },
             Err(failure) => {
                 let r = match failure {
-                    Failure::Retry(reason) => self.retry(&plugin, &mut state.job, &wit_job, reason).await,
+                    Failure::Retry(reason) => self.retry(&plugin, ctx, &wit_job, reason).await,
                     Failure::Unrecoverable(reason) => Err(bullmq::Error::Unrecoverable(reason)),
-                    Failure::RetryAfter(r) => Self::retry_after(&mut state.job, r.reason, r.delay_ms).await,
+                    Failure::RetryAfter(r) => Self::retry_after(ctx, r.reason, r.delay_ms).await,
                 };
                 // `Delayed` here is bullpen's own delayed retry (or a lock
                 // lost while making it), not a guest move.
                 if matches!(r, Err(bullmq::Error::Delayed)) {
-                    rec.outcome = Some(if state.job.lock_lost { "lock_lost" } else { "retried" });
+                    rec.outcome = Some(if ctx.lock_lost { "lock_lost" } else { "retried" });
                 }
                 r
             }
@@ -483,6 +453,59 @@ fn trap_kind(reason: &str) -> &'static str {
         "interrupt"
     } else {
         "other"
+    }
+}
+
+/// One `process` call in a fresh store under the attempt's limits (memory,
+/// fuel, wall clock): what every attempt runs, in a worker or in `bullpen
+/// run`. Returns the store too, for what the host calls recorded, and how
+/// long instantiation took (metrics).
+pub(crate) async fn call_process(
+    engine: &Engine,
+    plugin: &Plugin,
+    state: HostState,
+    limits: &Limits,
+    wit_job: &wit::Job,
+) -> (Store<HostState>, Result<Result<Outcome, Failure>, AttemptError>, Option<Duration>) {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.memory);
+    if let Some(fuel) = limits.fuel {
+        if let Err(e) = store.set_fuel(fuel) {
+            return (store, Err(AttemptError::Instantiate(format!("cannot set fuel: {e}"))), None);
+        }
+    }
+    // Yield to tokio at every epoch tick; the wall clock is enforced
+    // by the timeout below, which drops (and so stops) the guest.
+    store.epoch_deadline_async_yield_and_update(1);
+    let mut instantiated = None;
+    let called = tokio::time::timeout(limits.timeout, async {
+        let t = Instant::now();
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
+        instantiated = Some(t.elapsed());
+        instance.call_process(&mut store, wit_job).await.map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
+    })
+    .await
+    .unwrap_or(Err(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 }));
+    (store, called, instantiated)
+}
+
+/// The failedReason of a trapped attempt: the limit it hit (memory, fuel),
+/// else the trap and, for a Rust panic, the panic message from `lines`.
+pub(crate) fn trap_reason(t: String, memory_hit: Option<usize>, limits: &Limits, lines: &[String]) -> String {
+    match memory_hit {
+        None if t.contains("fuel") => {
+            format!("out of fuel: the attempt used up its {} units of fuel (--fuel); {t}", limits.fuel.unwrap_or_default())
+        }
+        Some(wanted) => format!(
+            "out of memory: the guest tried to grow its memory to {} MiB, over the limit of {} MiB (--max-memory-mb); trap: {t}",
+            wanted >> 20,
+            limits.max_memory_bytes >> 20
+        ),
+        None => with_panic_message(t, lines),
     }
 }
 

@@ -20,7 +20,10 @@ use crate::bindings::bullpen::processor::job_context;
 use crate::bindings::types::{self, JobError};
 use crate::sandbox::{truncate_utf8, CapturedOutput, HostState, Limits};
 
+pub mod local;
 pub mod retry;
+
+pub use local::LocalJob;
 
 const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 
@@ -160,6 +163,36 @@ pub struct JobContext {
     digest_line: Option<String>,
     /// Whether `digest_line` is in the job log already.
     digest_logged: bool,
+}
+
+/// Where an attempt's host calls go: a job in Redis (a worker's attempts),
+/// or a job in memory (`bullpen run`). Same HostState, limits and argument
+/// checks either way.
+pub enum Backend {
+    Redis(JobContext),
+    Local(LocalJob),
+}
+
+impl From<JobContext> for Backend {
+    fn from(j: JobContext) -> Self {
+        Backend::Redis(j)
+    }
+}
+
+impl From<LocalJob> for Backend {
+    fn from(j: LocalJob) -> Self {
+        Backend::Local(j)
+    }
+}
+
+/// The Redis job of this attempt, or else return the in-memory job's answer.
+macro_rules! redis_or_local {
+    ($state:expr, $local:ident => $answer:expr) => {
+        match &mut $state.job {
+            Backend::Redis(job) => job,
+            Backend::Local($local) => return $answer,
+        }
+    };
 }
 
 impl JobContext {
@@ -307,13 +340,13 @@ impl types::Host for HostState {}
 
 impl job_context::Host for HostState {
     async fn update_data(&mut self, data: String) -> Result<(), JobError> {
-        let job = &mut self.job;
+        let job = redis_or_local!(self, l => l.update_data(data));
         job.check_json("data", &data, job.shared.limits.max_payload_bytes)?;
         job.run_checked(|s| &s.update_data, &[], &[&data]).await.map(|_| ())
     }
 
     async fn update_progress(&mut self, progress: String) -> Result<(), JobError> {
-        let job = &mut self.job;
+        let job = redis_or_local!(self, l => l.update_progress(progress));
         job.check_json("progress", &progress, job.shared.limits.max_log_line_bytes)?;
         let events = job.shared.keys.events();
         let meta = job.shared.keys.meta();
@@ -322,16 +355,13 @@ impl job_context::Host for HostState {
     }
 
     async fn log(&mut self, line: String) -> Result<(), JobError> {
-        let job = &mut self.job;
-        let max = job.shared.limits.max_log_line_bytes;
-        if line.len() > max {
-            return Err(JobError::Invalid(format!("log line is {} bytes; the limit is {max}", line.len())));
-        }
+        let job = redis_or_local!(self, l => l.log(line));
+        check_log_line(&line, &job.shared.limits)?;
         job.append_logs(&[line]).await.map(|_| ())
     }
 
     async fn move_to_delayed(&mut self, timestamp_ms: u64) -> Result<(), JobError> {
-        let job = &mut self.job;
+        let job = redis_or_local!(self, l => l.move_to_delayed(timestamp_ms));
         if job.lock_lost {
             return Err(JobError::LockLost);
         }
@@ -349,20 +379,8 @@ impl job_context::Host for HostState {
     }
 
     async fn add_child(&mut self, queue: String, name: String, data: String, opts: String) -> Result<String, JobError> {
-        let job = &mut self.job;
-        if !job.shared.child_queues.allows(&queue) {
-            return Err(JobError::Invalid(format!(
-                "queue `{queue}` is not one this binding may add children to (allowed: {:?}; see --child-queue)",
-                job.shared.child_queues
-            )));
-        }
-        job.check_json("child data", &data, job.shared.limits.max_payload_bytes)?;
-        let data_value: serde_json::Value = serde_json::from_str(&data).expect("checked above");
-        let mut child_opts: JobOptions = if opts.trim().is_empty() {
-            JobOptions::default()
-        } else {
-            serde_json::from_str(&opts).map_err(|e| JobError::Invalid(format!("child opts are not valid job options: {e}")))?
-        };
+        let job = redis_or_local!(self, l => l.add_child(queue, name, data, opts));
+        let (data_value, mut child_opts) = check_child(&job.shared.child_queues, &job.shared.limits, &queue, &data, &opts)?;
         child_opts.parent = Some(ParentOptions {
             queue: job.shared.keys.base(),
             id: job.id.clone(),
@@ -383,7 +401,7 @@ impl job_context::Host for HostState {
     }
 
     async fn wait_for_children(&mut self) -> Result<bool, JobError> {
-        let job = &mut self.job;
+        let job = redis_or_local!(self, l => l.wait_for_children());
         if job.lock_lost {
             return Err(JobError::LockLost);
         }
@@ -402,7 +420,7 @@ impl job_context::Host for HostState {
     }
 
     async fn children_values(&mut self) -> Result<Vec<(String, String)>, JobError> {
-        let job = &mut self.job;
+        let job = redis_or_local!(self, l => l.children_values());
         let key = format!("{}:processed", job.job_key);
         let mut conn = job.shared.redis.clone();
         let map: Vec<(String, String)> = redis::cmd("HGETALL")
@@ -423,6 +441,40 @@ pub fn check_json_arg(what: &str, json: &str, max: usize) -> Result<(), JobError
     serde_json::from_str::<serde::de::IgnoredAny>(json)
         .map(|_| ())
         .map_err(|e| JobError::Invalid(format!("{what} is not valid JSON: {e}")))
+}
+
+/// The check of a `log` line: at most `max_log_line_bytes`.
+pub(crate) fn check_log_line(line: &str, limits: &Limits) -> Result<(), JobError> {
+    let max = limits.max_log_line_bytes;
+    if line.len() > max {
+        return Err(JobError::Invalid(format!("log line is {} bytes; the limit is {max}", line.len())));
+    }
+    Ok(())
+}
+
+/// The checks `add-child` makes before touching Redis: a queue the binding
+/// may add children to, JSON data within the payload limit, valid BullMQ
+/// job options. Returns the parsed data and options.
+pub(crate) fn check_child(
+    child_queues: &ChildQueues,
+    limits: &Limits,
+    queue: &str,
+    data: &str,
+    opts: &str,
+) -> Result<(serde_json::Value, JobOptions), JobError> {
+    if !child_queues.allows(queue) {
+        return Err(JobError::Invalid(format!(
+            "queue `{queue}` is not one this binding may add children to (allowed: {child_queues:?}; see --child-queue)"
+        )));
+    }
+    check_json_arg("child data", data, limits.max_payload_bytes)?;
+    let data_value: serde_json::Value = serde_json::from_str(data).expect("checked above");
+    let child_opts: JobOptions = if opts.trim().is_empty() {
+        JobOptions::default()
+    } else {
+        serde_json::from_str(opts).map_err(|e| JobError::Invalid(format!("child opts are not valid job options: {e}")))?
+    };
+    Ok((data_value, child_opts))
 }
 
 /// Run a Redis call, retrying connection failures for up to ~3 s. The
