@@ -141,7 +141,7 @@ struct Setup {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
-    let report = Report { json: a.json };
+    let report = Report { json: a.json, quiet: false };
     let (mut s, mut local) = match setup(&a, report) {
         Ok(s) => s,
         Err(e) => {
@@ -255,4 +255,47 @@ async fn attempt(s: &Setup, mut local: LocalJob) -> (Ending, LocalJob) {
         Ok(Err(Failure::RetryAfter(r))) => Ending::Failed { kind: "retry-after", reason: r.reason, delay_ms: Some(r.delay_ms) },
     };
     (ending, local)
+}
+
+/// One attempt of a plugin on an in-memory job, printing nothing: what the
+/// `attempt-overhead` benchmark measures (new Store + WASI context +
+/// instantiate + `process` + drop), without Redis.
+#[doc(hidden)]
+pub struct BenchAttempt {
+    setup: Setup,
+}
+
+impl BenchAttempt {
+    /// Load `file` (echo-like: the job data is `{"bench":true}`).
+    pub fn new(file: &std::path::Path) -> anyhow::Result<BenchAttempt> {
+        let limits = crate::Limits::default();
+        let engine = new_engine_with(EngineOptions { fuel: false })?;
+        let linker = new_linker(&engine)?;
+        let plugin = Plugin::from_file(&engine, &linker, file)?;
+        let job = wit::Job {
+            id: "1".into(),
+            name: "bench".into(),
+            queue: "bench".into(),
+            data: r#"{"bench":true}"#.into(),
+            opts: "{}".into(),
+            attempts_made: 0,
+            attempts_started: 1,
+            timestamp: now_ms(),
+            progress: "0".into(),
+            parent: None,
+        };
+        Ok(BenchAttempt { setup: Setup { plugin, engine, attempts: 0, limits, job } })
+    }
+
+    /// Run one attempt; true when it completed.
+    pub async fn once(&self) -> bool {
+        let local = LocalJob::new(
+            self.setup.job.data.clone(),
+            Vec::new(),
+            self.setup.limits.clone(),
+            crate::host::ChildQueues::Any,
+            Report { json: false, quiet: true },
+        );
+        matches!(attempt(&self.setup, local).await.0, Ending::Completed(_))
+    }
 }

@@ -19,12 +19,17 @@ const SHOWN_ARG_BYTES: usize = 2000;
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
     pub json: bool,
+    /// Print nothing (the attempt-overhead benchmark).
+    pub quiet: bool,
 }
 
 impl Report {
     /// Print one event. Flushed at once, so a guest that hangs later still
     /// shows what it did before.
     pub fn event(&self, text: &str, json: Value) {
+        if self.quiet {
+            return;
+        }
         let mut out = std::io::stdout().lock();
         let _ = if self.json { writeln!(out, "{json}") } else { writeln!(out, "{text}") };
         let _ = out.flush();

@@ -1,0 +1,71 @@
+//! `attempt-overhead`: one attempt's host cost without Redis, per guest
+//! language: new Store (limits, WASI context, captured output) + instantiate
+//! from the `InstancePre` + call `process` on a small job + drop, with the
+//! echo plugin (one log line, progress 100, return the data), host calls
+//! answered in memory (`bullpen run`'s job context, printing nothing).
+//!
+//!   cargo bench -p bullpen --bench attempt_overhead
+//!
+//! Criterion's estimates are printed as usual; each language's p50/p90/p99
+//! over every timed iteration follow (criterion reports means and medians,
+//! the issue asks for tails too). Plugins come from `target/plugins/`
+//! (`bash scripts/build-plugins.sh`); a missing one is skipped, saying so.
+//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only (the CI smoke test).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bullpen::run::BenchAttempt;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+    format!("p50 {:.1} µs  p90 {:.1} µs  p99 {:.1} µs  (n = {})", p(0.50), p(0.90), p(0.99), v.len())
+}
+
+fn attempt_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut summary = Vec::new();
+    let mut group = c.benchmark_group("attempt-overhead");
+    if std::env::var_os("BULLPEN_BENCH_QUICK").is_some() {
+        group.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_millis(300));
+    }
+    for lang in ["rust", "go", "js"] {
+        let file = root.join(format!("target/plugins/echo-{lang}.wasm"));
+        if !file.exists() {
+            eprintln!("attempt-overhead/{lang}: {} missing, skipped (scripts/build-plugins.sh)", file.display());
+            continue;
+        }
+        let attempt = BenchAttempt::new(&file).unwrap();
+        assert!(rt.block_on(attempt.once()), "echo-{lang} did not complete");
+        let times = Mutex::new(Vec::new());
+        group.bench_function(lang, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (attempt, times) = (&attempt, &times);
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        assert!(attempt.once().await);
+                        let d = t.elapsed();
+                        total += d;
+                        times.lock().unwrap().push(d);
+                    }
+                    total
+                }
+            })
+        });
+        summary.push((lang, percentiles(times.into_inner().unwrap())));
+    }
+    group.finish();
+    println!("\nattempt-overhead (new Store + instantiate + process + drop, no Redis):");
+    for (lang, line) in summary {
+        println!("  {lang:<5} {line}");
+    }
+}
+
+criterion_group!(benches, attempt_overhead);
+criterion_main!(benches);
