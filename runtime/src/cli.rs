@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::conn::RedisTarget;
 use crate::deploy::{watch_file, Loader, RegistryFollower};
 use crate::engine::new_engine;
 use crate::host::ChildQueues;
@@ -47,15 +48,26 @@ pub enum Command {
 /// Where the queue lives.
 #[derive(Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// Redis URL.
+    /// Redis URL; with --cluster, a seed node of the Cluster (repeatable:
+    /// the first reachable one is used to discover the rest).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
+    pub redis: Vec<String>,
+    /// The --redis URLs are nodes of a Redis Cluster (needs a hash-tagged --prefix).
+    #[arg(long)]
+    pub cluster: bool,
     /// Queue name.
     #[arg(long)]
     pub queue: String,
-    /// BullMQ key prefix (use a hash tag such as '{bull}' with Redis Cluster).
+    /// BullMQ key prefix (with --cluster it must have a hash tag, such as '{bull}').
     #[arg(long, default_value = "bull")]
     pub prefix: String,
+}
+
+impl QueueArgs {
+    /// The Redis target, checked (see [`RedisTarget::from_args`]).
+    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+        RedisTarget::from_args(self.redis.clone(), self.cluster, &self.prefix)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +118,10 @@ pub struct WorkerArgs {
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
     pub child_queues: Vec<String>,
+    /// BullMQ worker `name`: recorded on every job this worker takes
+    /// (Node's `job.processedBy`), so a fleet's work can be told apart.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +207,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    let redis = a.q.target()?;
     let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel: a.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
     let loader = Loader::new(engine.clone(), linker);
@@ -201,9 +218,9 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let plugin = match &a.plugin {
         Some(path) => loader.load_file(path).await?,
         None => {
-            let mut f = RegistryFollower::connect(loader.clone(), &a.q.redis, &a.q.prefix, &a.q.queue)
+            let mut f = RegistryFollower::connect(loader.clone(), &redis, &a.q.prefix, &a.q.queue)
                 .await
-                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {redis}", a.q.queue))?;
             let first = tokio::select! {
                 p = f.first() => p,
                 r = &mut shutdown => { r?; info!("stopped before anything was deployed"); return Ok(()); }
@@ -213,7 +230,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     info!(plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
-    let mut config = BindingConfig::new(a.q.redis.clone(), a.q.queue.clone());
+    let mut config = BindingConfig::new(redis.clone(), a.q.queue.clone());
     config.prefix = a.q.prefix.clone();
     config.concurrency = a.concurrency;
     config.limits = Limits {
@@ -226,6 +243,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     config.stalled_interval_ms = a.stalled_interval_ms;
     config.max_stalled_count = a.max_stalled_count;
     config.max_started_attempts = a.max_started_attempts;
+    config.name = a.name.clone();
     if a.child_queues.iter().any(|q| q == "*") {
         config.child_queues = ChildQueues::Any;
     } else if !a.child_queues.is_empty() {
@@ -234,7 +252,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let slot = Arc::new(PluginSlot::new(plugin));
     let binding = Binding::start(engine, slot.clone(), config)
         .await
-        .with_context(|| format!("cannot start a worker for queue `{}` on {}", a.q.queue, a.q.redis))?;
+        .with_context(|| format!("cannot start a worker for queue `{}` on {redis}", a.q.queue))?;
     let swapper = match (follower, &a.plugin) {
         (Some(f), _) => Some(f.spawn(slot.clone())),
         (None, Some(path)) if !a.no_watch => Some(watch_file(loader.clone(), path.clone(), slot.clone())),
@@ -269,12 +287,13 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         Some(o) => serde_json::from_str(o).with_context(|| format!("--opts is not valid BullMQ job options: {o:?}"))?,
         None => bullmq::JobOptions::default(),
     };
+    let redis = a.q.target()?;
     let mut qopts = bullmq::QueueOptions::default();
-    qopts.connection = qopts.connection.url(a.q.redis.clone());
+    qopts.connection = redis.bullmq_options();
     qopts.prefix = a.q.prefix.clone();
     let queue = bullmq::Queue::with_options(&a.q.queue, qopts)
         .await
-        .with_context(|| format!("cannot open queue `{}` on {}", a.q.queue, a.q.redis))?;
+        .with_context(|| format!("cannot open queue `{}` on {redis}", a.q.queue))?;
     let job = queue.add(&a.name, data).options(opts).await.context("adding the job failed")?;
     println!("{}", job.id());
     Ok(())
@@ -285,7 +304,7 @@ async fn retry(a: RetryArgs) -> anyhow::Result<()> {
         reset_attempts_made: a.reset_attempts_made,
         reset_attempts_started: a.reset_attempts_started,
     };
-    crate::admin::retry_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
+    crate::admin::retry_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
     info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
     Ok(())
 }
@@ -300,9 +319,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let plugin = tokio::task::spawn_blocking(move || Plugin::from_bytes(&engine, &linker, &checked, &source))
         .await?
         .map_err(|e| anyhow::anyhow!("refusing to deploy: {e}; nothing was changed"))?;
-    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
-        .await
-        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let registry = open_registry(&a.q).await?;
     let done = registry.deploy(&plugin.digest, &bytes).await?;
     info!(
         queue = %a.q.queue,
@@ -316,10 +333,15 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
-    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
+async fn open_registry(q: &QueueArgs) -> anyhow::Result<Registry> {
+    let redis = q.target()?;
+    Registry::connect(&redis, &q.prefix, &q.queue)
         .await
-        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {redis}", q.queue))
+}
+
+async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
+    let registry = open_registry(&a.q).await?;
     let done = registry.rollback(a.to.as_deref()).await?;
     if done.previous.as_deref() == Some(done.current.as_str()) {
         info!(queue = %a.q.queue, digest = %done.current, "already current; nothing changed");
@@ -331,9 +353,7 @@ async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
 }
 
 async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
-    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
-        .await
-        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let registry = open_registry(&a.q).await?;
     let versions = registry.versions().await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&versions)?);
@@ -350,7 +370,7 @@ async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
 }
 
 async fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let view = crate::admin::inspect_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id).await?;
+    let view = crate::admin::inspect_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id).await?;
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }

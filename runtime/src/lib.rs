@@ -10,12 +10,14 @@
 //! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
 //! - [`cli`]: the `bullpen` command line.
+//! - [`conn`]: where Redis is (one server or a Cluster); opens every connection.
 //! - [`error`]: one error enum per boundary.
 //!
 //! The contract with guests is `wit/processor.wit`; [`bindings`] is generated from it.
 
 pub mod admin;
 pub mod cli;
+pub mod conn;
 pub mod deploy;
 pub mod engine;
 pub mod error;
