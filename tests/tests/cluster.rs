@@ -154,6 +154,13 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
     }
     let secs = started.elapsed().as_secs_f64();
     let switched: HashMap<&str, u64> = workers.iter().map(|(n, w)| (*n, switched_at(&w.log()))).collect();
+    // Workers subscribe on the first seed node; the deploys ran on the queues'
+    // masters (other nodes): the notice crossed the cluster bus.
+    for (n, w) in &workers {
+        let log = w.log();
+        let line = log.lines().find(|l| l.contains("plugin switched")).unwrap();
+        assert!(line.contains("trigger=\"deploy notification\""), "{n} switched without the notice: {line}");
+    }
 
     let mut per_worker: HashMap<String, u64> = HashMap::new();
     let mut per_digest: HashMap<String, u64> = HashMap::new();
@@ -230,6 +237,7 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
         owners.push(holders[0]);
     }
     assert_ne!(owners[0], owners[1], "the two queues are on two masters");
+    assert!(!owners.contains(&cluster.ports[0]), "the seed workers subscribe on holds neither queue, so notices crossed nodes");
     let current: String = redis::cmd("GET").arg(format!("{}:orders:bullpen:current", prefix("orders"))).query(&mut conn).unwrap();
     assert_eq!(current, d2);
     // The other commands work through the cluster too.
