@@ -160,6 +160,11 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
         let log = w.log();
         let line = log.lines().find(|l| l.contains("plugin switched")).unwrap();
         assert!(line.contains("trigger=\"deploy notification\""), "{n} switched without the notice: {line}");
+        // A CROSSSLOT or routing failure would surface as a worker error.
+        assert!(!log.contains("worker error") && !log.contains("CROSSSLOT"), "{n}:\n{log}");
+        for l in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+            println!("{n}: {l}");
+        }
     }
 
     let mut per_worker: HashMap<String, u64> = HashMap::new();
