@@ -129,15 +129,15 @@ impl Drop for Redis {
 pub struct Cluster {
     nodes: Vec<Child>,
     pub ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
     pub fn start(masters: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut nodes, mut ports) = (vec![], vec![]);
+        // Built up node by node, so a failed start still kills the nodes already up.
+        let mut cluster = Cluster { nodes: vec![], ports: vec![], dir: tempfile::tempdir().unwrap() };
         for i in 0..masters {
-            let ndir = dir.path().join(format!("node{i}"));
+            let ndir = cluster.dir.path().join(format!("node{i}"));
             std::fs::create_dir(&ndir).unwrap();
             // The bus port is set explicitly: the default (port + 10000) may be taken or out of range.
             let child = (0..5).find_map(|_| {
@@ -146,10 +146,9 @@ impl Cluster {
                 spawn_redis(port, &args.map(String::from), &ndir).map(|c| (c, port))
             });
             let (c, port) = child.expect("could not start a cluster redis-server");
-            nodes.push(c);
-            ports.push(port);
+            cluster.nodes.push(c);
+            cluster.ports.push(port);
         }
-        let cluster = Cluster { nodes, ports, _dir: dir };
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
