@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bullpen benchmarks, side by side on one local redis-server.
 
-    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|all]
+    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|all] [--workers 1,2,4]
 
 Scenarios (names from BullMQ's benchmark suite):
   worker-concurrent  N small jobs pre-added, one worker process, concurrency 100, until drained
@@ -10,8 +10,11 @@ Contenders, each doing echo's work per job (one log line, progress 100, return t
   node        BullMQ's own Node worker (bullmq@6)            -- the baseline
   native      a Rust worker on bullmq-official, no Wasm       -- the protocol ceiling
   bullpen-<lang>  bullpen with target/plugins/echo-<lang>.wasm (a fresh instance per job)
-For each: jobs/s, worker CPU µs per job (from /proc), Redis CPU µs per job
-(INFO cpu), worker RSS, and the ratio of jobs/s to node's. Needs
+For each: jobs/s, worker CPU µs per job (from /proc, summed over worker
+processes), Redis CPU µs per job (INFO cpu) and Redis's share of one core
+(100% = Redis is the bottleneck: it is single-threaded), worker RSS, and
+the ratio of jobs/s to node's. `--workers 1,2,4` repeats each run with that
+many worker processes on the queue (the scaling curve). Needs
 `bash scripts/setup.sh` (release host, plugins, tests/node) and
 `cargo build --release -p bullpen-bench-native`.
 """
@@ -59,31 +62,36 @@ def contenders(conc):
     return c
 
 
-def run_one(name, cmd_for, jobs, port):
+def run_one(name, cmd_for, jobs, port, workers=1):
     url = f"redis://127.0.0.1:{port}"
     q = f"bench-{name}"
     subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, q, str(jobs)], check=True)
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd_for(url, q), stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+    procs = [subprocess.Popen(cmd_for(url, q), stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+             for _ in range(workers)]
+    cpu = lambda: sum(proc_cpu(p.pid) for p in procs)
     t0 = c0 = r0 = None
     start_at = max(1, jobs // 100)
     deadline = time.time() + 600
     while time.time() < deadline:
         done = int(rcli(port, "ZCARD", f"bull:{q}:completed"))
         if t0 is None and done >= start_at:
-            t0, c0, r0, n0 = time.time(), proc_cpu(proc.pid), redis_cpu(port), done
+            t0, c0, r0, n0 = time.time(), cpu(), redis_cpu(port), done
         if done >= jobs:
-            t1, c1, r1 = time.time(), proc_cpu(proc.pid), redis_cpu(port)
+            t1, c1, r1 = time.time(), cpu(), redis_cpu(port)
             break
         time.sleep(0.01)
     else:
-        proc.kill(); raise SystemExit(f"{name}: not drained in time")
-    rss = proc_rss_mb(proc.pid)
-    proc.send_signal(signal.SIGTERM); proc.wait(timeout=30)
+        [p.kill() for p in procs]; raise SystemExit(f"{name}: not drained in time")
+    rss = sum(proc_rss_mb(p.pid) for p in procs)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(timeout=30)
     failed = int(rcli(port, "ZCARD", f"bull:{q}:failed"))
     n = jobs - n0
-    return {"name": name, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
-            "redis_cpu_us": (r1 - r0) / n * 1e6, "rss_mb": rss, "failed": failed}
+    return {"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
+            "redis_cpu_us": (r1 - r0) / n * 1e6, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100, "rss_mb": rss, "failed": failed}
 
 
 def main():
@@ -91,6 +99,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=50000)
     ap.add_argument("--scenario", default="all")
     ap.add_argument("--only", help="comma-separated contender names")
+    ap.add_argument("--workers", default="1", help="comma-separated worker process counts (e.g. 1,2,4)")
     a = ap.parse_args()
     scen = {"worker-concurrent": (100, a.jobs), "worker-generic": (1, max(1000, a.jobs // 10))}
     names = scen if a.scenario == "all" else {a.scenario: scen[a.scenario]}
@@ -107,18 +116,20 @@ def main():
         results = {}
         for sname, (conc, jobs) in names.items():
             rows = []
-            for name, cmd in contenders(conc).items():
-                if a.only and name not in a.only.split(","):
-                    continue
-                rows.append(run_one(f"{name}", cmd, jobs, port))
-                rcli(port, "FLUSHALL")
-            base = next((r["jobs_per_s"] for r in rows if r["name"] == "node"), None)
-            print(f"\n## {sname}: {jobs} jobs, concurrency {conc}, one redis-server, {os.cpu_count()} cores")
-            print(f"| contender | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | worker RSS MB | failed |")
-            print(f"|---|---|---|---|---|---|---|")
+            for k in [int(x) for x in a.workers.split(",")]:
+                for name, cmd in contenders(conc).items():
+                    if a.only and name not in a.only.split(","):
+                        continue
+                    rows.append(run_one(f"{name}", cmd, jobs, port, k))
+                    rcli(port, "FLUSHALL")
+            print(f"\n## {sname}: {jobs} jobs, concurrency {conc} per worker, one redis-server, {os.cpu_count()} cores")
+            print(f"| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | Redis CPU % | worker RSS MB | failed |")
+            print(f"|---|---|---|---|---|---|---|---|---|")
             for r in rows:
+                base = next((b["jobs_per_s"] for b in rows if b["name"] == "node" and b["workers"] == r["workers"]), None)
                 ratio = f"{r['jobs_per_s'] / base:.2f}x" if base else "-"
-                print(f"| {r['name']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['rss_mb']:.0f} | {r['failed']} |")
+                print(f"| {r['name']} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | "
+                      f"{r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
             results[sname] = rows
         print("\n" + json.dumps(results))
     finally:

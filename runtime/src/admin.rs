@@ -21,6 +21,8 @@ use serde_json::Value;
 
 pub use bullmq::RetryOptions;
 
+use crate::conn::RedisTarget;
+
 /// The finished state a job is retried from (`Job.retry`'s `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FinishedState {
@@ -85,13 +87,13 @@ pub enum AdminError {
     Bullmq(#[from] bullmq::Error),
 }
 
-async fn open_queue(redis_url: &str, prefix: &str, queue: &str) -> Result<bullmq::Queue, AdminError> {
+async fn open_queue(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<bullmq::Queue, AdminError> {
     let mut opts = bullmq::QueueOptions::default();
-    opts.connection = opts.connection.url(redis_url.to_string());
+    opts.connection = redis.bullmq_options();
     opts.prefix = prefix.to_string();
     bullmq::Queue::with_options(queue, opts).await.map_err(|source| AdminError::Open {
         queue: queue.to_string(),
-        redis: redis_url.to_string(),
+        redis: redis.to_string(),
         source,
     })
 }
@@ -103,14 +105,14 @@ async fn open_queue(redis_url: &str, prefix: &str, queue: &str) -> Result<bullmq
 /// exist and [`AdminError::NotInState`] (code -3) when it is not in `state`;
 /// in both cases nothing is written.
 pub async fn retry_job(
-    redis_url: &str,
+    redis: &RedisTarget,
     prefix: &str,
     queue: &str,
     job_id: &str,
     state: FinishedState,
     opts: RetryOptions,
 ) -> Result<(), AdminError> {
-    let q = open_queue(redis_url, prefix, queue).await?;
+    let q = open_queue(redis, prefix, queue).await?;
     let result = retry_on(&q, job_id, state, opts).await;
     q.close().await;
     result
@@ -201,8 +203,8 @@ pub struct JobView {
 /// Read one job: its hash (HGETALL), its state (BullMQ's `getState`
 /// script) and its log lines. [`AdminError::JobNotFound`] when there is no
 /// such job.
-pub async fn inspect_job(redis_url: &str, prefix: &str, queue: &str, job_id: &str) -> Result<JobView, AdminError> {
-    let q = open_queue(redis_url, prefix, queue).await?;
+pub async fn inspect_job(redis: &RedisTarget, prefix: &str, queue: &str, job_id: &str) -> Result<JobView, AdminError> {
+    let q = open_queue(redis, prefix, queue).await?;
     let result = inspect_on(&q, job_id).await;
     q.close().await;
     result

@@ -14,6 +14,7 @@ use bullmq::{BulkJob, JobOptions};
 use serde::Deserialize;
 
 use crate::cli::QueueArgs;
+use crate::conn::RedisTarget;
 
 /// Jobs per batch: large enough to keep the connection busy, small enough
 /// that progress moves and a failure loses little.
@@ -49,7 +50,7 @@ pub fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> anyhow::
     Ok(jobs)
 }
 
-pub async fn add_file(q: &QueueArgs, file: &Path, default_opts: &JobOptions) -> anyhow::Result<()> {
+pub async fn add_file(q: &QueueArgs, redis: &RedisTarget, file: &Path, default_opts: &JobOptions) -> anyhow::Result<()> {
     let jobs = if file == Path::new("-") {
         parse_ndjson(std::io::stdin().lock(), default_opts)?
     } else {
@@ -61,11 +62,11 @@ pub async fn add_file(q: &QueueArgs, file: &Path, default_opts: &JobOptions) -> 
     }
     let total = jobs.len();
     let mut qopts = bullmq::QueueOptions::default();
-    qopts.connection = qopts.connection.url(q.redis.clone());
+    qopts.connection = redis.bullmq_options();
     qopts.prefix = q.prefix.clone();
     let queue = bullmq::Queue::with_options(&q.queue, qopts)
         .await
-        .with_context(|| format!("cannot open queue `{}` on {}", q.queue, q.redis))?;
+        .with_context(|| format!("cannot open queue `{}` on {redis}", q.queue))?;
 
     let progress = Progress::new(total as u64);
     let mut added = 0usize;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::config::{QueuePlan, Settings, WorkerFile};
+use crate::conn::RedisTarget;
 use crate::deploy::{watch_file, Loader, RegistryFollower};
 use crate::host::ChildQueues;
 use crate::sandbox::Limits;
@@ -116,25 +117,39 @@ pub fn child_queues(queue: &str, flags: &[String]) -> ChildQueues {
 /// Where the queue lives.
 #[derive(Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// Redis URL.
+    /// Redis URL; with --cluster, a seed node of the Cluster (repeatable:
+    /// the first reachable one is used to discover the rest).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
+    pub redis: Vec<String>,
+    /// The --redis URLs are nodes of a Redis Cluster (needs a hash-tagged --prefix).
+    #[arg(long)]
+    pub cluster: bool,
     /// Queue name.
     #[arg(long)]
     pub queue: String,
-    /// BullMQ key prefix (use a hash tag such as '{bull}' with Redis Cluster).
+    /// BullMQ key prefix (with --cluster it must have a hash tag, such as '{bull}').
     #[arg(long, default_value = "bull")]
     pub prefix: String,
+}
+
+impl QueueArgs {
+    /// The Redis target, checked (see [`RedisTarget::from_args`]).
+    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+        RedisTarget::from_args(self.redis.clone(), self.cluster, &self.prefix)
+    }
 }
 
 /// `bullpen worker`. Per-queue settings are `Option`s so a config file can
 /// supply them; defaults are applied in `config::Settings::apply`.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// Redis URL. Default: the config's `redis`, else $REDIS_URL, else
-    /// redis://127.0.0.1:6379.
+    /// Redis URL; with --cluster, a seed node (repeatable). Default: the
+    /// config's `redis`, else $REDIS_URL, else redis://127.0.0.1:6379.
     #[arg(long)]
-    pub redis: Option<String>,
+    pub redis: Vec<String>,
+    /// The --redis URLs are nodes of a Redis Cluster (needs a hash-tagged --prefix).
+    #[arg(long)]
+    pub cluster: bool,
     /// Queue name. With --config: serve only this queue of the file.
     #[arg(long, required_unless_present = "config")]
     pub queue: Option<String>,
@@ -194,6 +209,10 @@ pub struct WorkerArgs {
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
     pub child_queues: Vec<String>,
+    /// BullMQ worker `name`: recorded on every job this worker takes
+    /// (Node's `job.processedBy`), so a fleet's work can be told apart.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 impl WorkerArgs {
@@ -323,13 +342,16 @@ const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
 async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
-    let redis = a
-        .redis
-        .clone()
-        .or_else(|| file.as_ref().and_then(|f| f.redis.clone()))
-        .or_else(|| std::env::var("REDIS_URL").ok())
-        .unwrap_or_else(|| DEFAULT_REDIS.into());
     let prefix = a.prefix.clone().or_else(|| file.as_ref().and_then(|f| f.prefix.clone())).unwrap_or_else(|| "bull".into());
+    let urls = if !a.redis.is_empty() {
+        a.redis.clone()
+    } else if let Some(r) = file.as_ref().and_then(|f| f.redis.clone()) {
+        r.into_urls()
+    } else {
+        vec![std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())]
+    };
+    let cluster = a.cluster || file.as_ref().and_then(|f| f.cluster).unwrap_or(false);
+    let redis = RedisTarget::from_args(urls, cluster, &prefix)?;
     let flags = a.settings();
     let mut plans = match &file {
         Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
@@ -345,6 +367,9 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
             bail!("--plugin applies to one queue: add --queue to pick one of the config's queues");
         }
         plans[0].plugin = Some(p.clone());
+    }
+    for p in &mut plans {
+        p.binding.name = a.name.clone();
     }
     if let Some(addr) = a.metrics_addr.or_else(|| file.as_ref().and_then(|f| f.metrics_addr)) {
         crate::metrics::serve(addr).await?;
@@ -394,9 +419,9 @@ async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueueP
     let plugin = match &plan.plugin {
         Some(path) => loader.load_file(path).await.with_context(|| format!("queue `{}`", c.queue))?,
         None => {
-            let mut f = RegistryFollower::connect(loader.clone(), &c.redis_url, &c.prefix, &c.queue)
+            let mut f = RegistryFollower::connect(loader.clone(), &c.redis, &c.prefix, &c.queue)
                 .await
-                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", c.queue, c.redis_url))?;
+                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", c.queue, c.redis))?;
             let first = f.first().await;
             follower = Some(f);
             first
@@ -404,7 +429,7 @@ async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueueP
     };
     info!(queue = %c.queue, plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
     let slot = Arc::new(PluginSlot::new(plugin));
-    let (queue, concurrency, redis_url) = (c.queue.clone(), c.concurrency, c.redis_url.clone());
+    let (queue, concurrency, redis_url) = (c.queue.clone(), c.concurrency, c.redis.to_string());
     let binding = Binding::start(engine, slot.clone(), plan.binding)
         .await
         .with_context(|| format!("cannot start a worker for queue `{queue}` on {redis_url}"))?;
@@ -433,18 +458,19 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         Some(o) => serde_json::from_str(o).with_context(|| format!("--opts is not valid BullMQ job options: {o:?}"))?,
         None => bullmq::JobOptions::default(),
     };
+    let redis = a.q.target()?;
     if let Some(file) = &a.file {
-        return crate::bulk::add_file(&a.q, file, &opts).await;
+        return crate::bulk::add_file(&a.q, &redis, file, &opts).await;
     }
     let (name, data) = (a.name.unwrap_or_default(), a.data.unwrap_or_default());
     let data: serde_json::Value =
         serde_json::from_str(&data).with_context(|| format!("job data is not valid JSON: {data:?}"))?;
     let mut qopts = bullmq::QueueOptions::default();
-    qopts.connection = qopts.connection.url(a.q.redis.clone());
+    qopts.connection = redis.bullmq_options();
     qopts.prefix = a.q.prefix.clone();
     let queue = bullmq::Queue::with_options(&a.q.queue, qopts)
         .await
-        .with_context(|| format!("cannot open queue `{}` on {}", a.q.queue, a.q.redis))?;
+        .with_context(|| format!("cannot open queue `{}` on {redis}", a.q.queue))?;
     let job = queue.add(&name, data).options(opts).await.context("adding the job failed")?;
     println!("{}", job.id());
     Ok(())
@@ -455,7 +481,7 @@ async fn retry(a: RetryArgs) -> anyhow::Result<()> {
         reset_attempts_made: a.reset_attempts_made,
         reset_attempts_started: a.reset_attempts_started,
     };
-    crate::admin::retry_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
+    crate::admin::retry_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
     info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
     Ok(())
 }
@@ -470,9 +496,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let plugin = tokio::task::spawn_blocking(move || Plugin::from_bytes(&engine, &linker, &checked, &source))
         .await?
         .map_err(|e| anyhow::anyhow!("refusing to deploy: {e}; nothing was changed"))?;
-    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
-        .await
-        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let registry = open_registry(&a.q).await?;
     let done = registry.deploy(&plugin.digest, &bytes).await?;
     info!(
         queue = %a.q.queue,
@@ -486,10 +510,15 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
-    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
+async fn open_registry(q: &QueueArgs) -> anyhow::Result<Registry> {
+    let redis = q.target()?;
+    Registry::connect(&redis, &q.prefix, &q.queue)
         .await
-        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {redis}", q.queue))
+}
+
+async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
+    let registry = open_registry(&a.q).await?;
     let done = registry.rollback(a.to.as_deref()).await?;
     if done.previous.as_deref() == Some(done.current.as_str()) {
         info!(queue = %a.q.queue, digest = %done.current, "already current; nothing changed");
@@ -501,9 +530,7 @@ async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
 }
 
 async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
-    let registry = Registry::connect(&a.q.redis, &a.q.prefix, &a.q.queue)
-        .await
-        .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {}", a.q.queue, a.q.redis))?;
+    let registry = open_registry(&a.q).await?;
     let versions = registry.versions().await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&versions)?);
@@ -520,22 +547,20 @@ async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
 }
 
 async fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let view = crate::admin::inspect_job(&a.q.redis, &a.q.prefix, &a.q.queue, &a.job_id).await?;
+    let view = crate::admin::inspect_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id).await?;
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }
 
 async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
-    let client = redis::Client::open(a.q.redis.as_str())?;
-    let mut conn = redis::aio::ConnectionManager::new(client)
-        .await
-        .with_context(|| format!("cannot connect to {}", a.q.redis))?;
+    let target = a.q.target()?;
+    let mut conn = target.connect().await.with_context(|| format!("cannot connect to {target}"))?;
     let in_place = a.watch && !a.json && std::io::stdout().is_terminal();
     loop {
         let s = crate::stats::queue_stats(&mut conn, &a.q.prefix, &a.q.queue)
             .await
-            .with_context(|| format!("cannot read queue `{}` on {}", a.q.queue, a.q.redis))?;
+            .with_context(|| format!("cannot read queue `{}` on {target}", a.q.queue))?;
         let text = if a.json { serde_json::to_string(&s)? + "\n" } else { crate::stats::render(&s) };
         let mut out = std::io::stdout().lock();
         if in_place {

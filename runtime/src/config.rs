@@ -13,14 +13,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::conn::RedisTarget;
 use crate::worker::BindingConfig;
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerFile {
-    /// Redis URL (default `$REDIS_URL`, else redis://127.0.0.1:6379).
-    pub redis: Option<String>,
+    /// Redis URL, or a list of Cluster seed nodes (default `$REDIS_URL`,
+    /// else redis://127.0.0.1:6379).
+    pub redis: Option<RedisUrls>,
+    /// The `redis` URLs are nodes of a Redis Cluster (default false).
+    pub cluster: Option<bool>,
     /// BullMQ key prefix for every queue (default `bull`).
     pub prefix: Option<String>,
     /// Serve Prometheus metrics here (`host:port`); off when absent.
@@ -33,6 +37,23 @@ pub struct WorkerFile {
     /// The queues this process serves.
     #[serde(default)]
     pub queues: Vec<QueueEntry>,
+}
+
+/// `redis = "url"` or `redis = ["seed1", "seed2"]`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RedisUrls {
+    pub fn into_urls(self) -> Vec<String> {
+        match self {
+            RedisUrls::One(u) => vec![u],
+            RedisUrls::Many(v) => v,
+        }
+    }
 }
 
 /// Per-queue settings, all optional so layers can be merged.
@@ -183,7 +204,7 @@ impl WorkerFile {
 
     /// The queues to serve, with `flags` (command-line settings) on top.
     /// `only`: serve just this queue of the file.
-    pub fn plan(&self, redis_url: &str, prefix: &str, flags: &Settings, only: Option<&str>) -> anyhow::Result<Vec<QueuePlan>> {
+    pub fn plan(&self, redis: &RedisTarget, prefix: &str, flags: &Settings, only: Option<&str>) -> anyhow::Result<Vec<QueuePlan>> {
         if self.queues.is_empty() {
             bail!("the config has no [[queues]] entry: nothing to serve");
         }
@@ -193,7 +214,7 @@ impl WorkerFile {
                 continue;
             }
             let s = flags.over(&q.settings().over(&self.defaults));
-            let mut binding = BindingConfig::new(redis_url, q.name.clone());
+            let mut binding = BindingConfig::new(redis.clone(), q.name.clone());
             binding.prefix = prefix.to_string();
             s.apply(&mut binding)?;
             plans.push(QueuePlan { binding, plugin: q.plugin.clone(), watch: s.watch.unwrap_or(true) });
@@ -210,14 +231,18 @@ mod tests {
     use super::*;
     use crate::host::ChildQueues;
 
+    fn r() -> RedisTarget {
+        RedisTarget::single("redis://r")
+    }
+
     const REFERENCE: &str = include_str!("../../docs/bullpen.toml");
 
     #[test]
     fn the_reference_file_parses_and_means_what_it_says() {
         let f = WorkerFile::parse(REFERENCE).unwrap();
-        assert_eq!(f.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(f.redis, Some(RedisUrls::One("redis://127.0.0.1:6379".into())));
         assert_eq!(f.prefix.as_deref(), Some("bull"));
-        let plans = f.plan("redis://r", "bull", &Settings::default(), None).unwrap();
+        let plans = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
         let names: Vec<&str> = plans.iter().map(|p| p.binding.queue.as_str()).collect();
         assert_eq!(names, ["emails", "thumbnails", "reports"]);
         let (emails, thumbs, reports) = (&plans[0], &plans[1], &plans[2]);
@@ -239,10 +264,10 @@ mod tests {
             "[defaults]\nconcurrency = 3\ntimeout_ms = 5\n[[queues]]\nname = \"a\"\nconcurrency = 7\n[[queues]]\nname = \"b\"\n",
         )
         .unwrap();
-        let p = f.plan("redis://r", "bull", &Settings::default(), None).unwrap();
+        let p = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
         assert_eq!((p[0].binding.concurrency, p[1].binding.concurrency), (7, 3));
         let flags = Settings { concurrency: Some(1), ..Settings::default() };
-        let p = f.plan("redis://r", "bull", &flags, Some("b")).unwrap();
+        let p = f.plan(&r(), "bull", &flags, Some("b")).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].binding.concurrency, 1);
         assert_eq!(p[0].binding.limits.timeout.as_millis(), 5);
@@ -255,10 +280,10 @@ mod tests {
         let e = WorkerFile::parse("[[queues]]\nname = \"a\"\n[[queues]]\nname = \"a\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("twice"), "{e:#}");
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\nconcurrency = 0\n").unwrap();
-        assert!(f.plan("redis://r", "bull", &Settings::default(), None).is_err());
+        assert!(f.plan(&r(), "bull", &Settings::default(), None).is_err());
         let f = WorkerFile::parse("").unwrap();
-        assert!(format!("{:#}", f.plan("redis://r", "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]"));
+        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]"));
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
-        assert!(format!("{:#}", f.plan("redis://r", "bull", &Settings::default(), Some("zz")).unwrap_err()).contains("not in the config"));
+        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), Some("zz")).unwrap_err()).contains("not in the config"));
     }
 }

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use wasmtime::component::Linker;
 use wasmtime::Engine;
 
+use crate::conn::RedisTarget;
 use crate::error::PluginError;
 use crate::plugin::{self, Plugin};
 use crate::registry::{self, Notice, PluginSlot, Registry, RegistryError};
@@ -48,7 +49,7 @@ pub enum PluginSource {
     /// A component file; `watch` swaps when it changes.
     File { path: PathBuf, watch: bool },
     /// The Redis registry of the binding's queue.
-    Registry { redis_url: String, prefix: String, queue: String },
+    Registry { redis: RedisTarget, prefix: String, queue: String },
 }
 
 /// Compiles versions off the hot path and remembers the last few by digest.
@@ -201,7 +202,7 @@ pub fn watch_file(loader: Arc<Loader>, path: PathBuf, slot: Arc<PluginSlot>) -> 
 pub struct RegistryFollower {
     loader: Arc<Loader>,
     registry: Registry,
-    redis_url: String,
+    redis: RedisTarget,
     pubsub: Option<redis::aio::PubSub>,
     /// Digests that failed to load here (logged once; retried only when
     /// the registry moves on to another version and back).
@@ -218,13 +219,13 @@ enum Trigger {
 impl RegistryFollower {
     /// Connect to the registry and subscribe to its channel (subscribing
     /// before the first read, so no deploy falls between the two).
-    pub async fn connect(loader: Arc<Loader>, redis_url: &str, prefix: &str, queue: &str) -> Result<Self, RegistryError> {
-        let registry = Registry::connect(redis_url, prefix, queue).await?;
-        let pubsub = Some(registry::subscribe(redis_url, &registry.keys).await?);
+    pub async fn connect(loader: Arc<Loader>, redis: &RedisTarget, prefix: &str, queue: &str) -> Result<Self, RegistryError> {
+        let registry = Registry::connect(redis, prefix, queue).await?;
+        let pubsub = Some(registry::subscribe(redis, &registry.keys).await?);
         Ok(RegistryFollower {
             loader,
             registry,
-            redis_url: redis_url.to_string(),
+            redis: redis.clone(),
             pubsub,
             refused: HashSet::new(),
             notices: HashMap::new(),
@@ -303,7 +304,7 @@ impl RegistryFollower {
     }
 
     async fn resubscribe(&mut self) {
-        match registry::subscribe(&self.redis_url, &self.registry.keys).await {
+        match registry::subscribe(&self.redis, &self.registry.keys).await {
             Ok(ps) => {
                 info!(channel = %self.registry.keys.channel(), "resubscribed to deploy notifications");
                 self.pubsub = Some(ps);

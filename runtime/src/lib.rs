@@ -11,6 +11,7 @@
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
 //! - [`run`]: `bullpen run`, one job in memory without Redis (host calls printed).
 //! - [`cli`]: the `bullpen` command line.
+//! - [`conn`]: where Redis is (one server or a Cluster); opens every connection.
 //! - [`error`]: one error enum per boundary.
 //!
 //! The contract with guests is `wit/processor.wit`; [`bindings`] is generated from it.
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod bulk;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod deploy;
 pub mod engine;
 pub mod error;

@@ -28,9 +28,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use bullmq::redis_connection::AnyConnection;
 use serde::{Deserialize, Serialize};
 
+use crate::conn::RedisTarget;
 use crate::plugin::Plugin;
 
 /// The current plugin of one binding; swapped atomically.
@@ -143,7 +144,9 @@ pub struct Switched {
     pub current: String,
     /// When (ms since the epoch).
     pub at: u64,
-    /// How many subscribers (workers) received the notice.
+    /// How many subscribers (workers) received the notice. On a Cluster,
+    /// only those subscribed on the node that ran the script are counted
+    /// (PUBLISH reaches the others but reports local receivers).
     pub notified: u64,
 }
 
@@ -215,7 +218,7 @@ return {0, cur, target, n}
 pub struct Registry {
     pub keys: RegistryKeys,
     pub queue: String,
-    conn: ConnectionManager,
+    conn: AnyConnection,
 }
 
 /// Milliseconds since the epoch.
@@ -225,9 +228,8 @@ pub fn now_ms() -> u64 {
 
 impl Registry {
     /// Connect (the connection reconnects by itself after a failure).
-    pub async fn connect(redis_url: &str, prefix: &str, queue: &str) -> Result<Registry, RegistryError> {
-        let client = redis::Client::open(redis_url)?;
-        let conn = ConnectionManager::new(client).await?;
+    pub async fn connect(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<Registry, RegistryError> {
+        let conn = redis.connect().await?;
         Ok(Registry { keys: RegistryKeys::new(prefix, queue), queue: queue.to_string(), conn })
     }
 
@@ -354,9 +356,8 @@ impl Registry {
 }
 
 /// A pub/sub connection subscribed to the queue's deploy channel.
-pub async fn subscribe(redis_url: &str, keys: &RegistryKeys) -> Result<redis::aio::PubSub, RegistryError> {
-    let client = redis::Client::open(redis_url)?;
-    let mut pubsub = client.get_async_pubsub().await?;
+pub async fn subscribe(redis: &RedisTarget, keys: &RegistryKeys) -> Result<redis::aio::PubSub, RegistryError> {
+    let mut pubsub = redis.pubsub().await?;
     pubsub.subscribe(keys.channel()).await?;
     Ok(pubsub)
 }

@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::types::{self as wit, Failure, Outcome};
+use crate::conn::RedisTarget;
 use crate::error::AttemptError;
 use crate::host::retry::{attempts_remain, random_unit, Backoff};
 use crate::host::{Backend, ChildQueues, JobContext, Moved, Shared};
@@ -30,7 +31,8 @@ use crate::sandbox::{CapturedOutput, HostState, Limits};
 /// Node worker where one exists.
 #[derive(Debug, Clone)]
 pub struct BindingConfig {
-    pub redis_url: String,
+    /// One Redis server or a Cluster's seed nodes.
+    pub redis: RedisTarget,
     pub queue: String,
     /// BullMQ key prefix (`bull`, or a hash-tagged `{bull}` for Cluster).
     pub prefix: String,
@@ -44,13 +46,16 @@ pub struct BindingConfig {
     /// BullMQ `maxStartedAttempts` (unlimited).
     pub max_started_attempts: Option<u32>,
     pub child_queues: ChildQueues,
+    /// BullMQ worker `name`: stored on each job it takes (Node's
+    /// `job.processedBy`) and as its Redis client name.
+    pub name: Option<String>,
 }
 
 impl BindingConfig {
-    pub fn new(redis_url: impl Into<String>, queue: impl Into<String>) -> Self {
+    pub fn new(redis: impl Into<RedisTarget>, queue: impl Into<String>) -> Self {
         let queue = queue.into();
         BindingConfig {
-            redis_url: redis_url.into(),
+            redis: redis.into(),
             child_queues: ChildQueues::default_for(&queue),
             queue,
             prefix: "bull".into(),
@@ -60,6 +65,7 @@ impl BindingConfig {
             stalled_interval_ms: 30_000,
             max_stalled_count: 1,
             max_started_attempts: None,
+            name: None,
         }
     }
 }
@@ -71,7 +77,7 @@ const HANDBACK_TIME: Duration = Duration::from_secs(5);
 pub struct Binding {
     worker: Arc<Worker>,
     heartbeat: tokio::sync::Mutex<Option<crate::stats::Heartbeat>>,
-    redis: redis::aio::ConnectionManager,
+    redis: bullmq::redis_connection::AnyConnection,
     pub slot: Arc<PluginSlot>,
     pub config: BindingConfig,
 }
@@ -86,12 +92,12 @@ struct Attempts {
 impl Binding {
     /// Connect to Redis and start processing `config.queue` with the plugin in `slot`.
     pub async fn start(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig) -> anyhow::Result<Binding> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let redis = redis::aio::ConnectionManager::new(client).await?;
+        config.redis.check_prefix(&config.prefix)?;
+        let redis = config.redis.connect().await?;
         let heartbeat = crate::stats::Heartbeat::spawn(redis.clone(), &config.prefix, &config.queue, slot.clone(), config.concurrency);
         let shared = Arc::new(Shared::new(
             redis.clone(),
-            config.redis_url.clone(),
+            config.redis.clone(),
             config.prefix.clone(),
             &config.queue,
             config.limits.clone(),
@@ -104,13 +110,14 @@ impl Binding {
             async move { attempts.run(job, cancel).await }
         };
         let mut opts = WorkerOptions::default();
-        opts.connection = opts.connection.url(config.redis_url.clone());
+        opts.connection = config.redis.bullmq_options();
         opts.prefix = config.prefix.clone();
         opts.concurrency = config.concurrency;
         opts.lock_duration = config.lock_duration_ms;
         opts.stalled_interval = config.stalled_interval_ms;
         opts.max_stalled_count = config.max_stalled_count;
         opts.max_started_attempts = config.max_started_attempts;
+        opts.name = config.name.clone();
         let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
         drain_worker_events(worker.clone(), config.queue.clone());
         Ok(Binding { worker, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })

@@ -8,8 +8,13 @@
 //   node driver.js counts  <redis-url> <queue>
 //   node driver.js flow    <redis-url> - '<FlowProducer.add tree>'   -> {id, queue, children: [...]}
 //   node driver.js retry   <redis-url> <queue> <id>   (Node's Job.retry('failed'))
+//   node driver.js bulk    <redis-url> <queue> <n> [first-i]  (addBulk {i} jobs)  -> ids
+//   node driver.js report  <redis-url> <queue>  -> {counts, jobs: [every job, with logs and processedBy]}
+// Several comma-separated URLs (<url>,<url>,...) are Redis Cluster seed nodes
+// (an ioredis Cluster connection; set BULLMQ_PREFIX to a hash tag such as '{bull}').
 'use strict';
 const { Queue, QueueEvents, Job, FlowProducer } = require('bullmq');
+const { Cluster } = require('ioredis');
 
 // process.exit() would cut a large pipe write short: wait for the flush.
 function out(value) {
@@ -17,8 +22,9 @@ function out(value) {
 }
 
 function connection(url) {
-  const u = new URL(url);
-  return { host: u.hostname, port: Number(u.port || 6379), maxRetriesPerRequest: null };
+  const nodes = url.split(',').map((x) => { const u = new URL(x); return { host: u.hostname, port: Number(u.port || 6379) }; });
+  if (nodes.length > 1) return new Cluster(nodes, { redisOptions: { maxRetriesPerRequest: null } });
+  return { ...nodes[0], maxRetriesPerRequest: null };
 }
 
 async function main() {
@@ -59,6 +65,34 @@ async function main() {
     const ids = (node) => ({ id: node.job.id, queue: node.job.queueName, children: (node.children || []).map(ids) });
     await fp.close();
     await out(ids(tree));
+  } else if (cmd === 'bulk') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const [n, first] = [Number(rest[0]), Number(rest[1] || 0)];
+    const ids = [];
+    for (let i = first; i < first + n; i += 1000) {
+      const batch = [];
+      for (let j = i; j < Math.min(first + n, i + 1000); j++) batch.push({ name: 'job', data: { i: j } });
+      for (const job of await queue.addBulk(batch)) ids.push(job.id);
+    }
+    await queue.close();
+    await out(ids);
+  } else if (cmd === 'report') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const all = await queue.getJobs(['completed', 'failed', 'active', 'wait', 'delayed', 'prioritized', 'waiting-children'], 0, -1);
+    const jobs = [];
+    for (let i = 0; i < all.length; i += 500) {
+      const chunk = all.slice(i, i + 500);
+      const logs = await Promise.all(chunk.map((j) => queue.getJobLogs(j.id)));
+      const states = await Promise.all(chunk.map((j) => j.getState()));
+      chunk.forEach((job, k) => jobs.push({
+        id: job.id, data: job.data, state: states[k], returnvalue: job.returnvalue,
+        attemptsMade: job.attemptsMade, attemptsStarted: job.attemptsStarted, processedBy: job.processedBy || null,
+        processedOn: job.processedOn || null, finishedOn: job.finishedOn || null, logs: logs[k].logs,
+      }));
+    }
+    const counts = await queue.getJobCounts();
+    await queue.close();
+    await out({ counts, jobs });
   } else if (cmd === 'counts') {
     const queue = new Queue(queueName, { connection: conn, prefix });
     const counts = await queue.getJobCounts();

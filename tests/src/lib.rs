@@ -1,6 +1,7 @@
 //! The integration-test harness: real processes only.
 //!
 //! - [`Redis`]: a `redis-server` on a free port in a temp dir, killed on drop.
+//! - [`Cluster`]: a Redis Cluster of redis-servers on loopback, killed on drop.
 //! - [`Worker`]: the release `bullpen worker` binary, SIGTERMed on drop.
 //! - [`node`] / [`python`]: the real `bullmq` packages (tests/node/driver.js,
 //!   tests/python/driver.py) as producers and observers, JSON on stdout.
@@ -122,6 +123,87 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster for one test: `masters` redis-servers with
+/// `--cluster-enabled yes` (no replicas), joined by `redis-cli --cluster
+/// create`; all killed on drop.
+pub struct Cluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(masters: usize) -> Cluster {
+        // Built up node by node, so a failed start still kills the nodes already up.
+        let mut cluster = Cluster { nodes: vec![], ports: vec![], dir: tempfile::tempdir().unwrap() };
+        for i in 0..masters {
+            let ndir = cluster.dir.path().join(format!("node{i}"));
+            std::fs::create_dir(&ndir).unwrap();
+            // The bus port is set explicitly: the default (port + 10000) may be taken or out of range.
+            let child = (0..5).find_map(|_| {
+                let (port, bus) = (free_port(), free_port());
+                let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", &bus.to_string()];
+                spawn_redis(port, &args.map(String::from), &ndir).map(|c| (c, port))
+            });
+            let (c, port) = child.expect("could not start a cluster redis-server");
+            cluster.nodes.push(c);
+            cluster.ports.push(port);
+        }
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli not found (it comes with redis-server)");
+        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        // Every node must agree the cluster is up (all slots covered) before clients connect.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.ports.iter().all(|p| cluster_ok(*p)) {
+            assert!(Instant::now() < deadline, "cluster never reached cluster_state:ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    /// `--cluster --redis <url>...` for bullpen.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec!["--cluster".to_string()];
+        for u in self.urls() {
+            a.extend(["--redis".to_string(), u]);
+        }
+        a
+    }
+
+    /// The seed list as tests/node/driver.js takes it (comma-separated: a Cluster).
+    pub fn node_url(&self) -> String {
+        self.urls().join(",")
+    }
+
+    pub fn conn(&self) -> redis::cluster::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls()).unwrap().get_connection().unwrap()
+    }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+        .is_ok_and(|info| info.contains("cluster_state:ok"))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A running `bullpen worker`.
 pub struct Worker {
     pub child: Child,
@@ -131,12 +213,19 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(redis: &Redis, queue: &str, plugin: &Path, extra: &[&str]) -> Worker {
+        let url = redis.url();
+        let mut args = vec!["--redis", &url, "--queue", queue, "--plugin", plugin.to_str().unwrap()];
+        args.extend(extra);
+        Self::spawn(&args)
+    }
+
+    /// `bullpen worker <args>`, once it logged "worker ready".
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let child = Command::new(bullpen_bin())
-            .args(["worker", "--redis", &redis.url(), "--queue", queue, "--plugin"])
-            .arg(plugin)
-            .args(extra)
+            .arg("worker")
+            .args(args)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bullmq::{JobOptions, ParentOptions, Queue, QueueKeys, QueueOptions};
-use redis::aio::ConnectionManager;
+use bullmq::redis_connection::AnyConnection;
 use tokio::sync::Mutex;
 
 use crate::bindings::bullpen::processor::job_context;
+use crate::conn::RedisTarget;
 use crate::bindings::types::{self, JobError};
 use crate::sandbox::{truncate_utf8, CapturedOutput, HostState, Limits};
 
@@ -60,8 +61,8 @@ impl Default for Scripts {
 
 /// What a binding shares with all its attempts' host calls.
 pub struct Shared {
-    pub redis: ConnectionManager,
-    pub redis_url: String,
+    pub redis: AnyConnection,
+    pub target: RedisTarget,
     pub prefix: String,
     pub keys: QueueKeys,
     pub scripts: Scripts,
@@ -98,8 +99,8 @@ impl ChildQueues {
 
 impl Shared {
     pub fn new(
-        redis: ConnectionManager,
-        redis_url: String,
+        redis: AnyConnection,
+        target: RedisTarget,
         prefix: String,
         queue: &str,
         limits: Limits,
@@ -108,7 +109,7 @@ impl Shared {
     ) -> Self {
         Shared {
             redis,
-            redis_url,
+            target,
             keys: QueueKeys::new(queue, Some(&prefix)),
             prefix,
             scripts: Scripts::new(),
@@ -125,7 +126,7 @@ impl Shared {
             return Ok(q.clone());
         }
         let mut opts = QueueOptions::default();
-        opts.connection = opts.connection.url(self.redis_url.clone());
+        opts.connection = self.target.bullmq_options();
         opts.prefix = self.prefix.clone();
         let q = Arc::new(Queue::with_options(name, opts).await?);
         qs.insert(name.to_string(), q.clone());
