@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """bullpen benchmarks, side by side on one local redis-server.
 
-    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|all] [--workers 1,2,4]
+    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|job-latency|all]
+                         [--workers 1,2,4] [--concurrency 10,100,1000] [--rate 1000] [--smoke]
 
 Scenarios (names from BullMQ's benchmark suite):
   worker-concurrent  N small jobs pre-added, one worker process, concurrency 100, until drained
   worker-generic     the same at concurrency 1 (latency-bound; N/10 jobs)
+  job-latency        Queue.add in Node -> `completed` seen by Node's QueueEvents, p50/p90/p99,
+                     at a steady --rate jobs/s (N/5 jobs), worker concurrency 100
+`--concurrency 10,100,1000` runs worker-concurrent at each (RSS growth with concurrency).
+`--smoke` is the CI mode (tests/tests/bench_smoke.rs): 300 jobs, every scenario, the contenders that
+are built, and exit 1 unless every job completed.
 Contenders, each doing echo's work per job (one log line, progress 100, return the data):
   node        BullMQ's own Node worker (bullmq@6)            -- the baseline
   native      a Rust worker on bullmq-official, no Wasm       -- the protocol ceiling
@@ -50,10 +56,10 @@ def proc_rss_mb(pid):
 
 
 def contenders(conc):
-    c = {
-        "node": lambda url, q: ["node", f"{ROOT}/bench/node/worker.js", url, q, str(conc)],
-        "native": lambda url, q: [f"{ROOT}/target/release/bullpen-bench-native", url, q, str(conc)],
-    }
+    c = {"node": lambda url, q: ["node", f"{ROOT}/bench/node/worker.js", url, q, str(conc)]}
+    native = f"{ROOT}/target/release/bullpen-bench-native"
+    if os.path.exists(native):
+        c["native"] = lambda url, q: [native, url, q, str(conc)]
     for lang in ("rust", "go", "js"):
         p = f"{ROOT}/target/plugins/echo-{lang}.wasm"
         if os.path.exists(p):
@@ -94,15 +100,43 @@ def run_one(name, cmd_for, jobs, port, workers=1):
             "redis_cpu_us": (r1 - r0) / n * 1e6, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100, "rss_mb": rss, "failed": failed}
 
 
+def run_latency(name, cmd_for, jobs, port, rate):
+    """job-latency: one worker (concurrency 100) on an empty queue; Node adds at `rate` jobs/s."""
+    url = f"redis://127.0.0.1:{port}"
+    q = f"lat-{name}"
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd_for(url, q), stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        time.sleep(1.5)  # worker connected and waiting (bullpen: plugin from the artifact cache)
+        out = subprocess.run(["node", f"{ROOT}/bench/node/latency.js", url, q, str(rate), str(jobs)],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise SystemExit(f"{name}: job-latency failed: {out.stderr}")
+        r = json.loads(out.stdout)
+    finally:
+        proc.send_signal(signal.SIGTERM); proc.wait(timeout=30)
+    failed = int(rcli(port, "ZCARD", f"bull:{q}:failed"))
+    return {"name": name, **r, "failed": failed}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=50000)
     ap.add_argument("--scenario", default="all")
     ap.add_argument("--only", help="comma-separated contender names")
     ap.add_argument("--workers", default="1", help="comma-separated worker process counts (e.g. 1,2,4)")
+    ap.add_argument("--concurrency", default="100", help="worker-concurrent at each of these (e.g. 10,100,1000)")
+    ap.add_argument("--rate", type=int, default=1000, help="job-latency: jobs/s added")
+    ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
     a = ap.parse_args()
-    scen = {"worker-concurrent": (100, a.jobs), "worker-generic": (1, max(1000, a.jobs // 10))}
-    names = scen if a.scenario == "all" else {a.scenario: scen[a.scenario]}
+    if a.smoke:
+        a.jobs, a.rate = 300, 200
+    scen = {}
+    for c in [int(x) for x in a.concurrency.split(",")]:
+        scen["worker-concurrent" if c == 100 else f"worker-concurrent@{c}"] = (c, a.jobs)
+    scen["worker-generic"] = (1, a.jobs if a.smoke else max(1000, a.jobs // 10))
+    scen["job-latency"] = (100, a.jobs if a.smoke else max(1000, a.jobs // 5))
+    names = scen if a.scenario == "all" else {k: v for k, v in scen.items() if k.split("@")[0] == a.scenario}
     d = tempfile.mkdtemp()
     port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
@@ -114,8 +148,24 @@ def main():
             except subprocess.CalledProcessError:
                 time.sleep(0.05)
         results = {}
+        bad = []
         for sname, (conc, jobs) in names.items():
             rows = []
+            if sname == "job-latency":
+                for name, cmd in contenders(conc).items():
+                    if a.only and name not in a.only.split(","):
+                        continue
+                    rows.append(run_latency(name, cmd, jobs, port, a.rate))
+                    rcli(port, "FLUSHALL")
+                print(f"\n## job-latency: {jobs} jobs at {a.rate} jobs/s, Queue.add -> QueueEvents completed (ms), one redis-server, {os.cpu_count()} cores")
+                print("| contender | p50 ms | p90 ms | p99 ms | max ms | achieved jobs/s | failed |")
+                print("|---|---|---|---|---|---|---|")
+                for r in rows:
+                    print(f"| {r['name']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['rate']:.0f} | {r['failed']} |")
+                    if r["failed"] or r["n"] != jobs:
+                        bad.append(f"{sname}/{r['name']}")
+                results[sname] = rows
+                continue
             for k in [int(x) for x in a.workers.split(",")]:
                 for name, cmd in contenders(conc).items():
                     if a.only and name not in a.only.split(","):
@@ -130,8 +180,11 @@ def main():
                 ratio = f"{r['jobs_per_s'] / base:.2f}x" if base else "-"
                 print(f"| {r['name']} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | "
                       f"{r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
+            bad += [f"{sname}/{r['name']}" for r in rows if r["failed"]]
             results[sname] = rows
         print("\n" + json.dumps(results))
+        if bad:
+            raise SystemExit(f"jobs failed in: {', '.join(bad)}")
     finally:
         redis.kill(); redis.wait(); shutil.rmtree(d, ignore_errors=True)
 

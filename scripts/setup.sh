@@ -68,6 +68,9 @@ if ! bash scripts/find-go.sh >/dev/null; then
 fi
 
 say "building bullpen (release)"
-cargo build --release -p bullpen --quiet
+# Everything the test command builds, with the same features (dev-dependencies
+# included), so `cargo test --release --workspace` reuses it instead of
+# compiling wasmtime a second time with another feature set.
+cargo build --release --workspace --tests --quiet
 say "building example plugins"
 bash scripts/build-plugins.sh >&2

@@ -172,31 +172,8 @@ pub struct WorkerArgs {
     /// Load plugin files once, do not watch them.
     #[arg(long)]
     pub no_watch: bool,
-    /// Attempts run at once (BullMQ `concurrency`) [default: 1].
-    #[arg(long)]
-    pub concurrency: Option<usize>,
-    /// Wall-clock limit per attempt, in ms [default: 30000].
-    #[arg(long)]
-    pub timeout_ms: Option<u64>,
-    /// Linear memory limit per instance, in MiB [default: 128].
-    #[arg(long)]
-    pub max_memory_mb: Option<usize>,
-    /// Fuel per attempt (roughly, wasm instructions); past it the attempt
-    /// fails naming the limit. Unmetered when absent (metering costs speed).
-    #[arg(long)]
-    pub fuel: Option<u64>,
-    /// BullMQ `lockDuration`, in ms [default: 30000].
-    #[arg(long)]
-    pub lock_duration_ms: Option<u64>,
-    /// BullMQ `stalledInterval`, in ms [default: 30000].
-    #[arg(long)]
-    pub stalled_interval_ms: Option<u64>,
-    /// BullMQ `maxStalledCount` [default: 1].
-    #[arg(long)]
-    pub max_stalled_count: Option<u32>,
-    /// BullMQ `maxStartedAttempts` (unlimited when absent).
-    #[arg(long)]
-    pub max_started_attempts: Option<u32>,
+    #[command(flatten)]
+    pub settings: Settings,
     /// On SIGTERM, how long running attempts may finish before they are
     /// interrupted and their jobs handed back to wait, in ms [default: 10000].
     #[arg(long)]
@@ -205,10 +182,6 @@ pub struct WorkerArgs {
     /// port 0 picks a free port, logged at start). Off when absent.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// A queue guests may add children to (repeatable; '*' for any).
-    /// Default: the worker's queue and '<queue>-children'.
-    #[arg(long = "child-queue")]
-    pub child_queues: Vec<String>,
     /// BullMQ worker `name`: recorded on every job this worker takes
     /// (Node's `job.processedBy`), so a fleet's work can be told apart.
     #[arg(long)]
@@ -218,18 +191,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// The per-queue settings given on the command line.
     fn settings(&self) -> Settings {
-        Settings {
-            concurrency: self.concurrency,
-            timeout_ms: self.timeout_ms,
-            max_memory_mb: self.max_memory_mb,
-            fuel: self.fuel,
-            lock_duration_ms: self.lock_duration_ms,
-            stalled_interval_ms: self.stalled_interval_ms,
-            max_stalled_count: self.max_stalled_count,
-            max_started_attempts: self.max_started_attempts,
-            child_queues: (!self.child_queues.is_empty()).then(|| self.child_queues.clone()),
-            watch: self.no_watch.then_some(false),
-        }
+        Settings { watch: self.no_watch.then_some(false), ..self.settings.clone() }
     }
 }
 

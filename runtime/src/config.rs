@@ -56,57 +56,74 @@ impl RedisUrls {
     }
 }
 
-/// Per-queue settings, all optional so layers can be merged.
-#[derive(Debug, Deserialize, Default, Clone)]
+/// Per-queue settings, all optional so layers can be merged. The same
+/// struct is the config's `[defaults]`, each `[[queues]]` entry's settings,
+/// and `bullpen worker`'s flags (each doc line is the flag's help).
+#[derive(Debug, Deserialize, Default, Clone, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// Attempts run at once (BullMQ `concurrency`) [default: 1].
+    #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Wall-clock limit per attempt, in ms [default: 30000].
+    #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// Linear memory limit per instance, in MiB [default: 128].
+    #[arg(long)]
     pub max_memory_mb: Option<usize>,
+    /// Fuel per attempt (roughly, wasm instructions); past it the attempt
+    /// fails naming the limit. Unmetered when absent (metering costs speed).
+    #[arg(long)]
     pub fuel: Option<u64>,
+    /// BullMQ `lockDuration`, in ms [default: 30000].
+    #[arg(long)]
     pub lock_duration_ms: Option<u64>,
+    /// BullMQ `stalledInterval`, in ms [default: 30000].
+    #[arg(long)]
     pub stalled_interval_ms: Option<u64>,
+    /// BullMQ `maxStalledCount` [default: 1].
+    #[arg(long)]
     pub max_stalled_count: Option<u32>,
+    /// BullMQ `maxStartedAttempts` (unlimited when absent).
+    #[arg(long)]
     pub max_started_attempts: Option<u32>,
+    /// A queue guests may add children to (repeatable; '*' for any).
+    /// Default: the worker's queue and '<queue>-children'.
+    #[arg(long = "child-queue")]
     pub child_queues: Option<Vec<String>>,
-    /// Watch `plugin` and swap on change (default true).
+    /// Watch `plugin` and swap on change (default true; the flag is `--no-watch`).
+    #[arg(skip)]
     pub watch: Option<bool>,
 }
 
-/// One `[[queues]]` entry.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+/// One `[[queues]]` entry: `name`, `plugin` and the [`Settings`] keys.
+#[derive(Debug, Clone)]
 pub struct QueueEntry {
     pub name: String,
     /// The component file, relative to the config file's directory. Absent:
     /// the queue runs what `bullpen deploy` made current and follows deploys.
     pub plugin: Option<PathBuf>,
-    pub concurrency: Option<usize>,
-    pub timeout_ms: Option<u64>,
-    pub max_memory_mb: Option<usize>,
-    pub fuel: Option<u64>,
-    pub lock_duration_ms: Option<u64>,
-    pub stalled_interval_ms: Option<u64>,
-    pub max_stalled_count: Option<u32>,
-    pub max_started_attempts: Option<u32>,
-    pub child_queues: Option<Vec<String>>,
-    pub watch: Option<bool>,
+    pub settings: Settings,
 }
 
-impl QueueEntry {
-    fn settings(&self) -> Settings {
-        Settings {
-            concurrency: self.concurrency,
-            timeout_ms: self.timeout_ms,
-            max_memory_mb: self.max_memory_mb,
-            fuel: self.fuel,
-            lock_duration_ms: self.lock_duration_ms,
-            stalled_interval_ms: self.stalled_interval_ms,
-            max_stalled_count: self.max_stalled_count,
-            max_started_attempts: self.max_started_attempts,
-            child_queues: self.child_queues.clone(),
-            watch: self.watch,
-        }
+impl<'de> Deserialize<'de> for QueueEntry {
+    // By hand: serde cannot flatten `Settings` into an entry and still
+    // refuse unknown keys, and a typo must not fall back to a default.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut t = toml::Table::deserialize(d)?;
+        let name = match t.remove("name") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => return Err(D::Error::custom("`name` must be a string")),
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let plugin = match t.remove("plugin") {
+            Some(toml::Value::String(s)) => Some(PathBuf::from(s)),
+            Some(_) => return Err(D::Error::custom(format!("queue `{name}`: `plugin` must be a path string"))),
+            None => None,
+        };
+        let settings = toml::Value::Table(t).try_into::<Settings>().map_err(|e| D::Error::custom(format!("queue `{name}`: {e}")))?;
+        Ok(QueueEntry { name, plugin, settings })
     }
 }
 
@@ -213,7 +230,7 @@ impl WorkerFile {
             if only.is_some_and(|o| o != q.name) {
                 continue;
             }
-            let s = flags.over(&q.settings().over(&self.defaults));
+            let s = flags.over(&q.settings.over(&self.defaults));
             let mut binding = BindingConfig::new(redis.clone(), q.name.clone());
             binding.prefix = prefix.to_string();
             s.apply(&mut binding)?;

@@ -1,0 +1,23 @@
+//! Issue 7: the benchmark suite's smoke mode, so `bench/run.py` cannot rot.
+//! A few hundred jobs per scenario and contender, on its own redis-server;
+//! fails unless every job completed. Numbers are not asserted (timed
+//! assertions on a shared machine are noise): `bench/README.md` has them.
+
+use std::process::Command;
+
+use bullpen_tests::*;
+
+#[test]
+fn bench_run_smoke_mode_completes_every_scenario() {
+    // The contenders it runs need these; the harness says what is missing.
+    let _ = (bullpen_bin(), plugin("echo", "rust"));
+    let out = Command::new("python3").arg(root().join("bench/run.py")).arg("--smoke").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench/run.py --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    for scenario in ["## worker-concurrent:", "## worker-generic:", "## job-latency:"] {
+        assert!(stdout.contains(scenario), "no {scenario} table:\n{stdout}");
+    }
+    for contender in ["| node |", "| bullpen-rust |", "| bullpen-go |", "| bullpen-js |"] {
+        assert_eq!(stdout.matches(contender).count(), 3, "{contender} in every scenario:\n{stdout}");
+    }
+}
