@@ -46,11 +46,15 @@ async function main() {
     const queue = new Queue(queueName, { connection: conn, prefix });
     const jobs = [];
     for (const id of JSON.parse(rest[0])) {
+      // State first: finishing is one script, so a hash read after a
+      // `completed`/`failed` state is final (read the other way round, a
+      // job finishing in between showed `completed` with attemptsMade 0).
+      const state = await queue.getJobState(id);
       const job = await Job.fromId(queue, id);
       if (!job) { jobs.push({ id, missing: true }); continue; }
       const { logs } = await queue.getJobLogs(id);
       jobs.push({
-        id: job.id, name: job.name, data: job.data, opts: job.opts, state: await job.getState(),
+        id: job.id, name: job.name, data: job.data, opts: job.opts, state,
         returnvalue: job.returnvalue, progress: job.progress, attemptsMade: job.attemptsMade,
         attemptsStarted: job.attemptsStarted, failedReason: job.failedReason || null,
         finishedOn: job.finishedOn || null, processedOn: job.processedOn || null, logs,
