@@ -10,7 +10,9 @@
 //! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
 //! - [`run`]: `bullpen run`, one job in memory without Redis (host calls printed).
-//! - [`cli`]: the `bullpen` command line.
+//! - [`cli`]: the `bullpen` command line; [`config`]: `bullpen.toml` (several queues per process).
+//! - [`admin`]: `inspect`/`retry`; [`bulk`]: `add --file`; [`stats`]: `bullpen stats` and the
+//!   worker heartbeats it reads; [`metrics`]: the Prometheus endpoint.
 //! - [`conn`]: where Redis is (one server or a Cluster); opens every connection.
 //! - [`error`]: one error enum per boundary.
 //!
