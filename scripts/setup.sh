@@ -68,9 +68,9 @@ if ! bash scripts/find-go.sh >/dev/null; then
 fi
 
 say "building bullpen (release)"
-# Everything the test command builds, with the same features (dev-dependencies
+# The binaries and everything the test command builds, with one feature set (dev-dependencies
 # included), so `cargo test --release --workspace` reuses it instead of
 # compiling wasmtime a second time with another feature set.
-cargo build --release --workspace --tests --quiet
+cargo build --release --workspace --bins --tests --quiet
 say "building example plugins"
 bash scripts/build-plugins.sh >&2
