@@ -119,7 +119,7 @@ pub fn child_queues(queue: &str, flags: &[String]) -> ChildQueues {
 pub struct QueueArgs {
     /// Redis URL; with --cluster, a seed node of the Cluster (repeatable:
     /// the first reachable one is used to discover the rest).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS)]
     pub redis: Vec<String>,
     /// The --redis URLs are nodes of a Redis Cluster (needs a hash-tagged --prefix).
     #[arg(long)]

@@ -149,8 +149,9 @@ pub async fn queue_stats<C: ConnectionLike>(conn: &mut C, prefix: &str, queue: &
     let now = now_ms();
     let minute_ago = now.saturating_sub(60_000);
     let live_since = now.saturating_sub(LIVE_FOR.as_millis() as u64);
-    #[allow(clippy::type_complexity)]
-    let (counts, completed_last_minute, failed_last_minute, live): ((u64, u64, u64, u64, u64, u64, u64, u64), u64, u64, Vec<String>) =
+    let (waiting, active, delayed, prioritized, waiting_children, paused, completed, failed): (u64, u64, u64, u64, u64, u64, u64, u64);
+    let (completed_last_minute, failed_last_minute, live): (u64, u64, Vec<String>);
+    (waiting, active, delayed, prioritized, waiting_children, paused, completed, failed, completed_last_minute, failed_last_minute, live) =
         redis::pipe()
             .cmd("LLEN").arg(format!("{base}:wait"))
             .cmd("LLEN").arg(format!("{base}:active"))
@@ -164,11 +165,7 @@ pub async fn queue_stats<C: ConnectionLike>(conn: &mut C, prefix: &str, queue: &
             .cmd("ZCOUNT").arg(format!("{base}:failed")).arg(minute_ago).arg("+inf")
             .cmd("ZRANGEBYSCORE").arg(keys.workers()).arg(live_since).arg("+inf").arg("WITHSCORES")
             .query_async(conn)
-            .await
-            .map(|(a, b, c, d, e, f, g, h, cm, fm, live): (u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, Vec<String>)| {
-                ((a, b, c, d, e, f, g, h), cm, fm, live)
-            })?;
-    let (waiting, active, delayed, prioritized, waiting_children, paused, completed, failed) = counts;
+            .await?;
     let mut workers = Vec::new();
     let pairs: Vec<(String, u64)> = live.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?))).collect();
     if !pairs.is_empty() {

@@ -41,6 +41,32 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A byte-different copy of a component with the same behaviour: a custom
+/// section (id 0: name, payload) appended at the end. A new digest for
+/// deploy and hot-swap tests.
+pub fn with_custom_section(bytes: &[u8], payload: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                return out.push(b);
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let name = b"bullpen-test";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
 /// A private redis-server for one test.
 pub struct Redis {
     child: Child,

@@ -54,28 +54,6 @@ fn node_cluster(c: &Cluster, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// A byte-different copy of a component with the same behaviour (a custom section appended).
-fn with_custom_section(bytes: &[u8], payload: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                return out.push(b);
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let mut body = Vec::new();
-    leb(12, &mut body);
-    body.extend_from_slice(b"bullpen-test");
-    body.extend_from_slice(payload.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb(body.len(), &mut out);
-    out.extend(body);
-    out
-}
 
 /// The `switched_at` (ms) of the worker's "plugin switched" line.
 fn switched_at(log: &str) -> u64 {

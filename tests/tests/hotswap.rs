@@ -17,31 +17,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// A byte-different copy of a component with the same behaviour: a custom
-/// section (id 0: name, payload) appended at the end.
-fn with_custom_section(bytes: &[u8], payload: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let name = b"bullpen-hotswap-test";
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(payload.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb(body.len(), &mut out);
-    out.extend(body);
-    out
-}
 
 fn sha256_of(out: &Output) -> String {
     assert!(out.status.success(), "bullpen failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));

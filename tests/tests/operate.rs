@@ -243,46 +243,6 @@ fn a_taken_metrics_port_stops_the_worker_at_start() {
     assert!(err.contains(&format!("cannot listen on --metrics-addr {addr}")), "{err}");
 }
 
-/// `bullpen worker <args>` with stderr in a file; waits for "worker ready".
-struct ConfigWorker {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl ConfigWorker {
-    fn start(dir: &tempfile::TempDir, args: &[&str]) -> ConfigWorker {
-        let log = dir.path().join(format!("worker-{}.log", rand_suffix()));
-        let child = Command::new(bullpen_bin())
-            .arg("worker")
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let w = ConfigWorker { child, log };
-        let deadline = Instant::now() + T;
-        while !w.log().contains("worker ready") {
-            assert!(Instant::now() < deadline, "worker never ready:\n{}", w.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        w
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ConfigWorker {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-    }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-}
-
 #[test]
 fn one_process_serves_the_queues_of_a_config_file_and_flags_override_it() {
     let redis = Redis::start();
@@ -313,7 +273,7 @@ timeout_ms = 1500
         hog = hog.display(),
     );
     let file = write_file(&dir, "bullpen.toml", &config);
-    let w = ConfigWorker::start(&dir, &["--config", &file]);
+    let w = Worker::spawn(&["--config", &file]);
     assert!(w.log().contains("queues=mails,hogs,slowhogs"), "{}", w.log());
 
     let mails = node_add(&redis, "mails", json!([{"name": "m", "data": {"to": "ada"}}, {"name": "m", "data": {"to": "bob"}}]));
@@ -329,7 +289,7 @@ timeout_ms = 1500
     drop(w);
 
     // Flags win over the file, and --queue serves just one of its queues.
-    let w = ConfigWorker::start(&dir, &["--config", &file, "--queue", "slowhogs", "--timeout-ms", "600"]);
+    let w = Worker::spawn(&["--config", &file, "--queue", "slowhogs", "--timeout-ms", "600"]);
     assert!(w.log().contains("queues=slowhogs"), "{}", w.log());
     let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
     let v = wait_finished(&redis, "slowhogs", &slow, T);
