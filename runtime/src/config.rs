@@ -291,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn redis_is_a_url_or_a_list_of_cluster_seeds() {
+        let f = WorkerFile::parse("redis = [\"redis://a:7000\", \"redis://b:7000\"]\ncluster = true\nprefix = \"{bull}\"\n").unwrap();
+        assert_eq!(f.redis.clone().unwrap().into_urls(), ["redis://a:7000", "redis://b:7000"]);
+        assert_eq!(f.cluster, Some(true));
+        let f = WorkerFile::parse("redis = \"redis://a:6379\"\n").unwrap();
+        assert_eq!(f.redis.unwrap().into_urls(), ["redis://a:6379"]);
+        assert!(WorkerFile::parse("redis = 5\n").is_err());
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = WorkerFile::parse("[[queues]]\nname = \"a\"\nconcurency = 2\n").unwrap_err();
         assert!(format!("{e:#}").contains("concurency"), "{e:#}");
