@@ -17,7 +17,8 @@ Contenders, each doing echo's work per job (one log line, progress 100, return t
   native      a Rust worker on bullmq-official, no Wasm       -- the protocol ceiling
   bullpen-<lang>  bullpen with target/plugins/echo-<lang>.wasm (a fresh instance per job)
 For each: jobs/s, worker CPU µs per job (from /proc, summed over worker
-processes), Redis CPU µs per job (INFO cpu) and Redis's share of one core
+processes), Redis CPU µs per job (INFO cpu), Lua scripts per job (INFO
+commandstats: EVAL + EVALSHA calls) and Redis's share of one core
 (100% = Redis is the bottleneck: it is single-threaded), worker RSS, and
 the ratio of jobs/s to node's. `--workers 1,2,4` repeats each run with that
 many worker processes on the queue (the scaling curve). Needs
@@ -41,6 +42,15 @@ def rcli(port, *args):
 def redis_cpu(port):
     info = dict(l.split(":", 1) for l in rcli(port, "INFO", "cpu").splitlines() if ":" in l)
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def script_calls(port):
+    """EVAL/EVALSHA calls since the last CONFIG RESETSTAT (Lua scripts run)."""
+    n = 0
+    for l in rcli(port, "INFO", "commandstats").splitlines():
+        if l.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            n += int(l.split("calls=", 1)[1].split(",", 1)[0])
+    return n
 
 
 def proc_cpu(pid):
@@ -83,8 +93,9 @@ def run_one(name, cmd_for, jobs, port, workers=1):
         done = int(rcli(port, "ZCARD", f"bull:{q}:completed"))
         if t0 is None and done >= start_at:
             t0, c0, r0, n0 = time.time(), cpu(), redis_cpu(port), done
+            rcli(port, "CONFIG", "RESETSTAT")
         if done >= jobs:
-            t1, c1, r1 = time.time(), cpu(), redis_cpu(port)
+            t1, c1, r1, s1 = time.time(), cpu(), redis_cpu(port), script_calls(port)
             break
         time.sleep(0.01)
     else:
@@ -97,7 +108,7 @@ def run_one(name, cmd_for, jobs, port, workers=1):
     failed = int(rcli(port, "ZCARD", f"bull:{q}:failed"))
     n = jobs - n0
     return {"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
-            "redis_cpu_us": (r1 - r0) / n * 1e6, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100, "rss_mb": rss, "failed": failed}
+            "redis_cpu_us": (r1 - r0) / n * 1e6, "scripts_per_job": s1 / n, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100, "rss_mb": rss, "failed": failed}
 
 
 def run_latency(name, cmd_for, jobs, port, rate):
@@ -173,8 +184,8 @@ def main():
                     rows.append(run_one(f"{name}", cmd, jobs, port, k))
                     rcli(port, "FLUSHALL")
             print(f"\n## {sname}: {jobs} jobs, concurrency {conc} per worker, one redis-server, {os.cpu_count()} cores")
-            print(f"| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | Redis CPU % | worker RSS MB | failed |")
-            print(f"|---|---|---|---|---|---|---|---|---|")
+            print(f"| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | Redis scripts/job | Redis CPU % | worker RSS MB | failed |")
+            print(f"|---|---|---|---|---|---|---|---|---|---|")
             for r in rows:
                 base = next((b["jobs_per_s"] for b in rows if b["name"] == "node" and b["workers"] == r["workers"]), None)
                 ratio = f"{r['jobs_per_s'] / base:.2f}x" if base else "-"

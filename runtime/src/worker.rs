@@ -264,8 +264,9 @@ impl Attempts {
         // digest line, when nothing was logged yet). After a move the
         // lock is gone, so late output is dropped rather than written unchecked.
         if !ctx.lock_lost && ctx.moved.is_none() {
-            if let Err(e) = ctx.append_logs(&lines).await {
-                warn!(error = ?e, "could not write guest output to the job log");
+            match ctx.flush(lines.clone()).await {
+                Ok(()) | Err(wit::JobError::LockLost) => {}
+                Err(e) => warn!(error = ?e, "could not write the attempt's log lines and progress"),
             }
         }
         if ctx.lock_lost {
@@ -474,6 +475,11 @@ pub(crate) async fn call_process(
     limits: &Limits,
     wit_job: &wit::Job,
 ) -> (Store<HostState>, Result<Result<Outcome, Failure>, AttemptError>, Option<Duration>) {
+    // A worker's attempt writes its pending log/progress while it runs.
+    let pending = match &state.job {
+        Backend::Redis(ctx) => Some(ctx.pending.clone()),
+        Backend::Local(_) => None,
+    };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
     if let Some(fuel) = limits.fuel {
@@ -493,7 +499,9 @@ pub(crate) async fn call_process(
             .await
             .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
         instantiated = Some(t.elapsed());
-        instance.call_process(&mut store, wit_job).await.map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
+        crate::host::write_behind::drive(pending, instance.call_process(&mut store, wit_job))
+            .await
+            .map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
     })
     .await
     .unwrap_or(Err(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 }));

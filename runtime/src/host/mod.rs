@@ -23,21 +23,23 @@ use crate::sandbox::{truncate_utf8, CapturedOutput, HostState, Limits};
 
 pub mod local;
 pub mod retry;
+pub mod write_behind;
 
 pub use local::LocalJob;
+pub use write_behind::WriteBehind;
 
 const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 
 /// The job log line that records which plugin version ran an attempt:
 /// this prefix and the component's sha256 hex. Written once per attempt,
-/// with the attempt's first log write (see [`JobContext::append_logs`]).
+/// with the attempt's first flush of its log (see [`write_behind`]).
 pub const DIGEST_LOG_PREFIX: &str = "bullpen: plugin sha256:";
 
 /// bullpen's lock-checked scripts, compiled (hashed) once per binding.
 pub struct Scripts {
     update_data: redis::Script,
-    update_progress: redis::Script,
-    add_log: redis::Script,
+    /// Pending log lines and progress values (see [`write_behind`]).
+    pub(crate) flush: redis::Script,
     check_lock: redis::Script,
 }
 
@@ -46,8 +48,7 @@ impl Scripts {
         let s = |body: &str| redis::Script::new(&format!("{CHECK_LOCK}\n{body}"));
         Scripts {
             update_data: s(include_str!("lua/update_data.lua")),
-            update_progress: s(include_str!("lua/update_progress.lua")),
-            add_log: s(include_str!("lua/add_log.lua")),
+            flush: s(include_str!("lua/flush.lua")),
             check_lock: s(include_str!("lua/check_only.lua")),
         }
     }
@@ -152,7 +153,6 @@ pub struct JobContext {
     pub(crate) token: String,
     pub(crate) job_key: String,
     lock_key: String,
-    keep_logs: String,
     /// Set when a move succeeded: the attempt must end without finishing.
     pub(crate) moved: Option<Moved>,
     /// Set when the lock was found missing or taken: nothing more is
@@ -160,10 +160,8 @@ pub struct JobContext {
     pub(crate) lock_lost: bool,
     /// The guest's stdout/stderr, flushed to the log before each move.
     output: CapturedOutput,
-    /// `bullpen: plugin sha256:<digest>` for the attempt's plugin, if set.
-    digest_line: Option<String>,
-    /// Whether `digest_line` is in the job log already.
-    digest_logged: bool,
+    /// Log lines and progress values not written yet.
+    pub(crate) pending: Arc<WriteBehind>,
 }
 
 /// Where an attempt's host calls go: a job in Redis (a worker's attempts),
@@ -204,10 +202,10 @@ impl JobContext {
             Some(n) if n > 0 => n.to_string(),
             _ => String::new(),
         };
+        let pending = Arc::new(WriteBehind::new(shared.clone(), &job_key, &id, &token, keep_logs));
         JobContext {
             lock_key: format!("{job_key}:lock"),
             job_key,
-            keep_logs,
             id,
             token,
             job,
@@ -215,16 +213,35 @@ impl JobContext {
             moved: None,
             lock_lost: false,
             output,
-            digest_line: None,
-            digest_logged: false,
+            pending,
         }
     }
 
     /// Record `digest` (the attempt's plugin version) in the job log with
-    /// the attempt's first log write, at no extra Redis call.
-    pub(crate) fn with_plugin_digest(mut self, digest: &str) -> Self {
-        self.digest_line = Some(format!("{DIGEST_LOG_PREFIX}{digest}"));
+    /// the attempt's first flush, at no extra Redis call.
+    pub(crate) fn with_plugin_digest(self, digest: &str) -> Self {
+        self.pending.set_digest_line(format!("{DIGEST_LOG_PREFIX}{digest}"));
         self
+    }
+
+    /// What a background flush found: a lost lock or a removed job ends
+    /// this attempt's writes, as if the current call had found it.
+    fn check_found(&mut self) -> Result<(), JobError> {
+        match self.pending.take_found() {
+            Some(code) => self.code_to_result(code).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Write pending log lines and progress, then `extra` (captured
+    /// output), in one lock-checked script (see [`write_behind`]).
+    pub(crate) async fn flush(&mut self, extra: Vec<String>) -> Result<(), JobError> {
+        if self.lock_lost {
+            return Err(JobError::LockLost);
+        }
+        self.check_found()?;
+        let code = self.pending.flush(extra).await?;
+        self.code_to_result(code).map(|_| ())
     }
 
     /// Run one of bullpen's lock-checked scripts with KEYS = [job, lock, extra...]
@@ -238,6 +255,7 @@ impl JobContext {
         if self.lock_lost {
             return Err(JobError::LockLost);
         }
+        self.check_found()?;
         let shared = self.shared.clone();
         let mut inv = script(&shared.scripts).prepare_invoke();
         inv.key(&self.job_key).key(&self.lock_key);
@@ -302,38 +320,38 @@ impl JobContext {
         check_json_arg(what, json, max)
     }
 
-    /// Append lines to the job log in one lock-checked script call. The
-    /// attempt's first call also writes the plugin digest line before the
-    /// lines, even when `lines` is empty (so the end-of-attempt flush records
-    /// the digest of an attempt that logged nothing).
-    pub(crate) async fn append_logs(&mut self, lines: &[String]) -> Result<i64, JobError> {
-        let digest_line = match &self.digest_line {
-            Some(l) if !self.digest_logged => Some(l.clone()),
-            _ => None,
-        };
-        if lines.is_empty() && digest_line.is_none() {
-            return Ok(0);
-        }
-        let logs_key = format!("{}:logs", self.job_key);
-        let keep = self.keep_logs.clone();
-        let mut args: Vec<&str> = vec![&keep];
-        args.extend(digest_line.as_deref());
-        args.extend(lines.iter().map(|s| s.as_str()));
-        let written = self.run_checked(|s| &s.add_log, &[&logs_key], &args).await?;
-        self.digest_logged = true;
-        Ok(written)
-    }
-
-    /// Write what the guest printed so far to the job log. Called before a
-    /// move (which releases the lock) and at the end of the attempt.
+    /// Write what the guest printed so far to the job log, with anything
+    /// pending. Called before a move (which releases the lock).
     pub(crate) async fn flush_output(&mut self) -> Result<(), JobError> {
         let lines = self.output.take_lines(self.shared.limits.max_log_line_bytes);
-        self.append_logs(&lines).await.map(|_| ())
+        self.flush(lines).await
+    }
+
+    /// Write pending log lines and progress before a write that must come
+    /// after them (nothing to do, no Redis call, when nothing is pending).
+    async fn flush_pending(&mut self) -> Result<(), JobError> {
+        if self.pending.is_empty() {
+            return self.check_found();
+        }
+        self.flush(Vec::new()).await
     }
 
     /// Is this worker still holding the lock? (Used before adding a child.)
+    /// A flush of pending writes checks it too, in the same script.
     async fn check_lock(&mut self) -> Result<(), JobError> {
+        if !self.pending.is_empty() {
+            return self.flush(Vec::new()).await;
+        }
         self.run_checked(|s| &s.check_lock, &[], &[]).await.map(|_| ())
+    }
+
+    /// `log`/`update-progress` after a move or a lost lock get what a
+    /// lock-checked write would have: the lock is gone.
+    fn writable(&mut self) -> Result<(), JobError> {
+        if self.lock_lost || self.moved.is_some() {
+            return Err(JobError::LockLost);
+        }
+        self.check_found()
     }
 }
 
@@ -343,22 +361,30 @@ impl job_context::Host for HostState {
     async fn update_data(&mut self, data: String) -> Result<(), JobError> {
         let job = redis_or_local!(self, l => l.update_data(data));
         job.check_json("data", &data, job.shared.limits.max_payload_bytes)?;
+        job.flush_pending().await?;
         job.run_checked(|s| &s.update_data, &[], &[&data]).await.map(|_| ())
     }
 
+    // `update-progress` and `log` are written behind (see `write_behind`):
+    // checked here, written with the attempt's next flush.
     async fn update_progress(&mut self, progress: String) -> Result<(), JobError> {
         let job = redis_or_local!(self, l => l.update_progress(progress));
         job.check_json("progress", &progress, job.shared.limits.max_log_line_bytes)?;
-        let events = job.shared.keys.events();
-        let meta = job.shared.keys.meta();
-        let id = job.id.clone();
-        job.run_checked(|s| &s.update_progress, &[&events, &meta], &[&id, &progress]).await.map(|_| ())
+        job.writable()?;
+        if job.pending.progress(progress) {
+            job.flush(Vec::new()).await?;
+        }
+        Ok(())
     }
 
     async fn log(&mut self, line: String) -> Result<(), JobError> {
         let job = redis_or_local!(self, l => l.log(line));
         check_log_line(&line, &job.shared.limits)?;
-        job.append_logs(&[line]).await.map(|_| ())
+        job.writable()?;
+        if job.pending.log(line) {
+            job.flush(Vec::new()).await?;
+        }
+        Ok(())
     }
 
     async fn move_to_delayed(&mut self, timestamp_ms: u64) -> Result<(), JobError> {

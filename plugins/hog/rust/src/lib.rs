@@ -9,6 +9,9 @@
 //! - `biglog` / `bigprogress` / `bigdata`: a 100 KiB log line, a 100 KiB
 //!   progress value, 17 MiB of data; completes with the host's answers
 //! - `bigreturn`: returns 17 MiB (over the host's return-value limit)
+//! - `slow`: three steps of log line + progress (10, 20, 30), each followed
+//!   by 400 ms of waiting: sleeping (a WASI call) in steps 1 and 3, spinning
+//!   in wasm in step 2; shows pending writes reaching Redis mid-attempt
 //! - anything else: completes with `{"ok": true}`
 use bullpen_guest::{Error, Job, Outcome};
 use serde_json::json;
@@ -66,6 +69,22 @@ fn process(job: &Job) -> Result<Outcome, Error> {
             Outcome::complete(&json!({ "refused": r.err().map(|e| e.to_string()) }))
         }
         "bigreturn" => Outcome::complete(&json!({ "blob": "x".repeat(17 << 20) })),
+        "slow" => {
+            for step in 1..=3u32 {
+                job.log(format!("hog: step {step}"))?;
+                job.progress(step * 10)?;
+                let wait = std::time::Duration::from_millis(400);
+                if step == 2 {
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < wait {
+                        black_box(step);
+                    }
+                } else {
+                    std::thread::sleep(wait);
+                }
+            }
+            Outcome::complete(&json!({ "steps": 3 }))
+        }
         "env" => Outcome::complete(&json!({ "env": std::env::vars().count(), "args": std::env::args().count() })),
         _ => Outcome::complete(&json!({ "ok": true })),
     }

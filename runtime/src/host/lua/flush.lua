@@ -1,0 +1,30 @@
+-- bullpen's write-behind flush, after the lock check: BullMQ's addLog-2.lua
+-- for each log line, then BullMQ's updateProgress-3.lua for each progress
+-- value, in the order the guest made the calls (one script instead of one
+-- per call; what clients read and the events they get are the same).
+-- KEYS[3] job logs list, KEYS[4] events stream, KEYS[5] meta.
+-- ARGV[2] keepLogs or '', ARGV[3] job id, ARGV[4] number of log lines n,
+-- ARGV[5 .. 4+n] log lines, ARGV[5+n ..] progress values (JSON).
+local n = tonumber(ARGV[4])
+local logCount = 0
+for i = 5, 4 + n do
+  logCount = rcall("RPUSH", KEYS[3], ARGV[i])
+end
+if n > 0 and ARGV[2] ~= '' then
+  local keepLogs = tonumber(ARGV[2])
+  rcall("LTRIM", KEYS[3], -keepLogs, -1)
+  logCount = math.min(keepLogs, logCount)
+end
+if #ARGV > 4 + n then
+  local maxEvents = rcall("HGET", KEYS[5], "opts.maxLenEvents")
+  if not maxEvents then
+    maxEvents = 10000
+    rcall("HSET", KEYS[5], "opts.maxLenEvents", maxEvents)
+  end
+  rcall("HSET", KEYS[1], "progress", ARGV[#ARGV])
+  for i = 5 + n, #ARGV do
+    rcall("XADD", KEYS[4], "MAXLEN", "~", maxEvents, "*", "event", "progress",
+          "jobId", ARGV[3], "data", ARGV[i])
+  end
+end
+return logCount

@@ -1,0 +1,204 @@
+//! Write-behind for `log` and `update-progress`: an attempt's log lines and
+//! progress values are kept in the host and written in one lock-checked
+//! script (`lua/flush.lua`) instead of one script per call.
+//!
+//! Why: a short job (log a line, set progress, return) cost BullMQ three
+//! Redis scripts besides its finish, and Redis CPU per script is what caps a
+//! worker's jobs/s (bench/README.md). With write-behind the same job costs
+//! one script plus the finish, and Redis receives exactly the writes BullMQ's
+//! `addLog` and `updateProgress` scripts make, in call order.
+//!
+//! When pending writes reach Redis, whichever comes first:
+//! - before any other host call that writes or moves the job (`update-data`,
+//!   `add-child`, `move-to-delayed`, `wait-for-children`), so order holds;
+//! - at the end of the attempt, with the captured stdout/stderr, before the
+//!   job is finished (a client that sees `completed` sees the lines);
+//! - [`WRITE_BEHIND`] after the oldest pending write, even while the guest
+//!   computes or sleeps (`call_process` runs the flush with the guest paused);
+//! - when [`MAX_PENDING_BYTES`] are pending.
+//!
+//! What a guest sees: `log` and `update-progress` return `ok` once their
+//! argument passes its checks. A lock lost in the meantime (BullMQ's own
+//! `addLog`/`updateProgress` never check the lock) is found by the flush:
+//! the attempt's next host call gets `lock-lost`, and the worker leaves the
+//! job to its new owner, as it does for a write-through call.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::{with_reconnect, Shared};
+use crate::bindings::types::JobError;
+
+/// The longest a log line or progress value waits before it is written.
+/// Short enough that a dashboard watching a long attempt sees its progress
+/// live; long enough that short attempts write everything in one script.
+pub const WRITE_BEHIND: Duration = Duration::from_millis(100);
+
+/// Pending bytes that make the next `log`/`update-progress` write at once:
+/// bounds the host memory a chatty guest can hold.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+
+/// One attempt's pending writes and what the flush needs to write them.
+pub struct WriteBehind {
+    shared: Arc<Shared>,
+    /// KEYS: job, lock, logs, events, meta.
+    keys: [String; 5],
+    token: String,
+    id: String,
+    keep_logs: String,
+    pending: Mutex<Pending>,
+    /// Wakes `call_process` when the first write of a batch is queued, so it
+    /// can arm the [`WRITE_BEHIND`] timer.
+    pub(crate) queued: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    logs: Vec<String>,
+    progress: Vec<String>,
+    bytes: usize,
+    /// When the oldest pending write was queued.
+    since: Option<Instant>,
+    /// The plugin-digest line, until it has been written.
+    digest_line: Option<String>,
+    /// What a timer flush found about the lock (a script code), for the next host call.
+    found: Option<i64>,
+}
+
+impl WriteBehind {
+    pub(crate) fn new(shared: Arc<Shared>, job_key: &str, id: &str, token: &str, keep_logs: String) -> Self {
+        let keys = [
+            job_key.to_string(),
+            format!("{job_key}:lock"),
+            format!("{job_key}:logs"),
+            shared.keys.events(),
+            shared.keys.meta(),
+        ];
+        WriteBehind {
+            shared,
+            keys,
+            token: token.to_string(),
+            id: id.to_string(),
+            keep_logs,
+            pending: Mutex::new(Pending::default()),
+            queued: Notify::new(),
+        }
+    }
+
+    /// Write `line` ahead of the attempt's first flush (the plugin digest).
+    pub(crate) fn set_digest_line(&self, line: String) {
+        self.pending.lock().unwrap().digest_line = Some(line);
+    }
+
+    /// Queue a log line; true when enough is pending to write now.
+    pub(crate) fn log(&self, line: String) -> bool {
+        self.queue(line.len(), |p| p.logs.push(line))
+    }
+
+    /// Queue a progress value (checked JSON); true when enough is pending to write now.
+    pub(crate) fn progress(&self, json: String) -> bool {
+        self.queue(json.len(), |p| p.progress.push(json))
+    }
+
+    fn queue(&self, len: usize, push: impl FnOnce(&mut Pending)) -> bool {
+        let mut p = self.pending.lock().unwrap();
+        let first = p.since.is_none();
+        push(&mut p);
+        p.bytes += len;
+        if first {
+            p.since = Some(Instant::now());
+            drop(p);
+            self.queued.notify_one();
+            return false;
+        }
+        p.bytes >= MAX_PENDING_BYTES
+    }
+
+    /// Whether a log line or progress value is waiting (the digest line alone does not count).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.lock().unwrap().since.is_none()
+    }
+
+    /// When the oldest pending write is due, if anything is pending.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.pending.lock().unwrap().since.map(|s| s + WRITE_BEHIND)
+    }
+
+    /// The lock code a timer flush found (taken once), for the next host call.
+    pub(crate) fn take_found(&self) -> Option<i64> {
+        self.pending.lock().unwrap().found.take()
+    }
+
+    /// Write everything pending, then `extra` (captured output), in one
+    /// lock-checked script. Returns the script's code (negative: lock lost
+    /// or job gone, as BullMQ's codes) or Redis being unavailable.
+    pub(crate) async fn flush(&self, extra: Vec<String>) -> Result<i64, JobError> {
+        let (lines, progress) = {
+            let mut p = self.pending.lock().unwrap();
+            let mut lines = Vec::with_capacity(1 + p.logs.len() + extra.len());
+            let logs = std::mem::take(&mut p.logs);
+            let progress = std::mem::take(&mut p.progress);
+            // The digest line goes with the attempt's first flush, even an
+            // empty one, so every attempt records the version that ran it.
+            lines.extend(p.digest_line.take());
+            lines.extend(logs);
+            lines.extend(extra);
+            p.bytes = 0;
+            p.since = None;
+            (lines, progress)
+        };
+        if lines.is_empty() && progress.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.shared.scripts.flush.prepare_invoke();
+        for k in &self.keys {
+            inv.key(k);
+        }
+        inv.arg(&self.token).arg(&self.keep_logs).arg(&self.id).arg(lines.len());
+        for l in &lines {
+            inv.arg(l);
+        }
+        for p in &progress {
+            inv.arg(p);
+        }
+        with_reconnect(|| {
+            let mut conn = self.shared.redis.clone();
+            let inv = &inv;
+            async move { inv.invoke_async(&mut conn).await }
+        })
+        .await
+        .map_err(|e| JobError::Unavailable(format!("redis: {e}")))
+    }
+
+    /// The [`WRITE_BEHIND`] flush, run by `call_process` while the guest is
+    /// paused. A lost lock is kept for the next host call; Redis being away
+    /// past the reconnect window loses these lines, as a failed `log` would.
+    pub(crate) async fn flush_due(&self) {
+        match self.flush(Vec::new()).await {
+            Ok(code) if code < 0 => self.pending.lock().unwrap().found = Some(code),
+            Ok(_) => {}
+            Err(e) => warn!(error = ?e, "could not write pending log lines/progress"),
+        }
+    }
+}
+
+/// Run `call` (an attempt's `process` call) to completion, writing the
+/// attempt's pending log lines and progress [`WRITE_BEHIND`] after they were
+/// queued. The flush runs while `call` is not polled, so the guest is paused
+/// and no host call interleaves with it.
+pub(crate) async fn drive<F: std::future::Future>(wb: Option<Arc<WriteBehind>>, call: F) -> F::Output {
+    let Some(wb) = wb else { return call.await };
+    tokio::pin!(call);
+    loop {
+        let due = wb.due();
+        tokio::select! {
+            biased;
+            r = &mut call => return r,
+            _ = wb.queued.notified(), if due.is_none() => {}
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => wb.flush_due().await,
+        }
+    }
+}

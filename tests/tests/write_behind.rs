@@ -1,0 +1,84 @@
+//! Write-behind of `log` and `update-progress` (runtime/src/host/write_behind.rs):
+//! BullMQ clients still see every line and every progress event, in order,
+//! while a long attempt runs; a short attempt costs one Redis script besides
+//! its finish.
+
+use std::time::{Duration, Instant};
+
+use bullpen_tests::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+
+/// hog's `slow` mode: three steps of log + progress, each followed by 400 ms
+/// of sleeping (step 1, a WASI call) or spinning in wasm (step 2). Each
+/// step's line and progress must reach Redis while the job is still active,
+/// not at its end.
+#[test]
+fn a_long_attempt_shows_its_log_and_progress_while_it_runs() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "wb", &plugin("hog", "rust"), &[]);
+    let events = NodeEvents::listen(&redis, "wb", 1, T);
+    let ids = node_add(&redis, "wb", json!([{"name": "slow", "data": {"mode": "slow"}}]));
+    let id = &ids[0];
+    let mut c = redis.conn();
+    for step in 1..=2 {
+        let deadline = Instant::now() + T;
+        loop {
+            let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("bull:wb:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+            let progress: Option<String> = redis::cmd("HGET").arg(format!("bull:wb:{id}")).arg("progress").query(&mut c).unwrap();
+            if logs.contains(&format!("hog: step {step}")) && progress.as_deref() == Some(&*(step * 10).to_string()) {
+                let finished: Option<f64> = redis::cmd("ZSCORE").arg("bull:wb:completed").arg(id).query(&mut c).unwrap();
+                assert!(finished.is_none(), "step {step}'s log line and progress reached Redis only when the job completed");
+                break;
+            }
+            assert!(Instant::now() < deadline, "step {step} never reached Redis: logs {logs:?}, progress {progress:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let v = wait_finished(&redis, "wb", &ids, T);
+    let j = &v["jobs"][0];
+    assert_eq!(j["state"], "completed", "{j:#}");
+    assert_eq!(j["progress"], 30);
+    let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(logs[0].starts_with("bullpen: plugin sha256:"), "{logs:?}");
+    assert_eq!(logs[1..], ["hog: step 1", "hog: step 2", "hog: step 3"]);
+    let progress: Vec<Value> = events.finish().into_iter().filter(|e| e["event"] == "progress").map(|e| e["data"].clone()).collect();
+    assert_eq!(progress, [json!(10), json!(20), json!(30)], "QueueEvents saw every progress event, in order");
+}
+
+/// echo logs a line, sets progress and returns: with write-behind that is
+/// one bullpen script (log + progress, lock-checked) and BullMQ's
+/// moveToFinished (which also fetches the next job) — 2 scripts per job
+/// where BullMQ's Node worker runs 3.
+#[test]
+fn a_short_attempt_costs_one_script_besides_its_finish() {
+    let redis = Redis::start();
+    let n = 50;
+    let jobs: Vec<Value> = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+    let ids = node_add(&redis, "short", Value::Array(jobs));
+    let mut c = redis.conn();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let _w = Worker::start(&redis, "short", &plugin("echo", "rust"), &[]);
+    let deadline = Instant::now() + T;
+    while redis::cmd("ZCARD").arg("bull:short:completed").query::<usize>(&mut c).unwrap() < n {
+        assert!(Instant::now() < deadline, "jobs not completed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut c).unwrap();
+    let calls = |cmd: &str| -> usize {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    let scripts = calls("evalsha") + calls("eval");
+    // A few more for the worker's start (first fetch, stalled check) and heartbeat.
+    assert!(scripts <= 2 * n + 10, "{scripts} scripts for {n} jobs (more than 2 per job)");
+    let v = inspect(&redis, "short", &ids);
+    for j in v["jobs"].as_array().unwrap() {
+        assert_eq!(j["state"], "completed");
+        assert_eq!(j["progress"], 100, "{j:#}");
+        assert_eq!(j["logs"].as_array().unwrap().len(), 2, "digest line + echo's line: {j:#}");
+    }
+}
