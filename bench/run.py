@@ -189,7 +189,7 @@ def main():
             for r in rows:
                 base = next((b["jobs_per_s"] for b in rows if b["name"] == "node" and b["workers"] == r["workers"]), None)
                 ratio = f"{r['jobs_per_s'] / base:.2f}x" if base else "-"
-                print(f"| {r['name']} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | "
+                print(f"| {r['name']} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['scripts_per_job']:.2f} | "
                       f"{r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
             bad += [f"{sname}/{r['name']}" for r in rows if r["failed"]]
             results[sname] = rows
