@@ -243,3 +243,23 @@ func exponent(e int) string {
 	}
 	return "e+" + strconv.Itoa(e)
 }
+
+// Describe names a value [Parse] returned the way serde_json's errors do
+// ("invalid type: string \"three\", expected u32"), so a Go processor that
+// checks its input by hand refuses bad data with a Rust processor's words.
+func Describe(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return fmt.Sprintf("boolean `%v`", v)
+	case json.Number:
+		return "number `" + string(v) + "`"
+	case string:
+		return fmt.Sprintf("string %q", v)
+	case []any:
+		return "sequence"
+	default:
+		return "map"
+	}
+}

@@ -60,3 +60,16 @@ func TestParseRejects(t *testing.T) {
 		}
 	}
 }
+
+func TestDescribeUsesSerdeWords(t *testing.T) {
+	v, err := Parse(`[null, true, 3, "three", [1], {"a": 1}]`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"null", "boolean `true`", "number `3`", `string "three"`, "sequence", "map"}
+	for i, x := range v.([]any) {
+		if got := Describe(x); got != want[i] {
+			t.Errorf("Describe(%v) = %q, want %q", x, got, want[i])
+		}
+	}
+}

@@ -88,7 +88,7 @@ func parseData(text string) (*data, error) {
 			}
 		}
 	default:
-		return nil, fmt.Errorf("invalid type: %s, expected struct Data", describe(v))
+		return nil, fmt.Errorf("invalid type: %s, expected struct Data", serdejson.Describe(v))
 	}
 	return d, nil
 }
@@ -96,11 +96,11 @@ func parseData(text string) (*data, error) {
 func unsigned(v any, max uint64, what string) (uint64, error) {
 	n, ok := v.(json.Number)
 	if !ok {
-		return 0, fmt.Errorf("invalid type: %s, expected %s", describe(v), what)
+		return 0, fmt.Errorf("invalid type: %s, expected %s", serdejson.Describe(v), what)
 	}
 	u, err := strconv.ParseUint(string(n), 10, 64)
 	if err != nil || u > max {
-		return 0, fmt.Errorf("invalid value: %s, expected %s", describe(v), what)
+		return 0, fmt.Errorf("invalid value: %s, expected %s", serdejson.Describe(v), what)
 	}
 	return u, nil
 }
@@ -108,26 +108,9 @@ func unsigned(v any, max uint64, what string) (uint64, error) {
 func boolean(v any) (bool, error) {
 	b, ok := v.(bool)
 	if !ok {
-		return false, fmt.Errorf("invalid type: %s, expected a boolean", describe(v))
+		return false, fmt.Errorf("invalid type: %s, expected a boolean", serdejson.Describe(v))
 	}
 	return b, nil
-}
-
-func describe(v any) string {
-	switch v := v.(type) {
-	case nil:
-		return "null"
-	case bool:
-		return fmt.Sprintf("boolean `%v`", v)
-	case json.Number:
-		return "number `" + string(v) + "`"
-	case string:
-		return fmt.Sprintf("string %q", v)
-	case []any:
-		return "sequence"
-	default:
-		return "map"
-	}
 }
 
 func invalid(err error) error { return guest.Unrecoverable("invalid JSON: " + err.Error()) }
@@ -146,7 +129,7 @@ func process(job *guest.Job) (guest.Outcome, error) {
 		}
 		raw, ok := v.(map[string]any)
 		if !ok {
-			return guest.Outcome{}, invalid(fmt.Errorf("invalid type: %s, expected a map", describe(v)))
+			return guest.Outcome{}, invalid(fmt.Errorf("invalid type: %s, expected a map", serdejson.Describe(v)))
 		}
 		raw["touchedOnAttempt"] = attempt
 		text, err := serdejson.Marshal(raw)

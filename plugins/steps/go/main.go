@@ -45,24 +45,7 @@ func parseStep(v any) (string, error) {
 		}
 		return "", fmt.Errorf("unknown variant `%s`, expected one of `Initial`, `Second`, `Third`, `Finish`", s)
 	}
-	return "", fmt.Errorf("invalid type: %s, expected a step name", describe(v))
-}
-
-func describe(v any) string {
-	switch v := v.(type) {
-	case nil:
-		return "null"
-	case bool:
-		return fmt.Sprintf("boolean `%v`", v)
-	case json.Number:
-		return "number `" + string(v) + "`"
-	case string:
-		return fmt.Sprintf("string %q", v)
-	case []any:
-		return "sequence"
-	default:
-		return "map"
-	}
+	return "", fmt.Errorf("invalid type: %s, expected a step name", serdejson.Describe(v))
 }
 
 func parseData(text string) (*data, error) {
@@ -72,7 +55,7 @@ func parseData(text string) (*data, error) {
 	}
 	m, ok := v.(map[string]any)
 	if !ok {
-		return nil, fmt.Errorf("invalid type: %s, expected a map", describe(v))
+		return nil, fmt.Errorf("invalid type: %s, expected a map", serdejson.Describe(v))
 	}
 	d := &data{step: "Initial", rest: map[string]any{}}
 	for k, v := range m {
@@ -85,7 +68,7 @@ func parseData(text string) (*data, error) {
 			if v != nil {
 				s, ok := v.(string)
 				if !ok {
-					return nil, fmt.Errorf("invalid type: %s, expected a string", describe(v))
+					return nil, fmt.Errorf("invalid type: %s, expected a string", serdejson.Describe(v))
 				}
 				d.childQueue = &s
 			}
