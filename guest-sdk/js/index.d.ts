@@ -162,3 +162,14 @@ export interface ProcessorWithBackoffExports extends ProcessorExports {
 export function exportProcessor(process: ProcessFn): ProcessorExports;
 export function exportProcessor(process: ProcessFn, options: { backoff: BackoffFn }): ProcessorWithBackoffExports;
 export function exportProcessor(process: ProcessFn, options?: { backoff?: BackoffFn }): ProcessorExports;
+
+/**
+ * For processors that must read and write JSON exactly as a Rust processor
+ * does with serde_json: the JavaScript twin of the Go SDK's `serdejson`.
+ */
+export declare const serdejson: {
+  /** serde's name for a value in its errors: integer `3`, string "x", map, ... */
+  describe(value: unknown): string;
+  /** A copy with every object's keys in serde_json's order (sorted by code point). */
+  sortKeys<T>(value: T): T;
+};

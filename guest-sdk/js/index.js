@@ -383,6 +383,55 @@ function toJson(value) {
   return json === undefined ? 'null' : json;
 }
 
+/**
+ * For processors that must read and write JSON exactly as a Rust processor
+ * does with serde_json (the example plugins, compared by one conformance
+ * suite): the JavaScript twin of the Go SDK's `serdejson` package.
+ */
+export const serdejson = Object.freeze({
+  /** serde's name for a value in its errors ("integer `3`", "string \"x\"", "map", ...). */
+  describe: serdeDescribe,
+  /**
+   * A copy with every object's keys in serde_json's order (sorted by code
+   * point), as a Rust `serde_json::Value` writes them. (JavaScript always
+   * puts integer-like keys such as "2" first; only those can differ.)
+   */
+  sortKeys,
+});
+
+function serdeDescribe(v) {
+  if (v === null) return 'null';
+  if (typeof v === 'boolean') return `boolean \`${v}\``;
+  if (typeof v === 'number') return Number.isInteger(v) ? `integer \`${v}\`` : `floating point \`${v}\``;
+  if (typeof v === 'string') return `string ${JSON.stringify(v)}`;
+  return Array.isArray(v) ? 'sequence' : 'map';
+}
+
+/** @returns {any} */
+function sortKeys(v) {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v === null || typeof v !== 'object') return v;
+  return Object.fromEntries(
+    Object.keys(v)
+      .sort(byCodePoint)
+      .map((k) => [k, sortKeys(v[k])]),
+  );
+}
+
+/** @param {string} a @param {string} b */
+function byCodePoint(a, b) {
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = /** @type {number} */ (a.codePointAt(i));
+    const y = /** @type {number} */ (b.codePointAt(j));
+    if (x !== y) return x - y;
+    i += x > 0xffff ? 2 : 1;
+    j += y > 0xffff ? 2 : 1;
+  }
+  return a.length - i - (b.length - j);
+}
+
 function toU64(n, what) {
   if (typeof n === 'bigint') {
     if (n < 0n || n >= 1n << 64n) throw new RangeError(`${what} must fit in a u64, got ${n}`);

@@ -190,3 +190,14 @@ test('backoff export', async () => {
   assert.throws(() => Backoff.delayMs(-1), RangeError);
   assert.throws(() => BullpenError.retryAfter('x', NaN), RangeError);
 });
+
+test('serdejson: serde words for values, serde_json key order', () => {
+  const { serdejson } = sdk;
+  assert.deepEqual(
+    [null, true, 3, 1.5, 'three', [1], { a: 1 }].map(serdejson.describe),
+    ['null', 'boolean `true`', 'integer `3`', 'floating point `1.5`', 'string "three"', 'sequence', 'map'],
+  );
+  // (Integer-like keys such as "2" always come first in a JavaScript object.)
+  const sorted = serdejson.sortKeys({ é: 0, b: 1, a: { z: 1, y: [{ d: 2, c: 1 }] } });
+  assert.equal(JSON.stringify(sorted), '{"a":{"y":[{"c":1,"d":2}],"z":1},"b":1,"é":0}');
+});

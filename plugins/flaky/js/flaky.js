@@ -14,7 +14,7 @@
 //
 // It also exports a custom backoff: job opts `backoff: {type: "linear"}`
 // retry after 300 ms × attempts made; `{type: "never"}` gives up.
-import { Backoff, BullpenError, exportProcessor, Outcome } from 'bullpen-guest';
+import { Backoff, BullpenError, exportProcessor, Outcome, serdejson } from 'bullpen-guest';
 
 /** @param {import('bullpen-guest').Job} job */
 async function handle(job) {
@@ -22,7 +22,7 @@ async function handle(job) {
   const attempt = job.attemptsMade + 1;
   if (data.sleepMs > 0) {
     await new Promise((resolve) => setTimeout(resolve, data.sleepMs));
-    job.updateData(sortKeys({ ...job.data(), touchedOnAttempt: attempt }));
+    job.updateData(serdejson.sortKeys({ ...job.data(), touchedOnAttempt: attempt }));
   }
   if (data.panic) {
     throw new Error(`flaky: asked to panic on attempt ${attempt}`);
@@ -40,7 +40,7 @@ async function handle(job) {
   if (data.returnChildren) {
     out.children = Object.fromEntries(job.childrenValues());
   }
-  return Outcome.complete(sortKeys(out));
+  return Outcome.complete(serdejson.sortKeys(out));
 }
 
 /**
@@ -80,7 +80,7 @@ const FIELDS = /** @type {const} */ ({
  */
 function parseData(raw) {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-    throw invalid(`invalid type: ${unexpected(raw)}, expected struct Data`);
+    throw invalid(`invalid type: ${serdejson.describe(raw)}, expected struct Data`);
   }
   /** @type {any} */
   const data = {};
@@ -89,11 +89,11 @@ function parseData(raw) {
     if (v === undefined || (v === null && type === 'option u64')) {
       data[key] = dflt;
     } else if (type === 'bool') {
-      if (typeof v !== 'boolean') throw invalid(`invalid type: ${unexpected(v)}, expected a boolean`);
+      if (typeof v !== 'boolean') throw invalid(`invalid type: ${serdejson.describe(v)}, expected a boolean`);
       data[key] = v;
     } else {
       const want = type === 'u32' ? 'u32' : 'u64';
-      if (typeof v !== 'number' || !Number.isInteger(v)) throw invalid(`invalid type: ${unexpected(v)}, expected ${want}`);
+      if (typeof v !== 'number' || !Number.isInteger(v)) throw invalid(`invalid type: ${serdejson.describe(v)}, expected ${want}`);
       if (v < 0 || v > (want === 'u32' ? 0xffffffff : 18446744073709551615)) throw invalid(`invalid value: integer \`${v}\`, expected ${want}`);
       data[key] = v;
     }
@@ -103,42 +103,4 @@ function parseData(raw) {
 
 function invalid(msg) {
   return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
-}
-
-function unexpected(v) {
-  if (v === null) return 'null';
-  if (typeof v === 'boolean') return `boolean \`${v}\``;
-  if (typeof v === 'number') return Number.isInteger(v) ? `integer \`${v}\`` : `floating point \`${v}\``;
-  if (typeof v === 'string') return `string ${JSON.stringify(v)}`;
-  return Array.isArray(v) ? 'sequence' : 'map';
-}
-
-/**
- * A copy with every object's keys in serde_json's order (sorted by code
- * point), as the Rust plugin's `serde_json::Value` writes them. (JavaScript
- * always puts integer-like keys such as "2" first; only those can differ.)
- * @returns {any}
- */
-function sortKeys(v) {
-  if (Array.isArray(v)) return v.map(sortKeys);
-  if (v === null || typeof v !== 'object') return v;
-  return Object.fromEntries(
-    Object.keys(v)
-      .sort(byCodePoint)
-      .map((k) => [k, sortKeys(v[k])]),
-  );
-}
-
-/** @param {string} a @param {string} b */
-function byCodePoint(a, b) {
-  let i = 0;
-  let j = 0;
-  while (i < a.length && j < b.length) {
-    const x = /** @type {number} */ (a.codePointAt(i));
-    const y = /** @type {number} */ (b.codePointAt(j));
-    if (x !== y) return x - y;
-    i += x > 0xffff ? 2 : 1;
-    j += y > 0xffff ? 2 : 1;
-  }
-  return a.length - i - (b.length - j);
 }

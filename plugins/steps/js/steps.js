@@ -11,7 +11,7 @@
 //
 // `data.failAt = "<Step>"` injects one retryable failure on entering that
 // step (on the first attempt only), to show a retry resumes at that step.
-import { BullpenError, exportProcessor, Outcome } from 'bullpen-guest';
+import { BullpenError, exportProcessor, Outcome, serdejson } from 'bullpen-guest';
 
 const STEPS = ['Initial', 'Second', 'Third', 'Finish'];
 
@@ -46,8 +46,9 @@ function handle(job) {
         break;
       }
       case 'Finish': {
-        const children = job.childrenValues().sort(([a], [b]) => byCodePoint(a, b));
-        return Outcome.complete(sortKeys({ step: 'Finish', children: Object.fromEntries(children) }));
+        // sortKeys puts the children in serde_json's key order too.
+        const children = Object.fromEntries(job.childrenValues());
+        return Outcome.complete(serdejson.sortKeys({ step: 'Finish', children }));
       }
     }
   }
@@ -69,17 +70,17 @@ export const { process } = exportProcessor(handle);
  */
 function parseData(raw) {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-    throw invalid(`invalid type: ${unexpected(raw)}, expected struct Data`);
+    throw invalid(`invalid type: ${serdejson.describe(raw)}, expected struct Data`);
   }
   const { step = 'Initial', childQueue = null, failAt = null, ...rest } = raw;
   if (childQueue !== null && typeof childQueue !== 'string') {
-    throw invalid(`invalid type: ${unexpected(childQueue)}, expected a string`);
+    throw invalid(`invalid type: ${serdejson.describe(childQueue)}, expected a string`);
   }
   return { step: parseStep(step), childQueue, failAt: failAt === null ? null : parseStep(failAt), rest };
 }
 
 function parseStep(v) {
-  if (typeof v !== 'string') throw invalid(`invalid type: ${unexpected(v)}, expected enum Step`);
+  if (typeof v !== 'string') throw invalid(`invalid type: ${serdejson.describe(v)}, expected enum Step`);
   if (!STEPS.includes(v)) throw invalid(`unknown variant \`${v}\`, expected one of ${STEPS.map((s) => `\`${s}\``).join(', ')}`);
   return v;
 }
@@ -94,48 +95,10 @@ function toJson(d) {
     step: d.step,
     ...(d.childQueue !== null && { childQueue: d.childQueue }),
     ...(d.failAt !== null && { failAt: d.failAt }),
-    ...sortKeys(d.rest),
+    ...serdejson.sortKeys(d.rest),
   };
 }
 
 function invalid(msg) {
   return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
-}
-
-function unexpected(v) {
-  if (v === null) return 'null';
-  if (typeof v === 'boolean') return `boolean \`${v}\``;
-  if (typeof v === 'number') return Number.isInteger(v) ? `integer \`${v}\`` : `floating point \`${v}\``;
-  if (typeof v === 'string') return `string ${JSON.stringify(v)}`;
-  return Array.isArray(v) ? 'sequence' : 'map';
-}
-
-/**
- * A copy with every object's keys in serde_json's order (sorted by code
- * point), as the Rust plugin's `serde_json::Value` writes them. (JavaScript
- * always puts integer-like keys such as "2" first; only those can differ.)
- * @returns {any}
- */
-function sortKeys(v) {
-  if (Array.isArray(v)) return v.map(sortKeys);
-  if (v === null || typeof v !== 'object') return v;
-  return Object.fromEntries(
-    Object.keys(v)
-      .sort(byCodePoint)
-      .map((k) => [k, sortKeys(v[k])]),
-  );
-}
-
-/** @param {string} a @param {string} b */
-function byCodePoint(a, b) {
-  let i = 0;
-  let j = 0;
-  while (i < a.length && j < b.length) {
-    const x = /** @type {number} */ (a.codePointAt(i));
-    const y = /** @type {number} */ (b.codePointAt(j));
-    if (x !== y) return x - y;
-    i += x > 0xffff ? 2 : 1;
-    j += y > 0xffff ? 2 : 1;
-  }
-  return a.length - i - (b.length - j);
 }
