@@ -152,7 +152,6 @@ pub struct JobContext {
     pub(crate) id: String,
     pub(crate) token: String,
     pub(crate) job_key: String,
-    lock_key: String,
     /// Set when a move succeeded: the attempt must end without finishing.
     pub(crate) moved: Option<Moved>,
     /// Set when the lock was found missing or taken: nothing more is
@@ -204,7 +203,6 @@ impl JobContext {
         };
         let pending = Arc::new(WriteBehind::new(shared.clone(), &job_key, &id, &token, keep_logs));
         JobContext {
-            lock_key: format!("{job_key}:lock"),
             job_key,
             id,
             token,
@@ -258,7 +256,8 @@ impl JobContext {
         self.check_found()?;
         let shared = self.shared.clone();
         let mut inv = script(&shared.scripts).prepare_invoke();
-        inv.key(&self.job_key).key(&self.lock_key);
+        let (job_key, lock_key) = self.pending.checked_keys();
+        inv.key(job_key).key(lock_key);
         for k in extra_keys {
             inv.key(*k);
         }

@@ -88,6 +88,12 @@ impl WriteBehind {
         }
     }
 
+    /// The job key and its lock key: KEYS[1] and KEYS[2] of every
+    /// lock-checked script of this attempt.
+    pub(crate) fn checked_keys(&self) -> (&str, &str) {
+        (&self.keys[0], &self.keys[1])
+    }
+
     /// Write `line` ahead of the attempt's first flush (the plugin digest).
     pub(crate) fn set_digest_line(&self, line: String) {
         self.pending.lock().unwrap().digest_line = Some(line);
