@@ -6,7 +6,8 @@
 //! - [`plugin`]: loading and validating a component; digest; `InstancePre`.
 //! - [`registry`]: which plugin version each queue runs now; the Redis plugin registry.
 //! - [`deploy`]: hot swap: the watched file or the registry as a worker's plugin source.
-//! - [`host`]: the WIT `job-context` functions, lock-token-checked, over Redis.
+//! - [`host`]: the WIT `job-context` functions, lock-token-checked, over Redis;
+//!   `log`/`update-progress` batched by [`host::write_behind`].
 //! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
 //! - [`run`]: `bullpen run`, one job in memory without Redis (host calls printed).

@@ -82,3 +82,33 @@ fn a_short_attempt_costs_one_script_besides_its_finish() {
         assert_eq!(j["logs"].as_array().unwrap().len(), 2, "digest line + echo's line: {j:#}");
     }
 }
+
+/// The lock is taken away after step 1's line reached Redis (as a stall
+/// recovery would). Step 2's line and progress are queued (`ok`), and the
+/// background flush finds the lock gone: nothing of them is written, step 3's
+/// `log` gets `lock-lost`, and the job's next owner runs it from the start.
+#[test]
+fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "wl", &plugin("hog", "rust"), &["--stalled-interval-ms", "1000"]);
+    let ids = node_add(&redis, "wl", json!([{"name": "slow", "data": {"mode": "slow"}}]));
+    let id = &ids[0];
+    let mut c = redis.conn();
+    let deadline = Instant::now() + T;
+    loop {
+        let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("bull:wl:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+        if logs.iter().any(|l| l == "hog: step 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "step 1 never reached Redis");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _: () = redis::cmd("DEL").arg(format!("bull:wl:{id}:lock")).query(&mut c).unwrap();
+    w.wait_log("lock lost during the attempt", T);
+    let v = wait_finished(&redis, "wl", &ids, T);
+    let j = &v["jobs"][0];
+    assert_eq!(j["state"], "completed", "{j:#}");
+    assert_eq!(j["attemptsMade"], 1, "the abandoned attempt was neither completed nor failed");
+    let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).filter(|l| !l.starts_with("bullpen: ")).collect();
+    assert_eq!(logs, ["hog: step 1", "hog: step 1", "hog: step 2", "hog: step 3"], "nothing the first attempt queued after the loss was written");
+}
