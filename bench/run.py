@@ -65,7 +65,7 @@ def proc_rss_mb(pid):
     return 0.0
 
 
-def contenders(conc):
+def contenders(conc, extra_bins=()):
     c = {"node": lambda url, q: ["node", f"{ROOT}/bench/node/worker.js", url, q, str(conc)]}
     native = f"{ROOT}/target/release/bullpen-bench-native"
     if os.path.exists(native):
@@ -75,6 +75,11 @@ def contenders(conc):
         if os.path.exists(p):
             c[f"bullpen-{lang}"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
                                                         "--queue", q, "--plugin", p, "--concurrency", str(conc)]
+    # A/B of two host builds in one run: NAME=PATH runs PATH (a `bullpen` binary) with echo-rust.wasm.
+    for spec in extra_bins:
+        name, path = spec.split("=", 1)
+        c[name] = lambda url, q, b=path: [b, "worker", "--redis", url, "--queue", q,
+                                          "--plugin", f"{ROOT}/target/plugins/echo-rust.wasm", "--concurrency", str(conc)]
     return c
 
 
@@ -138,6 +143,8 @@ def main():
     ap.add_argument("--workers", default="1", help="comma-separated worker process counts (e.g. 1,2,4)")
     ap.add_argument("--concurrency", default="100", help="worker-concurrent at each of these (e.g. 10,100,1000)")
     ap.add_argument("--rate", type=int, default=1000, help="job-latency: jobs/s added")
+    ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
+                    help="also run this bullpen binary with echo-rust.wasm as contender NAME (A/B of host builds)")
     ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
     a = ap.parse_args()
     if a.smoke:
@@ -163,7 +170,7 @@ def main():
         for sname, (conc, jobs) in names.items():
             rows = []
             if sname == "job-latency":
-                for name, cmd in contenders(conc).items():
+                for name, cmd in contenders(conc, a.bin).items():
                     if a.only and name not in a.only.split(","):
                         continue
                     rows.append(run_latency(name, cmd, jobs, port, a.rate))
@@ -178,7 +185,7 @@ def main():
                 results[sname] = rows
                 continue
             for k in [int(x) for x in a.workers.split(",")]:
-                for name, cmd in contenders(conc).items():
+                for name, cmd in contenders(conc, a.bin).items():
                     if a.only and name not in a.only.split(","):
                         continue
                     rows.append(run_one(f"{name}", cmd, jobs, port, k))
