@@ -25,6 +25,7 @@ many worker processes on the queue (the scaling curve). Needs
 `bash scripts/setup.sh` (release host, plugins, tests/node) and
 `cargo build --release -p bullpen-bench-native`.
 """
+import statistics
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +146,8 @@ def main():
     ap.add_argument("--rate", type=int, default=1000, help="job-latency: jobs/s added")
     ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
                     help="also run this bullpen binary with echo-rust.wasm as contender NAME (A/B of host builds)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="worker-concurrent/-generic: run the contenders this many rounds, interleaved, and print the medians")
     ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
     a = ap.parse_args()
     if a.smoke:
@@ -184,20 +187,35 @@ def main():
                         bad.append(f"{sname}/{r['name']}")
                 results[sname] = rows
                 continue
-            for k in [int(x) for x in a.workers.split(",")]:
-                for name, cmd in contenders(conc, a.bin).items():
-                    if a.only and name not in a.only.split(","):
-                        continue
-                    rows.append(run_one(f"{name}", cmd, jobs, port, k))
-                    rcli(port, "FLUSHALL")
+            # Rounds interleave the contenders, so a machine that drifts
+            # (shared VMs do, by ±20% within minutes) drifts for all of them.
+            for rnd in range(a.repeat):
+                for k in [int(x) for x in a.workers.split(",")]:
+                    for name, cmd in contenders(conc, a.bin).items():
+                        if a.only and name not in a.only.split(","):
+                            continue
+                        rows.append({**run_one(f"{name}", cmd, jobs, port, k), "round": rnd + 1})
+                        rcli(port, "FLUSHALL")
             print(f"\n## {sname}: {jobs} jobs, concurrency {conc} per worker, one redis-server, {os.cpu_count()} cores")
             print(f"| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | Redis scripts/job | Redis CPU % | worker RSS MB | failed |")
             print(f"|---|---|---|---|---|---|---|---|---|---|")
             for r in rows:
-                base = next((b["jobs_per_s"] for b in rows if b["name"] == "node" and b["workers"] == r["workers"]), None)
-                ratio = f"{r['jobs_per_s'] / base:.2f}x" if base else "-"
-                print(f"| {r['name']} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['scripts_per_job']:.2f} | "
+                base = next((b["jobs_per_s"] for b in rows if b["name"] == "node" and b["workers"] == r["workers"] and b["round"] == r["round"]), None)
+                r["vs_node"] = r["jobs_per_s"] / base if base else None
+                ratio = f"{r['vs_node']:.2f}x" if base else "-"
+                label = r["name"] + (f" (round {r['round']})" if a.repeat > 1 else "")
+                print(f"| {label} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['scripts_per_job']:.2f} | "
                       f"{r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
+            if a.repeat > 1:
+                print(f"\nMedians over {a.repeat} rounds (vs node: the median of each round's ratio):")
+                print("| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | worker RSS MB |")
+                print("|---|---|---|---|---|---|---|")
+                med = lambda xs: statistics.median(xs) if xs else float("nan")
+                for key in dict.fromkeys((r["name"], r["workers"]) for r in rows):
+                    rs = [r for r in rows if (r["name"], r["workers"]) == key]
+                    vs = [r["vs_node"] for r in rs if r["vs_node"] is not None]
+                    print(f"| {key[0]} | {key[1]} | {med([r['jobs_per_s'] for r in rs]):.0f} | {med(vs):.2f}x | {med([r['worker_cpu_us'] for r in rs]):.1f} | "
+                          f"{med([r['redis_cpu_us'] for r in rs]):.1f} | {med([r['rss_mb'] for r in rs]):.0f} |")
             bad += [f"{sname}/{r['name']}" for r in rows if r["failed"]]
             results[sname] = rows
         print("\n" + json.dumps(results))

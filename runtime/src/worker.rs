@@ -104,6 +104,7 @@ impl Binding {
             config.lock_duration_ms,
             config.child_queues.clone(),
         ));
+        let preludes = shared.clone();
         let attempts = Arc::new(Attempts { engine, slot: slot.clone(), shared, queue: config.queue.clone() });
         let processor = move |job: bullmq::Job, cancel: CancellationToken| {
             let attempts = attempts.clone();
@@ -118,6 +119,7 @@ impl Binding {
         opts.max_stalled_count = config.max_stalled_count;
         opts.max_started_attempts = config.max_started_attempts;
         opts.name = config.name.clone();
+        opts.finish_prelude = Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id)));
         let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
         drain_worker_events(worker.clone(), config.queue.clone());
         Ok(Binding { worker, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
@@ -263,8 +265,19 @@ impl Attempts {
         // client that sees `completed` also sees the lines (and the plugin
         // digest line, when nothing was logged yet). After a move the
         // lock is gone, so late output is dropped rather than written unchecked.
+        // The return value, checked before anything is written: only an
+        // attempt that will reach moveToFinished(completed) leaves its writes
+        // to go in one round trip with it (a prelude nobody takes is lost).
+        let completed = match &called {
+            Ok(Ok(Outcome::Completed(json))) => Some(return_value(json, limits)),
+            _ => None,
+        };
         if !ctx.lock_lost && ctx.moved.is_none() {
-            match ctx.flush(lines.clone()).await {
+            let flushed = match &completed {
+                Some(Ok(_)) => ctx.flush_with_finish(lines.clone()),
+                _ => ctx.flush(lines.clone()).await,
+            };
+            match flushed {
                 Ok(()) | Err(wit::JobError::LockLost) => {}
                 Err(e) => warn!(error = ?e, "could not write the attempt's log lines and progress"),
             }
@@ -295,18 +308,7 @@ impl Attempts {
         };
         let moved = ctx.moved;
         match result {
-            Ok(Outcome::Completed(json)) => {
-                if json.len() > limits.max_payload_bytes {
-                    return Err(bullmq::Error::ProcessingError(format!(
-                        "return value is {} bytes; the limit is {}",
-                        json.len(),
-                        limits.max_payload_bytes
-                    )));
-                }
-                serde_json::from_str(&json).map_err(|e| {
-                    bullmq::Error::Unrecoverable(AttemptError::BadOutput(format!("return value is not valid JSON: {e}")).to_string())
-                })
-            }
+            Ok(Outcome::Completed(_)) => completed.expect("checked above"),
             Ok(Outcome::Moved) => match moved {
                 Some(Moved::Delayed) => Err(bullmq::Error::Delayed),
                 Some(Moved::WaitingChildren) => Err(bullmq::Error::WaitingChildren),
@@ -445,6 +447,20 @@ impl Attempts {
                 .map_err(|e| AttemptError::BadData(format!("{e} (data starts with {:?})", crate::sandbox::truncate_utf8(&raw, 40)))),
         }
     }
+}
+
+/// A completed attempt's return value as BullMQ stores it, or why it cannot be.
+fn return_value(json: &str, limits: &Limits) -> BullResult {
+    if json.len() > limits.max_payload_bytes {
+        return Err(bullmq::Error::ProcessingError(format!(
+            "return value is {} bytes; the limit is {}",
+            json.len(),
+            limits.max_payload_bytes
+        )));
+    }
+    serde_json::from_str(json).map_err(|e| {
+        bullmq::Error::Unrecoverable(AttemptError::BadOutput(format!("return value is not valid JSON: {e}")).to_string())
+    })
 }
 
 /// The `kind` label of a trap, from the reason `with_trap` wrote.

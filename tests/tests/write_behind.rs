@@ -1,7 +1,7 @@
 //! Write-behind of `log` and `update-progress` (runtime/src/host/write_behind.rs):
 //! BullMQ clients still see every line and every progress event, in order,
 //! while a long attempt runs; a short attempt costs one Redis script besides
-//! its finish.
+//! its finish, sent in the same round trip as the finish.
 
 use std::time::{Duration, Instant};
 
@@ -111,4 +111,70 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
     assert_eq!(j["attemptsMade"], 1, "the abandoned attempt was neither completed nor failed");
     let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).filter(|l| !l.starts_with("bullpen: ")).collect();
     assert_eq!(logs, ["hog: step 1", "hog: step 1", "hog: step 2", "hog: step 3"], "nothing the first attempt queued after the loss was written");
+}
+
+/// A completed attempt's pending writes go to Redis in the same round trip
+/// as its finish: on bullmq-official's connection, as the command just
+/// before the job's moveToFinished (`WorkerOptions::finish_prelude`, a
+/// patch in vendor/bullmq-official). Seen with MONITOR: for every job, the
+/// flush script that writes its log is immediately followed, from the same
+/// client, by the moveToFinished that completes it. Then the script cache is
+/// emptied (as a Redis restart does) and the next jobs still complete with
+/// every line: the flush is an EVAL, and moveToFinished falls back to EVAL.
+#[test]
+fn a_completed_attempt_sends_its_writes_with_its_finish() {
+    let redis = Redis::start();
+    let n = 20;
+    let monitor_out = tempfile::NamedTempFile::new().unwrap();
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(monitor_out.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _w = Worker::start(&redis, "one", &plugin("echo", "rust"), &[]);
+    let jobs: Vec<Value> = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+    let ids = node_add(&redis, "one", Value::Array(jobs));
+    wait_finished(&redis, "one", &ids, T);
+    terminate(&mut monitor);
+    let log = std::fs::read_to_string(monitor_out.path()).unwrap();
+    // `<time> [<db> <client>] "<command>" "<arg>" ...`
+    let lines: Vec<(&str, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" [")?.1;
+            let (who, cmd) = rest.split_once("] ")?;
+            Some((who.split(' ').nth(1)?, cmd))
+        })
+        .collect();
+    for id in &ids {
+        let logs_key = format!("\"bull:one:{id}:logs\"");
+        let flush = lines
+            .iter()
+            .position(|(_, c)| c.starts_with("\"EVAL\"") && c.contains(&logs_key))
+            .unwrap_or_else(|| panic!("no EVAL wrote job {id}'s log"));
+        let (client, _) = lines[flush];
+        let next = lines[flush + 1..].iter().find(|(who, _)| *who == client).expect("nothing after the flush");
+        assert!(
+            next.1.starts_with("\"EVALSHA\"") && next.1.contains(&format!("\"bull:one:{id}\"")) && next.1.contains("\"completed\""),
+            "job {id}: the command after its flush, from the same client, is not its moveToFinished: {}",
+            &next.1[..next.1.len().min(200)]
+        );
+    }
+    let v = inspect(&redis, "one", &ids);
+    for j in v["jobs"].as_array().unwrap() {
+        assert_eq!(j["state"], "completed", "{j:#}");
+        assert_eq!(j["logs"].as_array().unwrap().len(), 2, "digest line + echo's line: {j:#}");
+    }
+
+    let mut c = redis.conn();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).unwrap();
+    let jobs: Vec<Value> = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+    let ids = node_add(&redis, "one", Value::Array(jobs));
+    let v = wait_finished(&redis, "one", &ids, T);
+    for j in v["jobs"].as_array().unwrap() {
+        assert_eq!(j["state"], "completed", "{j:#}");
+        assert_eq!(j["progress"], 100, "{j:#}");
+        assert_eq!(j["logs"].as_array().unwrap().len(), 2, "after SCRIPT FLUSH: {j:#}");
+    }
 }

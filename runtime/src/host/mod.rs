@@ -40,15 +40,19 @@ pub struct Scripts {
     update_data: redis::Script,
     /// Pending log lines and progress values (see [`write_behind`]).
     pub(crate) flush: redis::Script,
+    /// `flush`'s source, for the `EVAL` sent ahead of a finish.
+    pub(crate) flush_source: String,
     check_lock: redis::Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        let s = |body: &str| redis::Script::new(&format!("{CHECK_LOCK}\n{body}"));
+        let src = |body: &str| format!("{CHECK_LOCK}\n{body}");
+        let s = |body: &str| redis::Script::new(&src(body));
         Scripts {
             update_data: s(include_str!("lua/update_data.lua")),
             flush: s(include_str!("lua/flush.lua")),
+            flush_source: src(include_str!("lua/flush.lua")),
             check_lock: s(include_str!("lua/check_only.lua")),
         }
     }
@@ -74,6 +78,10 @@ pub struct Shared {
     pub child_queues: ChildQueues,
     /// One `Queue` handle per child queue, created on first use.
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// A completed attempt's last pending writes, by job id, for the worker
+    /// to send in the same round trip as the job's `moveToFinished`
+    /// (`WriteBehind::finish_prelude`; taken by `take_finish_prelude`).
+    finish_preludes: std::sync::Mutex<HashMap<String, redis::Cmd>>,
 }
 
 /// Which queues a guest may add children to.
@@ -118,7 +126,23 @@ impl Shared {
             lock_duration_ms,
             child_queues,
             queues: Mutex::new(HashMap::new()),
+            finish_preludes: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keep `cmd` to go ahead of job `id`'s `moveToFinished`.
+    pub(crate) fn set_finish_prelude(&self, id: &str, cmd: redis::Cmd) {
+        self.finish_preludes.lock().unwrap().insert(id.to_string(), cmd);
+    }
+
+    /// What bullmq-official sends ahead of job `id`'s `moveToFinished`
+    /// (its `WorkerOptions::finish_prelude`, a bullpen patch).
+    pub(crate) fn take_finish_prelude(&self, id: &str) -> Option<redis::Cmd> {
+        let mut m = self.finish_preludes.lock().unwrap();
+        if m.is_empty() {
+            return None;
+        }
+        m.remove(id)
     }
 
     async fn queue(&self, name: &str) -> Result<Arc<Queue>, bullmq::Error> {
@@ -240,6 +264,22 @@ impl JobContext {
         self.check_found()?;
         let code = self.pending.flush(extra).await?;
         self.code_to_result(code).map(|_| ())
+    }
+
+    /// Like [`flush`](Self::flush), for an attempt that completed: the
+    /// writes go to the worker, which sends them in the same round trip as,
+    /// and just before, the job's `moveToFinished` (one round trip for a
+    /// short job instead of two). The script is the same lock-checked one;
+    /// a lock lost by then fails both it and the finish.
+    pub(crate) fn flush_with_finish(&mut self, extra: Vec<String>) -> Result<(), JobError> {
+        if self.lock_lost {
+            return Err(JobError::LockLost);
+        }
+        self.check_found()?;
+        if let Some(cmd) = self.pending.finish_prelude(extra) {
+            self.shared.set_finish_prelude(&self.id, cmd);
+        }
+        Ok(())
     }
 
     /// Run one of bullpen's lock-checked scripts with KEYS = [job, lock, extra...]

@@ -12,7 +12,9 @@
 //! - before any other host call that writes or moves the job (`update-data`,
 //!   `add-child`, `move-to-delayed`, `wait-for-children`), so order holds;
 //! - at the end of the attempt, with the captured stdout/stderr, before the
-//!   job is finished (a client that sees `completed` sees the lines);
+//!   job is finished (a client that sees `completed` sees the lines). For a
+//!   completed attempt that write goes in the same round trip as, and just
+//!   before, the job's `moveToFinished` ([`WriteBehind::finish_prelude`]).
 //! - [`WRITE_BEHIND`] after the oldest pending write, even while the guest
 //!   computes or sleeps (`call_process` runs the flush with the guest paused);
 //! - when [`MAX_PENDING_BYTES`] are pending.
@@ -138,37 +140,40 @@ impl WriteBehind {
         self.pending.lock().unwrap().found.take()
     }
 
+    /// Take everything pending, then `extra`: the log lines (the digest
+    /// line first, with the attempt's first batch) and progress values.
+    fn take(&self, extra: Vec<String>) -> Option<(Vec<String>, Vec<String>)> {
+        let mut p = self.pending.lock().unwrap();
+        let mut lines = Vec::with_capacity(1 + p.logs.len() + extra.len());
+        let logs = std::mem::take(&mut p.logs);
+        let progress = std::mem::take(&mut p.progress);
+        // The digest line goes with the attempt's first flush, even an
+        // empty one, so every attempt records the version that ran it.
+        lines.extend(p.digest_line.take());
+        lines.extend(logs);
+        lines.extend(extra);
+        p.bytes = 0;
+        p.since = None;
+        (!lines.is_empty() || !progress.is_empty()).then_some((lines, progress))
+    }
+
+    /// ARGV of `flush.lua` for one batch (KEYS are `self.keys`).
+    fn argv<'a>(&'a self, n: &'a str, lines: &'a [String], progress: &'a [String]) -> impl Iterator<Item = &'a str> {
+        [self.token.as_str(), &self.keep_logs, &self.id, n].into_iter().chain(lines.iter().chain(progress).map(String::as_str))
+    }
+
     /// Write everything pending, then `extra` (captured output), in one
     /// lock-checked script. Returns the script's code (negative: lock lost
     /// or job gone, as BullMQ's codes) or Redis being unavailable.
     pub(crate) async fn flush(&self, extra: Vec<String>) -> Result<i64, JobError> {
-        let (lines, progress) = {
-            let mut p = self.pending.lock().unwrap();
-            let mut lines = Vec::with_capacity(1 + p.logs.len() + extra.len());
-            let logs = std::mem::take(&mut p.logs);
-            let progress = std::mem::take(&mut p.progress);
-            // The digest line goes with the attempt's first flush, even an
-            // empty one, so every attempt records the version that ran it.
-            lines.extend(p.digest_line.take());
-            lines.extend(logs);
-            lines.extend(extra);
-            p.bytes = 0;
-            p.since = None;
-            (lines, progress)
-        };
-        if lines.is_empty() && progress.is_empty() {
-            return Ok(0);
-        }
+        let Some((lines, progress)) = self.take(extra) else { return Ok(0) };
         let mut inv = self.shared.scripts.flush.prepare_invoke();
         for k in &self.keys {
             inv.key(k);
         }
-        inv.arg(&self.token).arg(&self.keep_logs).arg(&self.id).arg(lines.len());
-        for l in &lines {
-            inv.arg(l);
-        }
-        for p in &progress {
-            inv.arg(p);
+        let n = lines.len().to_string();
+        for a in self.argv(&n, &lines, &progress) {
+            inv.arg(a);
         }
         with_reconnect(|| {
             let mut conn = self.shared.redis.clone();
@@ -177,6 +182,22 @@ impl WriteBehind {
         })
         .await
         .map_err(|e| JobError::Unavailable(format!("redis: {e}")))
+    }
+
+    /// The same write as [`flush`](Self::flush), as a command for the
+    /// worker to send in one round trip just before the job's
+    /// `moveToFinished` (`Shared::finish_preludes`). An `EVAL`, not an
+    /// `EVALSHA`: a script cache emptied by a Redis restart must not let the
+    /// finish run without it. `None` when nothing is pending.
+    pub(crate) fn finish_prelude(&self, extra: Vec<String>) -> Option<redis::Cmd> {
+        let (lines, progress) = self.take(extra)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.shared.scripts.flush_source).arg(self.keys.len()).arg(&self.keys);
+        let n = lines.len().to_string();
+        for a in self.argv(&n, &lines, &progress) {
+            cmd.arg(a);
+        }
+        Some(cmd)
     }
 
     /// The [`WRITE_BEHIND`] flush, run by `call_process` while the guest is
@@ -208,3 +229,4 @@ pub(crate) async fn drive<F: std::future::Future>(wb: Option<Arc<WriteBehind>>, 
         }
     }
 }
+

@@ -43,6 +43,12 @@ pub struct RepeatJobOptions {
     pub limit: Option<u64>,
 }
 
+/// bullpen patch (PATCHES.md): a command to send in the same round trip as,
+/// and just before, the `moveToFinished` of the job with this id — for
+/// writes the processor left pending that must land before the job finishes.
+/// Called once per `moveToFinished`; `None` sends it alone, as upstream does.
+pub type FinishPreludeFn = Arc<dyn Fn(&str) -> Option<redis::Cmd> + Send + Sync>;
+
 /// Custom backoff strategy function type.
 ///
 /// Arguments: (attempts_made, backoff_type, error_message, job_data)
@@ -509,6 +515,8 @@ pub struct WorkerOptions {
     pub run_retry_delay: u64,
     /// Custom backoff strategy function for job retries.
     pub backoff_strategy: Option<BackoffStrategyFn>,
+    /// bullpen patch: see [`FinishPreludeFn`].
+    pub finish_prelude: Option<FinishPreludeFn>,
     /// Rate limiter options (max jobs per duration window).
     pub limiter: Option<RateLimiterOptions>,
     /// Maximum delay in ms to wait when rate limited (default 30_000).
@@ -565,6 +573,7 @@ impl Default for WorkerOptions {
             remove_on_fail: None,
             run_retry_delay: 15_000,
             backoff_strategy: None,
+            finish_prelude: None,
             limiter: None,
             maximum_rate_limit_delay: 30_000,
             metrics: None,
@@ -583,6 +592,7 @@ impl std::fmt::Debug for WorkerOptions {
             .field("drain_delay", &self.drain_delay)
             .field("autorun", &self.autorun)
             .field("backoff_strategy", &self.backoff_strategy.is_some())
+            .field("finish_prelude", &self.finish_prelude.is_some())
             .finish_non_exhaustive()
     }
 }

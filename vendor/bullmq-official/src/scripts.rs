@@ -74,6 +74,49 @@ impl LuaScript {
     }
 }
 
+impl LuaScript {
+    /// bullpen patch (PATCHES.md): send `prelude`, then this script, in one
+    /// round trip on one connection, so Redis runs them in that order. The
+    /// prelude's own reply is not the caller's concern: an error reply is
+    /// logged and this script's reply is returned as [`execute`] would. A
+    /// NOSCRIPT reply for this script falls back to [`execute`] (EVAL); the
+    /// prelude should be an `EVAL`, never NOSCRIPT, so it cannot fail to run
+    /// ahead of a script that ran.
+    ///
+    /// [`execute`]: LuaScript::execute
+    pub async fn execute_after<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        prelude: redis::Cmd,
+        keys: &[impl redis::ToRedisArgs],
+        args: &[impl redis::ToRedisArgs],
+    ) -> Result<redis::Value, Error> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(self.num_keys);
+        for key in keys {
+            cmd.arg(key);
+        }
+        for arg in args {
+            cmd.arg(arg);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(prelude).add_command(cmd).ignore_errors();
+        let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        let reply = replies.pop();
+        if let Some(redis::Value::ServerError(e)) = replies.pop() {
+            tracing::warn!(error = ?e, script = %self.name, "the command sent ahead of this script failed");
+        }
+        match reply {
+            Some(redis::Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+                self.execute(conn, keys, args).await
+            }
+            Some(redis::Value::ServerError(e)) => Err(Error::Redis(e.into())),
+            Some(v) => Ok(v),
+            None => Err(Error::InvalidConfig("empty pipeline reply".to_string())),
+        }
+    }
+}
+
 /// Registry of all BullMQ Lua scripts.
 ///
 /// Scripts execute via EVALSHA and lazily fall back to EVAL on NOSCRIPT.

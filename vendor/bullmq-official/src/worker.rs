@@ -1911,7 +1911,11 @@ impl Worker {
         ];
 
         let mut redis_conn = conn.connection();
-        let result = script.execute(&mut redis_conn, &script_keys, &args).await?;
+        // bullpen patch: the prelude, if any, goes in the same round trip.
+        let result = match opts.finish_prelude.as_ref().and_then(|f| f(job_id)) {
+            None => script.execute(&mut redis_conn, &script_keys, &args).await?,
+            Some(prelude) => script.execute_after(&mut redis_conn, prelude, &script_keys, &args).await?,
+        };
 
         match result {
             redis::Value::Int(code) if code < 0 => Err(Error::from_script_code(code)),
