@@ -120,7 +120,8 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
 /// flush script that writes its log is immediately followed, from the same
 /// client, by the moveToFinished that completes it. Then the script cache is
 /// emptied (as a Redis restart does) and the next jobs still complete with
-/// every line: the flush is an EVAL, and moveToFinished falls back to EVAL.
+/// every line: both scripts get NOSCRIPT, and the flush is run (EVAL) before
+/// moveToFinished falls back to EVAL.
 #[test]
 fn a_completed_attempt_sends_its_writes_with_its_finish() {
     let redis = Redis::start();
@@ -151,8 +152,8 @@ fn a_completed_attempt_sends_its_writes_with_its_finish() {
         let logs_key = format!("\"bull:one:{id}:logs\"");
         let flush = lines
             .iter()
-            .position(|(_, c)| c.starts_with("\"EVAL\"") && c.contains(&logs_key))
-            .unwrap_or_else(|| panic!("no EVAL wrote job {id}'s log"));
+            .position(|(_, c)| c.starts_with("\"EVALSHA\"") && c.contains(&logs_key))
+            .unwrap_or_else(|| panic!("no script wrote job {id}'s log"));
         let (client, _) = lines[flush];
         let next = lines[flush + 1..].iter().find(|(who, _)| *who == client).expect("nothing after the flush");
         assert!(

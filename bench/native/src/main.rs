@@ -3,6 +3,9 @@
 //! 100, return the data) until SIGTERM. The no-Wasm ceiling for bench/run.py.
 use bullmq::{Job, JobProgress, Worker, WorkerOptions};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -40,8 +40,9 @@ pub struct Scripts {
     update_data: redis::Script,
     /// Pending log lines and progress values (see [`write_behind`]).
     pub(crate) flush: redis::Script,
-    /// `flush`'s source, for the `EVAL` sent ahead of a finish.
-    pub(crate) flush_source: String,
+    /// `flush`'s source and SHA1, for the flush sent ahead of a finish.
+    pub(crate) flush_source: Arc<str>,
+    pub(crate) flush_sha: Arc<str>,
     check_lock: redis::Script,
 }
 
@@ -52,7 +53,8 @@ impl Scripts {
         Scripts {
             update_data: s(include_str!("lua/update_data.lua")),
             flush: s(include_str!("lua/flush.lua")),
-            flush_source: src(include_str!("lua/flush.lua")),
+            flush_source: src(include_str!("lua/flush.lua")).into(),
+            flush_sha: redis::Script::new(&src(include_str!("lua/flush.lua"))).get_hash().into(),
             check_lock: s(include_str!("lua/check_only.lua")),
         }
     }
@@ -81,7 +83,7 @@ pub struct Shared {
     /// A completed attempt's last pending writes, by job id, for the worker
     /// to send in the same round trip as the job's `moveToFinished`
     /// (`WriteBehind::finish_prelude`; taken by `take_finish_prelude`).
-    finish_preludes: std::sync::Mutex<HashMap<String, redis::Cmd>>,
+    finish_preludes: std::sync::Mutex<HashMap<String, bullmq::FinishPrelude>>,
 }
 
 /// Which queues a guest may add children to.
@@ -131,13 +133,13 @@ impl Shared {
     }
 
     /// Keep `cmd` to go ahead of job `id`'s `moveToFinished`.
-    pub(crate) fn set_finish_prelude(&self, id: &str, cmd: redis::Cmd) {
+    pub(crate) fn set_finish_prelude(&self, id: &str, cmd: bullmq::FinishPrelude) {
         self.finish_preludes.lock().unwrap().insert(id.to_string(), cmd);
     }
 
     /// What bullmq-official sends ahead of job `id`'s `moveToFinished`
     /// (its `WorkerOptions::finish_prelude`, a bullpen patch).
-    pub(crate) fn take_finish_prelude(&self, id: &str) -> Option<redis::Cmd> {
+    pub(crate) fn take_finish_prelude(&self, id: &str) -> Option<bullmq::FinishPrelude> {
         let mut m = self.finish_preludes.lock().unwrap();
         if m.is_empty() {
             return None;

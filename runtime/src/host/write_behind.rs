@@ -140,39 +140,38 @@ impl WriteBehind {
         self.pending.lock().unwrap().found.take()
     }
 
-    /// Take everything pending, then `extra`: the log lines (the digest
-    /// line first, with the attempt's first batch) and progress values.
-    fn take(&self, extra: Vec<String>) -> Option<(Vec<String>, Vec<String>)> {
+    /// Take everything pending, then `extra`, as `flush.lua`'s ARGV: token,
+    /// keepLogs, job id, the number of log lines, the lines (the digest line
+    /// first, with the attempt's first batch), the progress values.
+    fn take(&self, extra: Vec<String>) -> Option<Vec<String>> {
         let mut p = self.pending.lock().unwrap();
-        let mut lines = Vec::with_capacity(1 + p.logs.len() + extra.len());
-        let logs = std::mem::take(&mut p.logs);
-        let progress = std::mem::take(&mut p.progress);
+        if p.digest_line.is_none() && p.logs.is_empty() && p.progress.is_empty() && extra.is_empty() {
+            return None;
+        }
+        let n = usize::from(p.digest_line.is_some()) + p.logs.len() + extra.len();
+        let mut argv = Vec::with_capacity(4 + n + p.progress.len());
+        argv.extend([self.token.clone(), self.keep_logs.clone(), self.id.clone(), n.to_string()]);
         // The digest line goes with the attempt's first flush, even an
         // empty one, so every attempt records the version that ran it.
-        lines.extend(p.digest_line.take());
-        lines.extend(logs);
-        lines.extend(extra);
+        argv.extend(p.digest_line.take());
+        argv.append(&mut p.logs);
+        argv.extend(extra);
+        argv.append(&mut p.progress);
         p.bytes = 0;
         p.since = None;
-        (!lines.is_empty() || !progress.is_empty()).then_some((lines, progress))
-    }
-
-    /// ARGV of `flush.lua` for one batch (KEYS are `self.keys`).
-    fn argv<'a>(&'a self, n: &'a str, lines: &'a [String], progress: &'a [String]) -> impl Iterator<Item = &'a str> {
-        [self.token.as_str(), &self.keep_logs, &self.id, n].into_iter().chain(lines.iter().chain(progress).map(String::as_str))
+        Some(argv)
     }
 
     /// Write everything pending, then `extra` (captured output), in one
     /// lock-checked script. Returns the script's code (negative: lock lost
     /// or job gone, as BullMQ's codes) or Redis being unavailable.
     pub(crate) async fn flush(&self, extra: Vec<String>) -> Result<i64, JobError> {
-        let Some((lines, progress)) = self.take(extra) else { return Ok(0) };
+        let Some(argv) = self.take(extra) else { return Ok(0) };
         let mut inv = self.shared.scripts.flush.prepare_invoke();
         for k in &self.keys {
             inv.key(k);
         }
-        let n = lines.len().to_string();
-        for a in self.argv(&n, &lines, &progress) {
+        for a in &argv {
             inv.arg(a);
         }
         with_reconnect(|| {
@@ -184,20 +183,18 @@ impl WriteBehind {
         .map_err(|e| JobError::Unavailable(format!("redis: {e}")))
     }
 
-    /// The same write as [`flush`](Self::flush), as a command for the
-    /// worker to send in one round trip just before the job's
-    /// `moveToFinished` (`Shared::finish_preludes`). An `EVAL`, not an
-    /// `EVALSHA`: a script cache emptied by a Redis restart must not let the
-    /// finish run without it. `None` when nothing is pending.
-    pub(crate) fn finish_prelude(&self, extra: Vec<String>) -> Option<redis::Cmd> {
-        let (lines, progress) = self.take(extra)?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(&self.shared.scripts.flush_source).arg(self.keys.len()).arg(&self.keys);
-        let n = lines.len().to_string();
-        for a in self.argv(&n, &lines, &progress) {
-            cmd.arg(a);
-        }
-        Some(cmd)
+    /// The same write as [`flush`](Self::flush), for the worker to send in
+    /// one round trip just before the job's `moveToFinished`
+    /// (`Shared::finish_preludes`). `None` when nothing is pending.
+    pub(crate) fn finish_prelude(&self, extra: Vec<String>) -> Option<bullmq::FinishPrelude> {
+        let args = self.take(extra)?;
+        let scripts = &self.shared.scripts;
+        Some(bullmq::FinishPrelude {
+            source: scripts.flush_source.clone(),
+            sha: scripts.flush_sha.clone(),
+            keys: self.keys.to_vec(),
+            args,
+        })
     }
 
     /// The [`WRITE_BEHIND`] flush, run by `call_process` while the guest is

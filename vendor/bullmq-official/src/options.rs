@@ -43,11 +43,24 @@ pub struct RepeatJobOptions {
     pub limit: Option<u64>,
 }
 
-/// bullpen patch (PATCHES.md): a command to send in the same round trip as,
-/// and just before, the `moveToFinished` of the job with this id — for
+/// bullpen patch (PATCHES.md): a Lua script to run just before a job's
+/// `moveToFinished`, in the same round trip on the same connection — for
 /// writes the processor left pending that must land before the job finishes.
-/// Called once per `moveToFinished`; `None` sends it alone, as upstream does.
-pub type FinishPreludeFn = Arc<dyn Fn(&str) -> Option<redis::Cmd> + Send + Sync>;
+#[derive(Debug, Clone)]
+pub struct FinishPrelude {
+    /// The script's source, sent (EVAL) only when Redis does not have it cached.
+    pub source: Arc<str>,
+    /// SHA1 of `source` (EVALSHA).
+    pub sha: Arc<str>,
+    /// KEYS.
+    pub keys: Vec<String>,
+    /// ARGV.
+    pub args: Vec<String>,
+}
+
+/// bullpen patch: asked once per `moveToFinished` with the job id; `None`
+/// finishes the job alone, as upstream does.
+pub type FinishPreludeFn = Arc<dyn Fn(&str) -> Option<FinishPrelude> + Send + Sync>;
 
 /// Custom backoff strategy function type.
 ///

@@ -75,22 +75,28 @@ impl LuaScript {
 }
 
 impl LuaScript {
-    /// bullpen patch (PATCHES.md): send `prelude`, then this script, in one
+    /// bullpen patch (PATCHES.md): run `prelude`, then this script, in one
     /// round trip on one connection, so Redis runs them in that order. The
-    /// prelude's own reply is not the caller's concern: an error reply is
-    /// logged and this script's reply is returned as [`execute`] would. A
-    /// NOSCRIPT reply for this script falls back to [`execute`] (EVAL); the
-    /// prelude should be an `EVAL`, never NOSCRIPT, so it cannot fail to run
-    /// ahead of a script that ran.
+    /// prelude's own reply is not the caller's concern (an error reply is
+    /// logged); this script's reply is returned as [`execute`] would.
+    ///
+    /// NOSCRIPT (a Redis restart or SCRIPT FLUSH emptied the script cache):
+    /// when this script did not run, the prelude runs first via EVAL if it
+    /// needs to, then this script via [`execute`]. When this script ran but
+    /// the prelude did not — the cache emptied and this script reloaded by
+    /// another client in between — the prelude's writes are lost and logged,
+    /// and the prelude is loaded again for the next job.
     ///
     /// [`execute`]: LuaScript::execute
     pub async fn execute_after<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        prelude: redis::Cmd,
+        prelude: crate::options::FinishPrelude,
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
+        let mut pre = redis::cmd("EVALSHA");
+        pre.arg(&*prelude.sha).arg(prelude.keys.len()).arg(&prelude.keys).arg(&prelude.args);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.sha).arg(self.num_keys);
         for key in keys {
@@ -100,16 +106,33 @@ impl LuaScript {
             cmd.arg(arg);
         }
         let mut pipe = redis::pipe();
-        pipe.add_command(prelude).add_command(cmd).ignore_errors();
+        pipe.add_command(pre).add_command(cmd).ignore_errors();
         let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-        let reply = replies.pop();
-        if let Some(redis::Value::ServerError(e)) = replies.pop() {
-            tracing::warn!(error = ?e, script = %self.name, "the command sent ahead of this script failed");
+        let (reply, pre_reply) = (replies.pop(), replies.pop());
+        let noscript =
+            |v: &Option<redis::Value>| matches!(v, Some(redis::Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript));
+        let prelude_script = || LuaScript {
+            name: "finish prelude".to_string(),
+            num_keys: prelude.keys.len(),
+            content: prelude.source.to_string(),
+            sha: prelude.sha.to_string(),
+        };
+        if noscript(&reply) {
+            if noscript(&pre_reply) {
+                if let Err(e) = prelude_script().execute(conn, &prelude.keys, &prelude.args).await {
+                    tracing::warn!(error = %e, script = %self.name, "the script sent ahead of this one failed");
+                }
+            }
+            return self.execute(conn, keys, args).await;
+        }
+        if noscript(&pre_reply) {
+            tracing::warn!(script = %self.name, "Redis's script cache was emptied: the writes sent ahead of this script were lost");
+            // Loads it (the lock-checked prelude writes nothing now).
+            let _ = prelude_script().execute(conn, &prelude.keys, &prelude.args).await;
+        } else if let Some(redis::Value::ServerError(e)) = pre_reply {
+            tracing::warn!(error = ?e, script = %self.name, "the script sent ahead of this one failed");
         }
         match reply {
-            Some(redis::Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
-                self.execute(conn, keys, args).await
-            }
             Some(redis::Value::ServerError(e)) => Err(Error::Redis(e.into())),
             Some(v) => Ok(v),
             None => Err(Error::InvalidConfig("empty pipeline reply".to_string())),
