@@ -75,7 +75,27 @@ fn memory_buckets() -> Histogram {
     Histogram::new(exponential_buckets(65_536.0, 2.0, 15))
 }
 
+/// One queue's per-attempt histograms, looked up once per binding: an
+/// attempt then records without hashing labels or cloning the queue name.
+/// (A `Histogram` clone shares its counts with the family's entry.)
+#[derive(Clone)]
+pub struct QueueHistograms {
+    pub attempt_seconds: Histogram,
+    pub instantiate_seconds: Histogram,
+    pub memory_peak_bytes: Histogram,
+}
+
 impl Metrics {
+    /// `queue`'s histograms (created in the registry if new).
+    pub fn queue_histograms(&self, queue: &str) -> QueueHistograms {
+        let l = QueueLabels { queue: queue.to_string() };
+        QueueHistograms {
+            attempt_seconds: self.attempt_seconds.get_or_create(&l).clone(),
+            instantiate_seconds: self.instantiate_seconds.get_or_create(&l).clone(),
+            memory_peak_bytes: self.memory_peak_bytes.get_or_create(&l).clone(),
+        }
+    }
+
     fn new() -> Metrics {
         let mut registry = Registry::default();
         let jobs = Family::<JobLabels, Counter>::default();

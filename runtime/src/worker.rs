@@ -22,7 +22,7 @@ use crate::conn::RedisTarget;
 use crate::error::AttemptError;
 use crate::host::retry::{attempts_remain, random_unit, Backoff};
 use crate::host::{Backend, ChildQueues, JobContext, Moved, Shared};
-use crate::metrics::{self, AttemptRecord, JobLabels, LimitLabels, QueueLabels, TrapLabels};
+use crate::metrics::{self, AttemptRecord, JobLabels, LimitLabels, TrapLabels};
 use crate::plugin::Plugin;
 use crate::registry::PluginSlot;
 use crate::sandbox::{CapturedOutput, HostState, Limits};
@@ -87,6 +87,7 @@ struct Attempts {
     slot: Arc<PluginSlot>,
     shared: Arc<Shared>,
     queue: String,
+    histograms: metrics::QueueHistograms,
 }
 
 impl Binding {
@@ -105,7 +106,8 @@ impl Binding {
             config.child_queues.clone(),
         ));
         let preludes = shared.clone();
-        let attempts = Arc::new(Attempts { engine, slot: slot.clone(), shared, queue: config.queue.clone() });
+        let histograms = metrics::global().queue_histograms(&config.queue);
+        let attempts = Arc::new(Attempts { engine, slot: slot.clone(), shared, queue: config.queue.clone(), histograms });
         let processor = move |job: bullmq::Job, cancel: CancellationToken| {
             let attempts = attempts.clone();
             async move { attempts.run(job, cancel).await }
@@ -176,7 +178,7 @@ impl Attempts {
         // The plugin is taken once, here, so the span names the version
         // that runs the whole attempt even if a deploy lands meanwhile.
         let plugin = self.slot.current();
-        let digest = plugin.digest.clone();
+        let ran_plugin = plugin.clone();
         let span = info_span!("attempt", queue = %self.queue, job = %job.id(), attempt = job.attempts_made() + 1, digest = %plugin.digest);
         let will_retry = attempts_remain(&job);
         let started = Instant::now();
@@ -196,20 +198,20 @@ impl Attempts {
             rec.outcome = Some("handed_back");
             Err(bullmq::Error::RateLimited { delay_ms: 0 })
         });
-        span.in_scope(|| self.record(&digest, started.elapsed(), will_retry, &rec, &result));
+        span.in_scope(|| self.record(&ran_plugin.digest, started.elapsed(), will_retry, &rec, &result));
         result
     }
 
     /// Prometheus metrics for one finished attempt (see `metrics`).
     fn record(&self, digest: &str, took: Duration, will_retry: bool, rec: &AttemptRecord, result: &BullResult) {
         let m = metrics::global();
-        let queue = QueueLabels { queue: self.queue.clone() };
-        m.attempt_seconds.get_or_create(&queue).observe(took.as_secs_f64());
+        let h = &self.histograms;
+        h.attempt_seconds.observe(took.as_secs_f64());
         if let Some(d) = rec.instantiate {
-            m.instantiate_seconds.get_or_create(&queue).observe(d.as_secs_f64());
+            h.instantiate_seconds.observe(d.as_secs_f64());
         }
         if rec.memory_peak > 0 {
-            m.memory_peak_bytes.get_or_create(&queue).observe(rec.memory_peak as f64);
+            h.memory_peak_bytes.observe(rec.memory_peak as f64);
         }
         if let Some(kind) = rec.trap {
             m.traps.get_or_create(&TrapLabels { queue: self.queue.clone(), kind }).inc();
