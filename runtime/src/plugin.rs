@@ -4,7 +4,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
@@ -93,7 +93,8 @@ impl Plugin {
 /// Where precompiled components are kept: `$BULLPEN_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/bullpen`, else `~/.cache/bullpen`. `BULLPEN_CACHE_DIR=off`
 /// disables the cache. JS components take seconds to compile; loading their
-/// artifact takes about a millisecond.
+/// artifact takes about a millisecond. The cache is kept under
+/// [`cache_max_bytes`], least recently used artifacts evicted first.
 pub fn cache_dir() -> Option<PathBuf> {
     match std::env::var_os("BULLPEN_CACHE_DIR") {
         Some(v) if v == "off" => None,
@@ -120,7 +121,11 @@ fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Resu
         // engine configuration (the name carries its compatibility hash) for
         // exactly these bytes (the name carries their sha256).
         match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(c) => return Ok((c, true)),
+            Ok(c) => {
+                // Its mtime is its last use: what eviction goes by.
+                let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+                return Ok((c, true));
+            }
             Err(e) => warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unreadable cached artifact"),
         }
     }
@@ -128,7 +133,56 @@ fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Resu
     if let Err(e) = write_artifact(&component, &dir, &path) {
         warn!(dir = %dir.display(), error = %e, "cannot cache the compiled plugin; it will be compiled again next start");
     }
+    match prune_cache(&dir, &path, cache_max_bytes()) {
+        Ok(0) => {}
+        Ok(n) => debug!(dir = %dir.display(), evicted = n, "artifact cache pruned"),
+        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot prune the artifact cache"),
+    }
     Ok((component, false))
+}
+
+/// The artifact cache's size limit: `BULLPEN_CACHE_MAX_MB` (default 2048).
+/// Every deploy of a new version adds an artifact (a JS one is ~40 MB, a Rust
+/// one ~1 MB) and artifacts of an older wasmtime are never read again, so an
+/// unbounded cache only grows. 2 GiB holds ~50 JS versions.
+pub fn cache_max_bytes() -> u64 {
+    std::env::var("BULLPEN_CACHE_MAX_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(2048) << 20
+}
+
+/// Delete the least recently used artifacts (by mtime, which a cache hit
+/// refreshes) until the cache holds at most `max_bytes`; never `keep`, the
+/// artifact just written. Also removes temporary files a crashed write left
+/// (older than an hour). Another process that has an evicted artifact
+/// mapped keeps it (Linux keeps an unlinked file until unmapped); one about
+/// to open it compiles instead. Returns how many files were removed.
+fn prune_cache(dir: &Path, keep: &Path, max_bytes: u64) -> std::io::Result<usize> {
+    let mut artifacts = Vec::new();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let modified = meta.modified()?;
+        if name.contains(".tmp") {
+            if modified.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)) && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        } else if name.ends_with(".cwasm") && meta.is_file() {
+            artifacts.push((modified, meta.len(), path));
+        }
+    }
+    // Newest first; what no longer fits under the limit goes.
+    artifacts.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut total = 0u64;
+    for (_, len, path) in artifacts {
+        total += len;
+        if total > max_bytes && path != keep && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn write_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
@@ -190,4 +244,47 @@ fn check_header(bytes: &[u8], source: &str) -> Result<(), PluginError> {
         return Err(PluginError::CoreModule(source.to_string()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::prune_cache;
+    use std::time::{Duration, SystemTime};
+
+    fn artifact(dir: &std::path::Path, name: &str, len: usize, age_s: u64) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+        p
+    }
+
+    #[test]
+    fn evicts_least_recently_used_beyond_the_limit_but_never_the_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        let fresh = artifact(d.path(), "a-1.cwasm", 400, 0);
+        let recent = artifact(d.path(), "b-1.cwasm", 400, 10);
+        let old = artifact(d.path(), "c-1.cwasm", 400, 100);
+        let older = artifact(d.path(), "d-1.cwasm", 400, 1000);
+        let stale_tmp = artifact(d.path(), "e-1.tmp123", 10, 7200);
+        let live_tmp = artifact(d.path(), "f-1.tmp456", 10, 5);
+        let other = artifact(d.path(), "notes.txt", 5000, 5000);
+        // The artifact just written is kept even if it is the oldest.
+        let just_written = artifact(d.path(), "g-1.cwasm", 400, 5000);
+        assert_eq!(prune_cache(d.path(), &just_written, 1000).unwrap(), 3, "old, older and the stale temp file");
+        for (p, kept) in [
+            (&fresh, true),
+            (&recent, true),
+            (&old, false),
+            (&older, false),
+            (&just_written, true),
+            (&stale_tmp, false),
+            (&live_tmp, true),
+            (&other, true),
+        ] {
+            assert_eq!(p.exists(), kept, "{}", p.display());
+        }
+        // Under the limit nothing goes.
+        assert_eq!(prune_cache(d.path(), &just_written, 1 << 30).unwrap(), 0);
+    }
 }
