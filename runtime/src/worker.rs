@@ -168,6 +168,10 @@ fn drain_worker_events(worker: Arc<Worker>, queue: String) {
     });
 }
 
+/// How long an attempt interrupted by shutdown may take to write its
+/// pending log lines and progress (Redis may be what is going away).
+const INTERRUPT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// What the attempt produced, in bullmq-official's terms: `Ok` completes;
 /// `Err(Delayed)` tells it the job was already moved (or must be left alone);
 /// `Err(RateLimited)` hands the job back to wait; other errors fail/retry.
@@ -183,11 +187,24 @@ impl Attempts {
         let will_retry = attempts_remain(&job);
         let started = Instant::now();
         let mut rec = AttemptRecord::default();
+        let mut pending = None;
         let ran = async {
-            tokio::select! {
-                r = self.attempt(plugin, job, &mut rec) => Some(r),
+            let r = tokio::select! {
+                r = self.attempt(plugin, job, &mut rec, &mut pending) => Some(r),
                 _ = cancel.cancelled() => None,
+            };
+            if r.is_none() {
+                // The lock is still ours: what the guest queued in its last
+                // ≤100 ms is written before the job is handed back.
+                if let Some(p) = pending.take() {
+                    match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, p.flush(Vec::new())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
+                        Err(_) => warn!("gave up writing the interrupted attempt's pending log lines/progress"),
+                    }
+                }
             }
+            r
         }
         .instrument(span.clone())
         .await;
@@ -239,7 +256,15 @@ impl Attempts {
         }
     }
 
-    async fn attempt(&self, plugin: Arc<Plugin>, job: bullmq::Job, rec: &mut AttemptRecord) -> BullResult {
+    /// One attempt. `pending` gets the attempt's write-behind queue, for
+    /// `run` to flush if shutdown interrupts the attempt.
+    async fn attempt(
+        &self,
+        plugin: Arc<Plugin>,
+        job: bullmq::Job,
+        rec: &mut AttemptRecord,
+        pending: &mut Option<Arc<crate::host::write_behind::WriteBehind>>,
+    ) -> BullResult {
         if let Err(e) = self.check_data(&job).await {
             return Err(bullmq::Error::Unrecoverable(e.to_string()));
         }
@@ -253,6 +278,7 @@ impl Attempts {
         let out = CapturedOutput::new(limits.max_output_bytes);
         // The job log records the version that ran this attempt.
         let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
+        *pending = Some(ctx.pending.clone());
         let (mut store, called, instantiated) =
             call_process(&self.engine, &plugin, HostState::new(ctx, limits, &out), limits, &wit_job).await;
 

@@ -18,6 +18,8 @@
 //! - [`WRITE_BEHIND`] after the oldest pending write, even while the guest
 //!   computes or sleeps (`call_process` runs the flush with the guest paused);
 //! - when [`MAX_PENDING_BYTES`] are pending.
+//! - when shutdown interrupts the attempt, before its job is handed back
+//!   (`Attempts::run` in worker.rs).
 //!
 //! What a guest sees: `log` and `update-progress` return `ok` once their
 //! argument passes its checks. A lock lost in the meantime (BullMQ's own
