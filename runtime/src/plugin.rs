@@ -158,13 +158,13 @@ pub fn cache_max_bytes() -> u64 {
 fn prune_cache(dir: &Path, keep: &Path, max_bytes: u64) -> std::io::Result<usize> {
     let mut artifacts = Vec::new();
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        // Another process may be pruning too: a file gone meanwhile is skipped.
+        let Ok(meta) = entry.metadata() else { continue };
+        let Ok(modified) = meta.modified() else { continue };
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let modified = meta.modified()?;
         if name.contains(".tmp") {
             if modified.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)) && std::fs::remove_file(&path).is_ok() {
                 removed += 1;

@@ -50,11 +50,12 @@ impl Scripts {
     pub fn new() -> Self {
         let src = |body: &str| format!("{CHECK_LOCK}\n{body}");
         let s = |body: &str| redis::Script::new(&src(body));
+        let flush = s(include_str!("lua/flush.lua"));
         Scripts {
             update_data: s(include_str!("lua/update_data.lua")),
-            flush: s(include_str!("lua/flush.lua")),
             flush_source: src(include_str!("lua/flush.lua")).into(),
-            flush_sha: redis::Script::new(&src(include_str!("lua/flush.lua"))).get_hash().into(),
+            flush_sha: flush.get_hash().into(),
+            flush,
             check_lock: s(include_str!("lua/check_only.lua")),
         }
     }

@@ -228,4 +228,3 @@ pub(crate) async fn drive<F: std::future::Future>(wb: Option<Arc<WriteBehind>>, 
         }
     }
 }
-
