@@ -25,8 +25,7 @@ many worker processes on the queue (the scaling curve). Needs
 `bash scripts/setup.sh` (release host, plugins, tests/node) and
 `cargo build --release -p bullpen-bench-native`.
 """
-import statistics
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")

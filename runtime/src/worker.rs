@@ -289,10 +289,6 @@ impl Attempts {
         let Backend::Redis(ctx) = &mut state.job else { unreachable!("a worker's attempts run against Redis") };
         debug!(digest = %plugin.digest, "attempt returned");
 
-        // Output goes to the log before the job is finished, so a Node
-        // client that sees `completed` also sees the lines (and the plugin
-        // digest line, when nothing was logged yet). After a move the
-        // lock is gone, so late output is dropped rather than written unchecked.
         // The return value, checked before anything is written: only an
         // attempt that will reach moveToFinished(completed) leaves its writes
         // to go in one round trip with it (a prelude nobody takes is lost).
@@ -300,6 +296,10 @@ impl Attempts {
             Ok(Ok(Outcome::Completed(json))) => Some(return_value(json, limits)),
             _ => None,
         };
+        // Output goes to the log before the job is finished, so a Node
+        // client that sees `completed` also sees the lines (and the plugin
+        // digest line, when nothing was logged yet). After a move the
+        // lock is gone, so late output is dropped rather than written unchecked.
         if !ctx.lock_lost && ctx.moved.is_none() {
             let flushed = match &completed {
                 Some(Ok(_)) => ctx.flush_with_finish(lines.clone()),

@@ -50,11 +50,12 @@ impl Scripts {
     pub fn new() -> Self {
         let src = |body: &str| format!("{CHECK_LOCK}\n{body}");
         let s = |body: &str| redis::Script::new(&src(body));
-        let flush = s(include_str!("lua/flush.lua"));
+        let flush_source: Arc<str> = src(include_str!("lua/flush.lua")).into();
+        let flush = redis::Script::new(&flush_source);
         Scripts {
             update_data: s(include_str!("lua/update_data.lua")),
-            flush_source: src(include_str!("lua/flush.lua")).into(),
             flush_sha: flush.get_hash().into(),
+            flush_source,
             flush,
             check_lock: s(include_str!("lua/check_only.lua")),
         }
@@ -141,11 +142,7 @@ impl Shared {
     /// What bullmq-official sends ahead of job `id`'s `moveToFinished`
     /// (its `WorkerOptions::finish_prelude`, a bullpen patch).
     pub(crate) fn take_finish_prelude(&self, id: &str) -> Option<bullmq::FinishPrelude> {
-        let mut m = self.finish_preludes.lock().unwrap();
-        if m.is_empty() {
-            return None;
-        }
-        m.remove(id)
+        self.finish_preludes.lock().unwrap().remove(id)
     }
 
     async fn queue(&self, name: &str) -> Result<Arc<Queue>, bullmq::Error> {
@@ -249,6 +246,15 @@ impl JobContext {
         self
     }
 
+    /// Whether this attempt may still write: not after a lost lock, whether
+    /// a call found it or a background flush did.
+    fn lock_held(&mut self) -> Result<(), JobError> {
+        if self.lock_lost {
+            return Err(JobError::LockLost);
+        }
+        self.check_found()
+    }
+
     /// What a background flush found: a lost lock or a removed job ends
     /// this attempt's writes, as if the current call had found it.
     fn check_found(&mut self) -> Result<(), JobError> {
@@ -261,10 +267,7 @@ impl JobContext {
     /// Write pending log lines and progress, then `extra` (captured
     /// output), in one lock-checked script (see [`write_behind`]).
     pub(crate) async fn flush(&mut self, extra: Vec<String>) -> Result<(), JobError> {
-        if self.lock_lost {
-            return Err(JobError::LockLost);
-        }
-        self.check_found()?;
+        self.lock_held()?;
         let code = self.pending.flush(extra).await?;
         self.code_to_result(code).map(|_| ())
     }
@@ -275,10 +278,7 @@ impl JobContext {
     /// short job instead of two). The script is the same lock-checked one;
     /// a lock lost by then fails both it and the finish.
     pub(crate) fn flush_with_finish(&mut self, extra: Vec<String>) -> Result<(), JobError> {
-        if self.lock_lost {
-            return Err(JobError::LockLost);
-        }
-        self.check_found()?;
+        self.lock_held()?;
         if let Some(cmd) = self.pending.finish_prelude(extra) {
             self.shared.set_finish_prelude(&self.id, cmd);
         }
@@ -293,10 +293,7 @@ impl JobContext {
         extra_keys: &[&str],
         args: &[&str],
     ) -> Result<i64, JobError> {
-        if self.lock_lost {
-            return Err(JobError::LockLost);
-        }
-        self.check_found()?;
+        self.lock_held()?;
         let shared = self.shared.clone();
         let mut inv = script(&shared.scripts).prepare_invoke();
         let (job_key, lock_key) = self.pending.checked_keys();
@@ -390,10 +387,10 @@ impl JobContext {
     /// `log`/`update-progress` after a move or a lost lock get what a
     /// lock-checked write would have: the lock is gone.
     fn writable(&mut self) -> Result<(), JobError> {
-        if self.lock_lost || self.moved.is_some() {
+        if self.moved.is_some() {
             return Err(JobError::LockLost);
         }
-        self.check_found()
+        self.lock_held()
     }
 }
 

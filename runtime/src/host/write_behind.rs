@@ -14,10 +14,10 @@
 //! - at the end of the attempt, with the captured stdout/stderr, before the
 //!   job is finished (a client that sees `completed` sees the lines). For a
 //!   completed attempt that write goes in the same round trip as, and just
-//!   before, the job's `moveToFinished` ([`WriteBehind::finish_prelude`]).
+//!   before, the job's `moveToFinished` ([`WriteBehind::finish_prelude`]);
 //! - [`WRITE_BEHIND`] after the oldest pending write, even while the guest
 //!   computes or sleeps (`call_process` runs the flush with the guest paused);
-//! - when [`MAX_PENDING_BYTES`] are pending.
+//! - when [`MAX_PENDING_BYTES`] are pending;
 //! - when shutdown interrupts the attempt, before its job is handed back
 //!   (`Attempts::run` in worker.rs).
 //!

@@ -42,15 +42,7 @@ impl LuaScript {
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
-        // Build EVALSHA command
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(self.num_keys);
-        for key in keys {
-            cmd.arg(key);
-        }
-        for arg in args {
-            cmd.arg(arg);
-        }
+        let cmd = evalsha(&self.sha, self.num_keys, keys, args);
 
         match cmd.query_async::<redis::Value>(conn).await {
             Ok(val) => Ok(val),
@@ -95,18 +87,9 @@ impl LuaScript {
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
-        let mut pre = redis::cmd("EVALSHA");
-        pre.arg(&*prelude.sha).arg(prelude.keys.len()).arg(&prelude.keys).arg(&prelude.args);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(self.num_keys);
-        for key in keys {
-            cmd.arg(key);
-        }
-        for arg in args {
-            cmd.arg(arg);
-        }
+        let pre = evalsha(&prelude.sha, prelude.keys.len(), &prelude.keys, &prelude.args);
         let mut pipe = redis::pipe();
-        pipe.add_command(pre).add_command(cmd).ignore_errors();
+        pipe.add_command(pre).add_command(evalsha(&self.sha, self.num_keys, keys, args)).ignore_errors();
         let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
         let (reply, pre_reply) = (replies.pop(), replies.pop());
         let noscript =
@@ -138,6 +121,20 @@ impl LuaScript {
             None => Err(Error::InvalidConfig("empty pipeline reply".to_string())),
         }
     }
+}
+
+/// bullpen patch: the EVALSHA command of a script (`execute` built it inline;
+/// `execute_after` builds two).
+fn evalsha(sha: &str, num_keys: usize, keys: &[impl redis::ToRedisArgs], args: &[impl redis::ToRedisArgs]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(num_keys);
+    for key in keys {
+        cmd.arg(key);
+    }
+    for arg in args {
+        cmd.arg(arg);
+    }
+    cmd
 }
 
 /// Registry of all BullMQ Lua scripts.
