@@ -1,7 +1,13 @@
 //! Issue 4 (sandbox part): a guest that loops, eats memory, floods output or
 //! recurses fails only its own job, with a reason naming the limit; WASI
 //! grants no files, network or environment; other jobs keep completing.
+//! The same scenarios run against the `hog` plugin in each language (the
+//! `rust`, `go` and `js` modules at the bottom); where a language reaches a
+//! limit differently, the expected reason says how.
 
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bullpen_tests::*;
@@ -9,19 +15,45 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
 
+/// `target/plugins/hog-<lang>.wasm`, loaded once by `bullpen run` first: a
+/// Go component takes seconds to compile and a JS one 5–30 s on a busy
+/// 2-core machine, longer than `Worker::start` waits for "worker ready";
+/// the run fills the host's artifact cache, so the tests' workers start at
+/// once. An engine that meters fuel compiles differently (its own cache
+/// entry): `fuel` says the worker will run with `--fuel`. A plugin that does
+/// not run fails the test.
+fn hog(lang: &str, fuel: bool) -> PathBuf {
+    static LOADED: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+    let p = plugin("hog", lang);
+    let mut loaded = LOADED.lock().unwrap();
+    if !loaded.iter().any(|(l, f)| l == lang && *f == fuel) {
+        let mut cmd = Command::new(bullpen_bin());
+        cmd.arg("run").arg(&p).args(["--data", r#"{"mode":"fine"}"#]);
+        if fuel {
+            cmd.args(["--fuel", "1000000000"]);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.ends_with("completed {\"ok\":true}\n"), "hog-{lang} does not run: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        loaded.push((lang.to_string(), fuel));
+    }
+    p
+}
+
 /// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
 /// (one per attempt, recording the plugin version).
 fn guest_logs(j: &Value) -> Value {
     Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
 }
 
-#[test]
-fn each_abuse_fails_only_its_own_job() {
+/// Loop, memory, output flood and recursion, each alone in its job, next to
+/// well-behaved jobs, with retries; then one more job on the same worker.
+fn each_abuse_fails_only_its_own_job(lang: &str) {
     let redis = Redis::start();
-    let _w = Worker::start(
+    let mut w = Worker::start(
         &redis,
         "hog",
-        &plugin("hog", "rust"),
+        &hog(lang, false),
         &["--concurrency", "4", "--timeout-ms", "1500", "--max-memory-mb", "32"],
     );
     let modes = ["loop", "memory", "output", "recursion", "fine", "fine", "fine", "fine"];
@@ -31,33 +63,60 @@ fn each_abuse_fails_only_its_own_job() {
     let j = |i: usize| &v["jobs"][i];
     let reason = |i: usize| j(i)["failedReason"].as_str().unwrap_or("").to_string();
 
-    assert_eq!(j(0)["state"], "failed");
-    assert_eq!(reason(0), "attempt timed out: exceeded the wall-clock limit of 1500 ms (--timeout-ms)");
-    assert_eq!(j(0)["attemptsMade"], 2, "retries apply to limit kills");
+    assert_eq!(j(0)["state"], "failed", "{lang}: {:#}", j(0));
+    assert_eq!(reason(0), "attempt timed out: exceeded the wall-clock limit of 1500 ms (--timeout-ms)", "{lang}");
+    assert_eq!(j(0)["attemptsMade"], 2, "{lang}: retries apply to limit kills");
 
-    assert_eq!(j(1)["state"], "failed");
-    assert!(reason(1).starts_with("out of memory:") && reason(1).contains("the limit of 32 MiB (--max-memory-mb)"), "{}", reason(1));
+    assert_eq!(j(1)["state"], "failed", "{lang}: {:#}", j(1));
+    assert!(reason(1).starts_with("out of memory:") && reason(1).contains("the limit of 32 MiB (--max-memory-mb)"), "{lang}: {}", reason(1));
+    assert_eq!(j(1)["attemptsMade"], 2, "{lang}");
 
-    assert_eq!(j(2)["state"], "completed", "flooding output is not an error: {:#}", j(2));
+    assert_eq!(j(2)["state"], "completed", "{lang}: flooding output is not an error: {:#}", j(2));
+    assert_eq!(j(2)["returnvalue"], json!({"printed": 100000}), "{lang}");
     let logs = guest_logs(j(2));
     let logs = logs.as_array().unwrap();
+    assert_eq!(logs[0], format!("0 {}", "hog: flooding stdout ".repeat(4)), "{lang}");
     let bytes: usize = logs.iter().map(|l| l.as_str().unwrap().len()).sum();
-    assert!(bytes <= 64 * 1024, "captured output is bounded, got {bytes} bytes");
-    assert!(logs.last().unwrap().as_str().unwrap().starts_with("[bullpen] output truncated"), "{:?}", logs.last());
+    assert!(bytes <= 64 * 1024, "{lang}: captured output is bounded, got {bytes} bytes");
+    assert!(logs.last().unwrap().as_str().unwrap().starts_with("[bullpen] output truncated"), "{lang}: {:?}", logs.last());
 
-    assert_eq!(j(3)["state"], "failed");
-    assert!(reason(3).starts_with("wasm trap:"), "{}", reason(3));
+    assert_eq!(j(3)["state"], "failed", "{lang}: {:#}", j(3));
+    assert_eq!(j(3)["attemptsMade"], 2, "{lang}");
+    let r = reason(3);
+    match lang {
+        // A Rust guest's frames live on its shadow stack in linear memory:
+        // running off its end is an out-of-bounds access, before the wasm
+        // stack overflows; the reason names that possibility.
+        "rust" => assert_eq!(r, "wasm trap: out-of-bounds memory access (a guest bug, or a stack kept in linear memory, as Rust's, overflowing)"),
+        // Every Go call is a wasm call: the 1 MiB wasm stack runs out first.
+        "go" => assert_eq!(r, "wasm trap: stack overflow (the guest recursed past its 1 MiB wasm stack)"),
+        // SpiderMonkey's own limit: an InternalError that escapes `process`,
+        // a bug, so a trap with the message (as a Rust panic's).
+        "js" => assert!(
+            r.starts_with("wasm trap: unreachable instruction executed (guest panicked: too much recursion; JavaScript exception in process, panicked at hog.js:"),
+            "{r}"
+        ),
+        _ => unreachable!(),
+    }
 
     for i in 4..8 {
-        assert_eq!(j(i)["state"], "completed");
-        assert_eq!(j(i)["returnvalue"], json!({"ok": true}));
+        assert_eq!(j(i)["state"], "completed", "{lang}: {:#}", j(i));
+        assert_eq!(j(i)["returnvalue"], json!({"ok": true}), "{lang}");
     }
+
+    // The worker that ran all that is still up and takes the next job.
+    assert!(w.child.try_wait().unwrap().is_none(), "{lang}: the worker exited:\n{}", w.log());
+    let next = node_add(&redis, "hog", json!([{"name": "next", "data": {"mode": "fine"}}]));
+    let v = wait_finished(&redis, "hog", &next, T);
+    assert_eq!(v["jobs"][0]["state"], "completed", "{lang}: {:#}", v["jobs"][0]);
+    assert_eq!(v["jobs"][0]["returnvalue"], json!({"ok": true}), "{lang}");
 }
 
-#[test]
-fn wasi_grants_no_files_network_or_environment() {
+/// WASI grants nothing: the guest's own attempts to read a file, connect
+/// to Redis and read its environment come back as errors (or nothing).
+fn wasi_grants_no_files_network_or_environment(lang: &str) {
     let redis = Redis::start();
-    let _w = Worker::start(&redis, "deny", &plugin("hog", "rust"), &[]);
+    let _w = Worker::start(&redis, "deny", &hog(lang, false), &[]);
     let ids = node_add(&redis, "deny", json!([
         {"name": "file", "data": {"mode": "file"}},
         {"name": "net", "data": {"mode": "net"}},
@@ -65,17 +124,34 @@ fn wasi_grants_no_files_network_or_environment() {
     ]));
     let v = wait_finished(&redis, "deny", &ids, T);
     let r = |i: usize| v["jobs"][i]["returnvalue"].clone();
-    assert!(r(0)["file"]["Err"].is_string(), "reading /etc/passwd must fail: {}", r(0));
-    assert!(r(1)["net"]["Err"].is_string(), "connecting to Redis must fail: {}", r(1));
-    assert_eq!(r(2), json!({"env": 0, "args": 0}));
+    match lang {
+        "rust" | "go" => {
+            assert!(r(0)["file"]["Err"].is_string(), "{lang}: reading /etc/passwd must fail: {}", r(0));
+            assert!(r(1)["net"]["Err"].is_string(), "{lang}: connecting to Redis must fail: {}", r(1));
+            assert_eq!(r(2), json!({"env": 0, "args": 0}), "{lang}");
+        }
+        // JavaScript here has no file, socket, environment or argument API
+        // at all (and hog does not call `fetch`, which traps: hog.js); the
+        // plugin says so instead of trying.
+        "js" => {
+            let no = "JavaScript in the bullpen sandbox (StarlingMonkey) has no";
+            assert_eq!(r(0), json!({"file": {"Err": format!("{no} file system API: cannot read /etc/passwd")}}));
+            assert_eq!(r(1), json!({"net": {"Err": format!("{no} socket API (and fetch is compiled out): cannot connect to 127.0.0.1:6379")}}));
+            assert_eq!(r(2), json!({"args": {"Err": format!("{no} API for program arguments")}, "env": {"Err": format!("{no} API for environment variables")}}));
+        }
+        _ => unreachable!(),
+    }
 }
 
 /// Payload limits: oversized log lines, progress and data are refused with
 /// a clear error the guest sees; an oversized return value fails the job.
-#[test]
-fn payload_limits_give_clear_errors() {
+/// `extra`: worker flags (a JS guest needs more than the default 128 MiB of
+/// memory to build 17 MiB of JSON at all; hog.js).
+fn payload_limits_give_clear_errors(lang: &str, extra: &[&str]) {
     let redis = Redis::start();
-    let _w = Worker::start(&redis, "big", &plugin("hog", "rust"), &["--concurrency", "2"]);
+    let mut flags = vec!["--concurrency", "2"];
+    flags.extend(extra);
+    let _w = Worker::start(&redis, "big", &hog(lang, false), &flags);
     let ids = node_add(&redis, "big", json!([
         {"name": "biglog", "data": {"mode": "biglog"}},
         {"name": "bigprogress", "data": {"mode": "bigprogress"}},
@@ -84,26 +160,95 @@ fn payload_limits_give_clear_errors() {
     ]));
     let v = wait_finished(&redis, "big", &ids, T);
     let refused = |i: usize| v["jobs"][i]["returnvalue"]["refused"].as_str().unwrap_or("").to_string();
-    assert_eq!(refused(0), "invalid argument: log line is 102400 bytes; the limit is 65536");
-    assert_eq!(refused(1), "invalid argument: progress is 102402 bytes; the limit is 65536");
-    assert_eq!(refused(2), "invalid argument: data is 17825803 bytes; the limit is 16777216");
-    assert_eq!(v["jobs"][2]["data"], json!({"mode": "bigdata"}), "nothing was written");
-    assert_eq!(v["jobs"][3]["state"], "failed");
-    assert_eq!(v["jobs"][3]["failedReason"], "return value is 17825803 bytes; the limit is 16777216");
+    for i in 0..3 {
+        assert_eq!(v["jobs"][i]["state"], "completed", "{lang}: {:#}", v["jobs"][i]);
+    }
+    assert_eq!(refused(0), "invalid argument: log line is 102400 bytes; the limit is 65536", "{lang}");
+    assert_eq!(refused(1), "invalid argument: progress is 102402 bytes; the limit is 65536", "{lang}");
+    assert_eq!(refused(2), "invalid argument: data is 17825803 bytes; the limit is 16777216", "{lang}");
+    assert_eq!(v["jobs"][2]["data"], json!({"mode": "bigdata"}), "{lang}: nothing was written");
+    assert_eq!(v["jobs"][3]["state"], "failed", "{lang}");
+    assert_eq!(v["jobs"][3]["failedReason"], "return value is 17825803 bytes; the limit is 16777216", "{lang}");
 }
 
 /// `--fuel` caps the work of an attempt: a spinning guest runs out long
 /// before the wall clock, with a reason naming the limit; normal jobs fit.
-#[test]
-fn fuel_limit_stops_a_spinning_guest() {
+fn fuel_limit_stops_a_spinning_guest(lang: &str) {
     let redis = Redis::start();
-    let _w = Worker::start(&redis, "fuel", &plugin("hog", "rust"), &["--fuel", "50000000", "--timeout-ms", "60000"]);
+    let _w = Worker::start(&redis, "fuel", &hog(lang, true), &["--fuel", "50000000", "--timeout-ms", "60000"]);
     let ids = node_add(&redis, "fuel", json!([{"name": "spin", "data": {"mode": "loop"}}, {"name": "ok", "data": {"mode": "fine"}}]));
     let started = std::time::Instant::now();
     let v = wait_finished(&redis, "fuel", &ids, T);
-    assert_eq!(v["jobs"][0]["state"], "failed");
+    assert_eq!(v["jobs"][0]["state"], "failed", "{lang}");
     let reason = v["jobs"][0]["failedReason"].as_str().unwrap();
-    assert!(reason.starts_with("out of fuel: the attempt used up its 50000000 units of fuel (--fuel)"), "{reason}");
-    assert!(started.elapsed() < Duration::from_secs(50), "stopped by fuel, not by the 60 s wall clock");
-    assert_eq!(v["jobs"][1]["state"], "completed");
+    assert!(reason.starts_with("out of fuel: the attempt used up its 50000000 units of fuel (--fuel)"), "{lang}: {reason}");
+    assert!(started.elapsed() < Duration::from_secs(50), "{lang}: stopped by fuel, not by the 60 s wall clock");
+    assert_eq!(v["jobs"][1]["state"], "completed", "{lang}");
+}
+
+mod rust {
+    #[test]
+    fn each_abuse_fails_only_its_own_job() {
+        super::each_abuse_fails_only_its_own_job("rust");
+    }
+    #[test]
+    fn wasi_grants_no_files_network_or_environment() {
+        super::wasi_grants_no_files_network_or_environment("rust");
+    }
+    #[test]
+    fn payload_limits_give_clear_errors() {
+        super::payload_limits_give_clear_errors("rust", &[]);
+    }
+    #[test]
+    fn fuel_limit_stops_a_spinning_guest() {
+        super::fuel_limit_stops_a_spinning_guest("rust");
+    }
+}
+
+mod go {
+    #[test]
+    fn each_abuse_fails_only_its_own_job() {
+        super::each_abuse_fails_only_its_own_job("go");
+    }
+    #[test]
+    fn wasi_grants_no_files_network_or_environment() {
+        super::wasi_grants_no_files_network_or_environment("go");
+    }
+    /// Fails today: the refused 100 KiB log line traps with `wasm trap: wasm
+    /// trap: cannot leave component instance`. The host lowers its error
+    /// message through the Go SDK's `cabi_realloc`, which allocates on the Go
+    /// heap; that allocation starts a GC cycle, whose WASI calls are not
+    /// allowed inside `cabi_realloc` (with the GC off the job completes).
+    /// A Go SDK bug (guest-sdk/go abi.go/abi_wasip1.go), not hog's.
+    #[test]
+    #[ignore = "Go SDK bug: cabi_realloc can start a GC that calls WASI (`cannot leave component instance`)"]
+    fn payload_limits_give_clear_errors() {
+        super::payload_limits_give_clear_errors("go", &[]);
+    }
+    #[test]
+    fn fuel_limit_stops_a_spinning_guest() {
+        super::fuel_limit_stops_a_spinning_guest("go");
+    }
+}
+
+mod js {
+    #[test]
+    fn each_abuse_fails_only_its_own_job() {
+        super::each_abuse_fails_only_its_own_job("js");
+    }
+    #[test]
+    fn wasi_grants_no_files_network_or_environment() {
+        super::wasi_grants_no_files_network_or_environment("js");
+    }
+    /// At the default 128 MiB cap the engine runs out of memory building the
+    /// 17 MiB JSON before the host sees it (`invalid JSON: out of memory`);
+    /// 160 MiB is enough, 256 leaves room.
+    #[test]
+    fn payload_limits_give_clear_errors() {
+        super::payload_limits_give_clear_errors("js", &["--max-memory-mb", "256"]);
+    }
+    #[test]
+    fn fuel_limit_stops_a_spinning_guest() {
+        super::fuel_limit_stops_a_spinning_guest("js");
+    }
 }

@@ -1,0 +1,150 @@
+// @ts-check
+// hog: abuses the sandbox on purpose; `data.mode` picks the abuse. The
+// JavaScript twin of plugins/hog/rust: the same modes, return values and log
+// lines, except where JavaScript in this sandbox has no API for the abuse
+// (noted below).
+//
+// - `loop`: spins forever (stopped by the wall-clock limit)
+// - `memory`: grows memory without bound (stopped by the memory cap)
+// - `output`: writes ~8 MiB to stdout, then completes (the log keeps a bounded part)
+// - `recursion`: recurses without bound; SpiderMonkey throws
+//   `InternalError: too much recursion`, which escapes `process` (a bug, so a
+//   trap naming the message, as a Rust panic traps)
+// - `file` / `net` / `env`: JavaScript here has no API for any of them
+//   (StarlingMonkey has no file system, socket, environment or argument
+//   access; its global `fetch` exists, but bullpen-build compiles wasi:http
+//   out, and calling it traps the instance with a bare `unreachable`, so hog
+//   does not call it). Each completes with a value saying so, in the Rust
+//   plugin's shape of a failed Result: `{"file": {"Err": "..."}}`,
+//   `{"net": {"Err": "..."}}`, `{"args": {"Err": "..."}, "env": {"Err": "..."}}`
+// - `biglog` / `bigprogress` / `bigdata`: a 100 KiB log line, a 100 KiB
+//   progress value, 17 MiB of data; completes with the host's answers
+// - `bigreturn`: returns 17 MiB (over the host's return-value limit)
+//   (`bigdata` and `bigreturn` need a memory cap of about 160 MiB: under the
+//   default 128 MiB, JSON.stringify of 17 MiB runs the engine out of memory
+//   before the host sees the value, `{"refused": "invalid JSON: out of
+//   memory"}` and `return value is not serialisable: out of memory`)
+// - `slow`: three steps of log line + progress (10, 20, 30), each followed
+//   by 400 ms of waiting: sleeping (setTimeout, a WASI poll) in steps 1 and 3,
+//   spinning in wasm in step 2; shows pending writes reaching Redis mid-attempt
+// - anything else: completes with `{"ok": true}`
+//
+// Data without a string `mode` fails unrecoverably with serde's words
+// ("invalid JSON: missing field `mode`", without serde's line and column).
+import { BullpenError, exportProcessor, HostError, Outcome, serdejson } from 'bullpen-guest';
+
+const NO_API = 'JavaScript in the bullpen sandbox (StarlingMonkey) has no';
+
+/** Keeps the engine from dropping work whose result is unused (Rust's black_box). */
+let sink;
+
+/** @param {import('bullpen-guest').Job} job */
+async function handle(job) {
+  const mode = parseMode(job.data());
+  switch (mode) {
+    case 'loop': {
+      let x = 0;
+      for (;;) {
+        x = (x + 1) | 0;
+        sink = x;
+      }
+    }
+    case 'memory': {
+      const hoard = [];
+      for (;;) {
+        hoard.push(new Uint8Array(1 << 20).fill(1));
+        sink = hoard;
+      }
+    }
+    case 'output': {
+      const line = 'hog: flooding stdout '.repeat(4);
+      for (let i = 0; i < 100_000; i++) {
+        console.log(`${i} ${line}`);
+      }
+      return Outcome.complete({ printed: 100_000 });
+    }
+    case 'recursion':
+      return Outcome.complete({ depth: recurse(0, []) });
+    case 'file':
+      return Outcome.complete({ file: { Err: `${NO_API} file system API: cannot read /etc/passwd` } });
+    case 'net':
+      return Outcome.complete({ net: { Err: `${NO_API} socket API (and fetch is compiled out): cannot connect to 127.0.0.1:6379` } });
+    case 'env':
+      return Outcome.complete({
+        args: { Err: `${NO_API} API for program arguments` },
+        env: { Err: `${NO_API} API for environment variables` },
+      });
+    case 'biglog':
+    case 'bigprogress':
+    case 'bigdata': {
+      let refused = null;
+      try {
+        if (mode === 'biglog') job.log('x'.repeat(100 << 10));
+        else if (mode === 'bigprogress') job.progress('x'.repeat(100 << 10));
+        else job.updateData({ blob: 'x'.repeat(17 << 20) });
+      } catch (e) {
+        if (!(e instanceof HostError || e instanceof BullpenError)) throw e;
+        refused = e.message;
+      }
+      return Outcome.complete({ refused });
+    }
+    case 'bigreturn':
+      return Outcome.complete({ blob: 'x'.repeat(17 << 20) });
+    case 'slow': {
+      for (let step = 1; step <= 3; step++) {
+        job.log(`hog: step ${step}`);
+        job.progress(step * 10);
+        const wait = 400;
+        if (step === 2) {
+          const t = performance.now();
+          while (performance.now() - t < wait) {
+            sink = step;
+          }
+        } else {
+          await new Promise((resolve) => setTimeout(resolve, wait));
+        }
+      }
+      return Outcome.complete({ steps: 3 });
+    }
+    default:
+      return Outcome.complete({ ok: true });
+  }
+}
+
+export const { process } = exportProcessor(handle);
+
+/**
+ * @param {number} n
+ * @param {number[]} pad
+ * @returns {number}
+ */
+function recurse(n, pad) {
+  sink = pad;
+  return 1 + recurse(n + 1, new Array(16).fill(n));
+}
+
+/**
+ * The Rust plugin's `struct Data { mode: String }` as serde reads it: from an
+ * object (other keys ignored) or a one-element array.
+ * @param {any} raw the parsed data
+ * @returns {string}
+ */
+function parseMode(raw) {
+  let mode;
+  if (Array.isArray(raw)) {
+    if (raw.length !== 1) throw invalid(`invalid length ${raw.length}, expected struct Data with 1 element`);
+    mode = raw[0];
+  } else if (raw !== null && typeof raw === 'object') {
+    if (!('mode' in raw)) throw invalid('missing field `mode`');
+    mode = raw.mode;
+  } else {
+    throw invalid(`invalid type: ${serdejson.describe(raw)}, expected struct Data`);
+  }
+  if (typeof mode !== 'string') throw invalid(`invalid type: ${serdejson.describe(mode)}, expected a string`);
+  return mode;
+}
+
+/** @param {string} msg */
+function invalid(msg) {
+  return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
+}
