@@ -75,12 +75,22 @@ def contenders(conc, extra_bins=()):
         if os.path.exists(p):
             c[f"bullpen-{lang}"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
                                                         "--queue", q, "--plugin", p, "--concurrency", str(conc)]
+            # Opt-in instance reuse (an instance serves up to 1000 attempts): not in the default
+            # set, whose point is a fresh instance per job; ask for it with --only (see chosen()).
+            c[f"bullpen-{lang}-reuse"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
+                                                              "--queue", q, "--plugin", p, "--concurrency", str(conc),
+                                                              "--instance-reuse", "1000"]
     # A/B of two host builds in one run: NAME=PATH runs PATH (a `bullpen` binary) with echo-rust.wasm.
     for spec in extra_bins:
         name, path = spec.split("=", 1)
         c[name] = lambda url, q, b=path: [b, "worker", "--redis", url, "--queue", q,
                                           "--plugin", f"{ROOT}/target/plugins/echo-rust.wasm", "--concurrency", str(conc)]
     return c
+
+
+def chosen(only, name):
+    """--only's names; without it every contender but the opt-in `-reuse` ones."""
+    return name in only.split(",") if only else not name.endswith("-reuse")
 
 
 def run_one(name, cmd_for, jobs, port, workers=1):
@@ -173,7 +183,7 @@ def main():
             rows = []
             if sname == "job-latency":
                 for name, cmd in contenders(conc, a.bin).items():
-                    if a.only and name not in a.only.split(","):
+                    if not chosen(a.only, name):
                         continue
                     rows.append(run_latency(name, cmd, jobs, port, a.rate))
                     rcli(port, "FLUSHALL")
@@ -191,7 +201,7 @@ def main():
             for rnd in range(a.repeat):
                 for k in [int(x) for x in a.workers.split(",")]:
                     for name, cmd in contenders(conc, a.bin).items():
-                        if a.only and name not in a.only.split(","):
+                        if not chosen(a.only, name):
                             continue
                         rows.append({**run_one(f"{name}", cmd, jobs, port, k), "round": rnd + 1})
                         rcli(port, "FLUSHALL")

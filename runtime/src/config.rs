@@ -91,6 +91,13 @@ pub struct Settings {
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
     pub child_queues: Option<Vec<String>>,
+    /// Attempts one instance may serve, one after another [default: 1, a
+    /// fresh instance per attempt]. Above 1, an instance whose `process`
+    /// returned within its limits runs the next attempt with its memory as
+    /// it was left: for stateless Go/JS guests, whose runtime start costs
+    /// most of an attempt. A trap, timeout, memory cap or deploy ends it.
+    #[arg(long)]
+    pub instance_reuse: Option<u32>,
     /// Watch `plugin` and swap on change (default true; the flag is `--no-watch`).
     #[arg(skip)]
     pub watch: Option<bool>,
@@ -140,6 +147,7 @@ impl Settings {
             max_stalled_count: self.max_stalled_count.or(lower.max_stalled_count),
             max_started_attempts: self.max_started_attempts.or(lower.max_started_attempts),
             child_queues: self.child_queues.clone().or_else(|| lower.child_queues.clone()),
+            instance_reuse: self.instance_reuse.or(lower.instance_reuse),
             watch: self.watch.or(lower.watch),
         }
     }
@@ -172,6 +180,12 @@ impl Settings {
         }
         if self.max_started_attempts.is_some() {
             c.max_started_attempts = self.max_started_attempts;
+        }
+        if let Some(n) = self.instance_reuse {
+            if n == 0 {
+                bail!("queue `{}`: instance_reuse must be at least 1 (1 = a fresh instance per attempt)", c.queue);
+            }
+            c.instance_reuse = n;
         }
         if let Some(qs) = &self.child_queues {
             c.child_queues = crate::cli::child_queues(&c.queue, qs);
@@ -308,6 +322,10 @@ mod tests {
         assert!(format!("{e:#}").contains("twice"), "{e:#}");
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\nconcurrency = 0\n").unwrap();
         assert!(f.plan(&r(), "bull", &Settings::default(), None).is_err());
+        let f = WorkerFile::parse("[[queues]]\nname = \"a\"\ninstance_reuse = 0\n").unwrap();
+        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("instance_reuse"));
+        let f = WorkerFile::parse("[defaults]\ninstance_reuse = 50\n[[queues]]\nname = \"a\"\n").unwrap();
+        assert_eq!(f.plan(&r(), "bull", &Settings::default(), None).unwrap()[0].binding.instance_reuse, 50);
         let f = WorkerFile::parse("").unwrap();
         assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]"));
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();

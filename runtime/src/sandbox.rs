@@ -127,6 +127,13 @@ impl CapturedOutput {
         CapturedOutput { inner: Arc::new(Mutex::new(Captured { cap, ..Default::default() })) }
     }
 
+    /// The same capture, emptied for a new attempt with a fresh `cap`
+    /// (a reused instance's WASI context keeps writing here).
+    pub fn reset(&self, cap: usize) -> Self {
+        *self.inner.lock().unwrap() = Captured { cap, ..Default::default() };
+        self.clone()
+    }
+
     fn push(&self, bytes: &[u8]) {
         let mut c = self.inner.lock().unwrap();
         let room = c.cap.saturating_sub(c.buf.len());

@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::types::{self as wit, Failure, Outcome};
+use crate::bindings::Processor;
 use crate::conn::RedisTarget;
 use crate::error::AttemptError;
 use crate::host::retry::{attempts_remain, random_unit, Backoff};
@@ -49,6 +50,15 @@ pub struct BindingConfig {
     /// BullMQ worker `name`: stored on each job it takes (Node's
     /// `job.processedBy`) and as its Redis client name.
     pub name: Option<String>,
+    /// How many attempts one instance may serve, one after another
+    /// (`--instance-reuse`). 1, the default, is a fresh instance for every
+    /// attempt: nothing a job does can be seen by the next. Above 1, an
+    /// instance whose `process` returned within its limits runs the
+    /// binding's next attempt, memory and globals as it left them — for
+    /// guests whose runtime start dominates (Go, JS) and that keep no
+    /// state between jobs. A trap, a timeout, the memory cap or a deploy
+    /// always ends an instance.
+    pub instance_reuse: u32,
 }
 
 impl BindingConfig {
@@ -66,6 +76,7 @@ impl BindingConfig {
             max_stalled_count: 1,
             max_started_attempts: None,
             name: None,
+            instance_reuse: 1,
         }
     }
 }
@@ -88,6 +99,45 @@ struct Attempts {
     shared: Arc<Shared>,
     queue: String,
     histograms: metrics::QueueHistograms,
+    /// `BindingConfig::instance_reuse`.
+    reuse: u32,
+    /// Instances waiting for their next attempt (at most one per slot of
+    /// concurrency: an instance is here only between two attempts).
+    idle: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// An instance kept for more attempts (`--instance-reuse`), with the store
+/// it lives in and the output capture its WASI context writes to.
+struct Warm {
+    plugin: Arc<Plugin>,
+    store: Store<HostState>,
+    instance: Processor,
+    out: CapturedOutput,
+    /// Attempts it has served.
+    uses: u32,
+}
+
+impl Attempts {
+    /// An idle instance of `plugin`, if reuse is on and one is waiting.
+    /// Instances of a plugin that a deploy has since replaced are dropped.
+    fn take_warm(&self, plugin: &Arc<Plugin>) -> Option<Warm> {
+        if self.reuse <= 1 {
+            return None;
+        }
+        let mut stale = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().unwrap();
+            loop {
+                match idle.pop() {
+                    Some(w) if Arc::ptr_eq(&w.plugin, plugin) => break Some(w),
+                    Some(w) => stale.push(w),
+                    None => break None,
+                }
+            }
+        };
+        drop(stale); // outside the lock: dropping a store resets its memory
+        found
+    }
 }
 
 impl Binding {
@@ -107,7 +157,15 @@ impl Binding {
         ));
         let preludes = shared.clone();
         let histograms = metrics::global().queue_histograms(&config.queue);
-        let attempts = Arc::new(Attempts { engine, slot: slot.clone(), shared, queue: config.queue.clone(), histograms });
+        let attempts = Arc::new(Attempts {
+            engine,
+            slot: slot.clone(),
+            shared,
+            queue: config.queue.clone(),
+            histograms,
+            reuse: config.instance_reuse,
+            idle: Default::default(),
+        });
         let processor = move |job: bullmq::Job, cancel: CancellationToken| {
             let attempts = attempts.clone();
             async move { attempts.run(job, cancel).await }
@@ -190,14 +248,14 @@ impl Attempts {
         let mut pending = None;
         let ran = async {
             let r = tokio::select! {
-                r = self.attempt(plugin, job, &mut rec, &mut pending) => Some(r),
+                r = Box::pin(self.attempt(plugin, job, &mut rec, &mut pending)) => Some(r),
                 _ = cancel.cancelled() => None,
             };
             if r.is_none() {
                 // The lock is still ours: what the guest queued in its last
                 // ≤100 ms is written before the job is handed back.
                 if let Some(p) = pending.take() {
-                    match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, p.flush(Vec::new())).await {
+                    match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(p.flush(Vec::new()))).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
                         Err(_) => warn!("gave up writing the interrupted attempt's pending log lines/progress"),
@@ -275,13 +333,49 @@ impl Attempts {
             let e = AttemptError::DataTooLarge { bytes: wit_job.data.len(), limit: limits.max_payload_bytes };
             return Err(bullmq::Error::Unrecoverable(e.to_string()));
         }
-        let out = CapturedOutput::new(limits.max_output_bytes);
+        let warm = self.take_warm(&plugin);
+        let out = match &warm {
+            Some(w) => w.out.reset(limits.max_output_bytes),
+            None => CapturedOutput::new(limits.max_output_bytes),
+        };
         // The job log records the version that ran this attempt.
         let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
         *pending = Some(ctx.pending.clone());
-        let (mut store, called, instantiated) =
-            call_process(&self.engine, &plugin, HostState::new(ctx, limits, &out), limits, &wit_job).await;
+        let (mut store, instance, uses) = match warm {
+            Some(w) => {
+                let mut store = w.store;
+                let state = store.data_mut();
+                state.job = Backend::Redis(ctx);
+                state.memory.hit = None;
+                (store, Some(w.instance), w.uses)
+            }
+            None => (new_store(&self.engine, HostState::new(ctx, limits, &out)), None, 0),
+        };
+        let (called, instance, instantiated) = Box::pin(call_in(&mut store, instance, &plugin, limits, &wit_job)).await;
+        // `--instance-reuse`: an instance whose `process` returned, within
+        // its limits, serves the binding's next attempt (until its quota).
+        let keep = instance.filter(|_| uses + 1 < self.reuse && store.data().memory.hit.is_none());
+        let result = self.conclude(&plugin, &mut store, called, instantiated, rec, &wit_job, &out).await;
+        if let Some(instance) = keep {
+            self.idle.lock().unwrap().push(Warm { plugin, store, instance, out, uses: uses + 1 });
+        }
+        result
+    }
 
+    /// What an attempt's `process` call leads to: its output and pending
+    /// writes go to Redis, and its outcome becomes bullmq-official's result.
+    #[allow(clippy::too_many_arguments)]
+    async fn conclude(
+        &self,
+        plugin: &Plugin,
+        store: &mut Store<HostState>,
+        called: Result<Result<Outcome, Failure>, AttemptError>,
+        instantiated: Option<Duration>,
+        rec: &mut AttemptRecord,
+        wit_job: &wit::Job,
+        out: &CapturedOutput,
+    ) -> BullResult {
+        let limits = &self.shared.limits;
         rec.instantiate = instantiated;
         let state = store.data_mut();
         rec.memory_peak = state.memory.peak;
@@ -346,7 +440,7 @@ impl Attempts {
             },
             Err(failure) => {
                 let r = match failure {
-                    Failure::Retry(reason) => self.retry(&plugin, ctx, &wit_job, reason).await,
+                    Failure::Retry(reason) => self.retry(plugin, ctx, wit_job, reason).await,
                     Failure::Unrecoverable(reason) => Err(bullmq::Error::Unrecoverable(reason)),
                     Failure::RetryAfter(r) => Self::retry_after(ctx, r.reason, r.delay_ms).await,
                 };
@@ -509,9 +603,8 @@ fn trap_kind(reason: &str) -> &'static str {
 }
 
 /// One `process` call in a fresh store under the attempt's limits (memory,
-/// fuel, wall clock): what every attempt runs, in a worker or in `bullpen
-/// run`. Returns the store too, for what the host calls recorded, and how
-/// long instantiation took (metrics).
+/// fuel, wall clock): what `bullpen run` runs. Returns the store too, for
+/// what the host calls recorded, and how long instantiation took (metrics).
 pub(crate) async fn call_process(
     engine: &Engine,
     plugin: &Plugin,
@@ -519,37 +612,74 @@ pub(crate) async fn call_process(
     limits: &Limits,
     wit_job: &wit::Job,
 ) -> (Store<HostState>, Result<Result<Outcome, Failure>, AttemptError>, Option<Duration>) {
+    let mut store = new_store(engine, state);
+    let (called, _, instantiated) = call_in(&mut store, None, plugin, limits, wit_job).await;
+    (store, called, instantiated)
+}
+
+/// A store for attempts of one plugin, with the memory cap installed.
+pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.memory);
+    store
+}
+
+/// The result of [`call_in`]: what `process` returned (or why it did not),
+/// the instance it ran in (for reuse; `None` if the call never returned),
+/// and how long instantiation took when a fresh instance was made.
+type Called = (Result<Result<Outcome, Failure>, AttemptError>, Option<Processor>, Option<Duration>);
+
+/// One `process` call under the attempt's limits (memory, fuel, wall clock)
+/// in `instance`, or in a fresh instance of `plugin` when `None`.
+pub(crate) async fn call_in(
+    store: &mut Store<HostState>,
+    instance: Option<Processor>,
+    plugin: &Plugin,
+    limits: &Limits,
+    wit_job: &wit::Job,
+) -> Called {
     // A worker's attempt writes its pending log/progress while it runs.
-    let pending = match &state.job {
+    let pending = match &store.data().job {
         Backend::Redis(ctx) => Some(ctx.pending.clone()),
         Backend::Local(_) => None,
     };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.memory);
     if let Some(fuel) = limits.fuel {
         if let Err(e) = store.set_fuel(fuel) {
-            return (store, Err(AttemptError::Instantiate(format!("cannot set fuel: {e}"))), None);
+            return (Err(AttemptError::Instantiate(format!("cannot set fuel: {e}"))), instance, None);
         }
     }
     // Yield to tokio at every epoch tick; the wall clock is enforced
     // by the timeout below, which drops (and so stops) the guest.
     store.epoch_deadline_async_yield_and_update(1);
     let mut instantiated = None;
-    let called = tokio::time::timeout(limits.timeout, async {
-        let t = Instant::now();
-        let instance = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
-        instantiated = Some(t.elapsed());
-        crate::host::write_behind::drive(pending, instance.call_process(&mut store, wit_job))
-            .await
-            .map_err(|e| AttemptError::Trap(String::new()).with_trap(e))
-    })
-    .await
-    .unwrap_or(Err(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 }));
-    (store, called, instantiated)
+    // Boxed: this future is large (instantiation and call state), and
+    // every wrapper around it would otherwise copy it.
+    let called = tokio::time::timeout(limits.timeout, Box::pin(async {
+        let instance = match instance {
+            Some(i) => i,
+            None => {
+                let t = Instant::now();
+                let i = plugin
+                    .pre
+                    .instantiate_async(&mut *store)
+                    .await
+                    .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
+                instantiated = Some(t.elapsed());
+                i
+            }
+        };
+        let r = crate::host::write_behind::drive(pending, instance.call_process(&mut *store, wit_job)).await;
+        match r {
+            Ok(r) => Ok((r, instance)),
+            Err(e) => Err(AttemptError::Trap(String::new()).with_trap(e)),
+        }
+    }))
+    .await;
+    match called {
+        Ok(Ok((r, instance))) => (Ok(r), Some(instance), instantiated),
+        Ok(Err(e)) => (Err(e), None, instantiated),
+        Err(_) => (Err(AttemptError::Timeout { limit_ms: limits.timeout.as_millis() as u64 }), None, instantiated),
+    }
 }
 
 /// The failedReason of a trapped attempt: the limit it hit (memory, fuel),
@@ -560,11 +690,21 @@ pub(crate) fn trap_reason(t: String, memory_hit: Option<usize>, limits: &Limits,
             format!("out of fuel: the attempt used up its {} units of fuel (--fuel); {t}", limits.fuel.unwrap_or_default())
         }
         Some(wanted) => format!(
-            "out of memory: the guest tried to grow its memory to {} MiB, over the limit of {} MiB (--max-memory-mb); trap: {t}",
-            wanted >> 20,
-            limits.max_memory_bytes >> 20
+            "out of memory: the guest tried to grow its memory to {}, over the limit of {} (--max-memory-mb); trap: {t}",
+            mib(wanted),
+            mib(limits.max_memory_bytes)
         ),
         None => with_panic_message(t, lines),
+    }
+}
+
+/// Bytes as MiB, with two decimals unless whole (a grow of 64 KiB past a
+/// 32 MiB cap must not read "32 MiB, over the limit of 32 MiB").
+fn mib(bytes: usize) -> String {
+    if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
     }
 }
 
@@ -578,13 +718,18 @@ impl AttemptError {
         let name = match e.downcast_ref::<Trap>() {
             Some(Trap::StackOverflow) => "stack overflow (the guest recursed past its 1 MiB wasm stack)".to_string(),
             Some(Trap::UnreachableCodeReached) => "unreachable instruction executed".to_string(),
-            Some(Trap::MemoryOutOfBounds) => "out-of-bounds memory access".to_string(),
+            // Rust and C keep their stack in linear memory: unbounded
+            // recursion ends here, not in a stack-overflow trap.
+            Some(Trap::MemoryOutOfBounds) => {
+                "out-of-bounds memory access (a guest bug, or a stack kept in linear memory, as Rust's, overflowing)".to_string()
+            }
             Some(Trap::IntegerDivisionByZero) => "integer division by zero".to_string(),
             Some(Trap::Interrupt) => "interrupted".to_string(),
             Some(t) => t.to_string(),
             None => format!("{e:#}"),
         };
-        AttemptError::Trap(format!("wasm trap: {name}"))
+        // wasmtime's own texts may already start with the prefix.
+        AttemptError::Trap(format!("wasm trap: {}", name.strip_prefix("wasm trap: ").unwrap_or(&name)))
     }
 }
 

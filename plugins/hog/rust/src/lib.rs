@@ -12,10 +12,18 @@
 //! - `slow`: three steps of log line + progress (10, 20, 30), each followed
 //!   by 400 ms of waiting: sleeping (a WASI call) in steps 1 and 3, spinning
 //!   in wasm in step 2; shows pending writes reaching Redis mid-attempt
+//! - `count`: prints and returns how many jobs this instance has processed
+//!   (always 1 with a fresh instance per attempt; counts up with
+//!   `--instance-reuse`)
 //! - anything else: completes with `{"ok": true}`
 use bullpen_guest::{Error, Job, Outcome};
 use serde_json::json;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Jobs this instance has processed: state that outlives a job only when
+/// the host reuses the instance.
+static PROCESSED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(serde::Deserialize)]
 struct Data {
@@ -29,6 +37,7 @@ fn recurse(n: u64, pad: [u64; 16]) -> u64 {
 }
 
 fn process(job: &Job) -> Result<Outcome, Error> {
+    let processed = PROCESSED.fetch_add(1, Ordering::Relaxed) + 1;
     let data: Data = job.data()?;
     match data.mode.as_str() {
         "loop" => {
@@ -86,6 +95,10 @@ fn process(job: &Job) -> Result<Outcome, Error> {
             Outcome::complete(&json!({ "steps": 3 }))
         }
         "env" => Outcome::complete(&json!({ "env": std::env::vars().count(), "args": std::env::args().count() })),
+        "count" => {
+            println!("hog: job {processed} of this instance");
+            Outcome::complete(&json!({ "processed": processed }))
+        }
         _ => Outcome::complete(&json!({ "ok": true })),
     }
 }

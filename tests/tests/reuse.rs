@@ -1,0 +1,89 @@
+//! `--instance-reuse` (worker.rs `Attempts::take_warm`, `Warm`): off by
+//! default, every attempt gets a fresh instance; with it, an instance whose
+//! `process` returned serves the next attempts up to the quota, and a trap,
+//! a timeout or the memory cap ends it. `hog`'s `count` mode returns how many
+//! jobs its instance has processed (a static in the guest).
+
+use std::time::Duration;
+
+use bullpen_tests::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(90);
+
+fn count_jobs(n: usize) -> Value {
+    Value::Array((0..n).map(|_| json!({"name": "count", "data": {"mode": "count"}})).collect())
+}
+
+/// Each job's `processed` return value, in order (0 when it did not complete).
+fn processed(v: &Value) -> Vec<u64> {
+    v["jobs"].as_array().unwrap().iter().map(|j| j["returnvalue"]["processed"].as_u64().unwrap_or(0)).collect()
+}
+
+#[test]
+fn without_the_flag_every_attempt_gets_a_fresh_instance() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "fresh", &plugin("hog", "rust"), &[]);
+    let ids = node_add(&redis, "fresh", count_jobs(5));
+    let v = wait_finished(&redis, "fresh", &ids, T);
+    assert_eq!(processed(&v), vec![1; 5], "{v:#}");
+}
+
+#[test]
+fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "warm", &plugin("hog", "rust"), &["--instance-reuse", "3"]);
+    let ids = node_add(&redis, "warm", count_jobs(7));
+    let v = wait_finished(&redis, "warm", &ids, T);
+    assert_eq!(processed(&v), vec![1, 2, 3, 1, 2, 3, 1], "{v:#}");
+    // The output capture is per attempt even though the WASI context is not.
+    for (i, j) in v["jobs"].as_array().unwrap().iter().enumerate() {
+        let guest: Vec<&str> = j["logs"].as_array().unwrap().iter().filter_map(|l| l.as_str()).filter(|l| l.starts_with("hog:")).collect();
+        let n = processed(&v)[i];
+        assert_eq!(guest, vec![format!("hog: job {n} of this instance")], "job {i}: {j:#}");
+    }
+}
+
+#[test]
+fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
+    let redis = Redis::start();
+    let _w = Worker::start(
+        &redis,
+        "ends",
+        &plugin("hog", "rust"),
+        &["--instance-reuse", "100", "--timeout-ms", "1000", "--max-memory-mb", "32"],
+    );
+    let mode = |m: &str| json!({"name": m, "data": {"mode": m}});
+    let jobs = json!([
+        mode("count"), mode("count"), mode("recursion"),
+        mode("count"), mode("count"), mode("loop"),
+        mode("count"), mode("memory"),
+        mode("count"), mode("count"),
+    ]);
+    let ids = node_add(&redis, "ends", jobs);
+    let v = wait_finished(&redis, "ends", &ids, T);
+    let states: Vec<&str> = v["jobs"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(
+        states,
+        ["completed", "completed", "failed", "completed", "completed", "failed", "completed", "failed", "completed", "completed"],
+        "{v:#}"
+    );
+    assert_eq!(processed(&v), vec![1, 2, 0, 1, 2, 0, 1, 0, 1, 2], "each failure starts a fresh instance: {v:#}");
+}
+
+/// A swapped plugin (here: the watched file) never runs in an instance of
+/// the version before it: the first job after the swap starts a fresh count.
+#[test]
+fn a_swap_ends_the_old_versions_instances() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(plugin("hog", "rust")).unwrap();
+    let watched = dir.path().join("hog.wasm");
+    std::fs::write(&watched, &bytes).unwrap();
+    let w = Worker::start(&redis, "swap", &watched, &["--instance-reuse", "100"]);
+    let run = |n: usize| processed(&wait_finished(&redis, "swap", &node_add(&redis, "swap", count_jobs(n)), T));
+    assert_eq!(run(2), vec![1, 2]);
+    std::fs::write(&watched, with_custom_section(&bytes, "v2")).unwrap();
+    w.wait_log("plugin switched", Duration::from_secs(10));
+    assert_eq!(run(2), vec![1, 2], "the new version starts in a fresh instance");
+}
