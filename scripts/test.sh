@@ -9,3 +9,6 @@ bash scripts/setup.sh
 (cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
 # Release: the tests run the same wasmtime host users run (a debug host is ~10x slower).
 cargo test --release --workspace
+# The attempt-overhead benchmark in its quick mode, so it cannot rot (every
+# language's echo must complete, fresh and reused; numbers are not checked).
+BULLPEN_BENCH_QUICK=1 cargo bench -p bullpen --bench attempt_overhead

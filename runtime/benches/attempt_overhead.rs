@@ -3,6 +3,8 @@
 //! from the `InstancePre` + call `process` on a small job + drop, with the
 //! echo plugin (one log line, progress 100, return the data), host calls
 //! answered in memory (`bullpen run`'s job context, printing nothing).
+//! `<lang>-reuse` runs the same attempt in the instance the previous one
+//! used (`--instance-reuse`): only the call and the per-attempt resets.
 //!
 //!   cargo bench -p bullpen --bench attempt_overhead
 //!
@@ -10,14 +12,20 @@
 //! over every timed iteration follow (criterion reports means and medians,
 //! the issue asks for tails too). Plugins come from `target/plugins/`
 //! (`bash scripts/build-plugins.sh`); a missing one is skipped, saying so.
-//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only (the CI smoke test).
+//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only (scripts/test.sh runs
+//! it that way, so the benchmark cannot rot).
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bullpen::run::BenchAttempt;
+use bullpen::run::{BenchAttempt, BenchWarm};
 use criterion::{criterion_group, criterion_main, Criterion};
+
+// The `bullpen` binary's allocator (runtime/src/main.rs), so the numbers are
+// the worker's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn percentiles(mut v: Vec<Duration>) -> String {
     v.sort();
@@ -61,13 +69,38 @@ fn attempt_overhead(c: &mut Criterion) {
         let times = times.into_inner().unwrap();
         // Empty when a command-line filter left this language out.
         if !times.is_empty() {
-            summary.push((lang, percentiles(times)));
+            summary.push((lang.to_string(), percentiles(times)));
+        }
+        // `--instance-reuse`: the same attempt in an instance kept from the
+        // previous one (no instantiation, no runtime start, no slot reset).
+        let warm = Mutex::new(BenchWarm::default());
+        let times = Mutex::new(Vec::new());
+        group.bench_function(format!("{lang}-reuse"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (attempt, times, warm) = (&attempt, &times, &warm);
+                async move {
+                    let mut total = Duration::ZERO;
+                    let mut warm = warm.lock().unwrap();
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        assert!(attempt.once_warm(&mut warm).await);
+                        let d = t.elapsed();
+                        total += d;
+                        times.lock().unwrap().push(d);
+                    }
+                    total
+                }
+            })
+        });
+        let times = times.into_inner().unwrap();
+        if !times.is_empty() {
+            summary.push((format!("{lang}-reuse"), percentiles(times)));
         }
     }
     group.finish();
     println!("\nattempt-overhead (new Store + instantiate + process + drop, no Redis):");
     for (lang, line) in summary {
-        println!("  {lang:<5} {line}");
+        println!("  {lang:<11} {line}");
     }
 }
 

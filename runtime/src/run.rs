@@ -298,4 +298,31 @@ impl BenchAttempt {
         );
         matches!(attempt(&self.setup, local).await.0, Ending::Completed(_))
     }
+
+    /// Run one attempt in the instance `warm` holds (making it on the first
+    /// call), as `--instance-reuse` does; true when it completed.
+    pub async fn once_warm(&self, warm: &mut BenchWarm) -> bool {
+        let s = &self.setup;
+        let local = LocalJob::new(s.job.data.clone(), Vec::new(), s.limits.clone(), crate::host::ChildQueues::Any, Report { json: false, quiet: true });
+        let (mut store, instance, out) = match warm.0.take() {
+            Some((mut store, instance, out)) => {
+                store.data_mut().job = Backend::Local(local);
+                (store, Some(instance), out.reset(s.limits.max_output_bytes))
+            }
+            None => {
+                let out = CapturedOutput::new(s.limits.max_output_bytes);
+                (crate::worker::new_store(&s.engine, HostState::new(local, &s.limits, &out)), None, out)
+            }
+        };
+        let (called, instance, _) = crate::worker::call_in(&mut store, instance, &s.plugin, &s.limits, &s.job).await;
+        let completed = matches!(called, Ok(Ok(Outcome::Completed(_))));
+        if let Some(instance) = instance {
+            warm.0 = Some((store, instance, out));
+        }
+        completed
+    }
 }
+
+/// The instance [`BenchAttempt::once_warm`] keeps between attempts.
+#[derive(Default)]
+pub struct BenchWarm(Option<(wasmtime::Store<HostState>, crate::bindings::Processor, CapturedOutput)>);
