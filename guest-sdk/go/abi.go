@@ -5,9 +5,10 @@ package guest
 // bindings generator (wit-bindgen-go needs TinyGo, whose strings and
 // pointers are 32-bit; mainline Go's are 64-bit), and the world is small.
 //
-// Everything here is plain Go over an [arena] of byte blocks, so the
+// Everything here is plain Go over an [arena] of guest memory, so the
 // layouts are unit-tested on any platform (abi_test.go); abi_wasip1.go only
-// adds the imports, the exports and the real addresses.
+// adds the imports, the exports, the real addresses and the collector's
+// stops around the times the host may call cabi_realloc.
 //
 // Layouts (little-endian, offsets in bytes; a string is ptr u32 + len u32):
 //
@@ -41,24 +42,67 @@ const (
 	importResultSize  = 16
 )
 
-// A block of guest memory handed out by cabi_realloc (or used as a return
-// area), kept reachable until the host is done with it.
+// A block of guest memory from the Go heap, kept reachable until the host
+// is done with it.
 type block struct {
 	addr uint32
 	buf  []byte
 }
 
-// arena is the guest memory the host writes into: every block it
-// allocated through cabi_realloc, and the return areas. Its blocks stay
-// alive (Go's collector does not move objects) until reset.
+// arena is the guest memory the host reads and writes outside Go's view:
+// what cabi_realloc hands out, the return areas of imports and the results
+// lowered for exports.
+//
+// cabi_realloc runs inside a host call with the component model's
+// may-leave flag clear: any WASI call in it traps (`cannot leave component
+// instance`). A Go allocation can start a GC cycle, and the collector makes
+// WASI calls (the clock, the scheduler's poll), so realloc first bump-
+// allocates from scratch, memory that is not the Go heap (on wasm a static
+// array: fixed address, never collected, never moved). Only a request that
+// does not fit falls back to the Go heap (a block); the SDK guarantees that
+// the collector is stopped whenever the host may call realloc (see stopGC
+// in abi_wasip1.go), so that allocation cannot start a cycle, and pauses
+// the WASI adapter's monotonic clock for the call, so the allocator's own
+// clock reads do not leave the instance either.
+//
+// Everything the host wrote is copied into Go values when it is lifted,
+// then the arena is reset: scratch is reused by every call of an attempt,
+// and blocks become garbage.
 type arena struct {
-	blocks []block
-	// addrOf gives a block's address in linear memory (on wasm, the real
+	scratch []byte
+	base    uint32 // address of scratch[0]
+	used    uint32 // scratch[:used] is handed out
+	blocks  []block
+	// addrOf gives a buffer's address in linear memory (on wasm, the real
 	// address; in tests, a made-up one).
 	addrOf func([]byte) uint32
 }
 
-// alloc returns the address of size zeroed bytes aligned to align.
+// newArena makes an arena over scratch (which must stay allocated and in
+// place for the arena's life).
+func newArena(scratch []byte, addrOf func([]byte) uint32) arena {
+	a := arena{scratch: scratch, addrOf: addrOf}
+	if len(scratch) > 0 {
+		a.base = addrOf(scratch)
+	}
+	return a
+}
+
+// bump returns the address of size bytes of scratch aligned to align
+// (a power of two), or false when they do not fit. It never allocates.
+func (a *arena) bump(size, align uint32) (uint32, bool) {
+	start := (uint64(a.base) + uint64(a.used) + uint64(align) - 1) &^ (uint64(align) - 1)
+	end := start + uint64(size)
+	if end > uint64(a.base)+uint64(len(a.scratch)) {
+		return 0, false
+	}
+	a.used = uint32(end - uint64(a.base))
+	return uint32(start), true
+}
+
+// alloc returns the address of size zeroed bytes aligned to align, from
+// the Go heap: for Go code (results lowered for the host), and for
+// cabi_realloc requests too big for scratch.
 func (a *arena) alloc(size, align uint32) uint32 {
 	if align == 0 {
 		align = 1
@@ -76,13 +120,37 @@ func (a *arena) alloc(size, align uint32) uint32 {
 	return b.addr
 }
 
-// realloc implements cabi_realloc(old, oldSize, align, newSize).
-func (a *arena) realloc(old, oldSize, align, newSize uint32) uint32 {
-	if old == 0 || oldSize == 0 {
-		return a.alloc(newSize, align)
+// scratchAlloc returns size zeroed bytes aligned to align, from scratch
+// when they fit (an import's return area), else from the Go heap.
+func (a *arena) scratchAlloc(size, align uint32) uint32 {
+	if p, ok := a.bump(size, align); ok {
+		clear(a.scratch[p-a.base : p-a.base+size])
+		return p
 	}
-	ptr := a.alloc(newSize, align)
-	if newSize > 0 {
+	return a.alloc(size, align)
+}
+
+// realloc implements cabi_realloc(old, oldSize, align, newSize): scratch
+// when it fits (extending the last allocation in place when it can), else
+// a Go heap block. The contents are not zeroed: the host writes them.
+func (a *arena) realloc(old, oldSize, align, newSize uint32) uint32 {
+	if align == 0 || align&(align-1) != 0 {
+		align = 1
+	}
+	if newSize == 0 {
+		return align
+	}
+	if old != 0 && oldSize != 0 && old%align == 0 && uint64(old)+uint64(oldSize) == uint64(a.base)+uint64(a.used) && old >= a.base {
+		if uint64(old)+uint64(newSize) <= uint64(a.base)+uint64(len(a.scratch)) {
+			a.used = old + newSize - a.base
+			return old
+		}
+	}
+	ptr, ok := a.bump(newSize, align)
+	if !ok {
+		ptr = a.alloc(newSize, align)
+	}
+	if old != 0 && oldSize != 0 {
 		src, err := a.load(old, min(oldSize, newSize))
 		if err == nil {
 			dst, _ := a.load(ptr, newSize)
@@ -92,10 +160,15 @@ func (a *arena) realloc(old, oldSize, align, newSize uint32) uint32 {
 	return ptr
 }
 
-// load returns the n bytes at ptr, which must lie inside one block.
+// load returns the n bytes at ptr, which must lie inside the handed-out
+// part of scratch or inside one block.
 func (a *arena) load(ptr, n uint32) ([]byte, error) {
 	if n == 0 {
 		return nil, nil
+	}
+	if ptr >= a.base && uint64(ptr)+uint64(n) <= uint64(a.base)+uint64(a.used) {
+		off := ptr - a.base
+		return a.scratch[off : off+n], nil
 	}
 	for i := len(a.blocks) - 1; i >= 0; i-- {
 		b := a.blocks[i]
@@ -118,8 +191,10 @@ func (a *arena) storeString(s string) (uint32, uint32) {
 	return ptr, uint32(len(s))
 }
 
-// reset forgets every block: the host is done with them.
+// reset forgets everything handed out: the host is done with it, and what
+// it wrote has been copied into Go values.
 func (a *arena) reset() {
+	a.used = 0
 	clear(a.blocks)
 	a.blocks = a.blocks[:0]
 }
@@ -291,22 +366,30 @@ func lowerBackoff(a *arena, b Backoff) uint32 {
 // liftJobError decodes the job-error at off of an import's return area.
 func (r *reader) jobError(off uint32) error {
 	tag := r.u8(off)
+	if r.err != nil {
+		return nil
+	}
+	var kind HostErrorKind
+	switch tag {
+	case 0:
+		// lock-lost has no payload: the bytes after the tag are whatever
+		// the return area held before (scratch is reused), not a string.
+		return &HostError{Kind: LockLost}
+	case 1:
+		kind = WrongState
+	case 2:
+		kind = Invalid
+	case 3:
+		kind = Unavailable
+	default:
+		r.fail("job-error", tag)
+		return nil
+	}
 	msg := r.str(off + 4)
 	if r.err != nil {
 		return nil
 	}
-	switch tag {
-	case 0:
-		return &HostError{Kind: LockLost}
-	case 1:
-		return &HostError{Kind: WrongState, Message: msg}
-	case 2:
-		return &HostError{Kind: Invalid, Message: msg}
-	case 3:
-		return &HostError{Kind: Unavailable, Message: msg}
-	}
-	r.fail("job-error", tag)
-	return nil
+	return &HostError{Kind: kind, Message: msg}
 }
 
 // abiError turns a malformed answer from the host into a host error.

@@ -8,15 +8,17 @@ import (
 	"testing"
 )
 
-// testArena gives blocks made-up addresses, 16-aligned and apart, as a
+// testArena has 256 bytes of scratch (so tests cover both it and Go heap
+// blocks) and gives buffers made-up addresses, 16-aligned and apart, as a
 // 32-bit linear memory would.
 func testArena() *arena {
 	next := uint32(0x1000)
-	return &arena{addrOf: func(b []byte) uint32 {
+	a := newArena(make([]byte, 256), func(b []byte) uint32 {
 		a := next
 		next += (uint32(len(b)) + 31) &^ 15
 		return a
-	}}
+	})
+	return &a
 }
 
 // put writes a string the way the host lowers one: realloc, copy, and the
@@ -253,6 +255,66 @@ func TestLiftImportResults(t *testing.T) {
 	kids, err = liftChildrenResult(a, importRet(t, a, func(b []byte) { binary.LittleEndian.PutUint32(b[4:], 4) }))
 	if err != nil || len(kids) != 0 {
 		t.Errorf("no children: %v %v", kids, err)
+	}
+}
+
+func TestReallocUsesScratchFirstAndReusesIt(t *testing.T) {
+	a := testArena()
+	p := a.realloc(0, 0, 1, 3)
+	if p != a.base || a.used != 3 || len(a.blocks) != 0 {
+		t.Fatalf("first allocation %#x (scratch at %#x, used %d, %d blocks)", p, a.base, a.used, len(a.blocks))
+	}
+	q := a.realloc(0, 0, 8, 16)
+	if q != a.base+8 || a.used != 24 {
+		t.Errorf("aligned allocation %#x, used %d", q, a.used)
+	}
+	// Growing the last allocation extends it in place.
+	b, _ := a.load(q, 16)
+	copy(b, "0123456789abcdef")
+	if r := a.realloc(q, 16, 8, 40); r != q || a.used != 48 {
+		t.Errorf("grown in place: %#x, used %d", r, a.used)
+	}
+	// Too big for what is left: a Go heap block, the contents copied.
+	big := a.realloc(q, 40, 8, 300)
+	if big < a.base+256 && big >= a.base || len(a.blocks) != 1 || big%8 != 0 {
+		t.Fatalf("big allocation %#x in scratch (%d blocks)", big, len(a.blocks))
+	}
+	c, err := a.load(big, 300)
+	if err != nil || string(c[:16]) != "0123456789abcdef" {
+		t.Errorf("moved contents: %q %v", c[:16], err)
+	}
+	// After a reset the same scratch is handed out again.
+	a.reset()
+	if _, err := a.load(q, 1); err == nil {
+		t.Error("scratch readable after reset")
+	}
+	if p2 := a.realloc(0, 0, 1, 200); p2 != a.base || len(a.blocks) != 0 {
+		t.Errorf("after reset: %#x, %d blocks", p2, len(a.blocks))
+	}
+	if p3 := a.realloc(0, 0, 1, 100); p3 == 0 || len(a.blocks) != 1 {
+		t.Errorf("the rest did not fit: %#x, %d blocks", p3, len(a.blocks))
+	}
+}
+
+func TestLockLostIgnoresStaleBytes(t *testing.T) {
+	a := testArena()
+	// A return area whose message slot holds a previous call's pointer.
+	ret := importRet(t, a, func(b []byte) {
+		b[0], b[4] = 1, 0
+		binary.LittleEndian.PutUint32(b[8:], 0xdead0000)
+		binary.LittleEndian.PutUint32(b[12:], 99)
+	})
+	if err := liftUnitResult(a, ret); !IsLockLost(err) {
+		t.Errorf("got %v", err)
+	}
+	// scratchAlloc zeroes what it hands out again.
+	a.reset()
+	p := a.scratchAlloc(importResultSize, 4)
+	b, _ := a.load(p, importResultSize)
+	for i, x := range b {
+		if x != 0 {
+			t.Fatalf("byte %d of a reused return area is %#x", i, x)
+		}
 	}
 }
 

@@ -3,6 +3,9 @@
 package guest
 
 import (
+	"math"
+	"runtime/debug"
+	"sync"
 	"unsafe"
 )
 
@@ -34,76 +37,140 @@ func wasmChildrenValues(ret uint32)
 // trap executes `unreachable` (trap_wasm.s).
 func trap()
 
+// adapterMonotonicClockSetPaused is the WASI preview1 adapter's own export
+// (wasmtime's adapter, 48+): while paused, clock_time_get(MONOTONIC)
+// answers the last value it read instead of calling the host. The Go
+// allocator reads that clock (heap growth that scavenges), and no import
+// may be called inside cabi_realloc.
+//
+//go:wasmimport wasi_snapshot_preview1 adapter_monotonic_clock_set_paused
+func adapterMonotonicClockSetPaused(paused bool)
+
 func addrOf(b []byte) uint32 {
 	return uint32(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
 }
 
-// mem holds what the host allocated in this instance through cabi_realloc
-// and the return areas, until the host is done with them.
-var mem = arena{addrOf: addrOf}
+// reallocScratch is where cabi_realloc hands out memory first: a static
+// array, so handing it out never involves the Go allocator or collector.
+// 64 KiB holds the host's error texts, child ids and ordinary jobs; what
+// does not fit (large job data, children's values) goes to the Go heap,
+// with the collector stopped (stopGC) and the monotonic clock paused.
+var reallocScratch [64 << 10]byte
+
+// mem holds what the host allocated in this instance through cabi_realloc,
+// the import return areas and the export results, until the host is done
+// with them.
+var mem = newArena(reallocScratch[:], addrOf)
+
+// The collector must not run while the host may call cabi_realloc: a
+// cycle's WASI calls (clocks, the timer poll when it restarts the world,
+// goroutine switches) would trap there. The host calls it while lowering
+// an export's parameters (between exports) and an import's results
+// (during an import call), so the collector is stopped from init until
+// `process` (or `backoff`) has lifted its parameters, is restarted for the
+// guest's own code, and is stopped again around every import call and from
+// the moment an export has finished the guest's code. Stopped means
+// SetGCPercent(-1), which also waits for a cycle already marking to
+// finish, with no memory limit (which would start cycles even then);
+// restarting puts back the guest's own settings (GOGC defaults: 100, no
+// limit).
+type gcSettings struct {
+	percent int
+	limit   int64
+}
+
+func stopGC() gcSettings {
+	limit := debug.SetMemoryLimit(math.MaxInt64)
+	return gcSettings{percent: debug.SetGCPercent(-1), limit: limit}
+}
+
+func (s gcSettings) restart() {
+	debug.SetGCPercent(s.percent)
+	debug.SetMemoryLimit(s.limit)
+}
+
+// guestGC is the guest's collector settings while the collector is stopped
+// between exports.
+var guestGC gcSettings
 
 type wasmHost struct{}
 
-func init() { host = wasmHost{} }
+func init() {
+	host = wasmHost{}
+	guestGC = stopGC()
+}
 
-// retArea allocates an import's return area; the caller resets mem once
-// it has lifted the result.
-func retArea() uint32 { return mem.alloc(importResultSize, 4) }
+// callMu makes import calls from several goroutines take turns: stopGC
+// may park the caller until a cycle's marking ends, and another goroutine
+// must not then restart the collector under it, or share the arena.
+var callMu sync.Mutex
+
+// call makes one import call: with the collector stopped, a zeroed return
+// area from scratch, the call, lifting (copying) its result, then the
+// arena reset for the next call.
+func call[T any](imp func(ret uint32), lift func(a *arena, ret uint32) (T, error)) (T, error) {
+	callMu.Lock()
+	defer callMu.Unlock()
+	gc := stopGC()
+	ret := mem.scratchAlloc(importResultSize, 4)
+	imp(ret)
+	v, err := lift(&mem, ret)
+	mem.reset()
+	gc.restart()
+	return v, err
+}
+
+func unit(a *arena, ret uint32) (struct{}, error) { return struct{}{}, liftUnitResult(a, ret) }
 
 func (wasmHost) updateData(data string) error {
-	defer mem.reset()
-	ret := retArea()
-	wasmUpdateData(data, ret)
-	return liftUnitResult(&mem, ret)
+	_, err := call(func(ret uint32) { wasmUpdateData(data, ret) }, unit)
+	return err
 }
 
 func (wasmHost) updateProgress(progress string) error {
-	defer mem.reset()
-	ret := retArea()
-	wasmUpdateProgress(progress, ret)
-	return liftUnitResult(&mem, ret)
+	_, err := call(func(ret uint32) { wasmUpdateProgress(progress, ret) }, unit)
+	return err
 }
 
 func (wasmHost) log(line string) error {
-	defer mem.reset()
-	ret := retArea()
-	wasmLog(line, ret)
-	return liftUnitResult(&mem, ret)
+	_, err := call(func(ret uint32) { wasmLog(line, ret) }, unit)
+	return err
 }
 
 func (wasmHost) moveToDelayed(timestampMs uint64) error {
-	defer mem.reset()
-	ret := retArea()
-	wasmMoveToDelayed(timestampMs, ret)
-	return liftUnitResult(&mem, ret)
+	_, err := call(func(ret uint32) { wasmMoveToDelayed(timestampMs, ret) }, unit)
+	return err
 }
 
 func (wasmHost) addChild(queue, name, data, opts string) (string, error) {
-	defer mem.reset()
-	ret := retArea()
-	wasmAddChild(queue, name, data, opts, ret)
-	return liftStringResult(&mem, ret)
+	return call(func(ret uint32) { wasmAddChild(queue, name, data, opts, ret) }, liftStringResult)
 }
 
 func (wasmHost) waitForChildren() (bool, error) {
-	defer mem.reset()
-	ret := retArea()
-	wasmWaitForChildren(ret)
-	return liftBoolResult(&mem, ret)
+	return call(wasmWaitForChildren, liftBoolResult)
 }
 
 func (wasmHost) childrenValues() ([]rawChild, error) {
-	defer mem.reset()
-	ret := retArea()
-	wasmChildrenValues(ret)
-	return liftChildrenResult(&mem, ret)
+	return call(wasmChildrenValues, liftChildrenResult)
 }
 
 // The component's exports.
 
+// cabi_realloc never calls the Go allocator for what fits in scratch. What
+// does not fit comes from the Go heap, which is safe here only because the
+// collector is stopped whenever the host may call this (stopGC: no cycle
+// can start, so none of its clock reads, timer polls or goroutine switches)
+// and the monotonic clock is paused for the call (the allocator's own clock
+// reads get a cached value). nosplit: the clock is paused before anything
+// here can grow the stack (stack growth may allocate).
+//
 //go:wasmexport cabi_realloc
+//go:nosplit
 func cabiRealloc(old, oldSize, align, newSize uint32) uint32 {
-	return mem.realloc(old, oldSize, align, newSize)
+	adapterMonotonicClockSetPaused(true)
+	p := mem.realloc(old, oldSize, align, newSize)
+	adapterMonotonicClockSetPaused(false)
+	return p
 }
 
 //go:wasmexport process
@@ -114,7 +181,9 @@ func wasmProcess(params uint32) uint32 {
 	if err != nil {
 		r = processResult{kind: failRetry, reason: "bullpen guest SDK: " + err.Error()}
 	} else {
+		guestGC.restart()
 		r = runProcess(job)
+		guestGC = stopGC()
 	}
 	return lowerProcessResult(&mem, r)
 }
@@ -128,7 +197,9 @@ func wasmBackoff(params uint32) uint32 {
 	mem.reset()
 	b := DelayMs(0)
 	if err == nil {
+		guestGC.restart()
 		b = runBackoff(p)
+		guestGC = stopGC()
 	}
 	return lowerBackoff(&mem, b)
 }

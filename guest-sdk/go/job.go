@@ -33,6 +33,14 @@
 // call is checked against the job's lock token by the host: after the
 // worker lost the lock, calls return a [*HostError] of kind [LockLost];
 // return it and the host abandons the attempt without writing anything.
+//
+// The SDK stops Go's garbage collector while the host may write into the
+// instance (from its package initialisation, and from the moment `process`
+// returns, until the next job has been read; and for the length of each
+// host call): a collection there would make WASI calls where the component
+// model forbids them. Your code runs with your own collector settings
+// (runtime/debug.SetGCPercent, SetMemoryLimit; by default GOGC=100, no
+// limit), put back each time.
 package guest
 
 import (

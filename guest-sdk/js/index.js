@@ -314,6 +314,19 @@ export function exportProcessor(process, options = {}) {
 
 // --- internals -------------------------------------------------------------
 
+// StarlingMonkey defines a global `fetch`, but bullpen-build compiles
+// wasi:http out (guests get no network), and calling that `fetch` traps the
+// instance with a bare `unreachable instruction executed`. Importing the SDK
+// replaces it (bullpen-build evaluates the SDK before the processor and its
+// other imports, so a library that keeps a reference to `fetch` gets this
+// one): it rejects, as fetch does on a network error, with an unrecoverable
+// BullpenError (no retry can bring a network): awaited in `process`, it fails
+// the job with that reason; a guest may also catch it.
+const NO_FETCH = 'fetch is not available in the bullpen sandbox: guests have no network access';
+globalThis.fetch = function fetch() {
+  return Promise.reject(BullpenError.unrecoverable(NO_FETCH));
+};
+
 // What `process` threw, as the WIT `failure` variant.
 function toFailure(e) {
   if (e instanceof BullpenError) {

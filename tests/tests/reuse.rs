@@ -2,14 +2,40 @@
 //! default, every attempt gets a fresh instance; with it, an instance whose
 //! `process` returned serves the next attempts up to the quota, and a trap,
 //! a timeout or the memory cap ends it. `hog`'s `count` mode returns how many
-//! jobs its instance has processed (a static in the guest).
+//! jobs its instance has processed (a static in the guest). The same
+//! scenarios run against the `hog` plugin in each language (the `rust`, `go`
+//! and `js` modules at the bottom).
 
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bullpen_tests::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
+
+/// `target/plugins/hog-<lang>.wasm`, loaded once by `bullpen run` first (as
+/// in sandbox.rs): a Go or JS component takes seconds to compile, longer
+/// than `Worker::start` waits for "worker ready"; the run fills the host's
+/// artifact cache. A plugin that does not run fails the test.
+fn hog(lang: &str) -> PathBuf {
+    static LOADED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let p = plugin("hog", lang);
+    let mut loaded = LOADED.lock().unwrap();
+    if !loaded.iter().any(|l| l == lang) {
+        let out = Command::new(bullpen_bin()).arg("run").arg(&p).args(["--data", r#"{"mode":"count"}"#]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.ends_with("completed {\"processed\":1}\n"),
+            "hog-{lang} does not run: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        loaded.push(lang.to_string());
+    }
+    p
+}
 
 fn count_jobs(n: usize) -> Value {
     Value::Array((0..n).map(|_| json!({"name": "count", "data": {"mode": "count"}})).collect())
@@ -20,37 +46,34 @@ fn processed(v: &Value) -> Vec<u64> {
     v["jobs"].as_array().unwrap().iter().map(|j| j["returnvalue"]["processed"].as_u64().unwrap_or(0)).collect()
 }
 
-#[test]
-fn without_the_flag_every_attempt_gets_a_fresh_instance() {
+fn without_the_flag_every_attempt_gets_a_fresh_instance(lang: &str) {
     let redis = Redis::start();
-    let _w = Worker::start(&redis, "fresh", &plugin("hog", "rust"), &[]);
+    let _w = Worker::start(&redis, "fresh", &hog(lang), &[]);
     let ids = node_add(&redis, "fresh", count_jobs(5));
     let v = wait_finished(&redis, "fresh", &ids, T);
-    assert_eq!(processed(&v), vec![1; 5], "{v:#}");
+    assert_eq!(processed(&v), vec![1; 5], "{lang}: {v:#}");
 }
 
-#[test]
-fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
+fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output(lang: &str) {
     let redis = Redis::start();
-    let _w = Worker::start(&redis, "warm", &plugin("hog", "rust"), &["--instance-reuse", "3"]);
+    let _w = Worker::start(&redis, "warm", &hog(lang), &["--instance-reuse", "3"]);
     let ids = node_add(&redis, "warm", count_jobs(7));
     let v = wait_finished(&redis, "warm", &ids, T);
-    assert_eq!(processed(&v), vec![1, 2, 3, 1, 2, 3, 1], "{v:#}");
+    assert_eq!(processed(&v), vec![1, 2, 3, 1, 2, 3, 1], "{lang}: {v:#}");
     // The output capture is per attempt even though the WASI context is not.
     for (i, j) in v["jobs"].as_array().unwrap().iter().enumerate() {
         let guest: Vec<&str> = j["logs"].as_array().unwrap().iter().filter_map(|l| l.as_str()).filter(|l| l.starts_with("hog:")).collect();
         let n = processed(&v)[i];
-        assert_eq!(guest, vec![format!("hog: job {n} of this instance")], "job {i}: {j:#}");
+        assert_eq!(guest, vec![format!("hog: job {n} of this instance")], "{lang}: job {i}: {j:#}");
     }
 }
 
-#[test]
-fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
+fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(
         &redis,
         "ends",
-        &plugin("hog", "rust"),
+        &hog(lang),
         &["--instance-reuse", "100", "--timeout-ms", "1000", "--max-memory-mb", "32"],
     );
     let mode = |m: &str| json!({"name": m, "data": {"mode": m}});
@@ -66,9 +89,54 @@ fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
     assert_eq!(
         states,
         ["completed", "completed", "failed", "completed", "completed", "failed", "completed", "failed", "completed", "completed"],
-        "{v:#}"
+        "{lang}: {v:#}"
     );
-    assert_eq!(processed(&v), vec![1, 2, 0, 1, 2, 0, 1, 0, 1, 2], "each failure starts a fresh instance: {v:#}");
+    assert_eq!(processed(&v), vec![1, 2, 0, 1, 2, 0, 1, 0, 1, 2], "{lang}: each failure starts a fresh instance: {v:#}");
+}
+
+mod rust {
+    #[test]
+    fn without_the_flag_every_attempt_gets_a_fresh_instance() {
+        super::without_the_flag_every_attempt_gets_a_fresh_instance("rust");
+    }
+    #[test]
+    fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
+        super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output("rust");
+    }
+    #[test]
+    fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
+        super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance("rust");
+    }
+}
+
+mod go {
+    #[test]
+    fn without_the_flag_every_attempt_gets_a_fresh_instance() {
+        super::without_the_flag_every_attempt_gets_a_fresh_instance("go");
+    }
+    #[test]
+    fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
+        super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output("go");
+    }
+    #[test]
+    fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
+        super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance("go");
+    }
+}
+
+mod js {
+    #[test]
+    fn without_the_flag_every_attempt_gets_a_fresh_instance() {
+        super::without_the_flag_every_attempt_gets_a_fresh_instance("js");
+    }
+    #[test]
+    fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
+        super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output("js");
+    }
+    #[test]
+    fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
+        super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance("js");
+    }
 }
 
 /// A swapped plugin (here: the watched file) never runs in an instance of

@@ -183,22 +183,29 @@ func writeString(b *bytes.Buffer, s string) {
 // (non-negative) or i64 (negative) stays an integer; anything else ("-0",
 // fractions, exponents, huge integers) becomes an f64 written by ryu.
 func Number(lit string) (string, error) {
+	s, _, err := number(lit)
+	return s, err
+}
+
+// number is [Number], and whether serde_json reads lit as an integer (u64
+// or i64) rather than as an f64.
+func number(lit string) (s string, integer bool, err error) {
 	if !strings.ContainsAny(lit, ".eE") {
 		if strings.HasPrefix(lit, "-") {
 			if lit != "-0" {
 				if n, err := strconv.ParseInt(lit, 10, 64); err == nil {
-					return strconv.FormatInt(n, 10), nil
+					return strconv.FormatInt(n, 10), true, nil
 				}
 			}
 		} else if n, err := strconv.ParseUint(lit, 10, 64); err == nil {
-			return strconv.FormatUint(n, 10), nil
+			return strconv.FormatUint(n, 10), true, nil
 		}
 	}
 	f, err := strconv.ParseFloat(lit, 64)
 	if err != nil || math.IsInf(f, 0) {
-		return "", fmt.Errorf("number out of range: %s", lit)
+		return "", false, fmt.Errorf("number out of range: %s", lit)
 	}
-	return formatF64(f), nil
+	return formatF64(f), false, nil
 }
 
 // formatF64 writes a finite f64 as serde_json does: the shortest
@@ -247,6 +254,9 @@ func exponent(e int) string {
 // Describe names a value [Parse] returned the way serde_json's errors do
 // ("invalid type: string \"three\", expected u32"), so a Go processor that
 // checks its input by hand refuses bad data with a Rust processor's words.
+// Numbers are named as serde_json reads them: "integer `3`" for what fits
+// u64 or i64, else "floating point `1.5`" (`3.0`, `-0.0`, `1e+20`: the f64
+// as serde_json writes it).
 func Describe(v any) string {
 	switch v := v.(type) {
 	case nil:
@@ -254,7 +264,19 @@ func Describe(v any) string {
 	case bool:
 		return fmt.Sprintf("boolean `%v`", v)
 	case json.Number:
-		return "number `" + string(v) + "`"
+		s, integer, err := number(string(v))
+		switch {
+		case err != nil:
+			return "floating point `" + string(v) + "`"
+		case integer:
+			return "integer `" + s + "`"
+		default:
+			return "floating point `" + s + "`"
+		}
+	case float64:
+		return "floating point `" + formatF64(v) + "`"
+	case int, int64, int32, uint, uint64, uint32:
+		return fmt.Sprintf("integer `%d`", v)
 	case string:
 		return fmt.Sprintf("string %q", v)
 	case []any:

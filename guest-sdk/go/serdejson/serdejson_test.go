@@ -62,11 +62,13 @@ func TestParseRejects(t *testing.T) {
 }
 
 func TestDescribeUsesSerdeWords(t *testing.T) {
-	v, err := Parse(`[null, true, 3, "three", [1], {"a": 1}]`)
+	v, err := Parse(`[null, true, 3, -7, 18446744073709551615, 1.5, 3.0, -0, 1e2, 1e-7, 18446744073709551616, "three", [1], {"a": 1}]`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"null", "boolean `true`", "number `3`", `string "three"`, "sequence", "map"}
+	want := []string{"null", "boolean `true`", "integer `3`", "integer `-7`", "integer `18446744073709551615`",
+		"floating point `1.5`", "floating point `3.0`", "floating point `-0.0`", "floating point `100.0`", "floating point `1e-7`",
+		"floating point `1.8446744073709552e+19`", `string "three"`, "sequence", "map"}
 	for i, x := range v.([]any) {
 		if got := Describe(x); got != want[i] {
 			t.Errorf("Describe(%v) = %q, want %q", x, got, want[i])

@@ -11,8 +11,10 @@
 // 2. componentize-js (StarlingMonkey) makes the component for the world:
 //    `processor-with-backoff` when the entry exports `backoff`, else
 //    `processor`. The `http` and `fetch-event` features are disabled: the
-//    host links WASI p2 but not wasi:http. componentize-js is called
-//    directly (`jco componentize` cannot find the WIT here).
+//    host links WASI p2 but not wasi:http (the SDK, evaluated first, replaces
+//    the global `fetch`, which would trap, by one that rejects saying so).
+//    componentize-js is called directly (`jco componentize` cannot find the
+//    WIT here).
 import { build } from 'esbuild';
 import { componentize } from '@bytecodealliance/componentize-js';
 import { existsSync, mkdtempSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
@@ -94,7 +96,12 @@ try {
   let result;
   try {
     result = await build({
-      entryPoints: [entry],
+      // The SDK first, then the entry with its imports: the SDK replaces the
+      // global `fetch` (index.js) before any other module can keep it.
+      stdin: {
+        contents: `import 'bullpen-guest';\nexport * from ${JSON.stringify(entry)};\n`,
+        resolveDir: dirname(entry),
+      },
       bundle: true,
       format: 'esm',
       platform: 'neutral',

@@ -167,6 +167,15 @@ test('any other exception is a panic: reported on stderr, then rethrown (the com
   assert.match(lines.at(-1), /panicked at process:\na string$/);
 });
 
+test('fetch rejects with an unrecoverable BullpenError: no network in the sandbox', async () => {
+  const text = 'fetch is not available in the bullpen sandbox: guests have no network access';
+  await assert.rejects(globalThis.fetch('http://127.0.0.1:6379/'), (e) => e instanceof BullpenError && e.kind === 'unrecoverable' && e.message === text);
+  assert.deepEqual(await run(async () => { await fetch('https://example.com/'); }), { tag: 'err', val: { tag: 'unrecoverable', val: text } });
+  let caught;
+  assert.deepEqual(await run(async () => { try { await fetch('https://example.com/'); } catch (e) { caught = e.message; } return 1; }), { tag: 'ok', val: { tag: 'completed', val: '1' } });
+  assert.equal(caught, text);
+});
+
 test('backoff export', async () => {
   const seen = [];
   const { backoff } = exportProcessor(() => null, {

@@ -14,13 +14,13 @@
 //     serde form of a Result; the error texts are Go's own)
 //   - `biglog` / `bigprogress` / `bigdata`: a 100 KiB log line, a 100 KiB
 //     progress value, 17 MiB of data; completes with the host's answers
-//     (today `biglog` traps instead, `cannot leave component instance`: a
-//     Go SDK bug, see go::payload_limits_give_clear_errors in
-//     tests/tests/sandbox.rs)
 //   - `bigreturn`: returns 17 MiB (over the host's return-value limit)
 //   - `slow`: three steps of log line + progress (10, 20, 30), each followed
 //     by 400 ms of waiting: sleeping (a WASI call) in steps 1 and 3, spinning
 //     in wasm in step 2; shows pending writes reaching Redis mid-attempt
+//   - `count`: prints and returns how many jobs this instance has processed
+//     (always 1 with a fresh instance per attempt; counts up with
+//     `--instance-reuse`)
 //   - anything else: completes with `{"ok": true}`
 //
 // Data without a string `mode` fails unrecoverably with serde's words
@@ -41,6 +41,10 @@ import (
 // sink keeps the compiler from dropping work whose result is unused (Rust's
 // black_box).
 var sink any
+
+// processed counts the jobs this instance has processed: state that
+// outlives a job only when the host reuses the instance.
+var processed uint64
 
 // parseMode reads the Rust plugin's `struct Data { mode: String }` as serde
 // does: from an object (other keys ignored) or a one-element sequence.
@@ -91,6 +95,8 @@ func result(ok string, err error) map[string]string {
 }
 
 func process(job *guest.Job) (guest.Outcome, error) {
+	processed++
+	n := processed
 	mode, err := parseMode(job.DataJSON())
 	if err != nil {
 		return guest.Outcome{}, guest.Unrecoverable("invalid JSON: " + err.Error())
@@ -167,6 +173,9 @@ func process(job *guest.Job) (guest.Outcome, error) {
 		return guest.Complete(map[string]any{"steps": 3})
 	case "env":
 		return guest.Complete(map[string]any{"env": len(os.Environ()), "args": len(os.Args)})
+	case "count":
+		fmt.Printf("hog: job %d of this instance\n", n)
+		return guest.Complete(map[string]any{"processed": n})
 	}
 	return guest.Complete(map[string]any{"ok": true})
 }

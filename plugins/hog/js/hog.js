@@ -10,13 +10,13 @@
 // - `recursion`: recurses without bound; SpiderMonkey throws
 //   `InternalError: too much recursion`, which escapes `process` (a bug, so a
 //   trap naming the message, as a Rust panic traps)
-// - `file` / `net` / `env`: JavaScript here has no API for any of them
-//   (StarlingMonkey has no file system, socket, environment or argument
-//   access; its global `fetch` exists, but bullpen-build compiles wasi:http
-//   out, and calling it traps the instance with a bare `unreachable`, so hog
-//   does not call it). Each completes with a value saying so, in the Rust
-//   plugin's shape of a failed Result: `{"file": {"Err": "..."}}`,
-//   `{"net": {"Err": "..."}}`, `{"args": {"Err": "..."}, "env": {"Err": "..."}}`
+// - `file` / `net` / `env`: JavaScript here has no API for a file, a socket,
+//   the environment or the arguments (StarlingMonkey has none), so each
+//   completes with a value saying so, in the Rust plugin's shape of a failed
+//   Result: `{"file": {"Err": "..."}}`, `{"args": {"Err": "..."}, "env":
+//   {"Err": "..."}}`. `net` also calls the global `fetch` (bullpen-build
+//   compiles wasi:http out; the SDK's `fetch` rejects saying so) and reports
+//   its error too: `{"net": {"Err": "..."}, "fetch": {"Err": "<its message>"}}`
 // - `biglog` / `bigprogress` / `bigdata`: a 100 KiB log line, a 100 KiB
 //   progress value, 17 MiB of data; completes with the host's answers
 // - `bigreturn`: returns 17 MiB (over the host's return-value limit)
@@ -27,6 +27,9 @@
 // - `slow`: three steps of log line + progress (10, 20, 30), each followed
 //   by 400 ms of waiting: sleeping (setTimeout, a WASI poll) in steps 1 and 3,
 //   spinning in wasm in step 2; shows pending writes reaching Redis mid-attempt
+// - `count`: prints and returns how many jobs this instance has processed
+//   (always 1 with a fresh instance per attempt; counts up with
+//   `--instance-reuse`)
 // - anything else: completes with `{"ok": true}`
 //
 // Data without a string `mode` fails unrecoverably with serde's words
@@ -38,8 +41,12 @@ const NO_API = 'JavaScript in the bullpen sandbox (StarlingMonkey) has no';
 /** Keeps the engine from dropping work whose result is unused (Rust's black_box). */
 let sink;
 
+/** Jobs this instance has processed: state that outlives a job only when the host reuses the instance. */
+let processed = 0;
+
 /** @param {import('bullpen-guest').Job} job */
 async function handle(job) {
+  const n = ++processed;
   const mode = parseMode(job.data());
   switch (mode) {
     case 'loop': {
@@ -67,8 +74,16 @@ async function handle(job) {
       return Outcome.complete({ depth: recurse(0, []) });
     case 'file':
       return Outcome.complete({ file: { Err: `${NO_API} file system API: cannot read /etc/passwd` } });
-    case 'net':
-      return Outcome.complete({ net: { Err: `${NO_API} socket API (and fetch is compiled out): cannot connect to 127.0.0.1:6379` } });
+    case 'net': {
+      let fetched;
+      try {
+        const res = await fetch('http://127.0.0.1:6379/');
+        fetched = { Ok: `status ${res.status}` };
+      } catch (e) {
+        fetched = { Err: e instanceof Error ? e.message : String(e) };
+      }
+      return Outcome.complete({ net: { Err: `${NO_API} socket API: cannot connect to 127.0.0.1:6379` }, fetch: fetched });
+    }
     case 'env':
       return Outcome.complete({
         args: { Err: `${NO_API} API for program arguments` },
@@ -106,6 +121,9 @@ async function handle(job) {
       }
       return Outcome.complete({ steps: 3 });
     }
+    case 'count':
+      console.log(`hog: job ${n} of this instance`);
+      return Outcome.complete({ processed: n });
     default:
       return Outcome.complete({ ok: true });
   }
