@@ -253,9 +253,11 @@ impl Attempts {
             };
             if r.is_none() {
                 // The lock is still ours: what the guest queued in its last
-                // ≤100 ms is written before the job is handed back.
-                if let Some(p) = pending.take() {
-                    match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(p.flush(Vec::new()))).await {
+                // ≤100 ms, and what it printed, is written before the job is
+                // handed back.
+                if let Some((p, out)) = pending.take() {
+                    let printed = out.take_lines(self.shared.limits.max_log_line_bytes);
+                    match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(p.flush(printed))).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
                         Err(_) => warn!("gave up writing the interrupted attempt's pending log lines/progress"),
@@ -314,14 +316,14 @@ impl Attempts {
         }
     }
 
-    /// One attempt. `pending` gets the attempt's write-behind queue, for
-    /// `run` to flush if shutdown interrupts the attempt.
+    /// One attempt. `pending` gets the attempt's write-behind queue and
+    /// output capture, for `run` to flush if shutdown interrupts it.
     async fn attempt(
         &self,
         plugin: Arc<Plugin>,
         job: bullmq::Job,
         rec: &mut AttemptRecord,
-        pending: &mut Option<Arc<crate::host::write_behind::WriteBehind>>,
+        pending: &mut Option<(Arc<crate::host::write_behind::WriteBehind>, CapturedOutput)>,
     ) -> BullResult {
         if let Err(e) = self.check_data(&job).await {
             return Err(bullmq::Error::Unrecoverable(e.to_string()));
@@ -340,7 +342,7 @@ impl Attempts {
         };
         // The job log records the version that ran this attempt.
         let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
-        *pending = Some(ctx.pending.clone());
+        *pending = Some((ctx.pending.clone(), out.clone()));
         let (mut store, instance, uses) = match warm {
             Some(w) => {
                 let mut store = w.store;

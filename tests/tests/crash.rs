@@ -93,16 +93,17 @@ fn sigterm_finishes_or_hands_back_running_attempts() {
 }
 
 /// An attempt interrupted by shutdown writes what its guest queued
-/// (write-behind) before its job is handed back. hog's `slow` mode logs step
-/// 1, sets progress 10 and sleeps 400 ms; SIGTERM with no grace period lands
-/// well within the 100 ms those writes would otherwise wait. (On a machine so
-/// busy that it lands later, the timer has written them and this passes
-/// without testing anything.)
+/// (write-behind) and printed before its job is handed back. hog's `slow`
+/// mode logs step 1, prints a line, sets progress 10 and sleeps 400 ms;
+/// SIGTERM with no grace period lands well within the 100 ms the queued
+/// writes would otherwise wait. (On a machine so busy that it lands later,
+/// the timer has written those; the printed line is only ever written at the
+/// attempt's end, so that part is tested either way.)
 #[test]
 fn an_interrupted_attempt_writes_its_pending_lines_before_handing_back() {
     let redis = Redis::start();
     let w = Worker::start(&redis, "gi", &plugin("hog", "rust"), &["--grace-ms", "0"]);
-    let ids = node_add(&redis, "gi", json!([{"name": "slow", "data": {"mode": "slow"}}]));
+    let ids = node_add(&redis, "gi", json!([{"name": "slow", "data": {"mode": "slow", "print": true}}]));
     wait_active(&redis, "gi", 1);
     std::thread::sleep(Duration::from_millis(20));
     assert!(w.stop().success());
@@ -111,9 +112,10 @@ fn an_interrupted_attempt_writes_its_pending_lines_before_handing_back() {
     assert_eq!(j["state"], "waiting", "handed back: {j:#}");
     assert_eq!(j["attemptsMade"], 0);
     let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-    assert_eq!(logs.len(), 2, "the digest line and step 1's: {logs:?}");
+    assert_eq!(logs.len(), 3, "the digest line, step 1's line and what step 1 printed: {logs:?}");
     assert!(logs[0].starts_with("bullpen: plugin sha256:"), "{logs:?}");
     assert_eq!(logs[1], "hog: step 1");
+    assert_eq!(logs[2], "hog: printed step 1", "captured stdout is written too");
     assert_eq!(j["progress"], 10, "{j:#}");
 }
 

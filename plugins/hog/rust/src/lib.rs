@@ -11,7 +11,8 @@
 //! - `bigreturn`: returns 17 MiB (over the host's return-value limit)
 //! - `slow`: three steps of log line + progress (10, 20, 30), each followed
 //!   by 400 ms of waiting: sleeping (a WASI call) in steps 1 and 3, spinning
-//!   in wasm in step 2; shows pending writes reaching Redis mid-attempt
+//!   in wasm in step 2; shows pending writes reaching Redis mid-attempt;
+//!   with `"print": true` each step also prints `hog: printed step N`
 //! - `count`: prints and returns how many jobs this instance has processed
 //!   (always 1 with a fresh instance per attempt; counts up with
 //!   `--instance-reuse`)
@@ -28,6 +29,8 @@ static PROCESSED: AtomicU64 = AtomicU64::new(0);
 #[derive(serde::Deserialize)]
 struct Data {
     mode: String,
+    #[serde(default)]
+    print: bool,
 }
 
 #[allow(unconditional_recursion)]
@@ -81,6 +84,9 @@ fn process(job: &Job) -> Result<Outcome, Error> {
         "slow" => {
             for step in 1..=3u32 {
                 job.log(format!("hog: step {step}"))?;
+                if data.print {
+                    println!("hog: printed step {step}");
+                }
                 job.progress(step * 10)?;
                 let wait = std::time::Duration::from_millis(400);
                 if step == 2 {
