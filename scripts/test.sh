@@ -9,6 +9,8 @@ bash scripts/setup.sh
 (cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
 # Release: the tests run the same wasmtime host users run (a debug host is ~10x slower).
 cargo test --release --workspace
-# The attempt-overhead benchmark in its quick mode, so it cannot rot (every
-# language's echo must complete, fresh and reused; numbers are not checked).
-BULLPEN_BENCH_QUICK=1 cargo bench -p bullpen --bench attempt_overhead
+# The attempt-overhead benchmark once per variant (criterion's test mode), so
+# it cannot rot: every language's echo must complete, fresh and reused.
+# `cargo test --workspace` shares the release build above; `cargo bench`
+# would build wasmtime again in the bench profile.
+cargo test --release --workspace --benches

@@ -12,8 +12,9 @@
 //! over every timed iteration follow (criterion reports means and medians,
 //! the issue asks for tails too). Plugins come from `target/plugins/`
 //! (`bash scripts/build-plugins.sh`); a missing one is skipped, saying so.
-//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only (scripts/test.sh runs
-//! it that way, so the benchmark cannot rot).
+//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only. scripts/test.sh runs
+//! it with `cargo test --benches` (criterion's test mode: each variant once),
+//! so the benchmark cannot rot.
 
 use std::path::Path;
 use std::sync::Mutex;
