@@ -1,12 +1,14 @@
 //! A binding: one queue, one plugin slot, one `bullmq` Worker whose
-//! processor runs each attempt in a fresh instance of the current plugin.
+//! processor runs each attempt in a fresh instance of the current plugin
+//! (or, opted into with `--instance-reuse`, in one a previous attempt left).
 //!
 //! The attempt lifecycle, in order: check the job's data is JSON; take the
 //! current plugin; new Store (limits, deny-by-default WASI, captured
 //! stdout/stderr); instantiate from the `InstancePre`; call `process` under
 //! the wall-clock limit; write captured output to the job log; map the result
 //! to what bullmq-official does next (complete, retry/fail, or nothing when
-//! the job was moved or the lock was lost).
+//! the job was moved or the lock was lost); with reuse on, an instance whose
+//! `process` returned goes back to the binding's idle list (`Warm`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
