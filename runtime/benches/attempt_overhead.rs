@@ -49,53 +49,35 @@ fn attempt_overhead(c: &mut Criterion) {
             continue;
         }
         let attempt = BenchAttempt::new(&file).unwrap();
-        assert!(rt.block_on(attempt.once()), "echo-{lang} did not complete");
-        let times = Mutex::new(Vec::new());
-        group.bench_function(lang, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (attempt, times) = (&attempt, &times);
-                async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        assert!(attempt.once().await);
-                        let d = t.elapsed();
-                        total += d;
-                        times.lock().unwrap().push(d);
+        assert!(rt.block_on(attempt.once(&mut BenchWarm::fresh())), "echo-{lang} did not complete");
+        // `<lang>-reuse` (`--instance-reuse`): the same attempt in the
+        // instance the previous one left (no instantiation, no runtime
+        // start, no slot reset).
+        for (name, warm) in [(lang.to_string(), BenchWarm::fresh()), (format!("{lang}-reuse"), BenchWarm::reuse())] {
+            // tokio's Mutex: its guard is held across the attempts' awaits.
+            let (warm, times) = (tokio::sync::Mutex::new(warm), Mutex::new(Vec::new()));
+            group.bench_function(&name, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (attempt, times, warm) = (&attempt, &times, &warm);
+                    async move {
+                        let mut total = Duration::ZERO;
+                        let mut warm = warm.lock().await;
+                        for _ in 0..iters {
+                            let t = Instant::now();
+                            assert!(attempt.once(&mut warm).await);
+                            let d = t.elapsed();
+                            total += d;
+                            times.lock().unwrap().push(d);
+                        }
+                        total
                     }
-                    total
-                }
-            })
-        });
-        let times = times.into_inner().unwrap();
-        // Empty when a command-line filter left this language out.
-        if !times.is_empty() {
-            summary.push((lang.to_string(), percentiles(times)));
-        }
-        // `--instance-reuse`: the same attempt in an instance kept from the
-        // previous one (no instantiation, no runtime start, no slot reset).
-        let warm = Mutex::new(BenchWarm::default());
-        let times = Mutex::new(Vec::new());
-        group.bench_function(format!("{lang}-reuse"), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (attempt, times, warm) = (&attempt, &times, &warm);
-                async move {
-                    let mut total = Duration::ZERO;
-                    let mut warm = warm.lock().unwrap();
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        assert!(attempt.once_warm(&mut warm).await);
-                        let d = t.elapsed();
-                        total += d;
-                        times.lock().unwrap().push(d);
-                    }
-                    total
-                }
-            })
-        });
-        let times = times.into_inner().unwrap();
-        if !times.is_empty() {
-            summary.push((format!("{lang}-reuse"), percentiles(times)));
+                })
+            });
+            let times = times.into_inner().unwrap();
+            // Empty when a command-line filter left this variant out.
+            if !times.is_empty() {
+                summary.push((name, percentiles(times)));
+            }
         }
     }
     group.finish();

@@ -287,42 +287,39 @@ impl BenchAttempt {
         Ok(BenchAttempt { setup: Setup { plugin, engine, attempts: 0, limits, job } })
     }
 
-    /// Run one attempt; true when it completed.
-    pub async fn once(&self) -> bool {
-        let local = LocalJob::new(
-            self.setup.job.data.clone(),
-            Vec::new(),
-            self.setup.limits.clone(),
-            crate::host::ChildQueues::Any,
-            Report { json: false, quiet: true },
-        );
-        matches!(attempt(&self.setup, local).await.0, Ending::Completed(_))
-    }
-
-    /// Run one attempt in the instance `warm` holds (making it on the first
-    /// call), as `--instance-reuse` does; true when it completed.
-    pub async fn once_warm(&self, warm: &mut BenchWarm) -> bool {
+    /// Run one attempt in the instance `warm` holds, or a fresh one (kept
+    /// for the next call if `warm` reuses, as `--instance-reuse` does);
+    /// true when it completed.
+    pub async fn once(&self, warm: &mut BenchWarm) -> bool {
         let s = &self.setup;
-        let local = LocalJob::new(s.job.data.clone(), Vec::new(), s.limits.clone(), crate::host::ChildQueues::Any, Report { json: false, quiet: true });
-        let (mut store, instance, out) = match warm.0.take() {
-            Some((mut store, instance, out)) => {
-                store.data_mut().job = Backend::Local(local);
-                (store, Some(instance), out.reset(s.limits.max_output_bytes))
-            }
-            None => {
-                let out = CapturedOutput::new(s.limits.max_output_bytes);
-                (crate::worker::new_store(&s.engine, HostState::new(local, &s.limits, &out)), None, out)
-            }
+        let job = |out: &CapturedOutput| {
+            let mut local = LocalJob::new(s.job.data.clone(), Vec::new(), s.limits.clone(), crate::host::ChildQueues::Any, Report { json: false, quiet: true });
+            local.next_attempt(out.clone());
+            Backend::Local(local)
         };
+        let (mut store, instance, out) = crate::worker::prepare(&s.engine, &s.limits, warm.kept.take(), job);
         let (called, instance, _) = crate::worker::call_in(&mut store, instance, &s.plugin, &s.limits, &s.job).await;
-        let completed = matches!(called, Ok(Ok(Outcome::Completed(_))));
-        if let Some(instance) = instance {
-            warm.0 = Some((store, instance, out));
+        if let (true, Some(instance)) = (warm.reuse, instance) {
+            warm.kept = Some(crate::worker::Kept { store, instance, out });
         }
-        completed
+        matches!(called, Ok(Ok(Outcome::Completed(_))))
     }
 }
 
-/// The instance [`BenchAttempt::once_warm`] keeps between attempts.
-#[derive(Default)]
-pub struct BenchWarm(Option<(wasmtime::Store<HostState>, crate::bindings::Processor, CapturedOutput)>);
+/// Whether [`BenchAttempt::once`] runs in a fresh instance each time, or
+/// keeps its instance for the next call.
+pub struct BenchWarm {
+    reuse: bool,
+    kept: Option<crate::worker::Kept>,
+}
+
+impl BenchWarm {
+    /// A fresh instance per attempt (the default worker).
+    pub fn fresh() -> Self {
+        BenchWarm { reuse: false, kept: None }
+    }
+    /// One instance for every attempt (`--instance-reuse`).
+    pub fn reuse() -> Self {
+        BenchWarm { reuse: true, kept: None }
+    }
+}

@@ -108,15 +108,47 @@ struct Attempts {
     idle: std::sync::Mutex<Vec<Warm>>,
 }
 
-/// An instance kept for more attempts (`--instance-reuse`), with the store
-/// it lives in and the output capture its WASI context writes to.
+/// An instance of the binding's plugin kept for more attempts
+/// (`--instance-reuse`).
 struct Warm {
     plugin: Arc<Plugin>,
-    store: Store<HostState>,
-    instance: Processor,
-    out: CapturedOutput,
+    kept: Kept,
     /// Attempts it has served.
     uses: u32,
+}
+
+/// An instance whose `process` returned, with the store it lives in and the
+/// output capture its WASI context writes to.
+pub(crate) struct Kept {
+    pub store: Store<HostState>,
+    pub instance: Processor,
+    pub out: CapturedOutput,
+}
+
+/// What one attempt runs in: `kept`'s store (its job context replaced, its
+/// output capture emptied, the memory cap's record cleared) and instance,
+/// or a new store and no instance yet (`call_in` makes one). `job` builds
+/// the attempt's job context around its output capture.
+pub(crate) fn prepare(
+    engine: &Engine,
+    limits: &Limits,
+    kept: Option<Kept>,
+    job: impl FnOnce(&CapturedOutput) -> Backend,
+) -> (Store<HostState>, Option<Processor>, CapturedOutput) {
+    match kept {
+        Some(Kept { mut store, instance, out }) => {
+            let out = out.reset(limits.max_output_bytes);
+            let state = store.data_mut();
+            state.job = job(&out);
+            state.memory.hit = None;
+            (store, Some(instance), out)
+        }
+        None => {
+            let out = CapturedOutput::new(limits.max_output_bytes);
+            let state = HostState::new(job(&out), limits, &out);
+            (new_store(engine, state), None, out)
+        }
+    }
 }
 
 impl Attempts {
@@ -338,30 +370,20 @@ impl Attempts {
             return Err(bullmq::Error::Unrecoverable(e.to_string()));
         }
         let warm = self.take_warm(&plugin);
-        let out = match &warm {
-            Some(w) => w.out.reset(limits.max_output_bytes),
-            None => CapturedOutput::new(limits.max_output_bytes),
-        };
-        // The job log records the version that ran this attempt.
-        let ctx = JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest);
+        let uses = warm.as_ref().map_or(0, |w| w.uses);
+        let (mut store, instance, out) = prepare(&self.engine, limits, warm.map(|w| w.kept), |out| {
+            // The job log records the version that ran this attempt.
+            Backend::Redis(JobContext::new(self.shared.clone(), job, token, out.clone()).with_plugin_digest(&plugin.digest))
+        });
+        let Backend::Redis(ctx) = &store.data().job else { unreachable!("a worker's attempts run against Redis") };
         *pending = Some((ctx.pending.clone(), out.clone()));
-        let (mut store, instance, uses) = match warm {
-            Some(w) => {
-                let mut store = w.store;
-                let state = store.data_mut();
-                state.job = Backend::Redis(ctx);
-                state.memory.hit = None;
-                (store, Some(w.instance), w.uses)
-            }
-            None => (new_store(&self.engine, HostState::new(ctx, limits, &out)), None, 0),
-        };
         let (called, instance, instantiated) = Box::pin(call_in(&mut store, instance, &plugin, limits, &wit_job)).await;
         // `--instance-reuse`: an instance whose `process` returned, within
         // its limits, serves the binding's next attempt (until its quota).
         let keep = instance.filter(|_| uses + 1 < self.reuse && store.data().memory.hit.is_none());
         let result = self.conclude(&plugin, &mut store, called, instantiated, rec, &wit_job, &out).await;
         if let Some(instance) = keep {
-            self.idle.lock().unwrap().push(Warm { plugin, store, instance, out, uses: uses + 1 });
+            self.idle.lock().unwrap().push(Warm { plugin, kept: Kept { store, instance, out }, uses: uses + 1 });
         }
         result
     }
@@ -705,7 +727,7 @@ pub(crate) fn trap_reason(t: String, memory_hit: Option<usize>, limits: &Limits,
 /// Bytes as MiB, with two decimals unless whole (a grow of 64 KiB past a
 /// 32 MiB cap must not read "32 MiB, over the limit of 32 MiB").
 fn mib(bytes: usize) -> String {
-    if bytes % (1 << 20) == 0 {
+    if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
