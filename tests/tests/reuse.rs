@@ -94,50 +94,29 @@ fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance(lang: &str) {
     assert_eq!(processed(&v), vec![1, 2, 0, 1, 2, 0, 1, 0, 1, 2], "{lang}: each failure starts a fresh instance: {v:#}");
 }
 
-mod rust {
-    #[test]
-    fn without_the_flag_every_attempt_gets_a_fresh_instance() {
-        super::without_the_flag_every_attempt_gets_a_fresh_instance("rust");
-    }
-    #[test]
-    fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
-        super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output("rust");
-    }
-    #[test]
-    fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
-        super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance("rust");
-    }
+/// The tests above, once per guest language (as conformance.rs does).
+macro_rules! per_language {
+    ($lang:ident) => {
+        mod $lang {
+            #[test]
+            fn without_the_flag_every_attempt_gets_a_fresh_instance() {
+                super::without_the_flag_every_attempt_gets_a_fresh_instance(stringify!($lang));
+            }
+            #[test]
+            fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
+                super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output(stringify!($lang));
+            }
+            #[test]
+            fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
+                super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance(stringify!($lang));
+            }
+        }
+    };
 }
 
-mod go {
-    #[test]
-    fn without_the_flag_every_attempt_gets_a_fresh_instance() {
-        super::without_the_flag_every_attempt_gets_a_fresh_instance("go");
-    }
-    #[test]
-    fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
-        super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output("go");
-    }
-    #[test]
-    fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
-        super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance("go");
-    }
-}
-
-mod js {
-    #[test]
-    fn without_the_flag_every_attempt_gets_a_fresh_instance() {
-        super::without_the_flag_every_attempt_gets_a_fresh_instance("js");
-    }
-    #[test]
-    fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {
-        super::an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output("js");
-    }
-    #[test]
-    fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance() {
-        super::a_trap_a_timeout_or_the_memory_cap_ends_the_instance("js");
-    }
-}
+per_language!(rust);
+per_language!(go);
+per_language!(js);
 
 /// A swapped plugin (here: the watched file) never runs in an instance of
 /// the version before it: the first job after the swap starts a fresh count.

@@ -198,66 +198,38 @@ fn fuel_limit_stops_a_spinning_guest(lang: &str) {
     assert_eq!(v["jobs"][1]["state"], "completed", "{lang}");
 }
 
-mod rust {
-    #[test]
-    fn each_abuse_fails_only_its_own_job() {
-        super::each_abuse_fails_only_its_own_job("rust");
-    }
-    #[test]
-    fn wasi_grants_no_files_network_or_environment() {
-        super::wasi_grants_no_files_network_or_environment("rust");
-    }
-    #[test]
-    fn payload_limits_give_clear_errors() {
-        super::payload_limits_give_clear_errors("rust", &[]);
-    }
-    #[test]
-    fn fuel_limit_stops_a_spinning_guest() {
-        super::fuel_limit_stops_a_spinning_guest("rust");
-    }
+/// The tests above, once per guest language (as conformance.rs does);
+/// `payload` is the worker flags for `payload_limits_give_clear_errors`.
+macro_rules! per_language {
+    ($lang:ident, payload = $payload:expr) => {
+        mod $lang {
+            #[test]
+            fn each_abuse_fails_only_its_own_job() {
+                super::each_abuse_fails_only_its_own_job(stringify!($lang));
+            }
+            #[test]
+            fn wasi_grants_no_files_network_or_environment() {
+                super::wasi_grants_no_files_network_or_environment(stringify!($lang));
+            }
+            #[test]
+            fn payload_limits_give_clear_errors() {
+                super::payload_limits_give_clear_errors(stringify!($lang), $payload);
+            }
+            #[test]
+            fn fuel_limit_stops_a_spinning_guest() {
+                super::fuel_limit_stops_a_spinning_guest(stringify!($lang));
+            }
+        }
+    };
 }
 
-mod go {
-    #[test]
-    fn each_abuse_fails_only_its_own_job() {
-        super::each_abuse_fails_only_its_own_job("go");
-    }
-    #[test]
-    fn wasi_grants_no_files_network_or_environment() {
-        super::wasi_grants_no_files_network_or_environment("go");
-    }
-    /// The host lowers its refusals (and every string it returns) through
-    /// the Go SDK's `cabi_realloc`, where a GC cycle's WASI calls would trap
-    /// (`cannot leave component instance`); the SDK hands out memory there
-    /// without the Go heap, or with the collector stopped (abi_wasip1.go).
-    #[test]
-    fn payload_limits_give_clear_errors() {
-        super::payload_limits_give_clear_errors("go", &[]);
-    }
-    #[test]
-    fn fuel_limit_stops_a_spinning_guest() {
-        super::fuel_limit_stops_a_spinning_guest("go");
-    }
-}
-
-mod js {
-    #[test]
-    fn each_abuse_fails_only_its_own_job() {
-        super::each_abuse_fails_only_its_own_job("js");
-    }
-    #[test]
-    fn wasi_grants_no_files_network_or_environment() {
-        super::wasi_grants_no_files_network_or_environment("js");
-    }
-    /// At the default 128 MiB cap the engine runs out of memory building the
-    /// 17 MiB JSON before the host sees it (`invalid JSON: out of memory`);
-    /// 160 MiB is enough, 256 leaves room.
-    #[test]
-    fn payload_limits_give_clear_errors() {
-        super::payload_limits_give_clear_errors("js", &["--max-memory-mb", "256"]);
-    }
-    #[test]
-    fn fuel_limit_stops_a_spinning_guest() {
-        super::fuel_limit_stops_a_spinning_guest("js");
-    }
-}
+per_language!(rust, payload = &[]);
+// Go: the host lowers its refusals (and every string it returns) through
+// the Go SDK's `cabi_realloc`, where a GC cycle's WASI calls would trap
+// (`cannot leave component instance`); the SDK hands out memory there
+// without the Go heap, or with the collector stopped (abi_wasip1.go).
+per_language!(go, payload = &[]);
+// JS: at the default 128 MiB cap the engine runs out of memory building the
+// 17 MiB JSON before the host sees it (`invalid JSON: out of memory`);
+// 160 MiB is enough, 256 leaves room.
+per_language!(js, payload = &["--max-memory-mb", "256"]);
