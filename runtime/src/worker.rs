@@ -789,3 +789,24 @@ pub(crate) fn to_wit_job(job: &bullmq::Job, queue: &str) -> wit::Job {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_reasons_say_wasm_trap_once_and_sizes_exactly() {
+        let t = |e: wasmtime::Error| match AttemptError::Trap(String::new()).with_trap(e) {
+            AttemptError::Trap(r) => r,
+            other => panic!("{other:?}"),
+        };
+        // wasmtime's own text for this one starts with "wasm trap: " already.
+        assert_eq!(t(wasmtime::Error::new(Trap::OutOfFuel)), "wasm trap: all fuel consumed by WebAssembly");
+        assert!(t(wasmtime::Error::new(Trap::MemoryOutOfBounds)).contains("stack kept in linear memory"));
+        let limits = Limits { max_memory_bytes: 32 << 20, ..Limits::default() };
+        let r = trap_reason("wasm trap: unreachable".into(), Some((32 << 20) + (64 << 10)), &limits, &[]);
+        assert!(r.starts_with("out of memory: the guest tried to grow its memory to 32.06 MiB, over the limit of 32 MiB"), "{r}");
+        let r = trap_reason("t".into(), Some(64 << 20), &limits, &[]);
+        assert!(r.contains("to 64 MiB, over"), "{r}");
+    }
+}
