@@ -186,6 +186,12 @@ pub struct WorkerArgs {
     /// (Node's `job.processedBy`), so a fleet's work can be told apart.
     #[arg(long)]
     pub name: Option<String>,
+    /// Threads that run attempts and Redis I/O [default: one per CPU core].
+    /// Guests of all queues share them: fewer threads than attempts at once
+    /// cap how many guests compute in parallel; fewer than cores leave the
+    /// rest to other processes (a redis-server on the same machine).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 impl WorkerArgs {
@@ -285,6 +291,27 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// The tokio runtime a command runs on: `bullpen worker` takes its worker
+/// threads from `--threads`, else the config's `threads`, else one per core
+/// (tokio's default). Other commands do little work: the same default.
+pub fn runtime(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Command::Worker(a) = &cli.command {
+        let from_file = match &a.config {
+            Some(path) if a.threads.is_none() => WorkerFile::load(path)?.threads,
+            _ => None,
+        };
+        if let Some(n) = a.threads.or(from_file) {
+            if n == 0 {
+                bail!("threads must be at least 1");
+            }
+            builder.worker_threads(n as usize);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(a) => worker(a).await,
@@ -353,7 +380,8 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     };
     let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
     let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.clone()).collect();
-    info!(queues = %names.join(","), digest = %digests.join(","), "worker ready");
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(queues = %names.join(","), digest = %digests.join(","), threads, "worker ready");
     shutdown.await?;
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
     futures_util::future::try_join_all(running.iter().map(|r| {

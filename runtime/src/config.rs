@@ -31,6 +31,9 @@ pub struct WorkerFile {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Shutdown grace period for running attempts, ms (default 10000).
     pub grace_ms: Option<u64>,
+    /// Threads that run attempts and Redis I/O, shared by every queue
+    /// (default: one per CPU core; `--threads`).
+    pub threads: Option<u16>,
     /// Settings every queue gets unless its entry says otherwise.
     #[serde(default)]
     pub defaults: Settings,

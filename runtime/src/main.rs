@@ -8,8 +8,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = bullpen::cli::Cli::parse();
     let filter = EnvFilter::try_from_env("BULLPEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -19,7 +18,8 @@ async fn main() -> std::process::ExitCode {
         // (queue, job, attempt, digest) in `span`.
         bullpen::cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
     }
-    match bullpen::cli::run(cli).await {
+    let result = bullpen::cli::runtime(&cli).and_then(|rt| rt.block_on(bullpen::cli::run(cli)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             if let Some(bullpen::cli::ExitStatus(code)) = e.downcast_ref() {

@@ -251,6 +251,7 @@ fn one_process_serves_the_queues_of_a_config_file_and_flags_override_it() {
     let config = format!(
         r#"
 redis = "{url}"
+threads = 2
 [defaults]
 timeout_ms = 800
 
@@ -275,6 +276,7 @@ timeout_ms = 1500
     let file = write_file(&dir, "bullpen.toml", &config);
     let w = Worker::spawn(&["--config", &file]);
     assert!(w.log().contains("queues=mails,hogs,slowhogs"), "{}", w.log());
+    assert!(w.log().contains("threads=2"), "the file's `threads`: {}", w.log());
 
     let mails = node_add(&redis, "mails", json!([{"name": "m", "data": {"to": "ada"}}, {"name": "m", "data": {"to": "bob"}}]));
     let hogs = node_add(&redis, "hogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
@@ -289,11 +291,16 @@ timeout_ms = 1500
     drop(w);
 
     // Flags win over the file, and --queue serves just one of its queues.
-    let w = Worker::spawn(&["--config", &file, "--queue", "slowhogs", "--timeout-ms", "600"]);
+    // On one thread, two looping guests at once are still both stopped at
+    // their limit (each yields to the others at every epoch tick).
+    let w = Worker::spawn(&["--config", &file, "--queue", "slowhogs", "--timeout-ms", "600", "--threads", "1", "--concurrency", "2"]);
     assert!(w.log().contains("queues=slowhogs"), "{}", w.log());
-    let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
+    assert!(w.log().contains("threads=1"), "--threads overrides: {}", w.log());
+    let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}, {"name": "loop", "data": {"mode": "loop"}}]));
     let v = wait_finished(&redis, "slowhogs", &slow, T);
-    assert!(v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 600 ms"), "--timeout-ms overrides: {v:#}");
+    for j in v["jobs"].as_array().unwrap() {
+        assert!(j["failedReason"].as_str().unwrap().contains("limit of 600 ms"), "--timeout-ms overrides: {v:#}");
+    }
     assert_eq!(stats_json(&redis, "mails")["workers"], json!([]), "mails is not served by this process");
     drop(w);
 
@@ -303,4 +310,8 @@ timeout_ms = 1500
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml is not valid") && err.contains("concurency"), "{err}");
+    let out = bullpen(&["worker", "--config", &file, "--threads", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads") && err.contains("0"), "{err}");
 }
