@@ -223,7 +223,8 @@ def main():
                 for key in dict.fromkeys((r["name"], r["workers"]) for r in rows):
                     rs = [r for r in rows if (r["name"], r["workers"]) == key]
                     vs = [r["vs_node"] for r in rs if r["vs_node"] is not None]
-                    print(f"| {key[0]} | {key[1]} | {med([r['jobs_per_s'] for r in rs]):.0f} | {med(vs):.2f}x | {med([r['worker_cpu_us'] for r in rs]):.1f} | "
+                    ratio = f"{med(vs):.2f}x" if vs else "-"
+                    print(f"| {key[0]} | {key[1]} | {med([r['jobs_per_s'] for r in rs]):.0f} | {ratio} | {med([r['worker_cpu_us'] for r in rs]):.1f} | "
                           f"{med([r['redis_cpu_us'] for r in rs]):.1f} | {med([r['rss_mb'] for r in rs]):.0f} |")
             bad += [f"{sname}/{r['name']}" for r in rows if r["failed"]]
             results[sname] = rows

@@ -88,9 +88,7 @@ pub enum AdminError {
 }
 
 async fn open_queue(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<bullmq::Queue, AdminError> {
-    let mut opts = bullmq::QueueOptions::default();
-    opts.connection = redis.bullmq_options();
-    opts.prefix = prefix.to_string();
+    let opts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
     bullmq::Queue::with_options(queue, opts).await.map_err(|source| AdminError::Open {
         queue: queue.to_string(),
         redis: redis.to_string(),

@@ -61,9 +61,7 @@ pub async fn add_file(q: &QueueArgs, redis: &RedisTarget, file: &Path, default_o
         bail!("{} has no jobs", file.display());
     }
     let total = jobs.len();
-    let mut qopts = bullmq::QueueOptions::default();
-    qopts.connection = redis.bullmq_options();
-    qopts.prefix = q.prefix.clone();
+    let qopts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: q.prefix.clone(), ..Default::default() };
     let queue = bullmq::Queue::with_options(&q.queue, qopts)
         .await
         .with_context(|| format!("cannot open queue `{}` on {redis}", q.queue))?;

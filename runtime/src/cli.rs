@@ -455,9 +455,7 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     let (name, data) = (a.name.unwrap_or_default(), a.data.unwrap_or_default());
     let data: serde_json::Value =
         serde_json::from_str(&data).with_context(|| format!("job data is not valid JSON: {data:?}"))?;
-    let mut qopts = bullmq::QueueOptions::default();
-    qopts.connection = redis.bullmq_options();
-    qopts.prefix = a.q.prefix.clone();
+    let qopts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: a.q.prefix.clone(), ..Default::default() };
     let queue = bullmq::Queue::with_options(&a.q.queue, qopts)
         .await
         .with_context(|| format!("cannot open queue `{}` on {redis}", a.q.queue))?;

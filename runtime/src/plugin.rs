@@ -174,7 +174,7 @@ fn prune_cache(dir: &Path, keep: &Path, max_bytes: u64) -> std::io::Result<usize
         }
     }
     // Newest first; what no longer fits under the limit goes.
-    artifacts.sort_by(|a, b| b.0.cmp(&a.0));
+    artifacts.sort_by_key(|a| std::cmp::Reverse(a.0));
     let mut total = 0u64;
     for (_, len, path) in artifacts {
         total += len;

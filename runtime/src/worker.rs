@@ -204,16 +204,18 @@ impl Binding {
             let attempts = attempts.clone();
             async move { attempts.run(job, cancel).await }
         };
-        let mut opts = WorkerOptions::default();
-        opts.connection = config.redis.bullmq_options();
-        opts.prefix = config.prefix.clone();
-        opts.concurrency = config.concurrency;
-        opts.lock_duration = config.lock_duration_ms;
-        opts.stalled_interval = config.stalled_interval_ms;
-        opts.max_stalled_count = config.max_stalled_count;
-        opts.max_started_attempts = config.max_started_attempts;
-        opts.name = config.name.clone();
-        opts.finish_prelude = Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id)));
+        let opts = WorkerOptions {
+            connection: config.redis.bullmq_options(),
+            prefix: config.prefix.clone(),
+            concurrency: config.concurrency,
+            lock_duration: config.lock_duration_ms,
+            stalled_interval: config.stalled_interval_ms,
+            max_stalled_count: config.max_stalled_count,
+            max_started_attempts: config.max_started_attempts,
+            name: config.name.clone(),
+            finish_prelude: Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id))),
+            ..Default::default()
+        };
         let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
         drain_worker_events(worker.clone(), config.queue.clone());
         Ok(Binding { worker, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })

@@ -132,6 +132,7 @@ fn spawn_redis(port: u16, extra: &[String], dir: &Path) -> Option<Child> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
+    let _ = child.wait();
     None
 }
 

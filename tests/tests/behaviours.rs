@@ -15,7 +15,7 @@ fn guest_logs(j: &Value) -> Value {
     Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
 }
 
-fn job<'a>(v: &'a Value, i: usize) -> &'a Value {
+fn job(v: &Value, i: usize) -> &Value {
     &v["jobs"][i]
 }
 
@@ -274,7 +274,7 @@ fn node_flow_producer_flow_runs_bottom_up() {
     let a = tree["children"][0]["id"].as_str().unwrap();
     let b = tree["children"][1]["id"].as_str().unwrap();
     let g = tree["children"][0]["children"][0]["id"].as_str().unwrap();
-    let v = wait_finished(&redis, "fparents", &[pid.clone()], T);
+    let v = wait_finished(&redis, "fparents", std::slice::from_ref(&pid), T);
     let parent = job(&v, 0);
     assert_eq!(parent["state"], "completed", "{parent:#}");
     assert_eq!(parent["returnvalue"]["children"], json!({

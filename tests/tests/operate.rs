@@ -104,7 +104,7 @@ fn stats_shows_counts_rates_and_the_digest_each_live_worker_runs() {
     let mut digests: Vec<(&str, u64)> =
         workers.iter().map(|w| (w["digest"].as_str().unwrap(), w["concurrency"].as_u64().unwrap())).collect();
     digests.sort();
-    let mut want = vec![(digest_of(&echo), 4), (digest_of(&flaky), 2)];
+    let mut want = [(digest_of(&echo), 4), (digest_of(&flaky), 2)];
     want.sort();
     let want: Vec<(&str, u64)> = want.iter().map(|(d, c)| (d.as_str(), *c)).collect();
     assert_eq!(digests, want, "each live worker with the digest it runs");

@@ -150,9 +150,7 @@ impl Shared {
         if let Some(q) = qs.get(name) {
             return Ok(q.clone());
         }
-        let mut opts = QueueOptions::default();
-        opts.connection = self.target.bullmq_options();
-        opts.prefix = self.prefix.clone();
+        let opts = QueueOptions { connection: self.target.bullmq_options(), prefix: self.prefix.clone(), ..Default::default() };
         let q = Arc::new(Queue::with_options(name, opts).await?);
         qs.insert(name.to_string(), q.clone());
         Ok(q)
@@ -190,6 +188,9 @@ pub struct JobContext {
 /// Where an attempt's host calls go: a job in Redis (a worker's attempts),
 /// or a job in memory (`bullpen run`). Same HostState, limits and argument
 /// checks either way.
+// One per Store, made once per attempt and never moved after: boxing the
+// larger variant would add an allocation per attempt for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Redis(JobContext),
     Local(LocalJob),
