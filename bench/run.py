@@ -25,7 +25,7 @@ many worker processes on the queue (the scaling curve). Needs
 `bash scripts/setup.sh` (release host, plugins, tests/node) and
 `cargo build --release -p bullpen-bench-native`.
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shlex, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -80,11 +80,13 @@ def contenders(conc, extra_bins=()):
             c[f"bullpen-{lang}-reuse"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
                                                               "--queue", q, "--plugin", p, "--concurrency", str(conc),
                                                               "--instance-reuse", "1000"]
-    # A/B of two host builds in one run: NAME=PATH runs PATH (a `bullpen` binary) with echo-rust.wasm.
+    # A/B of two host builds, or of worker flags, in one run: NAME=PATH [FLAGS...] runs PATH (a
+    # `bullpen` binary) with echo-rust.wasm, and FLAGS after the worker's own.
     for spec in extra_bins:
-        name, path = spec.split("=", 1)
-        c[name] = lambda url, q, b=path: [b, "worker", "--redis", url, "--queue", q,
-                                          "--plugin", f"{ROOT}/target/plugins/echo-rust.wasm", "--concurrency", str(conc)]
+        name, rest = spec.split("=", 1)
+        path, *flags = shlex.split(rest)
+        c[name] = lambda url, q, b=path, f=flags: [b, "worker", "--redis", url, "--queue", q,
+                                                   "--plugin", f"{ROOT}/target/plugins/echo-rust.wasm", "--concurrency", str(conc), *f]
     return c
 
 
@@ -154,7 +156,8 @@ def main():
     ap.add_argument("--concurrency", default="100", help="worker-concurrent at each of these (e.g. 10,100,1000)")
     ap.add_argument("--rate", type=int, default=1000, help="job-latency: jobs/s added")
     ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
-                    help="also run this bullpen binary with echo-rust.wasm as contender NAME (A/B of host builds)")
+                    help="also run this bullpen binary with echo-rust.wasm as contender NAME (A/B of host builds); "
+                         "'NAME=PATH --flag value' adds worker flags (A/B of settings)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="worker-concurrent/-generic: run the contenders this many rounds, interleaved, and print the medians")
     ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
