@@ -32,7 +32,8 @@ pub struct WorkerFile {
     /// Shutdown grace period for running attempts, ms (default 10000).
     pub grace_ms: Option<u64>,
     /// Threads that run attempts and Redis I/O, shared by every queue
-    /// (default: one per CPU core; `--threads`).
+    /// (default: one per CPU core, at most the queues' total concurrency;
+    /// `--threads`).
     pub threads: Option<u16>,
     /// Settings every queue gets unless its entry says otherwise.
     #[serde(default)]
@@ -207,6 +208,16 @@ pub struct QueuePlan {
 }
 
 impl WorkerFile {
+    /// How many attempts the served queues (`only`, else all) may run at
+    /// once: the sum of their concurrency, each as `plan` resolves it.
+    pub fn total_concurrency(&self, flags: &Settings, only: Option<&str>) -> usize {
+        self.queues
+            .iter()
+            .filter(|q| only.is_none_or(|n| n == q.name))
+            .map(|q| flags.over(&q.settings).over(&self.defaults).concurrency.unwrap_or(1))
+            .sum()
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<WorkerFile> {
         let f: WorkerFile = toml::from_str(text)?;
         let mut seen = std::collections::HashSet::new();
@@ -315,6 +326,19 @@ mod tests {
         let f = WorkerFile::parse("redis = \"redis://a:6379\"\n").unwrap();
         assert_eq!(f.redis.unwrap().into_urls(), ["redis://a:6379"]);
         assert!(WorkerFile::parse("redis = 5\n").is_err());
+    }
+
+    #[test]
+    fn total_concurrency_resolves_each_queue_as_plan_does() {
+        let f = WorkerFile::parse("[defaults]\nconcurrency = 4\n[[queues]]\nname = \"a\"\n[[queues]]\nname = \"b\"\nconcurrency = 2\n[[queues]]\nname = \"c\"\n").unwrap();
+        assert_eq!(f.total_concurrency(&Settings::default(), None), 4 + 2 + 4);
+        assert_eq!(f.total_concurrency(&Settings::default(), Some("b")), 2);
+        let flags = Settings { concurrency: Some(1), ..Settings::default() };
+        assert_eq!(f.total_concurrency(&flags, None), 3, "a flag applies to every queue");
+        let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
+        assert_eq!(f.total_concurrency(&Settings::default(), None), 1, "BullMQ's default concurrency");
+        let plans = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
+        assert_eq!(plans[0].binding.concurrency, 1);
     }
 
     #[test]

@@ -244,6 +244,21 @@ fn a_taken_metrics_port_stops_the_worker_at_start() {
 }
 
 #[test]
+fn worker_threads_default_to_one_per_core_capped_by_concurrency() {
+    let redis = Redis::start();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let echo = plugin("echo", "rust");
+    let w = Worker::start(&redis, "t1", &echo, &[]);
+    assert!(w.log().contains("threads=1"), "concurrency 1 (the default) needs one thread: {}", w.log());
+    drop(w);
+    let w = Worker::start(&redis, "t5", &echo, &["--concurrency", "5"]);
+    assert!(w.log().contains(&format!("threads={}", cores.min(5))), "{cores} cores: {}", w.log());
+    let ids = node_add(&redis, "t5", json!([{"name": "e", "data": {"n": 1}}, {"name": "e", "data": {"n": 2}}]));
+    let v = wait_finished(&redis, "t5", &ids, T);
+    assert_eq!(v["jobs"][1]["returnvalue"], json!({"n": 2}));
+}
+
+#[test]
 fn one_process_serves_the_queues_of_a_config_file_and_flags_override_it() {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
