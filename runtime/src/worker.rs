@@ -556,7 +556,7 @@ impl Attempts {
         if let Some(fuel) = limits.fuel {
             let _ = store.set_fuel(fuel);
         }
-        store.epoch_deadline_async_yield_and_update(1);
+        yield_at_epoch_ticks(&mut store);
         let call = async {
             let instance = plugin.pre.instance_pre().instantiate_async(&mut store).await?;
             let f = instance.get_typed_func::<(String, u32, String, wit::Job), (wit::BackoffDecision,)>(&mut store, "backoff")?;
@@ -645,6 +645,17 @@ pub(crate) async fn call_process(
     (store, called, instantiated)
 }
 
+/// At every epoch tick the guest yields to tokio through `yield_now`, which
+/// wakes the task only after the runtime has polled its I/O driver.
+/// wasmtime's plain `Yield` wakes it at once: on a worker with one thread a
+/// spinning guest then held up Redis replies (its own write-behind flush,
+/// other attempts' moves) for ~60 ticks, tokio's `event_interval`.
+/// (tests/tests/write_behind.rs, step 2, caught it.)
+pub(crate) fn yield_at_epoch_ticks(store: &mut Store<HostState>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))));
+}
+
 /// A store for attempts of one plugin, with the memory cap installed.
 pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
     let mut store = Store::new(engine, state);
@@ -678,7 +689,7 @@ pub(crate) async fn call_in(
     }
     // Yield to tokio at every epoch tick; the wall clock is enforced
     // by the timeout below, which drops (and so stops) the guest.
-    store.epoch_deadline_async_yield_and_update(1);
+    yield_at_epoch_ticks(store);
     let mut instantiated = None;
     // Boxed: this future is large (instantiation and call state), and
     // every wrapper around it would otherwise copy it.
