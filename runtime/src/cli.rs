@@ -292,39 +292,25 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// The tokio runtime a command runs on: `bullpen worker` takes its worker
-/// threads from `--threads`, else the config's `threads`, else one per core
-/// but no more than the attempts its queues may run at once. Other commands
-/// do little work: tokio's default (one per core).
-pub fn runtime(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
+/// Run one command on a tokio runtime. `bullpen worker` resolves its queues
+/// first, so its runtime gets `WorkerSetup::threads`; the other commands do
+/// little work and get tokio's default (one thread per core).
+pub fn main(cli: Cli) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Command::Worker(a) = &cli.command {
-        let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
-        let threads = match a.threads.or_else(|| file.as_ref().and_then(|f| f.threads)) {
-            Some(0) => bail!("threads must be at least 1"),
-            Some(n) => usize::from(n),
-            // A thread beyond the attempts that can run at once has no guest
-            // to run, and costs cross-thread wakeups: at concurrency 1 one
-            // thread used 15-30% less CPU per job, same jobs/s (bench/README.md).
-            None => {
-                let flags = a.settings();
-                let attempts = match &file {
-                    Some(f) => f.total_concurrency(&flags, a.queue.as_deref()),
-                    None => flags.concurrency.unwrap_or(1),
-                };
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                attempts.clamp(1, cores)
-            }
-        };
-        builder.worker_threads(threads);
+    match cli.command {
+        Command::Worker(a) => {
+            let setup = WorkerSetup::new(a)?;
+            builder.worker_threads(setup.threads()?);
+            builder.build()?.block_on(worker(setup))
+        }
+        command => builder.build()?.block_on(run(command)),
     }
-    Ok(builder.build()?)
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Worker(a) => worker(a).await,
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Worker(a) => worker(WorkerSetup::new(a)?).await,
         Command::Add(a) => add(a).await,
         Command::Retry(a) => retry(a).await,
         Command::Inspect(a) => inspect(a).await,
@@ -339,37 +325,69 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The default Redis when neither a flag, the config nor $REDIS_URL says.
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
-async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
-    let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
-    let prefix = a.prefix.clone().or_else(|| file.as_ref().and_then(|f| f.prefix.clone())).unwrap_or_else(|| "bull".into());
-    let urls = if !a.redis.is_empty() {
-        a.redis.clone()
-    } else if let Some(r) = file.as_ref().and_then(|f| f.redis.clone()) {
-        r.into_urls()
-    } else {
-        vec![std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())]
-    };
-    let cluster = a.cluster || file.as_ref().and_then(|f| f.cluster).unwrap_or(false);
-    let redis = RedisTarget::from_args(urls, cluster, &prefix)?;
-    let flags = a.settings();
-    let mut plans = match &file {
-        Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
-        None => {
-            let mut binding = BindingConfig::new(redis.clone(), a.queue.clone().unwrap_or_default());
-            binding.prefix = prefix.clone();
-            flags.apply(&mut binding)?;
-            vec![QueuePlan { binding, plugin: None, watch: flags.watch.unwrap_or(true) }]
+/// What `bullpen worker` serves, resolved from its flags and config file
+/// before anything runs.
+struct WorkerSetup {
+    a: WorkerArgs,
+    file: Option<WorkerFile>,
+    plans: Vec<QueuePlan>,
+}
+
+impl WorkerSetup {
+    fn new(a: WorkerArgs) -> anyhow::Result<WorkerSetup> {
+        let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
+        let prefix = a.prefix.clone().or_else(|| file.as_ref().and_then(|f| f.prefix.clone())).unwrap_or_else(|| "bull".into());
+        let urls = if !a.redis.is_empty() {
+            a.redis.clone()
+        } else if let Some(r) = file.as_ref().and_then(|f| f.redis.clone()) {
+            r.into_urls()
+        } else {
+            vec![std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())]
+        };
+        let cluster = a.cluster || file.as_ref().and_then(|f| f.cluster).unwrap_or(false);
+        let redis = RedisTarget::from_args(urls, cluster, &prefix)?;
+        let flags = a.settings();
+        let mut plans = match &file {
+            Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
+            None => {
+                let mut binding = BindingConfig::new(redis.clone(), a.queue.clone().unwrap_or_default());
+                binding.prefix = prefix.clone();
+                flags.apply(&mut binding)?;
+                vec![QueuePlan { binding, plugin: None, watch: flags.watch.unwrap_or(true) }]
+            }
+        };
+        if let Some(p) = &a.plugin {
+            if plans.len() != 1 {
+                bail!("--plugin applies to one queue: add --queue to pick one of the config's queues");
+            }
+            plans[0].plugin = Some(p.clone());
         }
-    };
-    if let Some(p) = &a.plugin {
-        if plans.len() != 1 {
-            bail!("--plugin applies to one queue: add --queue to pick one of the config's queues");
+        for p in &mut plans {
+            p.binding.name = a.name.clone();
         }
-        plans[0].plugin = Some(p.clone());
+        Ok(WorkerSetup { a, file, plans })
     }
-    for p in &mut plans {
-        p.binding.name = a.name.clone();
+
+    /// The runtime's worker threads: `--threads`, else the config's
+    /// `threads`, else one per core but no more than the attempts the
+    /// queues may run at once (the sum of their concurrency).
+    fn threads(&self) -> anyhow::Result<usize> {
+        Ok(match self.a.threads.or_else(|| self.file.as_ref().and_then(|f| f.threads)) {
+            Some(0) => bail!("threads must be at least 1"),
+            Some(n) => usize::from(n),
+            // A thread beyond the attempts that can run at once has no guest
+            // to run, and costs cross-thread wakeups: at concurrency 1 one
+            // thread used 15-30% less CPU per job, same jobs/s (bench/README.md).
+            None => {
+                let attempts: usize = self.plans.iter().map(|p| p.binding.concurrency).sum();
+                attempts.clamp(1, std::thread::available_parallelism().map_or(1, |n| n.get()))
+            }
+        })
     }
+}
+
+async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
+    let WorkerSetup { a, file, plans } = setup;
     if let Some(addr) = a.metrics_addr.or_else(|| file.as_ref().and_then(|f| f.metrics_addr)) {
         crate::metrics::serve(addr).await?;
     }

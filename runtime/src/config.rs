@@ -208,16 +208,6 @@ pub struct QueuePlan {
 }
 
 impl WorkerFile {
-    /// How many attempts the served queues (`only`, else all) may run at
-    /// once: the sum of their concurrency, each as `plan` resolves it.
-    pub fn total_concurrency(&self, flags: &Settings, only: Option<&str>) -> usize {
-        self.queues
-            .iter()
-            .filter(|q| only.is_none_or(|n| n == q.name))
-            .map(|q| flags.over(&q.settings).over(&self.defaults).concurrency.unwrap_or(1))
-            .sum()
-    }
-
     pub fn parse(text: &str) -> anyhow::Result<WorkerFile> {
         let f: WorkerFile = toml::from_str(text)?;
         let mut seen = std::collections::HashSet::new();
@@ -328,17 +318,19 @@ mod tests {
         assert!(WorkerFile::parse("redis = 5\n").is_err());
     }
 
+    /// What `bullpen worker` sizes its runtime by (cli.rs, `WorkerSetup::threads`).
     #[test]
-    fn total_concurrency_resolves_each_queue_as_plan_does() {
+    fn total_concurrency_of_the_plans() {
+        let total = |f: &WorkerFile, flags: &Settings, only: Option<&str>| -> usize {
+            f.plan(&r(), "bull", flags, only).unwrap().iter().map(|p| p.binding.concurrency).sum()
+        };
         let f = WorkerFile::parse("[defaults]\nconcurrency = 4\n[[queues]]\nname = \"a\"\n[[queues]]\nname = \"b\"\nconcurrency = 2\n[[queues]]\nname = \"c\"\n").unwrap();
-        assert_eq!(f.total_concurrency(&Settings::default(), None), 4 + 2 + 4);
-        assert_eq!(f.total_concurrency(&Settings::default(), Some("b")), 2);
+        assert_eq!(total(&f, &Settings::default(), None), 4 + 2 + 4);
+        assert_eq!(total(&f, &Settings::default(), Some("b")), 2);
         let flags = Settings { concurrency: Some(1), ..Settings::default() };
-        assert_eq!(f.total_concurrency(&flags, None), 3, "a flag applies to every queue");
+        assert_eq!(total(&f, &flags, None), 3, "a flag applies to every queue");
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
-        assert_eq!(f.total_concurrency(&Settings::default(), None), 1, "BullMQ's default concurrency");
-        let plans = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
-        assert_eq!(plans[0].binding.concurrency, 1);
+        assert_eq!(total(&f, &Settings::default(), None), 1, "BullMQ's default concurrency");
     }
 
     #[test]

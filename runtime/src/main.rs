@@ -18,8 +18,7 @@ fn main() -> std::process::ExitCode {
         // (queue, job, attempt, digest) in `span`.
         bullpen::cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
     }
-    let result = bullpen::cli::runtime(&cli).and_then(|rt| rt.block_on(bullpen::cli::run(cli)));
-    match result {
+    match bullpen::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             if let Some(bullpen::cli::ExitStatus(code)) = e.downcast_ref() {
