@@ -551,8 +551,7 @@ impl Attempts {
         let limits = &self.shared.limits;
         let out = CapturedOutput::new(limits.max_output_bytes);
         let bctx = JobContext::new(self.shared.clone(), ctx.job.clone(), ctx.token.clone(), out.clone());
-        let mut store = Store::new(&self.engine, HostState::new(bctx, limits, &out));
-        store.limiter(|s| &mut s.memory);
+        let mut store = new_store(&self.engine, HostState::new(bctx, limits, &out));
         if let Some(fuel) = limits.fuel {
             let _ = store.set_fuel(fuel);
         }
