@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """bullpen benchmarks, side by side on one local redis-server.
 
-    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|job-latency|all]
-                         [--workers 1,2,4] [--concurrency 10,100,1000] [--rate 1000] [--smoke]
+    python3 bench/run.py --setup      # the one command: set-up + builds, then every scenario and the targets
+    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|job-latency|attempt-overhead|all]
+                         [--workers 1,2,4] [--concurrency 10,100,1000] [--rate 1000] [--repeat N] [--smoke]
 
 Scenarios (names from BullMQ's benchmark suite):
   worker-concurrent  N small jobs pre-added, one worker process, concurrency 100, until drained
   worker-generic     the same at concurrency 1 (latency-bound; N/10 jobs)
   job-latency        Queue.add in Node -> `completed` seen by Node's QueueEvents, p50/p90/p99,
                      at a steady --rate jobs/s (N/5 jobs), worker concurrency 100
-`--concurrency 10,100,1000` runs worker-concurrent at each (RSS growth with concurrency).
+  attempt-overhead   one attempt's host cost without Redis, per language, p50/p90/p99
+                     (`cargo bench -p bullpen --bench attempt_overhead`, criterion)
+`--concurrency 10,100,1000` runs worker-concurrent at each (RSS growth with concurrency); a full
+run (`--scenario all`, the default) does 10 and 1000 too, with node, native and bullpen-rust.
+The run ends with issue 7's targets, each with this run's value and whether it was met.
+`--setup` first runs scripts/setup.sh (release host, plugins, npm and PyPI packages) and builds
+the native baseline: from a clean clone it is the only command needed.
 `--smoke` is the CI mode (tests/tests/bench_smoke.rs): 300 jobs, every scenario, the contenders that
 are built, and exit 1 unless every job completed.
 Contenders, each doing echo's work per job (one log line, progress 100, return the data):
@@ -20,12 +27,12 @@ For each: jobs/s, worker CPU µs per job (from /proc, summed over worker
 processes), Redis CPU µs per job (INFO cpu), Lua scripts per job (INFO
 commandstats: EVAL + EVALSHA calls) and Redis's share of one core
 (100% = Redis is the bottleneck: it is single-threaded), worker RSS, and
-the ratio of jobs/s to node's. `--workers 1,2,4` repeats each run with that
-many worker processes on the queue (the scaling curve). Needs
-`bash scripts/setup.sh` (release host, plugins, tests/node) and
-`cargo build --release -p bullpen-bench-native`.
+the ratios of jobs/s to node's and native's, and of worker CPU per job to node's.
+`--workers 1,2,4` repeats each run with that many worker processes on the
+queue (the scaling curve). Without `--setup` it needs `bash scripts/setup.sh`
+and `cargo build --release --manifest-path bench/native/Cargo.toml --target-dir target`.
 """
-import argparse, json, os, shlex, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -147,13 +154,91 @@ def run_latency(name, cmd_for, jobs, port, rate):
     return {"name": name, **r, "failed": failed}
 
 
+def setup():
+    """--setup: what a clean clone needs (scripts/setup.sh), then the native baseline."""
+    subprocess.run(["bash", f"{ROOT}/scripts/setup.sh"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--manifest-path", f"{ROOT}/bench/native/Cargo.toml",
+                    "--target-dir", f"{ROOT}/target"], check=True)
+
+
+def run_attempt_overhead():
+    """attempt-overhead: the criterion bench, and its per-variant p50/p90/p99 summary lines."""
+    out = subprocess.run(["cargo", "bench", "-p", "bullpen", "--bench", "attempt_overhead"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"attempt-overhead failed:\n{out.stderr[-4000:]}")
+    rows = []
+    for line in out.stdout.split("attempt-overhead (new Store", 1)[-1].splitlines()[1:]:
+        m = re.match(r"\s+(\S+)\s+p50 ([\d.]+) µs\s+p90 ([\d.]+) µs\s+p99 ([\d.]+) µs\s+\(n = (\d+)\)", line)
+        if m:
+            rows.append({"name": m[1], "p50_us": float(m[2]), "p90_us": float(m[3]), "p99_us": float(m[4]), "n": int(m[5])})
+    if not rows:
+        raise SystemExit(f"attempt-overhead printed no summary:\n{out.stdout[-4000:]}")
+    return rows
+
+
+def median_ratio(rows, name, base, key):
+    """Median over rounds of rows[name][key] / rows[base][key] (same round, one worker); None if not both ran."""
+    out = []
+    for r in rows:
+        b = next((x for x in rows if x["name"] == base and x["workers"] == r["workers"] and x["round"] == r["round"]), None)
+        if r["name"] == name and r["workers"] == 1 and b and b[key]:
+            out.append(r[key] / b[key])
+    return statistics.median(out) if out else None
+
+
+def print_targets(results, smoke):
+    """Issue 7's targets, each with this run's value (medians over rounds) and whether it was met."""
+    wc = results.get("worker-concurrent", [])
+    med = lambda name, key: statistics.median([r[key] for r in wc if r["name"] == name and r["workers"] == 1] or [float("nan")])
+    rows = []
+    def add(target, value, ok):
+        verdict = "reported" if ok is None else ("**met**" if ok else "not met")
+        if value == "not measured" or (smoke and ok is not None):
+            verdict = "-"
+        rows.append((target, value, verdict))
+    x = median_ratio(wc, "bullpen-rust", "node", "jobs_per_s")
+    add("worker-concurrent: bullpen-rust jobs/s ≥ 1.5x node's", f"{x:.2f}x" if x else "not measured", None if x is None else x >= 1.5)
+    x = median_ratio(wc, "bullpen-rust", "node", "worker_cpu_us")
+    add("worker CPU per job ≤ ½ node's", f"{x:.2f} of node's ({med('bullpen-rust', 'worker_cpu_us'):.0f} vs {med('node', 'worker_cpu_us'):.0f} µs)"
+        if x else "not measured", None if x is None else x <= 0.5)
+    # Redis runs every script on one thread: with it 100% busy, no worker doing
+    # BullMQ's scripts for a job gets past 1e6 / (Redis CPU µs per job) jobs/s.
+    if wc and any(r["name"] == "node" for r in wc):
+        r_us, node_js = med("bullpen-rust", "redis_cpu_us"), med("node", "jobs_per_s")
+        add("(context) Redis-bound ceiling: 1e6 / bullpen-rust's Redis CPU µs per job",
+            f"{1e6 / r_us:.0f} jobs/s = {1e6 / r_us / node_js:.2f}x node's", None)
+    x = median_ratio(wc, "bullpen-rust", "native", "jobs_per_s")
+    add("bullpen-rust jobs/s ≥ 0.9x native's (the cost of Wasm isolation)", f"{x:.2f}x" if x else "not measured", None if x is None else x >= 0.9)
+    att = {r["name"]: r for r in results.get("attempt-overhead", [])}
+    rust = att.get("rust")
+    add("attempt-overhead rust p50 ≤ 30 µs", f"{rust['p50_us']:.1f} µs (p99 {rust['p99_us']:.1f})" if rust else "not measured",
+        None if rust is None else rust["p50_us"] <= 30)
+    for lang in ("go", "js"):
+        if lang in att:
+            r, reuse = att[lang], att.get(f"{lang}-reuse")
+            extra = f"; reused instance {reuse['p50_us']:.0f} µs" if reuse else ""
+            add(f"attempt-overhead {lang} p50 (reported; plan in bench/README.md if > 500 µs)", f"{r['p50_us']:.0f} µs{extra}", None)
+    rss = []
+    for c in (10, 100, 1000):
+        rs = [r["rss_mb"] for r in results.get("worker-concurrent" if c == 100 else f"worker-concurrent@{c}", [])
+              if r["name"] == "bullpen-rust" and r["workers"] == 1]
+        rss.append(f"{statistics.median(rs):.0f}" if rs else "-")
+    add("bullpen-rust worker RSS MB at concurrency 10 / 100 / 1000", " / ".join(rss), None)
+    print("\n## Issue 7 targets" + (" (smoke mode: a few hundred jobs, not a measurement)" if smoke else " (this run; medians over rounds)"))
+    print("| target | measured | |")
+    print("|---|---|---|")
+    for t, v, ok in rows:
+        print(f"| {t} | {v} | {ok} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=50000)
     ap.add_argument("--scenario", default="all")
     ap.add_argument("--only", help="comma-separated contender names")
     ap.add_argument("--workers", default="1", help="comma-separated worker process counts (e.g. 1,2,4)")
-    ap.add_argument("--concurrency", default="100", help="worker-concurrent at each of these (e.g. 10,100,1000)")
+    ap.add_argument("--concurrency", help="worker-concurrent at each of these (default: 10,100,1000 for --scenario all, else 100)")
     ap.add_argument("--rate", type=int, default=1000, help="job-latency: jobs/s added")
     ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
                     help="also run this bullpen binary with echo-rust.wasm as contender NAME (A/B of host builds); "
@@ -161,14 +246,22 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="worker-concurrent/-generic: run the contenders this many rounds, interleaved, and print the medians")
     ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
+    ap.add_argument("--setup", action="store_true", help="first run scripts/setup.sh and build the native baseline")
     a = ap.parse_args()
     if a.smoke:
         a.jobs, a.rate = 300, 200
+    if a.concurrency is None:
+        a.concurrency = "10,100,1000" if a.scenario == "all" and not a.smoke else "100"
+    if a.setup:
+        setup()
     scen = {}
     for c in [int(x) for x in a.concurrency.split(",")]:
         scen["worker-concurrent" if c == 100 else f"worker-concurrent@{c}"] = (c, a.jobs)
     scen["worker-generic"] = (1, a.jobs if a.smoke else max(1000, a.jobs // 10))
     scen["job-latency"] = (100, a.jobs if a.smoke else max(1000, a.jobs // 5))
+    # In smoke mode CI runs the bench itself (`cargo test --benches`, criterion's test mode).
+    if not a.smoke:
+        scen["attempt-overhead"] = (0, 0)
     names = scen if a.scenario == "all" else {k: v for k, v in scen.items() if k.split("@")[0] == a.scenario}
     d = tempfile.mkdtemp()
     port = free_port()
@@ -184,9 +277,21 @@ def main():
         bad = []
         for sname, (conc, jobs) in names.items():
             rows = []
+            if sname == "attempt-overhead":
+                rows = run_attempt_overhead()
+                print("\n## attempt-overhead: one attempt's host cost, no Redis (new Store + instantiate + process + drop; -reuse: a reused instance)")
+                print("| guest | p50 µs | p90 µs | p99 µs | iterations |")
+                print("|---|---|---|---|---|")
+                for r in rows:
+                    print(f"| {r['name']} | {r['p50_us']:.1f} | {r['p90_us']:.1f} | {r['p99_us']:.1f} | {r['n']} |")
+                results[sname] = rows
+                continue
+            # Other concurrencies than 100 are for RSS growth and the curve:
+            # node, native and bullpen-rust unless --only says otherwise.
+            only = a.only or ("node,native,bullpen-rust" if "@" in sname else None)
             if sname == "job-latency":
                 for name, cmd in contenders(conc, a.bin).items():
-                    if not chosen(a.only, name):
+                    if not chosen(only, name):
                         continue
                     rows.append(run_latency(name, cmd, jobs, port, a.rate))
                     rcli(port, "FLUSHALL")
@@ -204,33 +309,41 @@ def main():
             for rnd in range(a.repeat):
                 for k in [int(x) for x in a.workers.split(",")]:
                     for name, cmd in contenders(conc, a.bin).items():
-                        if not chosen(a.only, name):
+                        if not chosen(only, name):
                             continue
                         rows.append({**run_one(f"{name}", cmd, jobs, port, k), "round": rnd + 1})
                         rcli(port, "FLUSHALL")
             print(f"\n## {sname}: {jobs} jobs, concurrency {conc} per worker, one redis-server, {os.cpu_count()} cores")
-            print(f"| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | Redis scripts/job | Redis CPU % | worker RSS MB | failed |")
-            print(f"|---|---|---|---|---|---|---|---|---|---|")
+            print(f"| contender | workers | jobs/s | vs node | vs native | worker CPU µs/job | CPU vs node | Redis CPU µs/job | Redis scripts/job | Redis CPU % | worker RSS MB | failed |")
+            print(f"|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in rows:
-                base = next((b["jobs_per_s"] for b in rows if b["name"] == "node" and b["workers"] == r["workers"] and b["round"] == r["round"]), None)
-                r["vs_node"] = r["jobs_per_s"] / base if base else None
-                ratio = f"{r['vs_node']:.2f}x" if base else "-"
+                same = lambda b, n: b["name"] == n and b["workers"] == r["workers"] and b["round"] == r["round"]
+                node = next((b for b in rows if same(b, "node")), None)
+                native = next((b for b in rows if same(b, "native")), None)
+                r["vs_node"] = r["jobs_per_s"] / node["jobs_per_s"] if node else None
+                fmt = lambda x, unit="x": f"{x:.2f}{unit}" if x is not None else "-"
                 label = r["name"] + (f" (round {r['round']})" if a.repeat > 1 else "")
-                print(f"| {label} | {r['workers']} | {r['jobs_per_s']:.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['scripts_per_job']:.2f} | "
-                      f"{r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
+                print(f"| {label} | {r['workers']} | {r['jobs_per_s']:.0f} | {fmt(r['vs_node'])} | {fmt(r['jobs_per_s'] / native['jobs_per_s'] if native else None)} | "
+                      f"{r['worker_cpu_us']:.1f} | {fmt(r['worker_cpu_us'] / node['worker_cpu_us'] if node else None, '')} | {r['redis_cpu_us']:.1f} | "
+                      f"{r['scripts_per_job']:.2f} | {r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
             if a.repeat > 1:
                 print(f"\nMedians over {a.repeat} rounds (vs node: the median of each round's ratio):")
-                print("| contender | workers | jobs/s | vs node | worker CPU µs/job | Redis CPU µs/job | worker RSS MB |")
-                print("|---|---|---|---|---|---|---|")
+                print("| contender | workers | jobs/s | vs node | vs native | worker CPU µs/job | CPU vs node | Redis CPU µs/job | worker RSS MB |")
+                print("|---|---|---|---|---|---|---|---|---|")
                 med = lambda xs: statistics.median(xs) if xs else float("nan")
                 for key in dict.fromkeys((r["name"], r["workers"]) for r in rows):
                     rs = [r for r in rows if (r["name"], r["workers"]) == key]
                     vs = [r["vs_node"] for r in rs if r["vs_node"] is not None]
                     ratio = f"{med(vs):.2f}x" if vs else "-"
-                    print(f"| {key[0]} | {key[1]} | {med([r['jobs_per_s'] for r in rs]):.0f} | {ratio} | {med([r['worker_cpu_us'] for r in rs]):.1f} | "
+                    vn = median_ratio(rows, key[0], "native", "jobs_per_s") if key[1] == 1 else None
+                    cn = median_ratio(rows, key[0], "node", "worker_cpu_us") if key[1] == 1 else None
+                    print(f"| {key[0]} | {key[1]} | {med([r['jobs_per_s'] for r in rs]):.0f} | {ratio} | {f'{vn:.2f}x' if vn else '-'} | "
+                          f"{med([r['worker_cpu_us'] for r in rs]):.1f} | {f'{cn:.2f}' if cn else '-'} | "
                           f"{med([r['redis_cpu_us'] for r in rs]):.1f} | {med([r['rss_mb'] for r in rs]):.0f} |")
             bad += [f"{sname}/{r['name']}" for r in rows if r["failed"]]
             results[sname] = rows
+        if a.scenario == "all":
+            print_targets(results, a.smoke)
         print("\n" + json.dumps(results))
         if bad:
             raise SystemExit(f"jobs failed in: {', '.join(bad)}")

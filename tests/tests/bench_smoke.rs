@@ -17,6 +17,9 @@ fn bench_run_smoke_mode_completes_every_scenario() {
     for scenario in ["## worker-concurrent:", "## worker-generic:", "## job-latency:"] {
         assert!(stdout.contains(scenario), "no {scenario} table:\n{stdout}");
     }
+    // The closing table of a full run (issue 7's targets), not judged in smoke mode.
+    assert!(stdout.contains("## Issue 7 targets (smoke mode"), "no targets table:\n{stdout}");
+    assert!(stdout.contains("| worker CPU per job ≤ ½ node's |"), "no CPU target row:\n{stdout}");
     for contender in ["| node |", "| bullpen-rust |", "| bullpen-go |", "| bullpen-js |"] {
         assert_eq!(stdout.matches(contender).count(), 3, "{contender} in every scenario:\n{stdout}");
     }
