@@ -154,6 +154,25 @@ def run_latency(name, cmd_for, jobs, port, rate):
     return {"name": name, **r, "failed": failed}
 
 
+def machine():
+    """One line saying what this run measured on (bench/README.md records it with each result)."""
+    def cmd(*c):
+        try:
+            return subprocess.run(c, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // (1 << 20) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    try:
+        bullmq = json.load(open(f"{ROOT}/tests/node/node_modules/bullmq/package.json"))["version"]
+    except (OSError, ValueError, KeyError):
+        bullmq = "?"
+    redis = cmd("redis-server", "--version").split(" v=", 1)[-1].split(" ", 1)[0]
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} x {cpu}, {mem} GiB; Linux {os.uname().release}; "
+            f"load average {os.getloadavg()[0]:.2f}; redis-server {redis}; node {cmd('node', '--version')}, bullmq {bullmq}; "
+            f"{cmd('rustc', '--version')}; bullpen {cmd('git', '-C', ROOT, 'rev-parse', '--short', 'HEAD')}")
+
+
 def setup():
     """--setup: what a clean clone needs (scripts/setup.sh), then the native baseline."""
     subprocess.run(["bash", f"{ROOT}/scripts/setup.sh"], check=True)
@@ -254,6 +273,7 @@ def main():
         a.concurrency = "10,100,1000" if a.scenario == "all" and not a.smoke else "100"
     if a.setup:
         setup()
+    print(f"# bullpen benchmarks: {machine()}")
     scen = {}
     for c in [int(x) for x in a.concurrency.split(",")]:
         scen["worker-concurrent" if c == 100 else f"worker-concurrent@{c}"] = (c, a.jobs)

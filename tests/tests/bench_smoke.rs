@@ -17,6 +17,7 @@ fn bench_run_smoke_mode_completes_every_scenario() {
     for scenario in ["## worker-concurrent:", "## worker-generic:", "## job-latency:"] {
         assert!(stdout.contains(scenario), "no {scenario} table:\n{stdout}");
     }
+    assert!(stdout.starts_with("# bullpen benchmarks: "), "no machine line first:\n{stdout}");
     // The closing table of a full run (issue 7's targets), not judged in smoke mode.
     assert!(stdout.contains("## Issue 7 targets (smoke mode"), "no targets table:\n{stdout}");
     assert!(stdout.contains("| worker CPU per job ≤ ½ node's |"), "no CPU target row:\n{stdout}");
