@@ -226,7 +226,7 @@ def print_targets(results, smoke, jobs):
         if x else "not measured", None if x is None else x <= 0.5)
     # Redis runs every script on one thread: with it 100% busy, no worker doing
     # BullMQ's scripts for a job gets past 1e6 / (Redis CPU µs per job) jobs/s.
-    if wc and any(r["name"] == "node" for r in wc):
+    if {"node", "bullpen-rust"} <= {r["name"] for r in wc}:
         r_us, node_js = med("bullpen-rust", "redis_cpu_us"), med("node", "jobs_per_s")
         add("(context) Redis-bound ceiling: 1e6 / bullpen-rust's Redis CPU µs per job",
             f"{1e6 / r_us:.0f} jobs/s = {1e6 / r_us / node_js:.2f}x node's", None)
