@@ -29,7 +29,8 @@ commandstats: EVAL + EVALSHA calls) and Redis's share of one core
 (100% = Redis is the bottleneck: it is single-threaded), worker RSS, and
 the ratios of jobs/s to node's and native's, and of worker CPU per job to node's.
 `--workers 1,2,4` repeats each run with that many worker processes on the
-queue (the scaling curve). Without `--setup` it needs `bash scripts/setup.sh`
+queue (the scaling curve). `--together` runs the contenders at once, each on
+its own queue (an A/B of worker CPU per job under the same machine phase). Without `--setup` it needs `bash scripts/setup.sh`
 and `cargo build --release --manifest-path bench/native/Cargo.toml --target-dir target`.
 """
 import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -133,6 +134,44 @@ def run_one(name, cmd_for, jobs, port, workers=1):
     n = jobs - n0
     return {"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
             "redis_cpu_us": (r1 - r0) / n * 1e6, "scripts_per_job": s1 / n, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100, "rss_mb": rss, "failed": failed}
+
+
+def run_together(cmds, jobs, port):
+    """--together: every contender at once, each on its own queue of `jobs`, one redis-server.
+    They share the machine's phase (a shared VM drifts ±30% over minutes, which interleaved
+    rounds only average out), so their worker CPU per job compares closely; jobs/s and Redis
+    CPU are shared between them and not theirs alone (Redis columns: -)."""
+    url = f"redis://127.0.0.1:{port}"
+    for name in cmds:
+        subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, f"bench-{name}", str(jobs)], check=True)
+    log = tempfile.TemporaryFile()
+    procs = {name: subprocess.Popen(cmd_for(url, f"bench-{name}"), stderr=log, stdout=subprocess.DEVNULL,
+                                    env={**os.environ, "NO_COLOR": "1"}) for name, cmd_for in cmds.items()}
+    start_at, seen, done_at = max(1, jobs // 100), {}, {}
+    deadline = time.time() + 600
+    while len(done_at) < len(cmds):
+        if time.time() > deadline:
+            [p.kill() for p in procs.values()]; raise SystemExit("--together: not drained in time")
+        for name, p in procs.items():
+            if name in done_at:
+                continue
+            done = int(rcli(port, "ZCARD", f"bull:bench-{name}:completed"))
+            if name not in seen and done >= start_at:
+                seen[name] = (time.time(), proc_cpu(p.pid), done)
+            if done >= jobs:
+                done_at[name] = (time.time(), proc_cpu(p.pid), proc_rss_mb(p.pid))
+        time.sleep(0.01)
+    rows = []
+    for name, p in procs.items():
+        p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        p.wait(timeout=30)
+        (t0, c0, n0), (t1, c1, rss) = seen[name], done_at[name]
+        n = jobs - n0
+        rows.append({"name": name, "workers": 1, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
+                     "redis_cpu_us": float("nan"), "scripts_per_job": float("nan"), "redis_cpu_pct": float("nan"), "rss_mb": rss,
+                     "failed": int(rcli(port, "ZCARD", f"bull:bench-{name}:failed"))})
+    return rows
 
 
 def run_latency(name, cmd_for, jobs, port, rate):
@@ -271,6 +310,9 @@ def main():
                     help="worker-concurrent/-generic: run the contenders this many rounds, interleaved, and print the medians")
     ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
     ap.add_argument("--setup", action="store_true", help="first run scripts/setup.sh and build the native baseline")
+    ap.add_argument("--together", action="store_true",
+                    help="worker-concurrent/-generic: run the chosen contenders at the same time, each on its own queue "
+                         "(an A/B of worker CPU per job under the same machine phase; jobs/s and Redis CPU are shared)")
     a = ap.parse_args()
     if a.smoke:
         a.jobs, a.rate = 300, 200
@@ -332,6 +374,14 @@ def main():
             # Rounds interleave the contenders, so a machine that drifts
             # (shared VMs do, by ±20% within minutes) drifts for all of them.
             for rnd in range(a.repeat):
+                if a.together:
+                    cmds = {n: c for n, c in contenders(conc, a.bin).items() if chosen(only, n)}
+                    # Alternate who starts first, in case starting order matters.
+                    if rnd % 2:
+                        cmds = dict(reversed(list(cmds.items())))
+                    rows += [{**r, "round": rnd + 1} for r in run_together(cmds, jobs, port)]
+                    rcli(port, "FLUSHALL")
+                    continue
                 for k in [int(x) for x in a.workers.split(",")]:
                     for name, cmd in contenders(conc, a.bin).items():
                         if not chosen(only, name):
@@ -341,6 +391,7 @@ def main():
             print(f"\n## {sname}: {jobs} jobs, concurrency {conc} per worker, one redis-server, {os.cpu_count()} cores")
             print(f"| contender | workers | jobs/s | vs node | vs native | worker CPU µs/job | CPU vs node | Redis CPU µs/job | Redis scripts/job | Redis CPU % | worker RSS MB | failed |")
             print(f"|---|---|---|---|---|---|---|---|---|---|---|---|")
+            num = lambda x, spec: "-" if x != x else format(x, spec)  # nan: not measured (--together)
             for r in rows:
                 same = lambda b, n: b["name"] == n and b["workers"] == r["workers"] and b["round"] == r["round"]
                 node = next((b for b in rows if same(b, "node")), None)
@@ -349,8 +400,8 @@ def main():
                 fmt = lambda x, unit="x": f"{x:.2f}{unit}" if x is not None else "-"
                 label = r["name"] + (f" (round {r['round']})" if a.repeat > 1 else "")
                 print(f"| {label} | {r['workers']} | {r['jobs_per_s']:.0f} | {fmt(r['vs_node'])} | {fmt(r['jobs_per_s'] / native['jobs_per_s'] if native else None)} | "
-                      f"{r['worker_cpu_us']:.1f} | {fmt(r['worker_cpu_us'] / node['worker_cpu_us'] if node else None, '')} | {r['redis_cpu_us']:.1f} | "
-                      f"{r['scripts_per_job']:.2f} | {r['redis_cpu_pct']:.0f} | {r['rss_mb']:.0f} | {r['failed']} |")
+                      f"{r['worker_cpu_us']:.1f} | {fmt(r['worker_cpu_us'] / node['worker_cpu_us'] if node else None, '')} | {num(r['redis_cpu_us'], '.1f')} | "
+                      f"{num(r['scripts_per_job'], '.2f')} | {num(r['redis_cpu_pct'], '.0f')} | {r['rss_mb']:.0f} | {r['failed']} |")
             if a.repeat > 1:
                 print(f"\nMedians over {a.repeat} rounds (vs node: the median of each round's ratio):")
                 print("| contender | workers | jobs/s | vs node | vs native | worker CPU µs/job | CPU vs node | Redis CPU µs/job | worker RSS MB |")
@@ -364,7 +415,7 @@ def main():
                     cn = median_ratio(rows, key[0], "node", "worker_cpu_us") if key[1] == 1 else None
                     print(f"| {key[0]} | {key[1]} | {med([r['jobs_per_s'] for r in rs]):.0f} | {ratio} | {f'{vn:.2f}x' if vn else '-'} | "
                           f"{med([r['worker_cpu_us'] for r in rs]):.1f} | {f'{cn:.2f}' if cn else '-'} | "
-                          f"{med([r['redis_cpu_us'] for r in rs]):.1f} | {med([r['rss_mb'] for r in rs]):.0f} |")
+                          f"{num(med([r['redis_cpu_us'] for r in rs]), '.1f')} | {med([r['rss_mb'] for r in rs]):.0f} |")
             bad += [f"{sname}/{r['name']}" for r in rows if r["failed"]]
             results[sname] = rows
         if a.scenario == "all":
