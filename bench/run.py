@@ -103,74 +103,51 @@ def chosen(only, name):
     return name in only.split(",") if only else not name.endswith("-reuse")
 
 
-def run_one(name, cmd_for, jobs, port, workers=1):
-    url = f"redis://127.0.0.1:{port}"
-    q = f"bench-{name}"
-    subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, q, str(jobs)], check=True)
-    log = tempfile.TemporaryFile()
-    procs = [subprocess.Popen(cmd_for(url, q), stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
-             for _ in range(workers)]
-    cpu = lambda: sum(proc_cpu(p.pid) for p in procs)
-    t0 = c0 = r0 = None
-    start_at = max(1, jobs // 100)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        done = int(rcli(port, "ZCARD", f"bull:{q}:completed"))
-        if t0 is None and done >= start_at:
-            t0, c0, r0, n0 = time.time(), cpu(), redis_cpu(port), done
-            rcli(port, "CONFIG", "RESETSTAT")
-        if done >= jobs:
-            t1, c1, r1, s1 = time.time(), cpu(), redis_cpu(port), script_calls(port)
-            break
-        time.sleep(0.01)
-    else:
-        [p.kill() for p in procs]; raise SystemExit(f"{name}: not drained in time")
-    rss = sum(proc_rss_mb(p.pid) for p in procs)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(timeout=30)
-    failed = int(rcli(port, "ZCARD", f"bull:{q}:failed"))
-    n = jobs - n0
-    return {"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
-            "redis_cpu_us": (r1 - r0) / n * 1e6, "scripts_per_job": s1 / n, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100, "rss_mb": rss, "failed": failed}
-
-
-def run_together(cmds, jobs, port):
-    """--together: every contender at once, each on its own queue of `jobs`, one redis-server.
-    They share the machine's phase (a shared VM drifts ±30% over minutes, which interleaved
-    rounds only average out), so their worker CPU per job compares closely; jobs/s and Redis
-    CPU are shared between them and not theirs alone (Redis columns: -)."""
+def run_contenders(cmds, jobs, port, workers=1):
+    """Run the contenders `cmds` (name -> command) at once, each with `workers` processes on its
+    own queue of `jobs`, until every queue is drained; a row per contender, measured from the
+    first 1% of its jobs to its last. Alone, a contender also gets Redis's CPU and scripts per
+    job over that window. Several at once (--together) share the machine's phase (a shared VM
+    drifts ±30% over minutes, which interleaved rounds only average out), so their worker CPU per
+    job compares closely, but Redis is shared too: its columns are nan (printed "-")."""
     url = f"redis://127.0.0.1:{port}"
     for name in cmds:
         subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, f"bench-{name}", str(jobs)], check=True)
     log = tempfile.TemporaryFile()
-    procs = {name: subprocess.Popen(cmd_for(url, f"bench-{name}"), stderr=log, stdout=subprocess.DEVNULL,
-                                    env={**os.environ, "NO_COLOR": "1"}) for name, cmd_for in cmds.items()}
+    procs = {name: [subprocess.Popen(cmd_for(url, f"bench-{name}"), stderr=log, stdout=subprocess.DEVNULL,
+                                     env={**os.environ, "NO_COLOR": "1"}) for _ in range(workers)]
+             for name, cmd_for in cmds.items()}
+    cpu = lambda name: sum(proc_cpu(p.pid) for p in procs[name])
+    alone, nan = len(cmds) == 1, float("nan")
     start_at, seen, done_at = max(1, jobs // 100), {}, {}
     deadline = time.time() + 600
     while len(done_at) < len(cmds):
         if time.time() > deadline:
-            [p.kill() for p in procs.values()]; raise SystemExit("--together: not drained in time")
-        for name, p in procs.items():
+            [p.kill() for ps in procs.values() for p in ps]
+            raise SystemExit(f"{', '.join(n for n in cmds if n not in done_at)}: not drained in time")
+        for name in cmds:
             if name in done_at:
                 continue
             done = int(rcli(port, "ZCARD", f"bull:bench-{name}:completed"))
             if name not in seen and done >= start_at:
-                seen[name] = (time.time(), proc_cpu(p.pid), done)
+                seen[name] = (time.time(), cpu(name), redis_cpu(port) if alone else nan, done)
+                if alone:
+                    rcli(port, "CONFIG", "RESETSTAT")
             if done >= jobs:
-                done_at[name] = (time.time(), proc_cpu(p.pid), proc_rss_mb(p.pid))
+                done_at[name] = (time.time(), cpu(name), redis_cpu(port) if alone else nan,
+                                 script_calls(port) if alone else nan, sum(proc_rss_mb(p.pid) for p in procs[name]))
         time.sleep(0.01)
-    rows = []
-    for name, p in procs.items():
+    for p in (p for ps in procs.values() for p in ps):
         p.send_signal(signal.SIGTERM)
-    for name, p in procs.items():
-        p.wait(timeout=30)
-        (t0, c0, n0), (t1, c1, rss) = seen[name], done_at[name]
+    rows = []
+    for name, ps in procs.items():
+        for p in ps:
+            p.wait(timeout=30)
+        (t0, c0, r0, n0), (t1, c1, r1, s1, rss) = seen[name], done_at[name]
         n = jobs - n0
-        rows.append({"name": name, "workers": 1, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
-                     "redis_cpu_us": float("nan"), "scripts_per_job": float("nan"), "redis_cpu_pct": float("nan"), "rss_mb": rss,
-                     "failed": int(rcli(port, "ZCARD", f"bull:bench-{name}:failed"))})
+        rows.append({"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
+                     "redis_cpu_us": (r1 - r0) / n * 1e6, "scripts_per_job": s1 / n, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100,
+                     "rss_mb": rss, "failed": int(rcli(port, "ZCARD", f"bull:bench-{name}:failed"))})
     return rows
 
 
@@ -379,14 +356,14 @@ def main():
                     # Alternate who starts first, in case starting order matters.
                     if rnd % 2:
                         cmds = dict(reversed(list(cmds.items())))
-                    rows += [{**r, "round": rnd + 1} for r in run_together(cmds, jobs, port)]
+                    rows += [{**r, "round": rnd + 1} for r in run_contenders(cmds, jobs, port)]
                     rcli(port, "FLUSHALL")
                     continue
                 for k in [int(x) for x in a.workers.split(",")]:
                     for name, cmd in contenders(conc, a.bin).items():
                         if not chosen(only, name):
                             continue
-                        rows.append({**run_one(f"{name}", cmd, jobs, port, k), "round": rnd + 1})
+                        rows += [{**r, "round": rnd + 1} for r in run_contenders({name: cmd}, jobs, port, k)]
                         rcli(port, "FLUSHALL")
             print(f"\n## {sname}: {jobs} jobs, concurrency {conc} per worker, one redis-server, {os.cpu_count()} cores")
             print(f"| contender | workers | jobs/s | vs node | vs native | worker CPU µs/job | CPU vs node | Redis CPU µs/job | Redis scripts/job | Redis CPU % | worker RSS MB | failed |")
