@@ -310,7 +310,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Worker(a) => worker(WorkerSetup::new(a)?).await,
+        // Sized from its queues before its runtime exists: `main` runs it.
+        Command::Worker(_) => unreachable!("bullpen worker runs on the runtime `main` builds for it"),
         Command::Add(a) => add(a).await,
         Command::Retry(a) => retry(a).await,
         Command::Inspect(a) => inspect(a).await,
