@@ -25,3 +25,24 @@ fn bench_run_smoke_mode_completes_every_scenario() {
         assert_eq!(stdout.matches(contender).count(), 3, "{contender} in every scenario:\n{stdout}");
     }
 }
+
+/// `--together`: the contenders run at once, each on its own queue; every job
+/// completes and Redis's columns (shared, so not any one contender's) say "-".
+#[test]
+fn bench_run_together_runs_contenders_side_by_side() {
+    let _ = (bullpen_bin(), plugin("echo", "rust"));
+    let out = Command::new("python3")
+        .arg(root().join("bench/run.py"))
+        .args(["--smoke", "--scenario", "worker-concurrent", "--together", "--only", "node,bullpen-rust"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench/run.py --together failed: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    for contender in ["node", "bullpen-rust"] {
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {contender} |"))).unwrap_or_else(|| panic!("no {contender} row:\n{stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | name | workers | jobs/s | vs node | vs native | CPU | CPU vs node | Redis CPU | scripts | Redis % | RSS | failed |
+        assert_eq!(&cells[8..11], ["-", "-", "-"], "Redis columns are shared when together: {row}");
+        assert_eq!(cells[12], "0", "no failed jobs: {row}");
+    }
+}
