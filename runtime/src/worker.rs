@@ -214,6 +214,10 @@ impl Binding {
             max_started_attempts: config.max_started_attempts,
             name: config.name.clone(),
             finish_prelude: Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id))),
+            // Per-job events (active/completed/failed, each with a clone of
+            // its result) would be read only to be dropped; `metrics` and
+            // the attempt log already say what each attempt did.
+            job_events: false,
             ..Default::default()
         };
         let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
@@ -245,9 +249,9 @@ impl Binding {
     }
 }
 
-/// bullmq-official queues every worker event (with each job's return value)
-/// on an unbounded channel; unread, it grows with every job. Read it: log
-/// errors, drop the rest.
+/// bullmq-official queues its worker events on an unbounded channel;
+/// unread, it would grow. Read it: log errors and stalled jobs, drop the
+/// rest (per-job events are off, `WorkerOptions::job_events`).
 fn drain_worker_events(worker: Arc<Worker>, queue: String) {
     use bullmq::worker::WorkerEvent;
     tokio::spawn(async move {
@@ -699,7 +703,7 @@ pub(crate) async fn call_in(
                 let t = Instant::now();
                 let i = plugin
                     .pre
-                    .instantiate_async(&mut *store)
+                    .instantiate_checked_once(&mut *store)
                     .await
                     .map_err(|e| AttemptError::Instantiate(format!("{e:#}")))?;
                 instantiated = Some(t.elapsed());

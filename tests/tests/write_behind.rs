@@ -179,3 +179,31 @@ fn a_completed_attempt_sends_its_writes_with_its_finish() {
         assert_eq!(j["logs"].as_array().unwrap().len(), 2, "after SCRIPT FLUSH: {j:#}");
     }
 }
+
+/// flush.lua pushes log lines in batches of 1000 (one RPUSH each, not one
+/// per line): a flush of more lines than a batch keeps every line, in order,
+/// and `keepLogs` trims to the newest, as BullMQ's addLog does.
+#[test]
+fn a_flush_of_more_lines_than_a_batch_keeps_them_all_in_order() {
+    let redis = Redis::start();
+    let lua = |f: &str| std::fs::read_to_string(root().join("runtime/src/host/lua").join(f)).unwrap();
+    let script = redis::Script::new(&format!("{}\n{}", lua("check_lock.lua"), lua("flush.lua")));
+    let mut c = redis.conn();
+    let lines: Vec<String> = (0..2_500).map(|i| format!("line {i}")).collect();
+    for (queue, keep_logs, kept) in [("all", "", 2_500), ("kept", "1500", 1_500)] {
+        let job = format!("bull:{queue}:1");
+        let _: () = redis::cmd("HSET").arg(&job).arg("data").arg("{}").query(&mut c).unwrap();
+        let _: () = redis::cmd("SET").arg(format!("{job}:lock")).arg("tok").query(&mut c).unwrap();
+        let mut inv = script.prepare_invoke();
+        for k in [job.clone(), format!("{job}:lock"), format!("{job}:logs"), format!("bull:{queue}:events"), format!("bull:{queue}:meta")] {
+            inv.key(k);
+        }
+        inv.arg("tok").arg(keep_logs).arg("1").arg(lines.len()).arg(&lines).arg("100");
+        let count: i64 = inv.invoke(&mut c).unwrap();
+        assert_eq!(count, kept as i64, "{queue}: the script's log count");
+        let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("{job}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+        assert_eq!(logs, lines[lines.len() - kept..], "{queue}: every line kept, in order");
+        let progress: String = redis::cmd("HGET").arg(&job).arg("progress").query(&mut c).unwrap();
+        assert_eq!(progress, "100", "{queue}: the progress after the lines");
+    }
+}

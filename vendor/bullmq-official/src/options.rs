@@ -530,6 +530,13 @@ pub struct WorkerOptions {
     pub backoff_strategy: Option<BackoffStrategyFn>,
     /// bullpen patch: see [`FinishPreludeFn`].
     pub finish_prelude: Option<FinishPreludeFn>,
+    /// bullpen patch: send the per-job `Active`, `Completed` and `Failed`
+    /// [`WorkerEvent`](crate::worker::WorkerEvent)s (the default, as
+    /// upstream). `false` skips them for a caller that does not read them:
+    /// each costs a channel send (with a clone of the return value) and a
+    /// wakeup of the reader on every job. Worker-level events (`Error`,
+    /// `Stalled`, `Closed`, ...) are sent either way.
+    pub job_events: bool,
     /// Rate limiter options (max jobs per duration window).
     pub limiter: Option<RateLimiterOptions>,
     /// Maximum delay in ms to wait when rate limited (default 30_000).
@@ -587,6 +594,7 @@ impl Default for WorkerOptions {
             run_retry_delay: 15_000,
             backoff_strategy: None,
             finish_prelude: None,
+            job_events: true,
             limiter: None,
             maximum_rate_limit_delay: 30_000,
             metrics: None,

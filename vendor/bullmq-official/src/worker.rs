@@ -1092,9 +1092,11 @@ impl Worker {
             });
         }
 
-        let _ = ctx.event_tx.send(WorkerEvent::Active {
-            job_id: job_id.clone(),
-        });
+        if ctx.opts.job_events {
+            let _ = ctx.event_tx.send(WorkerEvent::Active {
+                job_id: job_id.clone(),
+            });
+        }
 
         // Determine if the job must fail before processing, mirroring Node.js
         // `getUnrecoverableErrorMessage`: a deferred failure (parent failed via
@@ -1288,10 +1290,12 @@ impl Worker {
         .await
         {
             Ok(next_job) => {
-                let _ = ctx.event_tx.send(WorkerEvent::Completed {
-                    job_id: job_id.to_string(),
-                    result: return_value.clone(),
-                });
+                if ctx.opts.job_events {
+                    let _ = ctx.event_tx.send(WorkerEvent::Completed {
+                        job_id: job_id.to_string(),
+                        result: return_value.clone(),
+                    });
+                }
                 next_job
             }
             Err(e) => {
@@ -1705,10 +1709,12 @@ impl Worker {
         }
 
         // Emit Failed event for each attempt (matches Node.js behavior)
-        let _ = ctx.event_tx.send(WorkerEvent::Failed {
-            job_id: job_id.to_string(),
-            error: error.to_string(),
-        });
+        if ctx.opts.job_events {
+            let _ = ctx.event_tx.send(WorkerEvent::Failed {
+                job_id: job_id.to_string(),
+                error: error.to_string(),
+            });
+        }
     }
 
     /// Move a job to permanent failure state.
@@ -1751,10 +1757,12 @@ impl Worker {
                 None
             }
         };
-        let _ = ctx.event_tx.send(WorkerEvent::Failed {
-            job_id: job_id.to_string(),
-            error: error.to_string(),
-        });
+        if ctx.opts.job_events {
+            let _ = ctx.event_tx.send(WorkerEvent::Failed {
+                job_id: job_id.to_string(),
+                error: error.to_string(),
+            });
+        }
         next_job
     }
 
