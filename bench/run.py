@@ -53,10 +53,10 @@ def redis_cpu(port):
 
 
 def script_calls(port):
-    """EVAL/EVALSHA calls since the last CONFIG RESETSTAT (Lua scripts run)."""
+    """EVAL/EVALSHA/FCALL calls since the last CONFIG RESETSTAT (Lua scripts and functions run)."""
     n = 0
     for l in rcli(port, "INFO", "commandstats").splitlines():
-        if l.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+        if l.startswith(("cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:")):
             n += int(l.split("calls=", 1)[1].split(",", 1)[0])
     return n
 

@@ -102,6 +102,12 @@ pub struct Settings {
     /// most of an attempt. A trap, timeout, memory cap or deploy ends it.
     #[arg(long)]
     pub instance_reuse: Option<u32>,
+    /// Run BullMQ's `moveToFinished` as a Redis Function (FCALL) where the
+    /// server allows it [default: true]: the same Lua, ~8 µs less Redis CPU
+    /// per job; keeps a `bullpen_moveToFinished_<sha>` library on the
+    /// server. `false`: EVALSHA only, as BullMQ's own workers.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub redis_functions: Option<bool>,
     /// Watch `plugin` and swap on change (default true; the flag is `--no-watch`).
     #[arg(skip)]
     pub watch: Option<bool>,
@@ -152,6 +158,7 @@ impl Settings {
             max_started_attempts: self.max_started_attempts.or(lower.max_started_attempts),
             child_queues: self.child_queues.clone().or_else(|| lower.child_queues.clone()),
             instance_reuse: self.instance_reuse.or(lower.instance_reuse),
+            redis_functions: self.redis_functions.or(lower.redis_functions),
             watch: self.watch.or(lower.watch),
         }
     }
@@ -190,6 +197,9 @@ impl Settings {
                 bail!("queue `{}`: instance_reuse must be at least 1 (1 = a fresh instance per attempt)", c.queue);
             }
             c.instance_reuse = n;
+        }
+        if let Some(on) = self.redis_functions {
+            c.redis_functions = on;
         }
         if let Some(qs) = &self.child_queues {
             c.child_queues = crate::cli::child_queues(&c.queue, qs);
@@ -345,6 +355,11 @@ mod tests {
         assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("instance_reuse"));
         let f = WorkerFile::parse("[defaults]\ninstance_reuse = 50\n[[queues]]\nname = \"a\"\n").unwrap();
         assert_eq!(f.plan(&r(), "bull", &Settings::default(), None).unwrap()[0].binding.instance_reuse, 50);
+        let f = WorkerFile::parse("[defaults]\nredis_functions = false\n[[queues]]\nname = \"a\"\n[[queues]]\nname = \"b\"\nredis_functions = true\n").unwrap();
+        let plan = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
+        assert_eq!(plan.iter().map(|p| p.binding.redis_functions).collect::<Vec<_>>(), [false, true], "[defaults], then the entry");
+        let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
+        assert!(f.plan(&r(), "bull", &Settings::default(), None).unwrap()[0].binding.redis_functions, "on by default");
         let f = WorkerFile::parse("").unwrap();
         assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]"));
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();

@@ -72,7 +72,8 @@ fn a_short_attempt_costs_one_script_besides_its_finish() {
             .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
             .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
     };
-    let scripts = calls("evalsha") + calls("eval");
+    let scripts = calls("evalsha") + calls("eval") + calls("fcall");
+    assert!(calls("fcall") >= n, "moveToFinished ran as a Redis Function ({} FCALLs for {n} jobs)", calls("fcall"));
     // A few more for the worker's start (first fetch, stalled check) and heartbeat.
     assert!(scripts <= 2 * n + 10, "{scripts} scripts for {n} jobs (more than 2 per job)");
     let v = inspect(&redis, "short", &ids);
@@ -117,11 +118,11 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
 /// as its finish: on bullmq-official's connection, as the command just
 /// before the job's moveToFinished (`WorkerOptions::finish_prelude`, a
 /// patch in vendor/bullmq-official). Seen with MONITOR: for every job, the
-/// flush script that writes its log is immediately followed, from the same
-/// client, by the moveToFinished that completes it. Then the script cache is
-/// emptied (as a Redis restart does) and the next jobs still complete with
-/// every line: both scripts get NOSCRIPT, and the flush is run (EVAL) before
-/// moveToFinished falls back to EVAL.
+/// flush that writes its log is immediately followed, from the same client,
+/// by the moveToFinished that completes it — both as FCALLs of one function
+/// library. Then the script cache is emptied (a restart that kept functions),
+/// then functions too (one that kept nothing), and the next jobs still
+/// complete with every line: the library is loaded again before the flush.
 #[test]
 fn a_completed_attempt_sends_its_writes_with_its_finish() {
     let redis = Redis::start();
@@ -152,12 +153,12 @@ fn a_completed_attempt_sends_its_writes_with_its_finish() {
         let logs_key = format!("\"bull:one:{id}:logs\"");
         let flush = lines
             .iter()
-            .position(|(_, c)| c.starts_with("\"EVALSHA\"") && c.contains(&logs_key))
+            .position(|(_, c)| c.starts_with("\"FCALL\"") && c.contains("_prelude\"") && c.contains(&logs_key))
             .unwrap_or_else(|| panic!("no script wrote job {id}'s log"));
         let (client, _) = lines[flush];
         let next = lines[flush + 1..].iter().find(|(who, _)| *who == client).expect("nothing after the flush");
         assert!(
-            next.1.starts_with("\"EVALSHA\"") && next.1.contains(&format!("\"bull:one:{id}\"")) && next.1.contains("\"completed\""),
+            next.1.starts_with("\"FCALL\"") && next.1.contains(&format!("\"bull:one:{id}\"")) && next.1.contains("\"completed\""),
             "job {id}: the command after its flush, from the same client, is not its moveToFinished: {}",
             &next.1[..next.1.len().min(200)]
         );
@@ -169,15 +170,75 @@ fn a_completed_attempt_sends_its_writes_with_its_finish() {
     }
 
     let mut c = redis.conn();
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).unwrap();
-    let jobs: Vec<Value> = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
-    let ids = node_add(&redis, "one", Value::Array(jobs));
-    let v = wait_finished(&redis, "one", &ids, T);
-    for j in v["jobs"].as_array().unwrap() {
-        assert_eq!(j["state"], "completed", "{j:#}");
-        assert_eq!(j["progress"], 100, "{j:#}");
-        assert_eq!(j["logs"].as_array().unwrap().len(), 2, "after SCRIPT FLUSH: {j:#}");
+    assert_eq!(function_libraries(&mut c).len(), 1, "moveToFinished's library (with the flush) is loaded");
+    // A restart of a Redis that persists functions (RDB/AOF) but not its
+    // script cache; then one without persistence: both gone.
+    for (what, flush) in [("SCRIPT FLUSH", &["SCRIPT"][..]), ("SCRIPT FLUSH + FUNCTION FLUSH", &["SCRIPT", "FUNCTION"][..])] {
+        for cmd in flush {
+            let _: () = redis::cmd(cmd).arg("FLUSH").query(&mut c).unwrap();
+        }
+        let jobs: Vec<Value> = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+        let ids = node_add(&redis, "one", Value::Array(jobs));
+        let v = wait_finished(&redis, "one", &ids, T);
+        for j in v["jobs"].as_array().unwrap() {
+            assert_eq!(j["state"], "completed", "{j:#}");
+            assert_eq!(j["progress"], 100, "{j:#}");
+            assert_eq!(j["logs"].as_array().unwrap().len(), 2, "after {what}: {j:#}");
+        }
+        assert_eq!(function_libraries(&mut c).len(), 1, "after {what}: the library is there");
     }
+}
+
+/// Names of the Redis Function libraries on the server.
+fn function_libraries(c: &mut redis::Connection) -> Vec<String> {
+    let list: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION").arg("LIST").query(c).unwrap();
+    list.iter()
+        .filter_map(|lib| match &lib[..] {
+            [redis::Value::BulkString(k), redis::Value::BulkString(name), ..] if k == b"library_name" => Some(String::from_utf8_lossy(name).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// moveToFinished runs as a Redis Function by default; where the server
+/// refuses functions (here an ACL; likewise Redis < 7) the worker warns once
+/// and runs it as a script, and `--redis-functions false` never tries.
+#[test]
+fn finishing_falls_back_to_scripts_where_functions_are_refused() {
+    let redis = Redis::start();
+    let mut c = redis.conn();
+    let completed = |c: &mut redis::Connection, q: &str| redis::cmd("ZCARD").arg(format!("bull:{q}:completed")).query::<usize>(c).unwrap();
+    let calls = |c: &mut redis::Connection, cmd: &str| -> usize {
+        let stats: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+        stats.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls="))).map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    let n = 20;
+    let jobs: Value = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-fcall").arg("-function").query(&mut c).unwrap();
+    let w = Worker::start(&redis, "refused", &plugin("echo", "rust"), &[]);
+    node_add(&redis, "refused", jobs.clone());
+    let deadline = Instant::now() + T;
+    while completed(&mut c, "refused") < n {
+        assert!(Instant::now() < deadline, "jobs not completed with functions refused: {}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.wait_log("Redis Functions unavailable", T);
+    drop(w);
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("+@all").query(&mut c).unwrap();
+    assert!(function_libraries(&mut c).is_empty(), "no library was loaded");
+
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let _w = Worker::start(&redis, "off", &plugin("echo", "rust"), &["--redis-functions", "false"]);
+    node_add(&redis, "off", jobs);
+    let deadline = Instant::now() + T;
+    while completed(&mut c, "off") < n {
+        assert!(Instant::now() < deadline, "jobs not completed with --redis-functions false");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(calls(&mut c, "fcall"), 0, "--redis-functions false: no FCALL");
+    assert!(calls(&mut c, "evalsha") >= n, "moveToFinished ran as a script");
+    assert!(function_libraries(&mut c).is_empty(), "--redis-functions false: no library");
 }
 
 /// flush.lua pushes log lines in batches of 1000 (one RPUSH each, not one

@@ -13,8 +13,10 @@ async fn main() {
     let mut opts = WorkerOptions::default();
     opts.connection = opts.connection.url(url);
     opts.concurrency = concurrency;
-    // As the host (runtime/src/worker.rs): per-job events nobody reads are off.
+    // As the host (runtime/src/worker.rs): per-job events nobody reads are off,
+    // moveToFinished runs as a Redis Function.
     opts.job_events = false;
+    opts.redis_functions = true;
     let worker = Worker::with_options(&queue, |mut job: Job, _| async move {
         job.log(&format!("echo: job {} ({})", job.id(), job.name())).await?;
         job.update_progress(JobProgress::Number(100.0)).await?;

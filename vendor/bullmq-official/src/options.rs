@@ -530,6 +530,12 @@ pub struct WorkerOptions {
     pub backoff_strategy: Option<BackoffStrategyFn>,
     /// bullpen patch: see [`FinishPreludeFn`].
     pub finish_prelude: Option<FinishPreludeFn>,
+    /// bullpen patch 4: the source every [`FinishPrelude`] of this worker
+    /// carries, so that with `redis_functions` it becomes a function of the
+    /// same library as `moveToFinished` (one library: a server has both or
+    /// neither). A prelude with another source runs as a script, with the
+    /// finish as a script too.
+    pub finish_prelude_script: Option<Arc<str>>,
     /// bullpen patch: send the per-job `Active`, `Completed` and `Failed`
     /// [`WorkerEvent`](crate::worker::WorkerEvent)s (the default, as
     /// upstream). `false` skips them for a caller that does not read them:
@@ -537,6 +543,14 @@ pub struct WorkerOptions {
     /// wakeup of the reader on every job. Worker-level events (`Error`,
     /// `Stalled`, `Closed`, ...) are sent either way.
     pub job_events: bool,
+    /// bullpen patch: run `moveToFinished` as a Redis Function (FCALL)
+    /// instead of a script (EVALSHA) where the server allows it: the same
+    /// Lua, without re-running its ~40 helper definitions on every call.
+    /// The library (`bullpen_moveToFinished_<sha>`) is loaded on first use
+    /// and persists on the server like any function; Redis < 7 or an ACL
+    /// without FUNCTION/FCALL turns it off with one warning. Default `false`
+    /// (upstream's behaviour). See PATCHES.md, patch 4.
+    pub redis_functions: bool,
     /// Rate limiter options (max jobs per duration window).
     pub limiter: Option<RateLimiterOptions>,
     /// Maximum delay in ms to wait when rate limited (default 30_000).
@@ -594,7 +608,9 @@ impl Default for WorkerOptions {
             run_retry_delay: 15_000,
             backoff_strategy: None,
             finish_prelude: None,
+            finish_prelude_script: None,
             job_events: true,
+            redis_functions: false,
             limiter: None,
             maximum_rate_limit_delay: 30_000,
             metrics: None,

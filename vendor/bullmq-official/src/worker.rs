@@ -600,6 +600,7 @@ impl Worker {
         }
 
         let conn = RedisConnection::new_managed_only(&opts.connection).await?;
+        conn.scripts().use_functions(opts.redis_functions, opts.finish_prelude_script.as_deref());
         let blocking_conn = BlockingRedisConnection::new_managed(&conn).await?;
         let keys = QueueKeys::new(queue_name, Some(&opts.prefix));
 
