@@ -102,10 +102,11 @@ pub struct Settings {
     /// most of an attempt. A trap, timeout, memory cap or deploy ends it.
     #[arg(long)]
     pub instance_reuse: Option<u32>,
-    /// Run BullMQ's `moveToFinished` as a Redis Function (FCALL) where the
-    /// server allows it [default: true]: the same Lua, ~8 µs less Redis CPU
-    /// per job; keeps a `bullpen_moveToFinished_<sha>` library on the
-    /// server. `false`: EVALSHA only, as BullMQ's own workers.
+    /// Run BullMQ's `moveToFinished` (and the log/progress writes sent ahead
+    /// of it) as Redis Functions (FCALL) where the server allows it
+    /// [default: true]: the same Lua, ~20 µs less Redis CPU per job; keeps a
+    /// `bullpen_moveToFinished_<sha>` library on the server. `false`:
+    /// EVALSHA only, as BullMQ's own workers.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub redis_functions: Option<bool>,
     /// Watch `plugin` and swap on change (default true; the flag is `--no-watch`).

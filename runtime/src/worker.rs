@@ -61,9 +61,10 @@ pub struct BindingConfig {
     /// state between jobs. A trap, a timeout, the memory cap or a deploy
     /// always ends an instance.
     pub instance_reuse: u32,
-    /// Run BullMQ's `moveToFinished` as a Redis Function (FCALL) where the
-    /// server allows it (`--redis-functions`, default on): the same Lua and
-    /// the same changes, at ~8 µs less Redis CPU per job, at the cost of a
+    /// Run BullMQ's `moveToFinished`, and the write-behind flush sent ahead
+    /// of it, as Redis Functions (FCALL) where the server allows it
+    /// (`--redis-functions`, default on): the same Lua and the same changes,
+    /// at ~20 µs less Redis CPU per job (bench/README.md), at the cost of a
     /// library (`bullpen_moveToFinished_<sha>`) kept on the server. Redis < 7
     /// or an ACL without FUNCTION/FCALL falls back to EVALSHA by itself.
     pub redis_functions: bool,

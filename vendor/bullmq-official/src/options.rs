@@ -543,9 +543,10 @@ pub struct WorkerOptions {
     /// wakeup of the reader on every job. Worker-level events (`Error`,
     /// `Stalled`, `Closed`, ...) are sent either way.
     pub job_events: bool,
-    /// bullpen patch: run `moveToFinished` as a Redis Function (FCALL)
-    /// instead of a script (EVALSHA) where the server allows it: the same
-    /// Lua, without re-running its ~40 helper definitions on every call.
+    /// bullpen patch: run `moveToFinished` (and `finish_prelude_script`) as
+    /// Redis Functions (FCALL) instead of scripts (EVALSHA) where the server
+    /// allows it: the same Lua, without re-running its ~40 helper
+    /// definitions on every call.
     /// The library (`bullpen_moveToFinished_<sha>`) is loaded on first use
     /// and persists on the server like any function; Redis < 7 or an ACL
     /// without FUNCTION/FCALL turns it off with one warning. Default `false`
