@@ -138,15 +138,7 @@ impl FunctionForm {
 
 /// The FCALL command of function `name`.
 fn fcall(name: &str, num_keys: usize, keys: &[impl redis::ToRedisArgs], args: &[impl redis::ToRedisArgs]) -> redis::Cmd {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg(name).arg(num_keys);
-    for key in keys {
-        cmd.arg(key);
-    }
-    for arg in args {
-        cmd.arg(arg);
-    }
-    cmd
+    call("FCALL", name, num_keys, keys, args)
 }
 
 /// What an FCALL's error means for the function form.
@@ -388,8 +380,13 @@ impl LuaScript {
 /// bullpen patch: the EVALSHA command of a script (`execute` built it inline;
 /// `execute_after` builds two).
 fn evalsha(sha: &str, num_keys: usize, keys: &[impl redis::ToRedisArgs], args: &[impl redis::ToRedisArgs]) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha).arg(num_keys);
+    call("EVALSHA", sha, num_keys, keys, args)
+}
+
+/// `<command> <script or function> <numkeys> <keys...> <args...>`.
+fn call(command: &str, what: &str, num_keys: usize, keys: &[impl redis::ToRedisArgs], args: &[impl redis::ToRedisArgs]) -> redis::Cmd {
+    let mut cmd = redis::cmd(command);
+    cmd.arg(what).arg(num_keys);
     for key in keys {
         cmd.arg(key);
     }
