@@ -25,7 +25,7 @@ Contenders, each doing echo's work per job (one log line, progress 100, return t
   bullpen-<lang>  bullpen with target/plugins/echo-<lang>.wasm (a fresh instance per job)
 For each: jobs/s, worker CPU µs per job (from /proc, summed over worker
 processes), Redis CPU µs per job (INFO cpu), Lua scripts per job (INFO
-commandstats: EVAL + EVALSHA calls) and Redis's share of one core
+commandstats: EVAL + EVALSHA + FCALL calls) and Redis's share of one core
 (100% = Redis is the bottleneck: it is single-threaded), worker RSS, and
 the ratios of jobs/s to node's and native's, and of worker CPU per job to node's.
 `--workers 1,2,4` repeats each run with that many worker processes on the

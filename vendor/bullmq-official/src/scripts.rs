@@ -151,17 +151,11 @@ enum FcallError {
     Other,
 }
 
-fn server_kind(e: &redis::RedisError) -> Option<redis::ServerErrorKind> {
-    match e.kind() {
-        redis::ErrorKind::Server(k) => Some(k),
-        _ => None,
-    }
-}
-
-fn fcall_error(kind: Option<redis::ServerErrorKind>, message: &str) -> FcallError {
+fn fcall_error(e: &redis::ServerError) -> FcallError {
+    let message = format!("{} {}", e.code(), e.details().unwrap_or(""));
     if message.contains("Function not found") {
         FcallError::Missing
-    } else if message.contains("unknown command") || message.contains("NOPERM") || kind == Some(redis::ServerErrorKind::NoPerm) {
+    } else if message.contains("unknown command") || message.contains("NOPERM") || e.kind() == Some(redis::ServerErrorKind::NoPerm) {
         FcallError::Unavailable
     } else {
         FcallError::Other
@@ -187,69 +181,40 @@ impl LuaScript {
         self
     }
 
-    /// bullpen patch 4: FCALL of the function form, when on. `None`: run the
-    /// script instead (no function form, or the server cannot run it).
+    /// bullpen patch 4: this script as its library's function, after
+    /// `prelude` as the same library's other function when given, in one
+    /// round trip. `None`: run them as scripts instead (functions off or
+    /// refused; a library made for another prelude).
     async fn try_fcall<C: ConnectionLike>(
         &self,
         conn: &mut C,
+        prelude: Option<&crate::options::FinishPrelude>,
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Option<Result<redis::Value, Error>> {
         let f = self.function.as_ref()?;
         let lib = f.active()?;
-        // Twice at most: the second after loading the library.
-        for _ in 0..2 {
-            match fcall(&lib.name, self.num_keys, keys, args).query_async::<redis::Value>(conn).await {
-                Ok(v) => return Some(Ok(v)),
-                Err(e) => match fcall_error(server_kind(&e), &e.to_string()) {
-                    FcallError::Missing => {
-                        if !f.load(conn, lib).await {
-                            return None;
-                        }
-                    }
-                    FcallError::Unavailable => {
-                        f.disable(&e.to_string());
-                        return None;
-                    }
-                    FcallError::Other => return Some(Err(Error::Redis(e))),
-                },
-            }
-        }
-        f.disable("loaded, yet not found");
-        None
-    }
-
-    /// bullpen patch 4: `prelude`, then this script, as the two functions of
-    /// one library, in one round trip. `None`: run them as scripts instead
-    /// (functions off or refused; a library made for another prelude).
-    async fn try_fcall_after<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        prelude: &crate::options::FinishPrelude,
-        keys: &[impl redis::ToRedisArgs],
-        args: &[impl redis::ToRedisArgs],
-    ) -> Option<Result<redis::Value, Error>> {
-        let f = self.function.as_ref()?;
-        let lib = f.active()?;
-        let (prelude_fn, prelude_sha) = lib.prelude.as_ref()?;
-        if **prelude_sha != *prelude.sha {
-            return None;
-        }
+        let prelude = match (prelude, &lib.prelude) {
+            (None, _) => None,
+            (Some(p), Some((name, sha))) if **sha == *p.sha => Some((name, p)),
+            (Some(_), _) => return None,
+        };
         // Twice at most: the second after loading the library.
         for _ in 0..2 {
             let mut pipe = redis::pipe();
-            pipe.add_command(fcall(prelude_fn, prelude.keys.len(), &prelude.keys, &prelude.args))
-                .add_command(fcall(&lib.name, self.num_keys, keys, args))
-                .ignore_errors();
+            if let Some((name, p)) = prelude {
+                pipe.add_command(fcall(name, p.keys.len(), &p.keys, &p.args));
+            }
+            pipe.add_command(fcall(&lib.name, self.num_keys, keys, args)).ignore_errors();
             let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
                 Ok(r) => r,
                 Err(e) => return Some(Err(Error::Redis(e))),
             };
             let (reply, pre_reply) = (replies.pop(), replies.pop());
             if let Some(redis::Value::ServerError(e)) = &reply {
-                // Both functions are in one library: when the finish was not
+                // Both functions are in one library: when this one was not
                 // run for want of it, neither was the prelude.
-                match fcall_error(e.kind(), &format!("{} {}", e.code(), e.details().unwrap_or(""))) {
+                match fcall_error(e) {
                     FcallError::Missing => {
                         if !f.load(conn, lib).await {
                             return None;
@@ -287,7 +252,7 @@ impl LuaScript {
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
-        if let Some(r) = self.try_fcall(conn, keys, args).await {
+        if let Some(r) = self.try_fcall(conn, None, keys, args).await {
             return r;
         }
         let cmd = evalsha(&self.sha, self.num_keys, keys, args);
@@ -335,7 +300,7 @@ impl LuaScript {
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
-        if let Some(r) = self.try_fcall_after(conn, &prelude, keys, args).await {
+        if let Some(r) = self.try_fcall(conn, Some(&prelude), keys, args).await {
             return r;
         }
         // Scripts: the finish as EVALSHA too (never FCALL here), so that a
