@@ -14,6 +14,7 @@ use crate::conn::RedisTarget;
 use crate::deploy::{watch_file, Loader, RegistryFollower};
 use crate::host::ChildQueues;
 use crate::sandbox::Limits;
+use crate::shards::Shards;
 use crate::engine::new_engine;
 use crate::plugin::{new_linker, Plugin};
 use crate::registry::{iso8601, PluginSlot, Registry};
@@ -186,11 +187,12 @@ pub struct WorkerArgs {
     /// (Node's `job.processedBy`), so a fleet's work can be told apart.
     #[arg(long)]
     pub name: Option<String>,
-    /// Threads that run attempts and Redis I/O [default: one per CPU core,
-    /// at most the queues' total concurrency]. Guests of all queues share
-    /// them: fewer threads than attempts at once cap how many guests compute
-    /// in parallel; fewer than cores leave the rest to other processes (a
-    /// redis-server on the same machine).
+    /// Threads that run attempts and their Redis I/O [default: one per CPU
+    /// core, at most the queues' total concurrency]. Each is a BullMQ worker
+    /// of its own with a share of each queue's concurrency (100 on 2 threads:
+    /// 50 each). Fewer threads than attempts at once cap how many guests
+    /// compute in parallel; fewer than cores leave the rest to other
+    /// processes (a redis-server on the same machine).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 }
@@ -293,18 +295,18 @@ pub struct StatsArgs {
 }
 
 /// Run one command on a tokio runtime. `bullpen worker` resolves its queues
-/// first, so its runtime gets `WorkerSetup::threads`; the other commands do
-/// little work and get tokio's default (one thread per core).
+/// first, so it starts `WorkerSetup::threads` shards to run attempts on
+/// (`crate::shards`) and keeps the main thread for signals, deploys,
+/// heartbeats and metrics; the other commands do little work and get
+/// tokio's default (one thread per core).
 pub fn main(cli: Cli) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
     match cli.command {
         Command::Worker(a) => {
             let setup = WorkerSetup::new(a)?;
-            builder.worker_threads(setup.threads()?);
-            builder.build()?.block_on(worker(setup))
+            let shards = Shards::start(setup.threads()?)?;
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(worker(setup, shards))
         }
-        command => builder.build()?.block_on(run(command)),
+        command => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(command)),
     }
 }
 
@@ -369,7 +371,7 @@ impl WorkerSetup {
         Ok(WorkerSetup { a, file, plans })
     }
 
-    /// The runtime's worker threads: `--threads`, else the config's
+    /// The threads that run attempts: `--threads`, else the config's
     /// `threads`, else one per core but no more than the attempts the
     /// queues may run at once (the sum of their concurrency).
     fn threads(&self) -> anyhow::Result<usize> {
@@ -387,7 +389,7 @@ impl WorkerSetup {
     }
 }
 
-async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
+async fn worker(setup: WorkerSetup, shards: Shards) -> anyhow::Result<()> {
     let WorkerSetup { a, file, plans } = setup;
     if let Some(addr) = a.metrics_addr.or_else(|| file.as_ref().and_then(|f| f.metrics_addr)) {
         crate::metrics::serve(addr).await?;
@@ -402,14 +404,14 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     // Queues start concurrently: one waiting for its first deploy does not
     // hold the others back.
-    let starting = futures_util::future::try_join_all(plans.into_iter().map(|plan| start_queue(engine.clone(), loader.clone(), plan)));
+    let starting = futures_util::future::try_join_all(plans.into_iter().map(|plan| start_queue(engine.clone(), loader.clone(), plan, &shards)));
     let running = tokio::select! {
         r = starting => r?,
         r = &mut shutdown => { r?; info!("stopped before every queue had a plugin"); return Ok(()); }
     };
     let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
     let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.clone()).collect();
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    let threads = shards.len();
     info!(queues = %names.join(","), digest = %digests.join(","), threads, "worker ready");
     shutdown.await?;
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
@@ -432,7 +434,7 @@ struct Running {
 
 /// Load the queue's plugin (its file, or what is deployed: waiting, with a
 /// log line every 10 s, until something is) and start its binding.
-async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueuePlan) -> anyhow::Result<Running> {
+async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueuePlan, shards: &Shards) -> anyhow::Result<Running> {
     let c = &plan.binding;
     let mut follower = None;
     let plugin = match &plan.plugin {
@@ -449,7 +451,7 @@ async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueueP
     info!(queue = %c.queue, plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
     let slot = Arc::new(PluginSlot::new(plugin));
     let (queue, concurrency, redis_url) = (c.queue.clone(), c.concurrency, c.redis.to_string());
-    let binding = Binding::start(engine, slot.clone(), plan.binding)
+    let binding = Binding::start_on(engine, slot.clone(), plan.binding, shards)
         .await
         .with_context(|| format!("cannot start a worker for queue `{queue}` on {redis_url}"))?;
     let swapper = match (follower, &plan.plugin) {

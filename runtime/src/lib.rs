@@ -10,6 +10,8 @@
 //!   `log`/`update-progress` batched by [`host::write_behind`].
 //! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
 //! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
+//! - [`shards`]: the threads attempts run on, one single-threaded runtime each; a queue's
+//!   concurrency split across them.
 //! - [`run`]: `bullpen run`, one job in memory without Redis (host calls printed).
 //! - [`cli`]: the `bullpen` command line; [`config`]: `bullpen.toml` (several queues per process).
 //! - [`admin`]: `inspect`/`retry`; [`bulk`]: `add --file`; [`stats`]: `bullpen stats` and the
@@ -33,6 +35,7 @@ pub mod plugin;
 pub mod registry;
 pub mod run;
 pub mod sandbox;
+pub mod shards;
 pub mod stats;
 pub mod worker;
 

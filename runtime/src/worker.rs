@@ -29,6 +29,13 @@ use crate::metrics::{self, AttemptRecord, JobLabels, LimitLabels, TrapLabels};
 use crate::plugin::Plugin;
 use crate::registry::PluginSlot;
 use crate::sandbox::{CapturedOutput, HostState, Limits};
+use crate::shards::Shards;
+
+/// The queue's BullMQ worker on one shard, with its share of the concurrency.
+struct Part {
+    shard: tokio::runtime::Handle,
+    worker: Arc<Worker>,
+}
 
 /// Everything that configures one queue binding. Defaults match BullMQ's
 /// Node worker where one exists.
@@ -96,7 +103,8 @@ const HANDBACK_TIME: Duration = Duration::from_secs(5);
 
 /// A running binding.
 pub struct Binding {
-    worker: Arc<Worker>,
+    /// One BullMQ worker per shard the queue runs on (`crate::shards`).
+    parts: Vec<Part>,
     heartbeat: tokio::sync::Mutex<Option<crate::stats::Heartbeat>>,
     redis: bullmq::redis_connection::AnyConnection,
     pub slot: Arc<PluginSlot>,
@@ -183,59 +191,35 @@ impl Attempts {
 }
 
 impl Binding {
-    /// Connect to Redis and start processing `config.queue` with the plugin in `slot`.
+    /// Connect to Redis and start processing `config.queue` with the plugin
+    /// in `slot`, on the runtime this is called on.
     pub async fn start(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig) -> anyhow::Result<Binding> {
+        Binding::start_on(engine, slot, config, &Shards::current()).await
+    }
+
+    /// The same, with `config.concurrency` split over `shards`: a BullMQ
+    /// worker on each (see `crate::shards` for why).
+    pub async fn start_on(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig, shards: &Shards) -> anyhow::Result<Binding> {
         config.redis.check_prefix(&config.prefix)?;
         let redis = config.redis.connect().await?;
+        let mut parts: Vec<Part> = Vec::new();
+        for (shard, concurrency) in shards.place(config.concurrency) {
+            let started = shard.spawn(start_part(engine.clone(), slot.clone(), config.clone(), concurrency));
+            match started.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(worker) => parts.push(Part { shard, worker }),
+                Err(e) => {
+                    // Nothing fetched by the parts already started is lost:
+                    // they close like a shutdown with no grace.
+                    for p in &parts {
+                        let w = p.worker.clone();
+                        let _ = p.shard.spawn(async move { w.close(HANDBACK_TIME.as_millis() as u64).await }).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let heartbeat = crate::stats::Heartbeat::spawn(redis.clone(), &config.prefix, &config.queue, slot.clone(), config.concurrency);
-        let shared = Arc::new(Shared::new(
-            redis.clone(),
-            config.redis.clone(),
-            config.prefix.clone(),
-            &config.queue,
-            config.limits.clone(),
-            config.lock_duration_ms,
-            config.child_queues.clone(),
-        ));
-        let preludes = shared.clone();
-        let histograms = metrics::global().queue_histograms(&config.queue);
-        let attempts = Arc::new(Attempts {
-            engine,
-            slot: slot.clone(),
-            shared,
-            queue: config.queue.clone(),
-            histograms,
-            reuse: config.instance_reuse,
-            idle: Default::default(),
-        });
-        let processor = move |job: bullmq::Job, cancel: CancellationToken| {
-            let attempts = attempts.clone();
-            async move { attempts.run(job, cancel).await }
-        };
-        let opts = WorkerOptions {
-            connection: config.redis.bullmq_options(),
-            prefix: config.prefix.clone(),
-            concurrency: config.concurrency,
-            lock_duration: config.lock_duration_ms,
-            stalled_interval: config.stalled_interval_ms,
-            max_stalled_count: config.max_stalled_count,
-            max_started_attempts: config.max_started_attempts,
-            name: config.name.clone(),
-            finish_prelude_script: Some(preludes.scripts.flush_source.clone()),
-            finish_prelude: Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id))),
-            // Per-job events (active/completed/failed, each with a clone of
-            // its result) would be read only to be dropped; `metrics` and
-            // the attempt log already say what each attempt did.
-            job_events: false,
-            // moveToFinished (and the write-behind flush sent ahead of it, in
-            // the same library) as Redis Functions: the same Lua, less Redis
-            // CPU per job (vendor/bullmq-official/PATCHES.md, patch 4).
-            redis_functions: config.redis_functions,
-            ..Default::default()
-        };
-        let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
-        drain_worker_events(worker.clone(), config.queue.clone());
-        Ok(Binding { worker, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
+        Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
     }
 
     /// Stop fetching; give running attempts `grace` to finish; then
@@ -249,17 +233,87 @@ impl Binding {
         // bullmq's close() aborts whatever still runs at its deadline, which
         // would leave jobs active until a stalled check; give interrupted
         // attempts time past the grace period to hand their jobs back.
-        let closing = self.worker.close((grace + HANDBACK_TIME).as_millis() as u64);
+        // Each part closes on its own shard, where its connections live.
+        let deadline = (grace + HANDBACK_TIME).as_millis() as u64;
+        let closing = futures_util::future::join_all(self.parts.iter().map(|p| {
+            let w = p.worker.clone();
+            p.shard.spawn(async move { w.close(deadline).await })
+        }));
         tokio::pin!(closing);
-        tokio::select! {
-            r = &mut closing => { r?; return Ok(()); }
-            _ = tokio::time::sleep(grace) => {}
+        let closed = tokio::select! {
+            r = &mut closing => Some(r),
+            _ = tokio::time::sleep(grace) => None,
+        };
+        let closed = match closed {
+            Some(r) => r,
+            None => {
+                warn!(queue = %self.config.queue, "grace period over: interrupting running attempts");
+                for p in &self.parts {
+                    let w = p.worker.clone();
+                    let _ = p.shard.spawn(async move { w.cancel_all_jobs().await }).await;
+                }
+                closing.await
+            }
+        };
+        for r in closed {
+            r??;
         }
-        warn!(queue = %self.config.queue, "grace period over: interrupting running attempts");
-        self.worker.cancel_all_jobs().await;
-        closing.await?;
         Ok(())
     }
+}
+
+/// One shard's share of a binding: its own Redis connection for host calls,
+/// its own bullmq-official worker with `concurrency` slots. Runs on the shard.
+async fn start_part(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig, concurrency: usize) -> anyhow::Result<Arc<Worker>> {
+    let redis = config.redis.connect().await?;
+    let shared = Arc::new(Shared::new(
+        redis,
+        config.redis.clone(),
+        config.prefix.clone(),
+        &config.queue,
+        config.limits.clone(),
+        config.lock_duration_ms,
+        config.child_queues.clone(),
+    ));
+    let preludes = shared.clone();
+    let histograms = metrics::global().queue_histograms(&config.queue);
+    let attempts = Arc::new(Attempts {
+        engine,
+        slot,
+        shared,
+        queue: config.queue.clone(),
+        histograms,
+        reuse: config.instance_reuse,
+        idle: Default::default(),
+    });
+    let processor = move |job: bullmq::Job, cancel: CancellationToken| {
+        let attempts = attempts.clone();
+        async move { attempts.run(job, cancel).await }
+    };
+    let opts = WorkerOptions {
+        connection: config.redis.bullmq_options(),
+        prefix: config.prefix.clone(),
+        concurrency,
+        lock_duration: config.lock_duration_ms,
+        stalled_interval: config.stalled_interval_ms,
+        max_stalled_count: config.max_stalled_count,
+        max_started_attempts: config.max_started_attempts,
+        name: config.name.clone(),
+        finish_prelude_script: Some(preludes.scripts.flush_source.clone()),
+        finish_prelude: Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id))),
+        // Per-job events (active/completed/failed, each with a clone of
+        // its result) would be read only to be dropped; `metrics` and
+        // the attempt log already say what each attempt did.
+        job_events: false,
+        // moveToFinished (and the write-behind flush sent ahead of it, in
+        // the same library) as Redis Functions: the same Lua, less Redis
+        // CPU per job (vendor/bullmq-official/PATCHES.md, patch 4).
+        redis_functions: config.redis_functions,
+        ..Default::default()
+    };
+    let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
+    drain_worker_events(worker.clone(), config.queue.clone());
+    Ok(worker)
 }
 
 /// bullmq-official queues its worker events on an unbounded channel;

@@ -26,9 +26,17 @@ fn job(v: &Value, i: usize) -> &Value {
 fn steps_run_through_delay_children_and_finish() {
     let redis = Redis::start();
     let _steps = Worker::start(&redis, "orders", &plugin("steps", "rust"), &["--concurrency", "2"]);
-    let _kids = Worker::start(&redis, "orders-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
     let ids = node_add(&redis, "orders", json!([{"name": "order", "data": {"order": 7}}]));
     let started = Instant::now();
+    // The children's worker starts once the parent waits for them: children
+    // done before `wait-for-children` let Finish run in the same attempt
+    // (BullMQ's moveToWaitingChildren finds nothing to wait for), and this
+    // test is about the path through waiting-children.
+    while inspect(&redis, "orders", &ids)["jobs"][0]["state"] != "waiting-children" {
+        assert!(started.elapsed() < T, "the parent never waited for its children: {:#}", inspect(&redis, "orders", &ids));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _kids = Worker::start(&redis, "orders-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
     let v = wait_finished(&redis, "orders", &ids, T);
     let j = job(&v, 0);
     assert_eq!(j["state"], "completed", "{j:#}");
@@ -42,7 +50,7 @@ fn steps_run_through_delay_children_and_finish() {
     );
     assert_eq!(guest_logs(j), json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]));
     assert_eq!(j["attemptsMade"], 1, "delays and waits do not count as attempts");
-    assert!(j["attemptsStarted"].as_u64().unwrap() >= 3, "started at Initial, after the delay, after the children");
+    assert!(j["attemptsStarted"].as_u64().unwrap() >= 3, "started at Initial, after the delay, after the children: {j:#}");
     assert_eq!(j["data"], json!({"step": "Finish", "order": 7}), "the step is stored in the job data");
     assert!(started.elapsed() >= Duration::from_millis(200), "the delay was honoured");
 }

@@ -258,6 +258,43 @@ fn worker_threads_default_to_one_per_core_capped_by_concurrency() {
     assert_eq!(v["jobs"][1]["returnvalue"], json!({"n": 2}));
 }
 
+/// CPU time (utime + stime, in clock ticks) of each of `pid`'s threads, by thread name.
+fn thread_cpu_ticks(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut ticks = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ... field 14 utime, 15 stime; comm may hold spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let t = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+        *ticks.entry(stat[open + 1..close].to_string()).or_insert(0) += t;
+    }
+    ticks
+}
+
+/// A queue's concurrency is split over the shard threads (runtime/src/shards.rs):
+/// two spinning guests at concurrency 2 on two threads compute one on each,
+/// and both are stopped at their limit.
+#[test]
+fn attempts_of_one_queue_run_on_every_shard_thread() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "spread", &plugin("hog", "rust"), &["--concurrency", "2", "--threads", "2", "--timeout-ms", "1500"]);
+    assert!(w.log().contains("threads=2"), "{}", w.log());
+    let before = thread_cpu_ticks(w.child.id());
+    let ids = node_add(&redis, "spread", json!([{"name": "loop", "data": {"mode": "loop"}}, {"name": "loop", "data": {"mode": "loop"}}]));
+    let v = wait_finished(&redis, "spread", &ids, T);
+    for j in v["jobs"].as_array().unwrap() {
+        assert!(j["failedReason"].as_str().unwrap().contains("limit of 1500 ms"), "{v:#}");
+    }
+    let after = thread_cpu_ticks(w.child.id());
+    for shard in ["bullpen-shard-0", "bullpen-shard-1"] {
+        let spent = after.get(shard).copied().unwrap_or(0) - before.get(shard).copied().unwrap_or(0);
+        // A guest spinning for 1.5 s gets at least a fifth of a core even on
+        // a busy 2-core machine; a shard that ran no guest spends ~0.
+        assert!(spent >= 30, "{shard} spent {spent} ticks: each thread should have run one spinning guest; threads: {after:?}");
+    }
+}
+
 #[test]
 fn one_process_serves_the_queues_of_a_config_file_and_flags_override_it() {
     let redis = Redis::start();
