@@ -74,6 +74,10 @@ pub struct Shared {
     pub target: RedisTarget,
     pub prefix: String,
     pub keys: QueueKeys,
+    /// `keys.events()` and `keys.meta()`, formatted once: every attempt's
+    /// flush names them.
+    pub(crate) events_key: String,
+    pub(crate) meta_key: String,
     pub scripts: Scripts,
     pub limits: Limits,
     /// BullMQ `lockDuration`, passed to BullMQ's move scripts.
@@ -120,10 +124,13 @@ impl Shared {
         lock_duration_ms: u64,
         child_queues: ChildQueues,
     ) -> Self {
+        let keys = QueueKeys::new(queue, Some(&prefix));
         Shared {
             redis,
             target,
-            keys: QueueKeys::new(queue, Some(&prefix)),
+            events_key: keys.events(),
+            meta_key: keys.meta(),
+            keys,
             prefix,
             scripts: Scripts::new(),
             limits,
@@ -243,7 +250,7 @@ impl JobContext {
     /// Record `digest` (the attempt's plugin version) in the job log with
     /// the attempt's first flush, at no extra Redis call.
     pub(crate) fn with_plugin_digest(self, digest: &str) -> Self {
-        self.pending.set_digest_line(format!("{DIGEST_LOG_PREFIX}{digest}"));
+        self.pending.set_digest_line([DIGEST_LOG_PREFIX, digest].concat());
         self
     }
 

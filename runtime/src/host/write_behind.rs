@@ -76,10 +76,10 @@ impl WriteBehind {
     pub(crate) fn new(shared: Arc<Shared>, job_key: &str, id: &str, token: &str, keep_logs: String) -> Self {
         let keys = [
             job_key.to_string(),
-            format!("{job_key}:lock"),
-            format!("{job_key}:logs"),
-            shared.keys.events(),
-            shared.keys.meta(),
+            [job_key, ":lock"].concat(),
+            [job_key, ":logs"].concat(),
+            shared.events_key.clone(),
+            shared.meta_key.clone(),
         ];
         WriteBehind {
             shared,
