@@ -10,13 +10,13 @@
 //! the job was moved or the lock was lost); with reuse on, an instance whose
 //! `process` returned goes back to the binding's idle list (`Warm`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bullmq::worker::CancellationToken;
 use bullmq::{Worker, WorkerOptions};
 use serde_json::Value;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::types::{self as wit, Failure, Outcome};
@@ -342,13 +342,48 @@ const INTERRUPT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// `Err(RateLimited)` hands the job back to wait; other errors fail/retry.
 type BullResult = Result<Value, bullmq::Error>;
 
+tokio::task_local! {
+    /// The running attempt's span, for whatever logs inside it ([`in_attempt`]).
+    static ATTEMPT: Arc<AttemptSpan>;
+}
+
+/// An attempt's tracing span (`queue`, `job`, `attempt`, `digest`; JSON
+/// logs' `span`), made the first time something in the attempt logs.
+/// Made for every attempt, it cost ~3 µs of worker CPU per job
+/// (tracing-subscriber formats and stores its fields; bench/README.md,
+/// session 9), and most attempts log nothing.
+pub(crate) struct AttemptSpan {
+    attempts: Arc<Attempts>,
+    job: String,
+    attempt: u32,
+    plugin: Arc<Plugin>,
+    span: OnceLock<tracing::Span>,
+}
+
+impl AttemptSpan {
+    fn get(&self) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            info_span!("attempt", queue = %self.attempts.queue, job = %self.job, attempt = self.attempt, digest = %self.plugin.digest)
+        })
+    }
+}
+
+/// Run `log` (a tracing event) inside the running attempt's span, if it
+/// runs inside an attempt. Every event an attempt logs goes through here.
+pub(crate) fn in_attempt<R>(log: impl FnOnce() -> R) -> R {
+    match ATTEMPT.try_with(|a| a.get().clone()) {
+        Ok(span) => span.in_scope(log),
+        Err(_) => log(),
+    }
+}
+
 impl Attempts {
     async fn run(self: Arc<Self>, job: bullmq::Job, cancel: CancellationToken) -> BullResult {
         // The plugin is taken once, here, so the span names the version
         // that runs the whole attempt even if a deploy lands meanwhile.
         let plugin = self.slot.current();
         let ran_plugin = plugin.clone();
-        let span = info_span!("attempt", queue = %self.queue, job = %job.id(), attempt = job.attempts_made() + 1, digest = %plugin.digest);
+        let span = Arc::new(AttemptSpan { attempts: self.clone(), job: job.id().to_string(), attempt: job.attempts_made() + 1, plugin: plugin.clone(), span: OnceLock::new() });
         let will_retry = attempts_remain(&job);
         let started = Instant::now();
         let mut rec = AttemptRecord::default();
@@ -366,19 +401,18 @@ impl Attempts {
                     let printed = out.take_lines(self.shared.limits.max_log_line_bytes);
                     match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(p.flush(printed))).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
-                        Err(_) => warn!("gave up writing the interrupted attempt's pending log lines/progress"),
+                        Ok(Err(e)) => in_attempt(|| warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress")),
+                        Err(_) => in_attempt(|| warn!("gave up writing the interrupted attempt's pending log lines/progress")),
                     }
                 }
             }
             r
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let ran = ATTEMPT.scope(span.clone(), ran).await;
         let result = ran.unwrap_or_else(|| {
             // Shutdown past its grace period: the job goes back to wait
             // (moveJobFromActiveToWait), attemptsMade unchanged.
-            span.in_scope(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
+            span.get().in_scope(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
             rec.outcome = Some("handed_back");
             Err(bullmq::Error::RateLimited { delay_ms: 0 })
         });
@@ -389,7 +423,7 @@ impl Attempts {
     /// Prometheus metrics for one finished attempt (see `metrics`).
     /// `span` is entered only for the line a failure logs, not around all
     /// of this: ~1 µs less worker CPU per job (bench/README.md, session 9).
-    fn record(&self, span: &tracing::Span, digest: &str, took: Duration, will_retry: bool, rec: &AttemptRecord, result: &BullResult) {
+    fn record(&self, span: &AttemptSpan, digest: &str, took: Duration, will_retry: bool, rec: &AttemptRecord, result: &BullResult) {
         let m = metrics::global();
         let h = &self.histograms;
         h.attempt_seconds.observe(took.as_secs_f64());
@@ -421,7 +455,7 @@ impl Attempts {
                 bullmq::Error::ProcessingError(r) | bullmq::Error::Unrecoverable(r) => r.clone(),
                 other => other.to_string(),
             };
-            span.in_scope(|| info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed"));
+            span.get().in_scope(|| info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed"));
         }
     }
 
@@ -482,7 +516,9 @@ impl Attempts {
         rec.memory_peak = state.memory.peak;
         let lines = out.take_lines(limits.max_log_line_bytes);
         let Backend::Redis(ctx) = &mut state.job else { unreachable!("a worker's attempts run against Redis") };
-        debug!(digest = %plugin.digest, "attempt returned");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            in_attempt(|| debug!(digest = %plugin.digest, "attempt returned"));
+        }
 
         // The return value, checked before anything is written: only an
         // attempt that will reach moveToFinished(completed) leaves its writes
@@ -502,11 +538,11 @@ impl Attempts {
             };
             match flushed {
                 Ok(()) | Err(wit::JobError::LockLost) => {}
-                Err(e) => warn!(error = ?e, "could not write the attempt's log lines and progress"),
+                Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's log lines and progress")),
             }
         }
         if ctx.lock_lost {
-            warn!("lock lost during the attempt: leaving the job to its new owner");
+            in_attempt(|| warn!("lock lost during the attempt: leaving the job to its new owner"));
             rec.outcome = Some("lock_lost");
             return Err(bullmq::Error::Delayed);
         }
@@ -569,7 +605,7 @@ impl Attempts {
             // Moved (or no longer ours): bullmq-official must write nothing more.
             Ok(()) | Err(wit::JobError::LockLost) => Err(bullmq::Error::Delayed),
             Err(e) => {
-                warn!(error = ?e, "delayed retry failed; falling back to BullMQ's retry");
+                in_attempt(|| warn!(error = ?e, "delayed retry failed; falling back to BullMQ's retry"));
                 Err(bullmq::Error::ProcessingError(reason))
             }
         }
@@ -618,7 +654,7 @@ impl Attempts {
         reason: &str,
     ) -> Option<wit::BackoffDecision> {
         if !plugin.has_backoff {
-            warn!(backoff = kind, "custom backoff type but the plugin exports no `backoff`: retrying at once");
+            in_attempt(|| warn!(backoff = kind, "custom backoff type but the plugin exports no `backoff`: retrying at once"));
             return None;
         }
         let limits = &self.shared.limits;
@@ -638,11 +674,11 @@ impl Attempts {
         match tokio::time::timeout(limits.timeout, call).await {
             Ok(Ok(d)) => Some(d),
             Ok(Err(e)) => {
-                warn!(error = %format!("{e:#}"), "guest backoff failed: retrying at once");
+                in_attempt(|| warn!(error = %format!("{e:#}"), "guest backoff failed: retrying at once"));
                 None
             }
             Err(_) => {
-                warn!("guest backoff timed out: retrying at once");
+                in_attempt(|| warn!("guest backoff timed out: retrying at once"));
                 None
             }
         }

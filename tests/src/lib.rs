@@ -248,11 +248,17 @@ impl Worker {
 
     /// `bullpen worker <args>`, once it logged "worker ready".
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Worker {
+        Self::spawn_env(args, &[])
+    }
+
+    /// The same with extra environment variables (e.g. `BULLPEN_LOG`).
+    pub fn spawn_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let child = Command::new(bullpen_bin())
             .arg("worker")
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -155,6 +155,24 @@ fn json_logs_carry_the_attempt_span() {
     assert_eq!(span["job"], ids[0].as_str());
     assert_eq!(span["attempt"], 1);
     assert_eq!(span["digest"], digest_of(&hog));
+    // A line logged inside a running attempt carries the same span, though
+    // the span is made only when something logs (runtime/src/worker.rs,
+    // AttemptSpan): here the debug line of a successful attempt.
+    let echo = plugin("echo", "rust");
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--queue", "logs2", "--plugin", echo.to_str().unwrap(), "--log-format", "json"];
+    let w2 = Worker::spawn_env(&args, &[("BULLPEN_LOG", "info,bullpen::worker=debug")]);
+    let ids2 = node_add(&redis, "logs2", json!([{"name": "e", "data": {"n": 1}}]));
+    wait_finished(&redis, "logs2", &ids2, T);
+    w2.wait_log("attempt returned", T);
+    let log = w2.log();
+    let returned = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["fields"]["message"] == "attempt returned").unwrap();
+    let span = &returned["span"];
+    assert_eq!(span["name"], "attempt", "{returned}");
+    assert_eq!(span["queue"], "logs2");
+    assert_eq!(span["job"], ids2[0].as_str());
+    assert_eq!(span["attempt"], 1);
+    assert_eq!(span["digest"], digest_of(&echo));
 }
 
 /// GET `path` from 127.0.0.1:`port`; (status line, body).

@@ -566,7 +566,7 @@ where
         match call().await {
             Err(e) if tries < 7 && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()) => {
                 tries += 1;
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying");
+                crate::worker::in_attempt(|| tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying"));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(1));
             }

@@ -206,7 +206,7 @@ impl WriteBehind {
         match self.flush(Vec::new()).await {
             Ok(code) if code < 0 => self.pending.lock().unwrap().found = Some(code),
             Ok(_) => {}
-            Err(e) => warn!(error = ?e, "could not write pending log lines/progress"),
+            Err(e) => crate::worker::in_attempt(|| warn!(error = ?e, "could not write pending log lines/progress")),
         }
     }
 }
