@@ -382,7 +382,6 @@ impl Attempts {
         // The plugin is taken once, here, so the span names the version
         // that runs the whole attempt even if a deploy lands meanwhile.
         let plugin = self.slot.current();
-        let ran_plugin = plugin.clone();
         let span = Arc::new(AttemptSpan { attempts: self.clone(), job: job.id().to_string(), attempt: job.attempts_made() + 1, plugin: plugin.clone(), span: OnceLock::new() });
         let will_retry = attempts_remain(&job);
         let started = Instant::now();
@@ -416,14 +415,15 @@ impl Attempts {
             rec.outcome = Some("handed_back");
             Err(bullmq::Error::RateLimited { delay_ms: 0 })
         });
-        self.record(&span, &ran_plugin.digest, started.elapsed(), will_retry, &rec, &result);
+        self.record(&span, started.elapsed(), will_retry, &rec, &result);
         result
     }
 
-    /// Prometheus metrics for one finished attempt (see `metrics`).
-    /// `span` is entered only for the line a failure logs, not around all
-    /// of this: ~1 µs less worker CPU per job (bench/README.md, session 9).
-    fn record(&self, span: &AttemptSpan, digest: &str, took: Duration, will_retry: bool, rec: &AttemptRecord, result: &BullResult) {
+    /// Prometheus metrics for one finished attempt (see `metrics`), by the
+    /// plugin version that ran it (`span.plugin`). `span` is entered only for
+    /// the line a failure logs, not around all of this: ~1 µs less worker
+    /// CPU per job (bench/README.md, session 9).
+    fn record(&self, span: &AttemptSpan, took: Duration, will_retry: bool, rec: &AttemptRecord, result: &BullResult) {
         let m = metrics::global();
         let h = &self.histograms;
         h.attempt_seconds.observe(took.as_secs_f64());
@@ -448,7 +448,7 @@ impl Attempts {
             Err(_) if will_retry => "retried",
             Err(_) => "failed",
         });
-        m.jobs.get_or_create(&JobLabels { queue: self.queue.clone(), digest: digest.to_string(), outcome }).inc();
+        m.jobs.get_or_create(&JobLabels { queue: self.queue.clone(), digest: span.plugin.digest.clone(), outcome }).inc();
         // Operators see why attempts fail without opening each job.
         if let (Err(e), "failed" | "retried") = (result, outcome) {
             let reason = match e {
