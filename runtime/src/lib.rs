@@ -41,6 +41,8 @@ pub mod worker;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod redis_codec_tests;
 
 /// Host-side bindings generated from `wit/processor.wit`.
 pub mod bindings {
