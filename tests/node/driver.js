@@ -10,6 +10,7 @@
 //   node driver.js retry   <redis-url> <queue> <id>   (Node's Job.retry('failed'))
 //   node driver.js bulk    <redis-url> <queue> <n> [first-i]  (addBulk {i} jobs)  -> ids
 //   node driver.js report  <redis-url> <queue>  -> {counts, jobs: [every job, with logs and processedBy]}
+//   node driver.js scheduler <redis-url> <queue> <scheduler-id> <every-ms> '{"name":..,"data":..}'  (upsertJobScheduler)
 // Several comma-separated URLs (<url>,<url>,...) are Redis Cluster seed nodes
 // (an ioredis Cluster connection; set BULLMQ_PREFIX to a hash tag such as '{bull}').
 'use strict';
@@ -97,6 +98,12 @@ async function main() {
     const counts = await queue.getJobCounts();
     await queue.close();
     await out({ counts, jobs });
+  } else if (cmd === 'scheduler') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const [id, every, template] = [rest[0], Number(rest[1]), JSON.parse(rest[2])];
+    const job = await queue.upsertJobScheduler(id, { every }, template);
+    await queue.close();
+    await out({ id: job.id });
   } else if (cmd === 'counts') {
     const queue = new Queue(queueName, { connection: conn, prefix });
     const counts = await queue.getJobCounts();

@@ -368,3 +368,29 @@ fn add_child_is_limited_to_allowed_queues() {
     assert!(reason.starts_with("invalid argument: queue `payments` is not one this binding may add children to"), "{reason}");
     assert_eq!(node(&["counts", &redis.url(), "payments"])["waiting"], 0, "nothing was added");
 }
+
+/// A job scheduler made by Node (`upsertJobScheduler`, every 300 ms): each
+/// iteration a bullpen worker completes schedules the next one, with the
+/// template's name and data (bullmq-official's `updateJobScheduler` after
+/// the finish, fed with the job's data).
+#[test]
+fn job_scheduler_iterations_run_with_the_template_data() {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "sched", &plugin("echo", "rust"), &[]);
+    node(&["scheduler", &redis.url(), "sched", "tick", "300", r#"{"name":"tick","data":{"n":7,"s":"x"}}"#]);
+    let deadline = Instant::now() + T;
+    let done = loop {
+        let r = node(&["report", &redis.url(), "sched"]);
+        let done: Vec<Value> = r["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "completed").cloned().collect();
+        if done.len() >= 3 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "fewer than 3 iterations completed: {r:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for j in &done {
+        assert_eq!(j["data"], json!({"n": 7, "s": "x"}), "{j:#}");
+        assert_eq!(j["returnvalue"], j["data"], "echo returns the data: {j:#}");
+        assert!(j["id"].as_str().unwrap().starts_with("repeat:tick:"), "{j:#}");
+    }
+}

@@ -1070,8 +1070,15 @@ impl Worker {
         let job_attempts = job.opts().attempts.unwrap_or(0);
         let job_attempts_made = job.attempts_made();
         let job_opts = job.opts().clone();
-        let job_data = job.data().clone();
         let repeat_job_key = job.repeat_job_key().map(|s| s.to_string());
+        // bullpen patch 5 (PATCHES.md): the data is read after the processor
+        // only by a custom backoff strategy and the job scheduler; copy it
+        // only for them.
+        let job_data = if repeat_job_key.is_some() || ctx.opts.backoff_strategy.is_some() {
+            job.data().clone()
+        } else {
+            serde_json::Value::Null
+        };
         let job_name = job.name().to_string();
 
         // Attach script context so job can call update_progress, etc.
@@ -1237,10 +1244,14 @@ impl Worker {
             }
         };
 
-        // Remove from active jobs
+        // Remove from active jobs. bullpen patch 5: one swap_remove of the
+        // job's own entry (order is not used), not a retain that compares
+        // and shifts every running job's entry.
         {
             let mut jobs = ctx.active_jobs.write().await;
-            jobs.retain(|j| j.job_id != job_id);
+            if let Some(i) = jobs.iter().position(|j| j.job_id == job_id && j.token == token) {
+                jobs.swap_remove(i);
+            }
         }
 
         next_job
