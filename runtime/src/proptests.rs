@@ -48,6 +48,44 @@ proptest! {
         }
     }
 
+    /// bullmq-official patch 6: a job read straight from HGETALL's flat
+    /// reply is the job `from_redis_hash` makes of the same hash (values as
+    /// lossy UTF-8, unknown fields ignored, non-bulk pairs skipped, the last
+    /// of a repeated field wins).
+    #[test]
+    fn job_from_flat_hgetall_is_job_from_hash(
+        id in "[a-zA-Z0-9:_-]{1,40}",
+        pairs in proptest::collection::vec((
+            prop_oneof![Just(b"data".to_vec()), Just(b"opts".to_vec()), Just(b"atm".to_vec()), Just(b"ats".to_vec()),
+                        Just(b"timestamp".to_vec()), Just(b"progress".to_vec()), Just(b"parent".to_vec()),
+                        Just(b"parentKey".to_vec()), Just(b"name".to_vec()), Just(b"delay".to_vec()), Just(b"stc".to_vec()),
+                        Just(b"defa".to_vec()), Just(b"rjk".to_vec()), Just(b"pb".to_vec()), Just(b"returnvalue".to_vec()),
+                        Just(b"failedReason".to_vec()), Just(b"processedOn".to_vec()), Just(b"other".to_vec()),
+                        proptest::collection::vec(any::<u8>(), 0..6)],
+            prop_oneof![field().prop_map(String::into_bytes), proptest::collection::vec(any::<u8>(), 0..12)],
+            any::<bool>()), 0..14),
+    ) {
+        let mut flat = Vec::new();
+        let mut map = HashMap::new();
+        for (k, v, bulk) in pairs {
+            if bulk {
+                map.insert(String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned());
+                flat.push(redis::Value::BulkString(k));
+                flat.push(redis::Value::BulkString(v));
+            } else {
+                flat.push(redis::Value::BulkString(k));
+                flat.push(redis::Value::Int(v.len() as i64));
+            }
+        }
+        let flat_job = bullmq::Job::from_hgetall(&id, &flat);
+        prop_assert_eq!(flat_job.is_none(), map.is_empty());
+        if let Some(job) = flat_job {
+            let a = job.map(|j| serde_json::to_value(&j).unwrap()).map_err(|e| e.to_string());
+            let b = bullmq::Job::from_redis_hash(&id, &map).map(|j| serde_json::to_value(&j).unwrap()).map_err(|e| e.to_string());
+            prop_assert_eq!(a, b);
+        }
+    }
+
     /// The host's argument check accepts exactly the JSON texts within the
     /// limit, and refuses the rest as `invalid` (never a panic, never a trap).
     #[test]

@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,13 @@ impl std::fmt::Debug for ScriptContext {
         f.debug_struct("ScriptContext").finish_non_exhaustive()
     }
 }
+
+/// The job hash fields `Job::from_fields` reads (bullpen patch 6).
+const HASH_FIELDS: [&str; 19] = [
+    "name", "data", "opts", "progress", "timestamp", "atm", "ats", "processedOn", "finishedOn",
+    "failedReason", "stacktrace", "returnvalue", "parent", "parentKey", "pb", "stc", "delay", "rjk",
+    "defa",
+];
 
 /// Represents a job in the queue.
 ///
@@ -1423,42 +1431,66 @@ impl Job {
 
     /// Deserialize a job from Redis hash fields.
     pub fn from_redis_hash(id: &str, fields: &HashMap<String, String>) -> Result<Self, Error> {
-        let name = fields.get("name").cloned().unwrap_or_default();
-        let data: serde_json::Value = fields
-            .get("data")
-            .and_then(|d| serde_json::from_str(d).ok())
+        Self::from_fields(id, |name| fields.get(name).map(|v| Cow::Borrowed(v.as_str())))
+    }
+
+    /// bullpen patch 6 (PATCHES.md): a job from HGETALL's flat reply
+    /// (`[field, value, ...]`) in one pass, without the `HashMap` of copied
+    /// strings `from_redis_hash` takes. The same fields, read the same way
+    /// (values as lossy UTF-8, non-bulk-string pairs skipped, the last of a
+    /// repeated field wins). `None` when the reply has no field.
+    #[doc(hidden)]
+    pub fn from_hgetall(id: &str, flat: &[redis::Value]) -> Option<Result<Self, Error>> {
+        let mut found: [Option<&[u8]>; HASH_FIELDS.len()] = [None; HASH_FIELDS.len()];
+        let mut any = false;
+        for pair in flat.chunks_exact(2) {
+            if let (redis::Value::BulkString(k), redis::Value::BulkString(v)) = (&pair[0], &pair[1]) {
+                any = true;
+                if let Some(i) = HASH_FIELDS.iter().position(|f| f.as_bytes() == k.as_slice()) {
+                    found[i] = Some(v.as_slice());
+                }
+            }
+        }
+        if !any {
+            return None;
+        }
+        Some(Self::from_fields(id, |name| {
+            let i = HASH_FIELDS.iter().position(|f| *f == name).expect("a field in HASH_FIELDS");
+            found[i].map(String::from_utf8_lossy)
+        }))
+    }
+
+    fn from_fields<'a>(id: &str, get: impl Fn(&str) -> Option<Cow<'a, str>>) -> Result<Self, Error> {
+        let name = get("name").map(Cow::into_owned).unwrap_or_default();
+        let data: serde_json::Value = get("data")
+            .and_then(|d| serde_json::from_str(&d).ok())
             .unwrap_or(serde_json::Value::Null);
-        let opts: JobOptions = fields
-            .get("opts")
-            .and_then(|o| serde_json::from_str(o).ok())
+        let opts: JobOptions = get("opts")
+            .and_then(|o| serde_json::from_str(&o).ok())
             .unwrap_or_default();
-        let progress: JobProgress = fields
-            .get("progress")
-            .and_then(|p| serde_json::from_str(p).ok())
+        let progress: JobProgress = get("progress")
+            .and_then(|p| serde_json::from_str(&p).ok())
             .unwrap_or_default();
-        let timestamp: u64 = fields
-            .get("timestamp")
+        let timestamp: u64 = get("timestamp")
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
-        let attempts_made: u32 = fields.get("atm").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let attempts_started: u32 = fields.get("ats").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let processed_on: Option<u64> = fields.get("processedOn").and_then(|t| t.parse().ok());
-        let finished_on: Option<u64> = fields.get("finishedOn").and_then(|t| t.parse().ok());
-        let failed_reason = fields.get("failedReason").cloned().unwrap_or_default();
-        let stacktrace = fields.get("stacktrace").cloned().unwrap_or_default();
-        let returnvalue = fields.get("returnvalue").cloned().unwrap_or_default();
-        let parent: Option<ParentKeys> = fields
-            .get("parent")
-            .and_then(|p| serde_json::from_str(p).ok());
-        let parent_key = fields.get("parentKey").cloned();
-        let processed_by = fields.get("pb").cloned();
-        let stalled_counter: u32 = fields.get("stc").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let delay: u64 = fields
-            .get("delay")
+        let attempts_made: u32 = get("atm").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let attempts_started: u32 = get("ats").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let processed_on: Option<u64> = get("processedOn").and_then(|t| t.parse().ok());
+        let finished_on: Option<u64> = get("finishedOn").and_then(|t| t.parse().ok());
+        let failed_reason = get("failedReason").map(Cow::into_owned).unwrap_or_default();
+        let stacktrace = get("stacktrace").map(Cow::into_owned).unwrap_or_default();
+        let returnvalue = get("returnvalue").map(Cow::into_owned).unwrap_or_default();
+        let parent: Option<ParentKeys> = get("parent")
+            .and_then(|p| serde_json::from_str(&p).ok());
+        let parent_key = get("parentKey").map(Cow::into_owned);
+        let processed_by = get("pb").map(Cow::into_owned);
+        let stalled_counter: u32 = get("stc").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let delay: u64 = get("delay")
             .and_then(|d| d.parse().ok())
             .unwrap_or_else(|| opts.delay.unwrap_or(0));
-        let repeat_job_key = fields.get("rjk").cloned();
-        let deferred_failure = fields.get("defa").cloned();
+        let repeat_job_key = get("rjk").map(Cow::into_owned);
+        let deferred_failure = get("defa").map(Cow::into_owned);
 
         Ok(Self {
             id: id.to_string(),

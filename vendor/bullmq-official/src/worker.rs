@@ -2239,27 +2239,11 @@ impl Worker {
                         };
                     }
 
-                    // Parse the HGETALL array directly into a HashMap
-                    let mut map = std::collections::HashMap::new();
-                    let mut i = 0;
-                    while i + 1 < fields.len() {
-                        if let (redis::Value::BulkString(k), redis::Value::BulkString(v)) =
-                            (&fields[i], &fields[i + 1])
-                        {
-                            let key = String::from_utf8_lossy(k).to_string();
-                            let val = String::from_utf8_lossy(v).to_string();
-                            map.insert(key, val);
-                        }
-                        i += 2;
+                    // bullpen patch 6: straight from the flat HGETALL reply.
+                    match Job::from_hgetall(&job_id, fields) {
+                        None => Ok(FetchResult::Empty),
+                        Some(job) => Ok(FetchResult::Job(Box::new(job?))),
                     }
-
-                    if map.is_empty() {
-                        return Ok(FetchResult::Empty);
-                    }
-
-                    Ok(FetchResult::Job(Box::new(Job::from_redis_hash(
-                        &job_id, &map,
-                    )?)))
                 } else {
                     // Check for rate limiting (3rd element)
                     let rate_limit_ttl = Self::extract_element_as_u64(arr, 2);
