@@ -944,7 +944,7 @@ impl Worker {
                     let task_ctx = ctx.clone();
                     tokio::spawn(async move {
                         let _slot = slot_guard;
-                        let mut next = Some(*job);
+                        let mut next = Some(job);
                         while let Some(current) = next.take() {
                             next = Self::process_fetched_job(&task_ctx, current, &token).await;
                         }
@@ -1064,7 +1064,7 @@ impl Worker {
     /// the same round-trip (see [`Self::move_to_finished_fast`]). The caller can
     /// process the returned job directly, reusing `token`, without issuing a
     /// separate `moveToActive` call.
-    async fn process_fetched_job(ctx: &LoopContext, mut job: Job, token: &str) -> Option<Job> {
+    async fn process_fetched_job(ctx: &LoopContext, mut job: Box<Job>, token: &str) -> Option<Box<Job>> {
         let cancel_token = CancellationToken::new();
         let job_id = job.id().to_string();
         let job_attempts = job.opts().attempts.unwrap_or(0);
@@ -1144,7 +1144,7 @@ impl Worker {
 
         // Run the processor
         let discarded = job.discarded_handle();
-        let result = (ctx.processor.clone())(job, cancel_token).await;
+        let result = (ctx.processor.clone())(*job, cancel_token).await;
 
         // Decide whether to fetch the next job in the same round-trip as the
         // finishing script. Mirrors the Node.js `fetchNextCallback`: only chain
@@ -1281,7 +1281,7 @@ impl Worker {
         job_opts: &JobOptions,
         job_data: &serde_json::Value,
         fetch_next: bool,
-    ) -> Option<Job> {
+    ) -> Option<Box<Job>> {
         match Self::move_to_finished_fast(
             &ctx.conn,
             &ctx.move_to_finished_base_keys,
@@ -1610,7 +1610,7 @@ impl Worker {
         job_opts: &JobOptions,
         job_data: &serde_json::Value,
         fetch_next: bool,
-    ) -> Option<Job> {
+    ) -> Option<Box<Job>> {
         // DelayedError / WaitingChildren: job was already moved by the processor
         if matches!(error, Error::Delayed | Error::WaitingChildren) {
             return None;
@@ -1741,7 +1741,7 @@ impl Worker {
         job_attempts: u32,
         job_opts: &JobOptions,
         fetch_next: bool,
-    ) -> Option<Job> {
+    ) -> Option<Box<Job>> {
         let error_value = serde_json::Value::String(error.to_string());
         let next_job = match Self::move_to_finished_fast(
             &ctx.conn,
@@ -1872,7 +1872,7 @@ impl Worker {
         metrics_key: &str,
         marker_key: &str,
         fetch_next: bool,
-    ) -> Result<Option<Job>, Error> {
+    ) -> Result<Option<Box<Job>>, Error> {
         let script = conn
             .scripts()
             .get("moveToFinished")
@@ -1945,7 +1945,7 @@ impl Worker {
             // drained) simply means there is nothing to chain into.
             redis::Value::Array(_) if fetch_next => {
                 match Self::parse_move_to_active_result(&result)? {
-                    FetchResult::Job(job) => Ok(Some(*job)),
+                    FetchResult::Job(job) => Ok(Some(job)),
                     _ => Ok(None),
                 }
             }
