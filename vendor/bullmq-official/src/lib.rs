@@ -82,7 +82,7 @@ pub use types::{
     DependenciesCount, DependenciesResult, JobProgress, JobState, Metrics, MetricsMeta, QueueMeta,
     RetryOptions,
 };
-pub use worker::{IntoProcessor, Worker};
+pub use worker::{IntoProcessor, ReturnValue, Worker};
 
 /// Result type alias for BullMQ operations.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -24,29 +24,72 @@ pub type ProcessorFn = Arc<
     dyn Fn(
             Job,
             CancellationToken,
-        ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, Error>> + Send>>
+        ) -> Pin<Box<dyn Future<Output = Result<ReturnValue, Error>> + Send>>
         + Send
         + Sync,
 >;
+
+/// What a processor returns for a completed job (bullpen patch 8,
+/// PATCHES.md). A closure may return a `serde_json::Value` as before; a
+/// processor that already holds the value as JSON text returns
+/// `ReturnValue::Json` and it is stored as is, not parsed and serialised
+/// again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReturnValue {
+    /// A value, serialised to JSON when the job completes.
+    Value(serde_json::Value),
+    /// JSON text, stored as the job's `returnvalue` unchanged. The processor
+    /// vouches that it is valid JSON.
+    Json(String),
+}
+
+impl From<serde_json::Value> for ReturnValue {
+    fn from(value: serde_json::Value) -> Self {
+        ReturnValue::Value(value)
+    }
+}
+
+impl ReturnValue {
+    /// The JSON text stored in the job hash and sent with the event.
+    pub fn json(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            ReturnValue::Value(v) => serde_json::to_string(v).unwrap_or_default().into(),
+            ReturnValue::Json(s) => s.as_str().into(),
+        }
+    }
+
+    /// As a `serde_json::Value` (JSON text that does not parse is kept as a
+    /// string).
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            ReturnValue::Value(v) => v.clone(),
+            ReturnValue::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone())),
+        }
+    }
+}
 
 /// Conversion into a boxed [`ProcessorFn`].
 ///
 /// This lets [`Worker::new`] / [`Worker::with_options`] accept either a plain
 /// async closure `Fn(Job, CancellationToken) -> impl Future<Output =
-/// Result<serde_json::Value, Error>>` (the ergonomic form) or an already-boxed
-/// [`ProcessorFn`].
+/// Result<R, Error>>` with `R` a `serde_json::Value` or a [`ReturnValue`]
+/// (the ergonomic form) or an already-boxed [`ProcessorFn`].
 pub trait IntoProcessor {
     /// Convert `self` into a boxed processor function.
     fn into_processor(self) -> ProcessorFn;
 }
 
-impl<F, Fut> IntoProcessor for F
+impl<F, Fut, R> IntoProcessor for F
 where
     F: Fn(Job, CancellationToken) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<serde_json::Value, Error>> + Send + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    R: Into<ReturnValue> + 'static,
 {
     fn into_processor(self) -> ProcessorFn {
-        Arc::new(move |job, token| Box::pin(self(job, token)))
+        Arc::new(move |job, token| {
+            let fut = self(job, token);
+            Box::pin(async move { fut.await.map(Into::into) })
+        })
     }
 }
 
@@ -1275,7 +1318,7 @@ impl Worker {
         ctx: &LoopContext,
         job_id: &str,
         token: &str,
-        return_value: &serde_json::Value,
+        return_value: &ReturnValue,
         job_attempts: u32,
         job_attempts_made: u32,
         job_opts: &JobOptions,
@@ -1305,7 +1348,7 @@ impl Worker {
                 if ctx.opts.job_events {
                     let _ = ctx.event_tx.send(WorkerEvent::Completed {
                         job_id: job_id.to_string(),
-                        result: return_value.clone(),
+                        result: return_value.to_value(),
                     });
                 }
                 next_job
@@ -1742,7 +1785,7 @@ impl Worker {
         job_opts: &JobOptions,
         fetch_next: bool,
     ) -> Option<Box<Job>> {
-        let error_value = serde_json::Value::String(error.to_string());
+        let error_value = ReturnValue::Value(serde_json::Value::String(error.to_string()));
         let next_job = match Self::move_to_finished_fast(
             &ctx.conn,
             &ctx.move_to_finished_base_keys,
@@ -1863,7 +1906,7 @@ impl Worker {
         keys: &QueueKeys,
         job_id: &str,
         token: &str,
-        value: &serde_json::Value,
+        value: &ReturnValue,
         attempts: u32,
         opts: &WorkerOptions,
         job_opts: &JobOptions,
@@ -1883,17 +1926,17 @@ impl Worker {
             .unwrap()
             .as_millis() as u64;
 
-        let value_str = serde_json::to_string(value).unwrap_or_default();
-
         // For failedReason, store the raw string (not JSON-encoded).
         // For returnvalue, store the JSON-encoded value.
-        let failed_reason_str: String;
-        let field_value_str: &str = if target == "failed" {
-            failed_reason_str = value.as_str().unwrap_or_default().to_string();
-            &failed_reason_str
+        let value_str: std::borrow::Cow<'_, str> = if target == "failed" {
+            match value {
+                ReturnValue::Value(v) => v.as_str().unwrap_or_default().into(),
+                ReturnValue::Json(s) => s.as_str().into(),
+            }
         } else {
-            &value_str
+            value.json()
         };
+        let field_value_str: &str = &value_str;
 
         // Build full keys: base_keys[0..10] + target set + job key + metrics key + marker
         let job_key = keys.job_key(job_id);
