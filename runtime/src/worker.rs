@@ -36,6 +36,14 @@ struct Part {
     worker: Arc<Worker>,
 }
 
+impl Part {
+    /// `Worker::close` on the part's own shard, where its connections live.
+    fn close(&self, deadline_ms: u64) -> tokio::task::JoinHandle<Result<(), bullmq::Error>> {
+        let w = self.worker.clone();
+        self.shard.spawn(async move { w.close(deadline_ms).await })
+    }
+}
+
 /// Everything that configures one queue binding. Defaults match BullMQ's
 /// Node worker where one exists.
 #[derive(Debug, Clone)]
@@ -210,8 +218,7 @@ impl Binding {
                     // Nothing fetched by the parts already started is lost:
                     // they close like a shutdown with no grace.
                     for p in &parts {
-                        let w = p.worker.clone();
-                        let _ = p.shard.spawn(async move { w.close(HANDBACK_TIME.as_millis() as u64).await }).await;
+                        let _ = p.close(HANDBACK_TIME.as_millis() as u64).await;
                     }
                     return Err(e);
                 }
@@ -232,12 +239,8 @@ impl Binding {
         // bullmq's close() aborts whatever still runs at its deadline, which
         // would leave jobs active until a stalled check; give interrupted
         // attempts time past the grace period to hand their jobs back.
-        // Each part closes on its own shard, where its connections live.
         let deadline = (grace + HANDBACK_TIME).as_millis() as u64;
-        let closing = futures_util::future::join_all(self.parts.iter().map(|p| {
-            let w = p.worker.clone();
-            p.shard.spawn(async move { w.close(deadline).await })
-        }));
+        let closing = futures_util::future::join_all(self.parts.iter().map(|p| p.close(deadline)));
         tokio::pin!(closing);
         let closed = tokio::select! {
             r = &mut closing => Some(r),
@@ -706,11 +709,11 @@ impl Attempts {
     }
 }
 
-/// A completed attempt's return value as BullMQ stores it, or why it cannot be.
-/// The guest's return value is JSON text: checked here (size, and that it
-/// parses, without building a value), then handed to bullmq-official as it
-/// is (`ReturnValue::Json`, vendored patch 8) instead of parsed into a
-/// `Value` and serialised again (~2% of a worker's CPU in perf).
+/// Whether a completed attempt's return value (the guest's JSON text) can
+/// be stored, or why not: size, and that it parses, without building a
+/// value. It is then handed to bullmq-official as it is
+/// (`ReturnValue::Json`, vendored patch 8) instead of parsed into a `Value`
+/// and serialised again (~2% of a worker's CPU in perf).
 fn check_return_value(json: &str, limits: &Limits) -> Result<(), bullmq::Error> {
     if json.len() > limits.max_payload_bytes {
         return Err(bullmq::Error::ProcessingError(format!(

@@ -525,7 +525,9 @@ mod aio_support {
             // bullpen patch (vendor/redis/PATCHES.md): RESP2 replies are
             // parsed by `fast::value`; anything else, a malformed reply, EOF,
             // or an incomplete reply over FAST_REPARSE_LIMIT goes to combine.
-            if !eof && !self.in_combine && !self.combine_only {
+            // Not while combine is in the middle of a reply, or in the oracle.
+            let fast_may_start = !self.in_combine && !self.combine_only;
+            if fast_may_start && !eof {
                 match fast::value(&bytes[..], 0, 1) {
                     fast::Step::Done((value, used)) => {
                         bytes.advance(used);
@@ -537,7 +539,7 @@ mod aio_support {
                     fast::Step::Incomplete | fast::Step::Fallback => {}
                 }
             }
-            if eof && !self.in_combine && !self.combine_only && !bytes.is_empty() {
+            if fast_may_start && eof && !bytes.is_empty() {
                 // The fast path left an incomplete reply here. Let combine
                 // take it in as it would have from the earlier calls, so that
                 // EOF ends it as upstream's codec does.
