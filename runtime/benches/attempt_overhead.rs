@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bullpen::run::{BenchAttempt, BenchWarm};
+use bullpen::bench::{BenchAttempt, BenchWarm};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 // The `bullpen` binary's allocator (runtime/src/main.rs), so the numbers are

@@ -1,4 +1,6 @@
 //! Errors, one enum per boundary, each variant documented by its cause.
+//! Each states its cause once: a variant that wraps a source error either
+//! shows it in its text or returns it from `source()`, never both.
 
 use std::path::PathBuf;
 
@@ -8,12 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The file could not be read (missing, permissions, a directory).
-    #[error("cannot read plugin {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read plugin {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     /// The bytes do not start with the Wasm magic number (or are truncated
     /// before the header ends).
     #[error("{0} is not a WebAssembly file (no `\\0asm` header)")]
@@ -37,32 +35,19 @@ pub enum PluginError {
     WorldMismatch { what: String, reason: String },
 }
 
-/// Why one attempt ended in a failure the host produced itself (as opposed
-/// to a failure the guest returned). Its Display is the job's failedReason.
+/// A job that cannot be given to a guest at all: it fails for good before
+/// any instance is made (no attempt could do better). Its Display is the
+/// job's failedReason.
 #[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    /// The job's `data` field is not valid JSON; no guest can use it.
-    #[error("job data is not valid JSON: {0}")]
-    BadData(String),
-    /// The job hash has no `data` field at all (written by something other
-    /// than a BullMQ producer).
+pub enum InputError {
+    /// The job's `data` field is not valid JSON (written by something other
+    /// than a BullMQ producer); `start` is its first 40 bytes.
+    #[error("job data is not valid JSON: {cause} (data starts with {start:?})")]
+    BadData { cause: serde_json::Error, start: String },
+    /// The job hash has no `data` field at all.
     #[error("job data is missing: the job hash has no `data` field")]
     MissingData,
     /// The job's data is larger than the binding's payload limit.
     #[error("job data is {bytes} bytes; the limit is {limit}")]
     DataTooLarge { bytes: usize, limit: usize },
-    /// The guest trapped (panic, unreachable, stack overflow, out of
-    /// memory). The text names the trap and, for panics, the message.
-    #[error("{0}")]
-    Trap(String),
-    /// The attempt ran longer than the binding's wall-clock limit.
-    #[error("attempt timed out: exceeded the wall-clock limit of {limit_ms} ms (--timeout-ms)")]
-    Timeout { limit_ms: u64 },
-    /// The component could not be instantiated for this attempt.
-    #[error("cannot instantiate processor: {0}")]
-    Instantiate(String),
-    /// The guest returned something the host cannot store (e.g. a return
-    /// value that is not JSON).
-    #[error("{0}")]
-    BadOutput(String),
 }

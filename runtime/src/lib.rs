@@ -1,51 +1,56 @@
 //! bullpen: a BullMQ (v6) worker runtime whose job processors are sandboxed
 //! WebAssembly components.
 //!
-//! Where things live (one room per concern):
-//! - [`engine`]: the wasmtime `Engine` (async, epoch interruption) and its ticker.
-//! - [`plugin`]: loading and validating a component; digest; `InstancePre`.
-//! - [`registry`]: which plugin version each queue runs now; the Redis plugin registry.
-//! - [`deploy`]: hot swap: the watched file or the registry as a worker's plugin source.
-//! - [`host`]: the WIT `job-context` functions, lock-token-checked, over Redis;
-//!   `log`/`update-progress` batched by [`host::write_behind`].
-//! - [`sandbox`]: per-attempt limits (time, memory, output) and the WASI context.
-//! - [`worker`]: binds a queue to a plugin on a `bullmq` Worker; one attempt's lifecycle.
-//! - [`shards`]: the threads attempts run on, one single-threaded runtime each; a queue's
-//!   concurrency split across them.
-//! - [`run`]: `bullpen run`, one job in memory without Redis (host calls printed).
-//! - [`cli`]: the `bullpen` command line; [`config`]: `bullpen.toml` (several queues per process).
-//! - [`admin`]: `inspect`/`retry`; [`bulk`]: `add --file`; [`stats`]: `bullpen stats` and the
-//!   worker heartbeats it reads; [`metrics`]: the Prometheus endpoint.
-//! - [`conn`]: where Redis is (one server or a Cluster); opens every connection.
-//! - [`error`]: one error enum per boundary.
+//! The layers, bottom up (a module imports only from layers below it;
+//! ARCHITECTURE.md has the whole map and the invariants):
+//! - [`error`], `conn` (where Redis is), `metrics`, `span` (the attempt's log
+//!   span): leaves every layer may use.
+//! - `sandbox`: the wasmtime `Engine`, per-attempt limits, captured output,
+//!   the deny-by-default WASI context. Knows nothing of jobs.
+//! - `host`: the WIT `job-context` functions and the store data they run
+//!   on (`HostState`), over a job in Redis (lock-token-checked) or in memory.
+//! - `plugins`: a component loaded and validated; the registry of versions
+//!   per queue; hot swap.
+//! - `attempt`: the execution core (store, instance, call, limits) and the
+//!   typed verdict of one attempt. Used alike by the worker, `bullpen run`
+//!   and the benchmark.
+//! - `queue`: BullMQ's side: a binding of a queue to a plugin slot, the
+//!   trigger that turns a verdict into BullMQ's transition, the shards.
+//! - `process`: `bullpen worker`'s composition root.
+//! - `ops`: operator commands over Redis (inspect, retry, stats, bulk add).
+//! - [`cli`]: the command line, `bullpen.toml`, `bullpen run`.
 //!
-//! The contract with guests is `wit/processor.wit`; [`bindings`] is generated from it.
+//! The contract with guests is `wit/processor.wit`; `bindings` is generated from it.
 
-pub mod admin;
-pub mod bulk;
+mod attempt;
 pub mod cli;
-pub mod config;
-pub mod conn;
-pub mod deploy;
-pub mod engine;
+mod conn;
 pub mod error;
-pub mod host;
-pub mod metrics;
-pub mod plugin;
-pub mod registry;
-pub mod run;
-pub mod sandbox;
-pub mod shards;
-pub mod stats;
-pub mod worker;
+mod host;
+mod metrics;
+mod ops;
+mod plugins;
+mod process;
+mod queue;
+mod sandbox;
+mod span;
 
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod redis_codec_tests;
 
+/// Operator actions for Rust callers: inspect and retry jobs.
+pub use ops::admin;
+
+/// What the `attempt-overhead` benchmark drives (not a stable API).
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::cli::run::{BenchAttempt, BenchWarm};
+}
+
 /// Host-side bindings generated from `wit/processor.wit`.
-pub mod bindings {
+mod bindings {
     wasmtime::component::bindgen!({
         world: "processor",
         path: "../wit",
@@ -61,9 +66,8 @@ pub mod bindings {
         /// `instantiate_async` without re-checking the type of `process`
         /// for every instance: `ProcessorPre::new` checked it against the
         /// component once, and every instance of that component has it.
-        /// Measured (perf, echo at concurrency 100): the repeated check,
-        /// a walk of the `job` record and the result variants, was ~2% of
-        /// a busy worker's CPU.
+        /// The repeated check (a walk of the `job` record and the result
+        /// variants) was ~2% of a busy worker's CPU in perf.
         pub async fn instantiate_checked_once(
             &self,
             mut store: impl wasmtime::AsContextMut<Data = T>,
@@ -78,7 +82,7 @@ pub mod bindings {
     }
 }
 
-pub use error::{AttemptError, PluginError};
-pub use plugin::Plugin;
-pub use sandbox::Limits;
-pub use worker::{Binding, BindingConfig};
+/// Milliseconds since the Unix epoch: BullMQ's timestamps.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

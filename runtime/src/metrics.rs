@@ -135,18 +135,6 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// What one attempt records, filled in along its lifecycle (worker.rs).
-#[derive(Debug, Default)]
-pub struct AttemptRecord {
-    /// Set where the result alone cannot tell (a `Delayed` result is a
-    /// guest move, a delayed retry or a lost lock).
-    pub outcome: Option<&'static str>,
-    pub instantiate: Option<std::time::Duration>,
-    pub trap: Option<&'static str>,
-    pub limit: Option<&'static str>,
-    pub memory_peak: usize,
-}
-
 /// Serve `GET /metrics` on `addr` until the process ends. Binding errors
 /// are returned (a taken port should stop the worker at start, loudly).
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {

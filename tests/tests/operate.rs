@@ -156,12 +156,12 @@ fn json_logs_carry_the_attempt_span() {
     assert_eq!(span["attempt"], 1);
     assert_eq!(span["digest"], digest_of(&hog));
     // A line logged inside a running attempt carries the same span, though
-    // the span is made only when something logs (runtime/src/worker.rs,
-    // AttemptSpan): here the debug line of a successful attempt.
+    // the span is made only when something logs (runtime/src/span.rs):
+    // here the debug line of a successful attempt.
     let echo = plugin("echo", "rust");
     let url = redis.url();
     let args = ["--redis", url.as_str(), "--queue", "logs2", "--plugin", echo.to_str().unwrap(), "--log-format", "json"];
-    let w2 = Worker::spawn_env(&args, &[("BULLPEN_LOG", "info,bullpen::worker=debug")]);
+    let w2 = Worker::spawn_env(&args, &[("BULLPEN_LOG", "info,bullpen::queue::trigger=debug")]);
     let ids2 = node_add(&redis, "logs2", json!([{"name": "e", "data": {"n": 1}}]));
     wait_finished(&redis, "logs2", &ids2, T);
     w2.wait_log("attempt returned", T);
@@ -290,7 +290,7 @@ fn thread_cpu_ticks(pid: u32) -> std::collections::HashMap<String, u64> {
     ticks
 }
 
-/// A queue's concurrency is split over the shard threads (runtime/src/shards.rs):
+/// A queue's concurrency is split over the shard threads (runtime/src/queue/shards.rs):
 /// two spinning guests at concurrency 2 on two threads compute one on each,
 /// and both are stopped at their limit.
 #[test]

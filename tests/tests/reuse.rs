@@ -1,4 +1,4 @@
-//! `--instance-reuse` (worker.rs `Attempts::take_warm`, `Warm`): off by
+//! `--instance-reuse` (runtime/src/queue/trigger.rs `Trigger::take_warm`, `Warm`): off by
 //! default, every attempt gets a fresh instance; with it, an instance whose
 //! `process` returned serves the next attempts up to the quota, and a trap,
 //! a timeout or the memory cap ends it. `hog`'s `count` mode returns how many

@@ -17,16 +17,16 @@ const SHOWN_ARG_BYTES: usize = 2000;
 /// Where `bullpen run` prints events: one line each on stdout, readable text
 /// or (`--json`) one JSON object with an `event` field.
 #[derive(Debug, Clone, Copy)]
-pub struct Report {
-    pub json: bool,
+pub(crate) struct Report {
+    pub(crate) json: bool,
     /// Print nothing (the attempt-overhead benchmark).
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 impl Report {
     /// Print one event. Flushed at once, so a guest that hangs later still
     /// shows what it did before.
-    pub fn event(&self, text: &str, json: Value) {
+    pub(crate) fn event(&self, text: &str, json: Value) {
         if self.quiet {
             return;
         }
@@ -37,13 +37,13 @@ impl Report {
 }
 
 /// One job in memory, for one attempt.
-pub struct LocalJob {
+pub(crate) struct LocalJob {
     limits: Limits,
     child_queues: ChildQueues,
     output: CapturedOutput,
     report: Report,
     /// The job data as the guest last wrote it (`update-data`).
-    pub data: String,
+    pub(crate) data: String,
     /// Ids of the children added and not yet waited for (nothing runs
     /// them here; BullMQ dedups a repeated `jobId`).
     children: Vec<String>,
@@ -52,11 +52,11 @@ pub struct LocalJob {
     /// What `children-values` returns (`--children-values`).
     children_values: Vec<(String, String)>,
     /// Set when `move-to-delayed` or `wait-for-children` moved the job.
-    pub moved: Option<Moved>,
+    pub(crate) moved: Option<Moved>,
 }
 
 impl LocalJob {
-    pub fn new(
+    pub(crate) fn new(
         data: String,
         children_values: Vec<(String, String)>,
         limits: Limits,
@@ -80,7 +80,7 @@ impl LocalJob {
     /// Ready for an attempt, whose stdout/stderr is `output`. After a first
     /// attempt (`--until-done`) the data is as the guest updated it, and
     /// children the job waited for count as finished.
-    pub fn next_attempt(&mut self, output: CapturedOutput) {
+    pub(crate) fn next_attempt(&mut self, output: CapturedOutput) {
         if self.moved == Some(Moved::WaitingChildren) {
             self.done_children.append(&mut self.children);
         }
@@ -91,7 +91,7 @@ impl LocalJob {
     /// Print what the guest wrote to stdout/stderr so far, one `output`
     /// event per line (bounded as a worker bounds what goes to the job
     /// log), and return those lines.
-    pub fn flush_output(&self) -> Vec<String> {
+    pub(crate) fn flush_output(&self) -> Vec<String> {
         let lines = self.output.take_lines(self.limits.max_log_line_bytes);
         for line in &lines {
             self.report.event(&format!("output {}", quote(line)), json!({ "event": "output", "line": line }));
@@ -168,7 +168,7 @@ impl LocalJob {
         if r.is_ok() {
             self.moved = Some(Moved::Delayed);
         }
-        let delay = timestamp_ms.saturating_sub(now_ms());
+        let delay = timestamp_ms.saturating_sub(crate::now_ms());
         let args = [("timestamp", Arg::Plain(timestamp_ms.to_string(), timestamp_ms.into())), ("delayMs", Arg::Plain(format!("(in {delay} ms)"), delay.into()))];
         self.record("move-to-delayed", &args, r, |_| None)
     }
@@ -263,7 +263,7 @@ fn quote(s: &str) -> String {
 }
 
 /// `job-error` as (WIT case name, message).
-pub fn error_parts(e: &JobError) -> (&'static str, String) {
+fn error_parts(e: &JobError) -> (&'static str, String) {
     match e {
         JobError::LockLost => ("lock-lost", "the job's lock was lost".into()),
         JobError::WrongState(m) => ("wrong-state", m.clone()),
@@ -272,6 +272,3 @@ pub fn error_parts(e: &JobError) -> (&'static str, String) {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}

@@ -8,21 +8,32 @@
 use rand::Rng;
 use serde_json::Value;
 
+use super::redis_job::{unavailable, with_reconnect};
 use super::JobContext;
 use crate::bindings::types::JobError;
 
-const MOVE_TO_DELAYED: &str = include_str!("lua/bullmq/moveToDelayed-11.lua");
+/// What a retryable failure leads to, when the job has attempts left and a
+/// `backoff` in its opts.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RetryPlan {
+    /// bullmq-official computes it (plain fixed/exponential, or no delay).
+    BullmqDoesIt,
+    /// Retry after this many ms (a built-in type with `jitter`).
+    After(u64),
+    /// A custom type: the guest's `backoff` export decides (`n` = attemptsMade + 1).
+    AskGuest { kind: String, n: u32 },
+}
 
 /// The job's `opts.backoff` as stored in Redis (a number is `fixed`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
-    pub kind: String,
-    pub delay: u64,
-    pub jitter: f64,
+pub(crate) struct Backoff {
+    pub(crate) kind: String,
+    pub(crate) delay: u64,
+    pub(crate) jitter: f64,
 }
 
 impl Backoff {
-    pub fn from_opts(opts: &Value) -> Option<Backoff> {
+    pub(crate) fn from_opts(opts: &Value) -> Option<Backoff> {
         match opts.get("backoff")? {
             Value::Number(n) => Some(Backoff { kind: "fixed".into(), delay: n.as_u64().unwrap_or(0), jitter: 0.0 }),
             Value::Object(o) => Some(Backoff {
@@ -34,12 +45,28 @@ impl Backoff {
         }
     }
 
-    pub fn is_builtin(&self) -> bool {
+    fn is_builtin(&self) -> bool {
         self.kind == "fixed" || self.kind == "exponential"
     }
 
+    /// How attempt `n` (attemptsMade + 1) is retried; `random` in [0, 1)
+    /// draws the jitter. bullmq-official applies plain fixed/exponential
+    /// backoff itself; bullpen steps in only for what it cannot compute.
+    pub(crate) fn plan(&self, n: u32, random: f64) -> RetryPlan {
+        if !self.is_builtin() {
+            return RetryPlan::AskGuest { kind: self.kind.clone(), n };
+        }
+        match self.jitter {
+            0.0 => RetryPlan::BullmqDoesIt,
+            _ => match self.builtin_delay(n, random) {
+                0 => RetryPlan::BullmqDoesIt,
+                d => RetryPlan::After(d),
+            },
+        }
+    }
+
     /// BullMQ's `backoffs.ts` for the built-in types; `n` = attemptsMade + 1.
-    pub fn builtin_delay(&self, n: u32, random: f64) -> u64 {
+    pub(crate) fn builtin_delay(&self, n: u32, random: f64) -> u64 {
         let max = match self.kind.as_str() {
             "exponential" => (2f64.powi(n.saturating_sub(1) as i32) * self.delay as f64).round(),
             _ => self.delay as f64,
@@ -53,25 +80,20 @@ impl Backoff {
 }
 
 /// BullMQ's retry rule: `attemptsMade + 1 < attempts`.
-pub fn attempts_remain(job: &bullmq::Job) -> bool {
+pub(crate) fn attempts_remain(job: &bullmq::Job) -> bool {
     let attempts = job.opts().attempts.unwrap_or(0);
     attempts > 0 && job.attempts_made() + 1 < attempts
 }
 
-pub fn random_unit() -> f64 {
+/// A uniform draw in [0, 1), for jitter.
+pub(crate) fn random_unit() -> f64 {
     rand::rng().random::<f64>()
 }
 
 impl JobContext {
     /// The job's opts as stored (bullmq-official drops `jitter` when parsing).
     pub(crate) async fn raw_opts(&self) -> Result<Value, JobError> {
-        let mut conn = self.shared.redis.clone();
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(&self.job_key)
-            .arg("opts")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
+        let raw = self.shared.raw_field(&self.id, "opts").await.map_err(unavailable)?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null))
     }
 
@@ -83,7 +105,6 @@ impl JobContext {
             return Err(JobError::LockLost);
         }
         let keys = &self.shared.keys;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         let mut fields = Vec::new();
         write_array_len(&mut fields, 2).unwrap();
         write_str(&mut fields, "failedReason").unwrap();
@@ -94,8 +115,7 @@ impl JobContext {
         write_str(&mut opts, &self.token).unwrap();
         write_str(&mut opts, "lockDuration").unwrap();
         write_uint(&mut opts, self.shared.lock_duration_ms).unwrap();
-        let script = redis::Script::new(MOVE_TO_DELAYED);
-        let mut inv = script.prepare_invoke();
+        let mut inv = self.shared.scripts.move_to_delayed.prepare_invoke();
         for k in [
             keys.marker(),
             keys.active(),
@@ -112,7 +132,7 @@ impl JobContext {
             inv.key(k);
         }
         inv.arg(keys.key_prefix())
-            .arg(now.to_string())
+            .arg(crate::now_ms().to_string())
             .arg(&self.id)
             .arg(&self.token)
             .arg(delay_ms.to_string())
@@ -120,8 +140,15 @@ impl JobContext {
             .arg(fields)
             .arg("0")
             .arg(opts);
-        let mut conn = self.shared.redis.clone();
-        let code: redis::Value = inv.invoke_async(&mut conn).await.map_err(|e| JobError::Unavailable(format!("redis: {e}")))?;
+        // A retry after a lost reply finds the job moved already: its lock
+        // is gone, which ends the attempt the same way.
+        let code: redis::Value = with_reconnect(|| {
+            let mut conn = self.shared.redis.clone();
+            let inv = &inv;
+            async move { inv.invoke_async(&mut conn).await }
+        })
+        .await
+        .map_err(unavailable)?;
         match code {
             redis::Value::Int(c) if c < 0 => {
                 self.code_to_result(c)?;
@@ -156,5 +183,17 @@ mod tests {
         assert_eq!(jit.builtin_delay(2, 0.0), 1000);
         assert_eq!(jit.builtin_delay(2, 0.5), 1500);
         assert!(jit.builtin_delay(2, 0.999_999) < 2000);
+    }
+
+    #[test]
+    fn plans_step_in_only_where_bullmq_cannot() {
+        let plain = Backoff { kind: "exponential".into(), delay: 100, jitter: 0.0 };
+        assert_eq!(plain.plan(3, 0.5), RetryPlan::BullmqDoesIt);
+        let jit = Backoff { kind: "fixed".into(), delay: 1000, jitter: 0.5 };
+        assert_eq!(jit.plan(1, 0.0), RetryPlan::After(500));
+        let zero = Backoff { kind: "fixed".into(), delay: 0, jitter: 0.5 };
+        assert_eq!(zero.plan(1, 0.9), RetryPlan::BullmqDoesIt);
+        let custom = Backoff { kind: "linear".into(), delay: 10, jitter: 0.0 };
+        assert_eq!(custom.plan(2, 0.1), RetryPlan::AskGuest { kind: "linear".into(), n: 2 });
     }
 }

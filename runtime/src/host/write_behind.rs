@@ -16,10 +16,10 @@
 //!   completed attempt that write goes in the same round trip as, and just
 //!   before, the job's `moveToFinished` ([`WriteBehind::finish_prelude`]);
 //! - [`WRITE_BEHIND`] after the oldest pending write, even while the guest
-//!   computes or sleeps (`call_process` runs the flush with the guest paused);
+//!   computes or sleeps (`attempt::exec::call` runs the flush with the guest paused);
 //! - when [`MAX_PENDING_BYTES`] are pending;
 //! - when shutdown interrupts the attempt, before its job is handed back
-//!   (`Attempts::run` in worker.rs).
+//!   (`queue::trigger`).
 //!
 //! What a guest sees: `log` and `update-progress` return `ok` once their
 //! argument passes its checks. A lock lost in the meantime (BullMQ's own
@@ -33,20 +33,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::{with_reconnect, Shared};
+use super::redis_job::{unavailable, with_reconnect, Shared};
 use crate::bindings::types::JobError;
 
 /// The longest a log line or progress value waits before it is written.
 /// Short enough that a dashboard watching a long attempt sees its progress
 /// live; long enough that short attempts write everything in one script.
-pub const WRITE_BEHIND: Duration = Duration::from_millis(100);
+pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(100);
 
 /// Pending bytes that make the next `log`/`update-progress` write at once:
 /// bounds the host memory a chatty guest can hold.
-pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_PENDING_BYTES: usize = 256 * 1024;
 
 /// One attempt's pending writes and what the flush needs to write them.
-pub struct WriteBehind {
+pub(crate) struct WriteBehind {
     shared: Arc<Shared>,
     /// KEYS: job, lock, logs, events, meta.
     keys: [String; 5],
@@ -54,7 +54,7 @@ pub struct WriteBehind {
     id: String,
     keep_logs: String,
     pending: Mutex<Pending>,
-    /// Wakes `call_process` when the first write of a batch is queued, so it
+    /// Wakes `attempt::exec::call` when the first write of a batch is queued, so it
     /// can arm the [`WRITE_BEHIND`] timer.
     pub(crate) queued: Notify,
 }
@@ -182,12 +182,12 @@ impl WriteBehind {
             async move { inv.invoke_async(&mut conn).await }
         })
         .await
-        .map_err(|e| JobError::Unavailable(format!("redis: {e}")))
+        .map_err(unavailable)
     }
 
     /// The same write as [`flush`](Self::flush), for the worker to send in
-    /// one round trip just before the job's `moveToFinished`
-    /// (`Shared::finish_preludes`). `None` when nothing is pending.
+    /// one round trip just before the job's `moveToFinished`. `None` when
+    /// nothing is pending.
     pub(crate) fn finish_prelude(&self, extra: Vec<String>) -> Option<bullmq::FinishPrelude> {
         let args = self.take(extra)?;
         let scripts = &self.shared.scripts;
@@ -199,14 +199,14 @@ impl WriteBehind {
         })
     }
 
-    /// The [`WRITE_BEHIND`] flush, run by `call_process` while the guest is
+    /// The [`WRITE_BEHIND`] flush, run by `attempt::exec::call` while the guest is
     /// paused. A lost lock is kept for the next host call; Redis being away
     /// past the reconnect window loses these lines, as a failed `log` would.
     pub(crate) async fn flush_due(&self) {
         match self.flush(Vec::new()).await {
             Ok(code) if code < 0 => self.pending.lock().unwrap().found = Some(code),
             Ok(_) => {}
-            Err(e) => crate::worker::in_attempt(|| warn!(error = ?e, "could not write pending log lines/progress")),
+            Err(e) => crate::span::in_attempt(|| warn!(error = ?e, "could not write pending log lines/progress")),
         }
     }
 }

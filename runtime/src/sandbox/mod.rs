@@ -1,16 +1,16 @@
 //! What a guest may use during one attempt: time, memory, output, and a
-//! WASI context that grants nothing but clocks and randomness.
+//! WASI context that grants nothing but clocks and randomness. The engine
+//! they run on is [`engine`]. Nothing here knows about jobs.
+
+pub(crate) mod engine;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
-use crate::host::Backend;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 /// Per-binding limits for every attempt. Defaults are written next to why.
 #[derive(Debug, Clone)]
@@ -48,36 +48,10 @@ impl Default for Limits {
     }
 }
 
-/// Store data for one attempt.
-pub struct HostState {
-    /// Built the first time the guest calls a WASI function: a guest that
-    /// never does (an echo in Rust) skips building it, ~0.7 µs of the
-    /// worker's CPU per job (bench/README.md, session 10).
-    wasi: Option<WasiCtx>,
-    out: CapturedOutput,
-    table: ResourceTable,
-    pub(crate) memory: MemoryLimiter,
-    pub(crate) job: Backend,
-}
-
-impl HostState {
-    /// stdout/stderr go to `out`, which ends up in the job's log (or, for
-    /// `bullpen run`, on stdout). WASI: see [`wasi_ctx`].
-    pub(crate) fn new(job: impl Into<Backend>, limits: &Limits, out: &CapturedOutput) -> Self {
-        HostState {
-            wasi: None,
-            out: out.clone(),
-            table: ResourceTable::new(),
-            memory: MemoryLimiter { max: limits.max_memory_bytes, hit: None, peak: 0 },
-            job: job.into(),
-        }
-    }
-}
-
 /// A WASI context with nothing granted: no preopens, no env, no args, no
 /// network (sockets deny every address; name lookup off). Clocks and random
 /// are allowed. stdout/stderr go to `out`.
-fn wasi_ctx(out: &CapturedOutput) -> WasiCtx {
+pub(crate) fn wasi_ctx(out: &CapturedOutput) -> WasiCtx {
     WasiCtxBuilder::new()
         .stdout(out.clone())
         .stderr(out.clone())
@@ -87,21 +61,21 @@ fn wasi_ctx(out: &CapturedOutput) -> WasiCtx {
         .build()
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        let out = &self.out;
-        let ctx = self.wasi.get_or_insert_with(|| wasi_ctx(out));
-        WasiCtxView { ctx, table: &mut self.table }
-    }
-}
-
 /// Caps linear memory and remembers that the cap was hit, so the
 /// failedReason can name the limit instead of a bare allocation trap.
 pub(crate) struct MemoryLimiter {
     max: usize,
+    /// The size the guest asked for when it was refused: the attempt ends
+    /// naming this limit.
     pub(crate) hit: Option<usize>,
     /// The largest size granted to any of the instance's memories (metrics).
     pub(crate) peak: usize,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        MemoryLimiter { max: limits.max_memory_bytes, hit: None, peak: 0 }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

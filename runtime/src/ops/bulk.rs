@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use bullmq::{BulkJob, JobOptions};
 use serde::Deserialize;
 
-use crate::cli::QueueArgs;
 use crate::conn::RedisTarget;
 
 /// Jobs per batch: large enough to keep the connection busy, small enough
@@ -31,7 +30,7 @@ struct Line {
 }
 
 /// Parse the whole file into jobs, naming the first bad line.
-pub fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> anyhow::Result<Vec<BulkJob>> {
+pub(crate) fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> anyhow::Result<Vec<BulkJob>> {
     let mut jobs = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let n = i + 1;
@@ -50,7 +49,7 @@ pub fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> anyhow::
     Ok(jobs)
 }
 
-pub async fn add_file(q: &QueueArgs, redis: &RedisTarget, file: &Path, default_opts: &JobOptions) -> anyhow::Result<()> {
+pub(crate) async fn add_file(redis: &RedisTarget, prefix: &str, queue_name: &str, file: &Path, default_opts: &JobOptions) -> anyhow::Result<()> {
     let jobs = if file == Path::new("-") {
         parse_ndjson(std::io::stdin().lock(), default_opts)?
     } else {
@@ -61,10 +60,10 @@ pub async fn add_file(q: &QueueArgs, redis: &RedisTarget, file: &Path, default_o
         bail!("{} has no jobs", file.display());
     }
     let total = jobs.len();
-    let qopts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: q.prefix.clone(), ..Default::default() };
-    let queue = bullmq::Queue::with_options(&q.queue, qopts)
+    let qopts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
+    let queue = bullmq::Queue::with_options(queue_name, qopts)
         .await
-        .with_context(|| format!("cannot open queue `{}` on {redis}", q.queue))?;
+        .with_context(|| format!("cannot open queue `{queue_name}` on {redis}"))?;
 
     let progress = Progress::new(total as u64);
     let mut added = 0usize;
@@ -88,7 +87,7 @@ pub async fn add_file(q: &QueueArgs, redis: &RedisTarget, file: &Path, default_o
         added += n;
         progress.set(added as u64);
     }
-    progress.finish(&q.queue);
+    progress.finish(queue_name);
     Ok(())
 }
 

@@ -53,17 +53,8 @@ impl Shards {
         Ok(Shards { handles: Arc::new(handles), next: Arc::new(AtomicUsize::new(0)), _stop: Some(Arc::new(Stop(stops))) })
     }
 
-    /// One shard: the runtime this is called on (in-process embedders, tests).
-    pub fn current() -> Shards {
-        Shards { handles: Arc::new(vec![Handle::current()]), next: Arc::new(AtomicUsize::new(0)), _stop: None }
-    }
-
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 
     /// Split `concurrency` over at most every shard (each share ≥ 1),

@@ -1,12 +1,12 @@
 //! Hot swap: where a worker's plugin versions come from, and how a new one
 //! replaces the old without a restart.
 //!
-//! Two sources ([`PluginSource`]):
+//! Two sources:
 //! - a file (`bullpen worker --plugin f.wasm`), polled every
 //!   [`FILE_POLL`]; a change is taken once the file has been stable for one
 //!   poll (debounce), so a half-written file is not loaded;
 //! - the queue's Redis registry (`bullpen worker` without `--plugin`; see
-//!   [`crate::registry`]), followed through its pub/sub channel, with a check
+//!   [`super::registry`]), followed through its pub/sub channel, with a check
 //!   every [`REGISTRY_CHECK`] that catches a missed notification.
 //!
 //! A new version is compiled and pre-linked on a blocking thread
@@ -28,9 +28,9 @@ use wasmtime::Engine;
 
 use crate::conn::RedisTarget;
 use crate::error::PluginError;
-use crate::plugin::{self, Plugin};
-use crate::registry::{self, Notice, PluginSlot, Registry, RegistryError};
-use crate::sandbox::HostState;
+use super::plugin::{self, Plugin};
+use super::registry::{self, Notice, PluginSlot, Registry, RegistryError};
+use crate::host::HostState;
 
 /// How often a watched plugin file is looked at.
 pub const FILE_POLL: Duration = Duration::from_millis(250);
@@ -42,15 +42,6 @@ pub const WAITING_LOG: Duration = Duration::from_secs(10);
 /// Compiled versions kept in memory, so a rollback to a recent version
 /// swaps without compiling again.
 const KEEP_LOADED: usize = 8;
-
-/// Where a worker's processor comes from.
-#[derive(Debug, Clone)]
-pub enum PluginSource {
-    /// A component file; `watch` swaps when it changes.
-    File { path: PathBuf, watch: bool },
-    /// The Redis registry of the binding's queue.
-    Registry { redis: RedisTarget, prefix: String, queue: String },
-}
 
 /// Compiles versions off the hot path and remembers the last few by digest.
 pub struct Loader {
@@ -65,7 +56,7 @@ impl Loader {
     }
 
     fn remembered(&self, digest: &str) -> Option<Arc<Plugin>> {
-        self.loaded.lock().unwrap().iter().find(|p| p.digest == digest).cloned()
+        self.loaded.lock().unwrap().iter().find(|p| *p.digest == *digest).cloned()
     }
 
     /// Validate, compile and pre-link `bytes` on a blocking thread (the
@@ -76,7 +67,7 @@ impl Loader {
         let remembered: Vec<Arc<Plugin>> = self.loaded.lock().unwrap().iter().cloned().collect();
         let plugin = tokio::task::spawn_blocking(move || {
             let digest = plugin::digest(&bytes);
-            if let Some(p) = remembered.into_iter().find(|p| p.digest == digest) {
+            if let Some(p) = remembered.into_iter().find(|p| *p.digest == *digest) {
                 return Ok(p);
             }
             Plugin::from_bytes(&engine, &linker, &bytes, &source)
@@ -95,7 +86,7 @@ impl Loader {
 
     /// Load the component file at `path`.
     pub async fn load_file(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
+        let bytes = tokio::fs::read(path).await.map_err(|cause| PluginError::Read { path: path.to_path_buf(), cause })?;
         self.load(bytes, path.display().to_string()).await
     }
 }
@@ -117,7 +108,7 @@ fn switch(slot: &PluginSlot, plugin: Arc<Plugin>, trigger: &str, latency_ms: Opt
         took_ms,
         load_ms = format!("{:.1}", plugin.load_ms),
         from_cache = plugin.from_cache,
-        switched_at = registry::now_ms(),
+        switched_at = crate::now_ms(),
         "plugin switched"
     );
 }
@@ -172,7 +163,7 @@ pub fn watch_file(loader: Arc<Loader>, path: PathBuf, slot: Arc<PluginSlot>) -> 
                 }
             };
             let digest = plugin::digest(&bytes);
-            if digest == slot.current().digest || refused.as_deref() == Some(&digest) {
+            if *digest == *slot.current().digest || refused.as_deref() == Some(&digest) {
                 continue;
             }
             let started = Instant::now();
@@ -323,7 +314,7 @@ impl RegistryFollower {
                 return;
             }
         };
-        if current == slot.current().digest || self.refused.contains(&current) {
+        if *current == *slot.current().digest || self.refused.contains(&current) {
             return;
         }
         let trigger = match trigger {
@@ -334,7 +325,7 @@ impl RegistryFollower {
         let started = Instant::now();
         match self.fetch(&current).await {
             Ok(p) => {
-                let latency = self.notices.get(&current).map(|at| registry::now_ms().saturating_sub(*at));
+                let latency = self.notices.get(&current).map(|at| crate::now_ms().saturating_sub(*at));
                 self.refused.clear();
                 switch(slot, p, trigger, latency, started.elapsed().as_millis() as u64);
             }
@@ -358,7 +349,7 @@ impl RegistryFollower {
             .ok_or_else(|| format!("{} has no entry {digest}", self.registry.keys.plugins()))?;
         let source = format!("{}[{digest}]", self.registry.keys.plugins());
         let p = self.loader.load(bytes, source).await.map_err(|e| e.to_string())?;
-        if p.digest != digest {
+        if *p.digest != *digest {
             return Err(format!("the stored bytes have digest {}, not {digest}: the registry entry is corrupt", p.digest));
         }
         Ok(p)

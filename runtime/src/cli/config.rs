@@ -14,45 +14,47 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::conn::RedisTarget;
-use crate::worker::BindingConfig;
+use crate::host::ChildQueues;
+use crate::process::QueuePlan;
+use crate::queue::BindingConfig;
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerFile {
+pub(crate) struct WorkerFile {
     /// Redis URL, or a list of Cluster seed nodes (default `$REDIS_URL`,
     /// else redis://127.0.0.1:6379).
-    pub redis: Option<RedisUrls>,
+    pub(crate) redis: Option<RedisUrls>,
     /// The `redis` URLs are nodes of a Redis Cluster (default false).
-    pub cluster: Option<bool>,
+    pub(crate) cluster: Option<bool>,
     /// BullMQ key prefix for every queue (default `bull`).
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// Serve Prometheus metrics here (`host:port`); off when absent.
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Shutdown grace period for running attempts, ms (default 10000).
-    pub grace_ms: Option<u64>,
+    pub(crate) grace_ms: Option<u64>,
     /// Threads that run attempts and Redis I/O, shared by every queue
     /// (default: one per CPU core, at most the queues' total concurrency;
     /// `--threads`).
-    pub threads: Option<u16>,
+    pub(crate) threads: Option<u16>,
     /// Settings every queue gets unless its entry says otherwise.
     #[serde(default)]
-    pub defaults: Settings,
+    pub(crate) defaults: Settings,
     /// The queues this process serves.
     #[serde(default)]
-    pub queues: Vec<QueueEntry>,
+    pub(crate) queues: Vec<QueueEntry>,
 }
 
 /// `redis = "url"` or `redis = ["seed1", "seed2"]`.
 #[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(untagged)]
-pub enum RedisUrls {
+pub(crate) enum RedisUrls {
     One(String),
     Many(Vec<String>),
 }
 
 impl RedisUrls {
-    pub fn into_urls(self) -> Vec<String> {
+    pub(crate) fn into_urls(self) -> Vec<String> {
         match self {
             RedisUrls::One(u) => vec![u],
             RedisUrls::Many(v) => v,
@@ -65,63 +67,63 @@ impl RedisUrls {
 /// and `bullpen worker`'s flags (each doc line is the flag's help).
 #[derive(Debug, Deserialize, Default, Clone, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Attempts run at once (BullMQ `concurrency`) [default: 1].
     #[arg(long)]
-    pub concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     /// Wall-clock limit per attempt, in ms [default: 30000].
     #[arg(long)]
-    pub timeout_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
     /// Linear memory limit per instance, in MiB [default: 128].
     #[arg(long)]
-    pub max_memory_mb: Option<usize>,
+    pub(crate) max_memory_mb: Option<usize>,
     /// Fuel per attempt (roughly, wasm instructions); past it the attempt
     /// fails naming the limit. Unmetered when absent (metering costs speed).
     #[arg(long)]
-    pub fuel: Option<u64>,
+    pub(crate) fuel: Option<u64>,
     /// BullMQ `lockDuration`, in ms [default: 30000].
     #[arg(long)]
-    pub lock_duration_ms: Option<u64>,
+    pub(crate) lock_duration_ms: Option<u64>,
     /// BullMQ `stalledInterval`, in ms [default: 30000].
     #[arg(long)]
-    pub stalled_interval_ms: Option<u64>,
+    pub(crate) stalled_interval_ms: Option<u64>,
     /// BullMQ `maxStalledCount` [default: 1].
     #[arg(long)]
-    pub max_stalled_count: Option<u32>,
+    pub(crate) max_stalled_count: Option<u32>,
     /// BullMQ `maxStartedAttempts` (unlimited when absent).
     #[arg(long)]
-    pub max_started_attempts: Option<u32>,
+    pub(crate) max_started_attempts: Option<u32>,
     /// A queue guests may add children to (repeatable; '*' for any).
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
-    pub child_queues: Option<Vec<String>>,
+    pub(crate) child_queues: Option<Vec<String>>,
     /// Attempts one instance may serve, one after another [default: 1, a
     /// fresh instance per attempt]. Above 1, an instance whose `process`
     /// returned within its limits runs the next attempt with its memory as
     /// it was left: for stateless Go/JS guests, whose runtime start costs
     /// most of an attempt. A trap, timeout, memory cap or deploy ends it.
     #[arg(long)]
-    pub instance_reuse: Option<u32>,
+    pub(crate) instance_reuse: Option<u32>,
     /// Run BullMQ's `moveToFinished` (and the log/progress writes sent ahead
     /// of it) as Redis Functions (FCALL) where the server allows it
     /// [default: true]: the same Lua, ~20 µs less Redis CPU per job; keeps a
     /// `bullpen_moveToFinished_<sha>` library on the server. `false`:
     /// EVALSHA only, as BullMQ's own workers.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
-    pub redis_functions: Option<bool>,
+    pub(crate) redis_functions: Option<bool>,
     /// Watch `plugin` and swap on change (default true; the flag is `--no-watch`).
     #[arg(skip)]
-    pub watch: Option<bool>,
+    pub(crate) watch: Option<bool>,
 }
 
 /// One `[[queues]]` entry: `name`, `plugin` and the [`Settings`] keys.
 #[derive(Debug, Clone)]
-pub struct QueueEntry {
-    pub name: String,
+pub(crate) struct QueueEntry {
+    pub(crate) name: String,
     /// The component file, relative to the config file's directory. Absent:
     /// the queue runs what `bullpen deploy` made current and follows deploys.
-    pub plugin: Option<PathBuf>,
-    pub settings: Settings,
+    pub(crate) plugin: Option<PathBuf>,
+    pub(crate) settings: Settings,
 }
 
 impl<'de> Deserialize<'de> for QueueEntry {
@@ -147,7 +149,7 @@ impl<'de> Deserialize<'de> for QueueEntry {
 
 impl Settings {
     /// `self` where set, else `lower`.
-    pub fn over(&self, lower: &Settings) -> Settings {
+    pub(crate) fn over(&self, lower: &Settings) -> Settings {
         Settings {
             concurrency: self.concurrency.or(lower.concurrency),
             timeout_ms: self.timeout_ms.or(lower.timeout_ms),
@@ -165,7 +167,7 @@ impl Settings {
     }
 
     /// Apply the set fields to a binding config that holds the built-in defaults.
-    pub fn apply(&self, c: &mut BindingConfig) -> anyhow::Result<()> {
+    pub(crate) fn apply(&self, c: &mut BindingConfig) -> anyhow::Result<()> {
         if let Some(n) = self.concurrency {
             if n == 0 {
                 bail!("queue `{}`: concurrency must be at least 1", c.queue);
@@ -203,23 +205,14 @@ impl Settings {
             c.redis_functions = on;
         }
         if let Some(qs) = &self.child_queues {
-            c.child_queues = crate::cli::child_queues(&c.queue, qs);
+            c.child_queues = ChildQueues::from_flags(&c.queue, qs);
         }
         Ok(())
     }
 }
 
-/// One queue as the process will serve it.
-#[derive(Debug, Clone)]
-pub struct QueuePlan {
-    pub binding: BindingConfig,
-    /// `Some`: this file (watched unless `watch` is false); `None`: the registry.
-    pub plugin: Option<PathBuf>,
-    pub watch: bool,
-}
-
 impl WorkerFile {
-    pub fn parse(text: &str) -> anyhow::Result<WorkerFile> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<WorkerFile> {
         let f: WorkerFile = toml::from_str(text)?;
         let mut seen = std::collections::HashSet::new();
         for q in &f.queues {
@@ -233,7 +226,7 @@ impl WorkerFile {
         Ok(f)
     }
 
-    pub fn load(path: &Path) -> anyhow::Result<WorkerFile> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<WorkerFile> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut f = Self::parse(&text).with_context(|| format!("config {} is not valid", path.display()))?;
         // Plugin paths are relative to the file, not to where bullpen runs.
@@ -250,7 +243,7 @@ impl WorkerFile {
 
     /// The queues to serve, with `flags` (command-line settings) on top.
     /// `only`: serve just this queue of the file.
-    pub fn plan(&self, redis: &RedisTarget, prefix: &str, flags: &Settings, only: Option<&str>) -> anyhow::Result<Vec<QueuePlan>> {
+    pub(crate) fn plan(&self, redis: &RedisTarget, prefix: &str, flags: &Settings, only: Option<&str>) -> anyhow::Result<Vec<QueuePlan>> {
         if self.queues.is_empty() {
             bail!("the config has no [[queues]] entry: nothing to serve");
         }
@@ -275,13 +268,12 @@ impl WorkerFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::ChildQueues;
 
     fn r() -> RedisTarget {
         RedisTarget::single("redis://r")
     }
 
-    const REFERENCE: &str = include_str!("../../docs/bullpen.toml");
+    const REFERENCE: &str = include_str!("../../../docs/bullpen.toml");
 
     #[test]
     fn the_reference_file_parses_and_means_what_it_says() {

@@ -22,17 +22,17 @@
 //! | `<prefix>:<queue>:bullpen:deploys` | pub/sub channel | a [`Notice`] (JSON) each time `current` changes |
 //!
 //! A digest is the lowercase sha256 hex of the component bytes
-//! ([`crate::plugin::digest`]). The registry stores only components that
+//! ([`super::plugin::digest`]). The registry stores only components that
 //! `bullpen deploy` validated; workers check the digest of what they fetch.
 
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bullmq::redis_connection::AnyConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::conn::RedisTarget;
-use crate::plugin::Plugin;
+use super::plugin::Plugin;
+use crate::now_ms;
 
 /// The current plugin of one binding; swapped atomically.
 pub struct PluginSlot {
@@ -142,8 +142,6 @@ pub struct Switched {
     pub previous: Option<String>,
     /// The digest current now.
     pub current: String,
-    /// When (ms since the epoch).
-    pub at: u64,
     /// How many subscribers (workers) received the notice. On a Cluster,
     /// only those subscribed on the node that ran the script are counted
     /// (PUBLISH reaches the others but reports local receivers).
@@ -221,11 +219,6 @@ pub struct Registry {
     conn: AnyConnection,
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl Registry {
     /// Connect (the connection reconnects by itself after a failure).
     pub async fn connect(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<Registry, RegistryError> {
@@ -252,7 +245,7 @@ impl Registry {
             .arg(serde_json::to_string(&notice).expect("notice serializes"))
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(Switched { previous: (!prev.is_empty()).then_some(prev), current: digest.to_string(), at, notified })
+        Ok(Switched { previous: (!prev.is_empty()).then_some(prev), current: digest.to_string(), notified })
     }
 
     /// Make an earlier version current again: `to` (a digest, a unique
@@ -283,7 +276,6 @@ impl Registry {
             0 | 1 => Ok(Switched {
                 previous: Some(text(1)?),
                 current: text(2)?,
-                at,
                 notified: reply.get(3).map(redis::from_redis_value_ref).transpose()?.unwrap_or(0),
             }),
             -1 => Err(self.nothing_deployed()),
@@ -321,12 +313,6 @@ impl Registry {
     /// The stored component bytes of `digest`.
     pub async fn bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         Ok(redis::cmd("HGET").arg(self.keys.plugins()).arg(digest).query_async(&mut self.conn.clone()).await?)
-    }
-
-    /// When `digest` was last deployed (ms), if it was.
-    pub async fn deployed_at(&self, digest: &str) -> Result<Option<u64>, RegistryError> {
-        let score: Option<f64> = redis::cmd("ZSCORE").arg(self.keys.versions()).arg(digest).query_async(&mut self.conn.clone()).await?;
-        Ok(score.map(|s| s as u64))
     }
 
     /// Every stored version, oldest deploy first.

@@ -14,7 +14,8 @@ use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::registry::{now_ms, PluginSlot, RegistryKeys};
+use crate::now_ms;
+use crate::plugins::registry::{PluginSlot, RegistryKeys};
 
 /// How often a worker refreshes its heartbeat. A worker is shown as live
 /// while its last beat is younger than [`LIVE_FOR`] (three missed beats).
@@ -104,7 +105,7 @@ impl Heartbeat {
         let task = tokio::spawn(async move {
             let mut conn = conn;
             loop {
-                info.digest = slot.current().digest.clone();
+                info.digest = slot.current().digest.to_string();
                 let now = now_ms();
                 let r: redis::RedisResult<()> = redis::pipe()
                     .zadd(k.workers(), &info.id, now)
@@ -197,7 +198,7 @@ pub fn render(s: &QueueStats) -> String {
     use std::fmt::Write;
     let c = &s.counts;
     let mut out = String::new();
-    let _ = writeln!(out, "queue {} (prefix {})  at {}", s.queue, s.prefix, crate::registry::iso8601(s.at));
+    let _ = writeln!(out, "queue {} (prefix {})  at {}", s.queue, s.prefix, crate::plugins::registry::iso8601(s.at));
     let _ = writeln!(
         out,
         "  waiting {}  active {}  delayed {}  prioritized {}  waiting-children {}  paused {}  completed {}  failed {}",

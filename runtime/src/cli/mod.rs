@@ -2,23 +2,23 @@
 //! library; the flags' defaults are BullMQ's where BullMQ has one.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
-use crate::config::{QueuePlan, Settings, WorkerFile};
 use crate::conn::RedisTarget;
-use crate::deploy::{watch_file, Loader, RegistryFollower};
-use crate::host::ChildQueues;
+use crate::plugins::registry::{iso8601, Registry};
+use crate::plugins::{new_linker, Plugin};
+use crate::process::{QueuePlan, WorkerPlan};
+use crate::queue::BindingConfig;
+use crate::sandbox::engine::new_engine;
 use crate::sandbox::Limits;
-use crate::shards::Shards;
-use crate::engine::new_engine;
-use crate::plugin::{new_linker, Plugin};
-use crate::registry::{iso8601, PluginSlot, Registry};
-use crate::worker::{Binding, BindingConfig};
+use config::{Settings, WorkerFile};
+
+pub(crate) mod config;
+pub(crate) mod run;
 
 #[derive(Parser, Debug)]
 #[command(name = "bullpen", version, about = "Run BullMQ jobs in sandboxed WebAssembly processors")]
@@ -28,7 +28,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, env = "BULLPEN_LOG_FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// How log lines are written (`--log-format`).
@@ -39,7 +39,7 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Process jobs of a BullMQ queue with a Wasm component, until SIGINT/SIGTERM.
     Worker(WorkerArgs),
     /// Add a job to a queue (as BullMQ's Queue.add does) and print its id.
@@ -61,7 +61,7 @@ pub enum Command {
     Stats(StatsArgs),
     /// Run a processor on one job held in memory, without Redis, printing
     /// every host call and the outcome: the development loop for a plugin.
-    Run(crate::run::RunArgs),
+    Run(run::RunArgs),
 }
 
 /// Ends the process with this exit status; what went wrong was printed
@@ -79,21 +79,21 @@ impl std::error::Error for ExitStatus {}
 
 /// The per-attempt limits, the same for `worker` and `run`.
 #[derive(Args, Debug, Clone)]
-pub struct LimitArgs {
+pub(crate) struct LimitArgs {
     /// Wall-clock limit per attempt, in ms.
     #[arg(long, default_value_t = 30_000)]
-    pub timeout_ms: u64,
+    pub(crate) timeout_ms: u64,
     /// Linear memory limit per instance, in MiB.
     #[arg(long, default_value_t = 128)]
-    pub max_memory_mb: usize,
+    pub(crate) max_memory_mb: usize,
     /// Fuel per attempt (roughly, wasm instructions); past it the attempt
     /// fails naming the limit. Unmetered when absent (metering costs speed).
     #[arg(long)]
-    pub fuel: Option<u64>,
+    pub(crate) fuel: Option<u64>,
 }
 
 impl LimitArgs {
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             timeout: Duration::from_millis(self.timeout_ms),
             max_memory_bytes: self.max_memory_mb << 20,
@@ -103,39 +103,27 @@ impl LimitArgs {
     }
 }
 
-/// `--child-queue` flags: '*' for any queue; none for the default (the
-/// queue and '<queue>-children').
-pub fn child_queues(queue: &str, flags: &[String]) -> ChildQueues {
-    if flags.iter().any(|q| q == "*") {
-        ChildQueues::Any
-    } else if flags.is_empty() {
-        ChildQueues::default_for(queue)
-    } else {
-        ChildQueues::Only(flags.to_vec())
-    }
-}
-
 /// Where the queue lives.
 #[derive(Args, Debug, Clone)]
-pub struct QueueArgs {
+pub(crate) struct QueueArgs {
     /// Redis URL; with --cluster, a seed node of the Cluster (repeatable:
     /// the first reachable one is used to discover the rest).
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS)]
-    pub redis: Vec<String>,
+    pub(crate) redis: Vec<String>,
     /// The --redis URLs are nodes of a Redis Cluster (needs a hash-tagged --prefix).
     #[arg(long)]
-    pub cluster: bool,
+    pub(crate) cluster: bool,
     /// Queue name.
     #[arg(long)]
-    pub queue: String,
+    pub(crate) queue: String,
     /// BullMQ key prefix (with --cluster it must have a hash tag, such as '{bull}').
     #[arg(long, default_value = "bull")]
-    pub prefix: String,
+    pub(crate) prefix: String,
 }
 
 impl QueueArgs {
     /// The Redis target, checked (see [`RedisTarget::from_args`]).
-    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+    pub(crate) fn target(&self) -> anyhow::Result<RedisTarget> {
         RedisTarget::from_args(self.redis.clone(), self.cluster, &self.prefix)
     }
 }
@@ -143,25 +131,25 @@ impl QueueArgs {
 /// `bullpen worker`. Per-queue settings are `Option`s so a config file can
 /// supply them; defaults are applied in `config::Settings::apply`.
 #[derive(Args, Debug)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Redis URL; with --cluster, a seed node (repeatable). Default: the
     /// config's `redis`, else $REDIS_URL, else redis://127.0.0.1:6379.
     #[arg(long)]
-    pub redis: Vec<String>,
+    pub(crate) redis: Vec<String>,
     /// The --redis URLs are nodes of a Redis Cluster (needs a hash-tagged --prefix).
     #[arg(long)]
-    pub cluster: bool,
+    pub(crate) cluster: bool,
     /// Queue name. With --config: serve only this queue of the file.
     #[arg(long, required_unless_present = "config")]
-    pub queue: Option<String>,
+    pub(crate) queue: Option<String>,
     /// BullMQ key prefix (default `bull`; use a hash tag such as '{bull}'
     /// with Redis Cluster).
     #[arg(long)]
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// Serve the queues of this file (see docs/bullpen.toml); the flags
     /// below override its settings for every queue.
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The processor: a WebAssembly component of the bullpen:processor
     /// world. The file is watched: when it changes to another valid
     /// component the worker switches to it (a broken file is refused and
@@ -169,24 +157,24 @@ pub struct WorkerArgs {
     /// what `bullpen deploy` made current for the queue and follows deploys
     /// and rollbacks.
     #[arg(long)]
-    pub plugin: Option<PathBuf>,
+    pub(crate) plugin: Option<PathBuf>,
     /// Load plugin files once, do not watch them.
     #[arg(long)]
-    pub no_watch: bool,
+    pub(crate) no_watch: bool,
     #[command(flatten)]
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// On SIGTERM, how long running attempts may finish before they are
     /// interrupted and their jobs handed back to wait, in ms [default: 10000].
     #[arg(long)]
-    pub grace_ms: Option<u64>,
+    pub(crate) grace_ms: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
     /// port 0 picks a free port, logged at start). Off when absent.
     #[arg(long)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// BullMQ worker `name`: recorded on every job this worker takes
     /// (Node's `job.processedBy`), so a fleet's work can be told apart.
     #[arg(long)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Threads that run attempts and their Redis I/O [default: one per CPU
     /// core, at most the queues' total concurrency]. Each is a BullMQ worker
     /// of its own with a share of each queue's concurrency (100 on 2 threads:
@@ -194,7 +182,7 @@ pub struct WorkerArgs {
     /// compute in parallel; fewer than cores leave the rest to other
     /// processes (a redis-server on the same machine).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    pub(crate) threads: Option<u16>,
 }
 
 impl WorkerArgs {
@@ -205,115 +193,108 @@ impl WorkerArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// Job name.
     #[arg(required_unless_present = "file")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Job data, as JSON.
     #[arg(required_unless_present = "file")]
-    pub data: Option<String>,
+    pub(crate) data: Option<String>,
     /// BullMQ job options, as JSON (e.g. '{"attempts":3,"jobId":"a1"}').
     /// With --file: the default for lines without their own `opts`.
     #[arg(long)]
-    pub opts: Option<String>,
+    pub(crate) opts: Option<String>,
     /// Add many jobs: a file with one JSON object per line,
     /// `{"name": ..., "data": ..., "opts": {...}}` (`opts` optional; `-` = stdin).
     /// Every line is checked before anything is added; prints the ids.
     #[arg(long, conflicts_with_all = ["name", "data"])]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
-pub struct RetryArgs {
+pub(crate) struct RetryArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// Job id.
-    pub job_id: String,
+    pub(crate) job_id: String,
     /// The state the job is retried from.
-    #[arg(long, value_enum, default_value_t = crate::admin::FinishedState::Failed)]
-    pub state: crate::admin::FinishedState,
+    #[arg(long, value_enum, default_value_t = crate::ops::admin::FinishedState::Failed)]
+    pub(crate) state: crate::ops::admin::FinishedState,
     /// Reset attemptsMade to 0 (BullMQ `resetAttemptsMade`): the job gets its
     /// full `attempts` again.
     #[arg(long)]
-    pub reset_attempts_made: bool,
+    pub(crate) reset_attempts_made: bool,
     /// Reset attemptsStarted to 0 (BullMQ `resetAttemptsStarted`).
     #[arg(long)]
-    pub reset_attempts_started: bool,
+    pub(crate) reset_attempts_started: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// Job id.
-    pub job_id: String,
+    pub(crate) job_id: String,
 }
 
 #[derive(Args, Debug)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// The component to deploy (validated first: a refused component changes nothing).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Args, Debug)]
-pub struct RollbackArgs {
+pub(crate) struct RollbackArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// The version to make current: a digest or a unique prefix of one
     /// (see `bullpen plugins`). Default: the version current before the
     /// current one (repeat to go further back).
     #[arg(long)]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
 }
 
 #[derive(Args, Debug)]
-pub struct PluginsArgs {
+pub(crate) struct PluginsArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// Print JSON (`[{"digest","deployedAt","size","current"}]`) instead of a table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     #[command(flatten)]
-    pub q: QueueArgs,
+    pub(crate) q: QueueArgs,
     /// Refresh until interrupted (in place on a terminal).
     #[arg(long)]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// With --watch: refresh interval, in ms.
     #[arg(long, default_value_t = 2_000)]
-    pub interval_ms: u64,
+    pub(crate) interval_ms: u64,
     /// Print JSON instead of text (with --watch: one object per line).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-/// Run one command on a tokio runtime. `bullpen worker` resolves its queues
-/// first, so it starts `WorkerSetup::threads` shards to run attempts on
-/// (`crate::shards`) and keeps the main thread for signals, deploys,
-/// heartbeats and metrics; the other commands do little work and get
-/// tokio's default (one thread per core).
+/// Run one command. `bullpen worker` is a process of its own
+/// (`crate::process`: its shards and main thread); the other commands do
+/// little work and get tokio's default runtime (one thread per core).
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Worker(a) => {
-            let setup = WorkerSetup::new(a)?;
-            let shards = Shards::start(setup.threads()?)?;
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(worker(setup, shards))
-        }
-        command => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(command)),
+        Command::Worker(a) => crate::process::run(worker_plan(a)?),
+        command => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(one_shot(command)),
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn one_shot(command: Command) -> anyhow::Result<()> {
     match command {
-        // Sized from its queues before its runtime exists: `main` runs it.
-        Command::Worker(_) => unreachable!("bullpen worker runs on the runtime `main` builds for it"),
+        Command::Worker(_) => unreachable!("bullpen worker runs as crate::process"),
         Command::Add(a) => add(a).await,
         Command::Retry(a) => retry(a).await,
         Command::Inspect(a) => inspect(a).await,
@@ -321,157 +302,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Rollback(a) => rollback(a).await,
         Command::Plugins(a) => plugins(a).await,
         Command::Stats(a) => stats(a).await,
-        Command::Run(a) => crate::run::run(a).await,
+        Command::Run(a) => run::run(a).await,
     }
 }
 
 /// The default Redis when neither a flag, the config nor $REDIS_URL says.
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
-/// What `bullpen worker` serves, resolved from its flags and config file
-/// before anything runs.
-struct WorkerSetup {
-    a: WorkerArgs,
-    file: Option<WorkerFile>,
-    plans: Vec<QueuePlan>,
-}
-
-impl WorkerSetup {
-    fn new(a: WorkerArgs) -> anyhow::Result<WorkerSetup> {
-        let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
-        let prefix = a.prefix.clone().or_else(|| file.as_ref().and_then(|f| f.prefix.clone())).unwrap_or_else(|| "bull".into());
-        let urls = if !a.redis.is_empty() {
-            a.redis.clone()
-        } else if let Some(r) = file.as_ref().and_then(|f| f.redis.clone()) {
-            r.into_urls()
-        } else {
-            vec![std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())]
-        };
-        let cluster = a.cluster || file.as_ref().and_then(|f| f.cluster).unwrap_or(false);
-        let redis = RedisTarget::from_args(urls, cluster, &prefix)?;
-        let flags = a.settings();
-        let mut plans = match &file {
-            Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
-            None => {
-                let mut binding = BindingConfig::new(redis.clone(), a.queue.clone().unwrap_or_default());
-                binding.prefix = prefix.clone();
-                flags.apply(&mut binding)?;
-                vec![QueuePlan { binding, plugin: None, watch: flags.watch.unwrap_or(true) }]
-            }
-        };
-        if let Some(p) = &a.plugin {
-            if plans.len() != 1 {
-                bail!("--plugin applies to one queue: add --queue to pick one of the config's queues");
-            }
-            plans[0].plugin = Some(p.clone());
-        }
-        for p in &mut plans {
-            p.binding.name = a.name.clone();
-        }
-        Ok(WorkerSetup { a, file, plans })
-    }
-
-    /// The threads that run attempts: `--threads`, else the config's
-    /// `threads`, else one per core but no more than the attempts the
-    /// queues may run at once (the sum of their concurrency).
-    fn threads(&self) -> anyhow::Result<usize> {
-        Ok(match self.a.threads.or_else(|| self.file.as_ref().and_then(|f| f.threads)) {
-            Some(0) => bail!("threads must be at least 1"),
-            Some(n) => usize::from(n),
-            // A thread beyond the attempts that can run at once has no guest
-            // to run, and costs cross-thread wakeups: at concurrency 1 one
-            // thread used 15-30% less CPU per job, same jobs/s (bench/README.md).
-            None => {
-                let attempts: usize = self.plans.iter().map(|p| p.binding.concurrency).sum();
-                attempts.clamp(1, std::thread::available_parallelism().map_or(1, |n| n.get()))
-            }
-        })
-    }
-}
-
-async fn worker(setup: WorkerSetup, shards: Shards) -> anyhow::Result<()> {
-    let WorkerSetup { a, file, plans } = setup;
-    if let Some(addr) = a.metrics_addr.or_else(|| file.as_ref().and_then(|f| f.metrics_addr)) {
-        crate::metrics::serve(addr).await?;
-    }
-    let grace = Duration::from_millis(a.grace_ms.or_else(|| file.as_ref().and_then(|f| f.grace_ms)).unwrap_or(10_000));
-    // One engine for every queue; fuel metering is engine-wide.
-    let fuel = plans.iter().any(|p| p.binding.limits.fuel.is_some());
-    let engine = crate::engine::new_engine_with(crate::engine::EngineOptions { fuel })?;
-    let linker = new_linker(&engine)?;
-    let loader = Loader::new(engine.clone(), linker);
-    let shutdown = wait_for_shutdown_signal();
-    tokio::pin!(shutdown);
-    // Queues start concurrently: one waiting for its first deploy does not
-    // hold the others back.
-    let starting = futures_util::future::try_join_all(plans.into_iter().map(|plan| start_queue(engine.clone(), loader.clone(), plan, &shards)));
-    let running = tokio::select! {
-        r = starting => r?,
-        r = &mut shutdown => { r?; info!("stopped before every queue had a plugin"); return Ok(()); }
+/// What `bullpen worker` serves, from its flags over its config file.
+fn worker_plan(a: WorkerArgs) -> anyhow::Result<WorkerPlan> {
+    let file = a.config.as_deref().map(WorkerFile::load).transpose()?;
+    let file = file.as_ref();
+    let prefix = a.prefix.clone().or_else(|| file.and_then(|f| f.prefix.clone())).unwrap_or_else(|| "bull".into());
+    let urls = if !a.redis.is_empty() {
+        a.redis.clone()
+    } else if let Some(r) = file.and_then(|f| f.redis.clone()) {
+        r.into_urls()
+    } else {
+        vec![std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())]
     };
-    let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
-    let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.clone()).collect();
-    let threads = shards.len();
-    info!(queues = %names.join(","), digest = %digests.join(","), threads, "worker ready");
-    shutdown.await?;
-    info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
-    futures_util::future::try_join_all(running.iter().map(|r| {
-        if let Some(s) = &r.swapper {
-            s.abort();
-        }
-        r.binding.close(grace)
-    }))
-    .await?;
-    info!("worker stopped");
-    Ok(())
-}
-
-/// A queue being served, and what swaps its plugin.
-struct Running {
-    binding: Binding,
-    swapper: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Load the queue's plugin (its file, or what is deployed: waiting, with a
-/// log line every 10 s, until something is) and start its binding.
-async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueuePlan, shards: &Shards) -> anyhow::Result<Running> {
-    let c = &plan.binding;
-    let mut follower = None;
-    let plugin = match &plan.plugin {
-        Some(path) => loader.load_file(path).await.with_context(|| format!("queue `{}`", c.queue))?,
+    let cluster = a.cluster || file.and_then(|f| f.cluster).unwrap_or(false);
+    let redis = RedisTarget::from_args(urls, cluster, &prefix)?;
+    let flags = a.settings();
+    let mut queues = match file {
+        Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
         None => {
-            let mut f = RegistryFollower::connect(loader.clone(), &c.redis, &c.prefix, &c.queue)
-                .await
-                .with_context(|| format!("cannot read the plugin registry of queue `{}` on {}", c.queue, c.redis))?;
-            let first = f.first().await;
-            follower = Some(f);
-            first
+            let mut binding = BindingConfig::new(redis.clone(), a.queue.clone().unwrap_or_default());
+            binding.prefix = prefix.clone();
+            flags.apply(&mut binding)?;
+            vec![QueuePlan { binding, plugin: None, watch: flags.watch.unwrap_or(true) }]
         }
     };
-    info!(queue = %c.queue, plugin = %plugin.source, digest = %plugin.digest, load_ms = format!("{:.1}", plugin.load_ms), from_cache = plugin.from_cache, "plugin loaded");
-    let slot = Arc::new(PluginSlot::new(plugin));
-    let (queue, concurrency, redis_url) = (c.queue.clone(), c.concurrency, c.redis.to_string());
-    let binding = Binding::start_on(engine, slot.clone(), plan.binding, shards)
-        .await
-        .with_context(|| format!("cannot start a worker for queue `{queue}` on {redis_url}"))?;
-    let swapper = match (follower, &plan.plugin) {
-        (Some(f), _) => Some(f.spawn(slot.clone())),
-        (None, Some(path)) if plan.watch => Some(watch_file(loader.clone(), path.clone(), slot.clone())),
-        _ => None,
-    };
-    info!(queue = %queue, concurrency, digest = %slot.current().digest, "queue ready");
-    Ok(Running { binding, swapper })
-}
-
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    if let Some(p) = &a.plugin {
+        if queues.len() != 1 {
+            bail!("--plugin applies to one queue: add --queue to pick one of the config's queues");
+        }
+        queues[0].plugin = Some(p.clone());
     }
-    Ok(())
+    for q in &mut queues {
+        q.binding.name = a.name.clone();
+    }
+    let threads = match a.threads.or_else(|| file.and_then(|f| f.threads)) {
+        Some(0) => bail!("threads must be at least 1"),
+        n => n.map(usize::from),
+    };
+    Ok(WorkerPlan {
+        queues,
+        threads,
+        grace: Duration::from_millis(a.grace_ms.or_else(|| file.and_then(|f| f.grace_ms)).unwrap_or(10_000)),
+        metrics_addr: a.metrics_addr.or_else(|| file.and_then(|f| f.metrics_addr)),
+    })
 }
 
 async fn add(a: AddArgs) -> anyhow::Result<()> {
@@ -481,7 +361,7 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     };
     let redis = a.q.target()?;
     if let Some(file) = &a.file {
-        return crate::bulk::add_file(&a.q, &redis, file, &opts).await;
+        return crate::ops::bulk::add_file(&redis, &a.q.prefix, &a.q.queue, file, &opts).await;
     }
     let (name, data) = (a.name.unwrap_or_default(), a.data.unwrap_or_default());
     let data: serde_json::Value =
@@ -496,11 +376,11 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
 }
 
 async fn retry(a: RetryArgs) -> anyhow::Result<()> {
-    let opts = crate::admin::RetryOptions {
+    let opts = crate::ops::admin::RetryOptions {
         reset_attempts_made: a.reset_attempts_made,
         reset_attempts_started: a.reset_attempts_started,
     };
-    crate::admin::retry_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
+    crate::ops::admin::retry_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
     info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
     Ok(())
 }
@@ -566,7 +446,7 @@ async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
 }
 
 async fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let view = crate::admin::inspect_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id).await?;
+    let view = crate::ops::admin::inspect_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id).await?;
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }
@@ -577,10 +457,10 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
     let mut conn = target.connect().await.with_context(|| format!("cannot connect to {target}"))?;
     let in_place = a.watch && !a.json && std::io::stdout().is_terminal();
     loop {
-        let s = crate::stats::queue_stats(&mut conn, &a.q.prefix, &a.q.queue)
+        let s = crate::ops::stats::queue_stats(&mut conn, &a.q.prefix, &a.q.queue)
             .await
             .with_context(|| format!("cannot read queue `{}` on {target}", a.q.queue))?;
-        let text = if a.json { serde_json::to_string(&s)? + "\n" } else { crate::stats::render(&s) };
+        let text = if a.json { serde_json::to_string(&s)? + "\n" } else { crate::ops::stats::render(&s) };
         let mut out = std::io::stdout().lock();
         if in_place {
             // Home + clear: redraw in place.

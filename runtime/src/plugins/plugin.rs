@@ -14,12 +14,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{Processor, ProcessorPre};
 use crate::error::PluginError;
-use crate::sandbox::HostState;
+use crate::host::HostState;
 
 /// One version of a processor: its digest and its ready-to-instantiate form.
 pub struct Plugin {
     /// sha256 of the component bytes, lowercase hex: the version's identity.
-    pub digest: String,
+    pub(crate) digest: Arc<str>,
     /// Where it came from (file path or registry), for messages.
     pub source: String,
     pub(crate) pre: ProcessorPre<HostState>,
@@ -54,7 +54,7 @@ pub fn digest(bytes: &[u8]) -> String {
 impl Plugin {
     /// Load, validate and pre-link the component at `path`.
     pub fn from_file(engine: &Engine, linker: &Linker<HostState>, path: &Path) -> Result<Arc<Plugin>, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| PluginError::Read { path: path.to_path_buf(), cause })?;
         Self::from_bytes(engine, linker, &bytes, &path.display().to_string())
     }
 
@@ -86,7 +86,7 @@ impl Plugin {
         let pre = ProcessorPre::new(pre).map_err(mismatch)?;
         let has_backoff = component.component_type().exports(engine).any(|(name, _)| name == "backoff");
         debug!(%digest, cached, compile_ms, total_ms = started.elapsed().as_secs_f64() * 1000.0, "plugin ready");
-        Ok(Arc::new(Plugin { digest, source: source.to_string(), pre, has_backoff, load_ms: started.elapsed().as_secs_f64() * 1000.0, from_cache: cached }))
+        Ok(Arc::new(Plugin { digest: digest.into(), source: source.to_string(), pre, has_backoff, load_ms: started.elapsed().as_secs_f64() * 1000.0, from_cache: cached }))
     }
 }
 
@@ -224,7 +224,7 @@ fn probe_instantiation(engine: &Engine, component: &Component) -> wasmtime::Resu
         job_context.func_new(name, |_, _, _, _| Err(wasmtime::Error::msg("job-context called during the load-time probe")))?;
     }
     let mut store = Store::new(engine, ProbeState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
-    store.set_epoch_deadline((1000 / crate::engine::EPOCH_TICK.as_millis()) as u64);
+    store.set_epoch_deadline((1000 / crate::sandbox::engine::EPOCH_TICK.as_millis()) as u64);
     store.epoch_deadline_trap();
     // Engines built with fuel metering need fuel in every store (errors when off).
     let _ = store.set_fuel(u64::MAX);

@@ -9,15 +9,17 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::bindings::types::{self as wit, Failure, Outcome};
-use crate::cli::{child_queues, ExitStatus, LimitArgs};
-use crate::engine::{new_engine_with, EngineOptions};
-use crate::error::AttemptError;
-use crate::host::local::{now_ms, Report};
-use crate::host::{Backend, LocalJob, Moved};
-use crate::plugin::{new_linker, Plugin};
-use crate::sandbox::{CapturedOutput, HostState, Limits};
-use crate::worker::{call_process, trap_reason};
+use super::{ExitStatus, LimitArgs};
+use crate::attempt::exec::{self, Kept};
+use crate::attempt::verdict::{verdict, Ended};
+use crate::attempt::{LimitKind, Verdict};
+use crate::bindings::types as wit;
+use crate::error::InputError;
+use crate::host::{Backend, ChildQueues, LocalJob, Moved, Report};
+use crate::now_ms;
+use crate::plugins::{new_linker, Plugin};
+use crate::sandbox::engine::{new_engine_with, EngineOptions};
+use crate::sandbox::{CapturedOutput, Limits};
 
 /// More attempts than any real job needs; stops `--until-done` on a guest
 /// that delays itself forever.
@@ -34,6 +36,8 @@ then the outcome:
   completed <return value>
   moved (delayed) | moved (waiting-children)
   failed (retry|retry-after <n> ms|unrecoverable|trap|timeout|error): <reason>
+    (error: the host found the attempt failed: it could not instantiate the
+    component, the return value is over the limit, `moved` without a move)
 With --until-done, `next attempt ...` lines separate the attempts.
 --json prints each event as one JSON object with an \"event\" field instead.
 
@@ -48,85 +52,83 @@ a file that is not a valid processor component).";
 
 #[derive(Args, Debug)]
 #[command(after_help = "The output format and exit status: bullpen run --help", after_long_help = RUN_HELP)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The processor: a WebAssembly component of the bullpen:processor world.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// The job's data, as JSON.
     #[arg(long, default_value = "{}")]
-    pub data: String,
+    pub(crate) data: String,
     /// Job name.
     #[arg(long, default_value = "job")]
-    pub name: String,
+    pub(crate) name: String,
     /// Job id ("1": a queue's first job id in BullMQ).
     #[arg(long, default_value = "1")]
-    pub id: String,
+    pub(crate) id: String,
     /// The job's queue name (children may go to it and to
     /// '<queue>-children' unless --child-queue says otherwise).
     #[arg(long, default_value = "local")]
-    pub queue: String,
+    pub(crate) queue: String,
     /// BullMQ job options, as JSON (e.g. '{"attempts":3}').
     #[arg(long, default_value = "{}")]
-    pub opts: String,
+    pub(crate) opts: String,
     /// BullMQ `attemptsMade`: attempts before this one.
     #[arg(long, default_value_t = 0)]
-    pub attempts_made: u32,
+    pub(crate) attempts_made: u32,
     /// What children-values returns: a JSON object of child key
     /// ('bull:<queue>:<id>') to return value. Default: none.
     #[arg(long)]
-    pub children_values: Option<String>,
+    pub(crate) children_values: Option<String>,
     /// A queue the guest may add children to (repeatable; '*' for any).
     /// Default: --queue and '<queue>-children', as for `worker`.
     #[arg(long = "child-queue")]
-    pub child_queues: Vec<String>,
+    pub(crate) child_queues: Vec<String>,
     #[command(flatten)]
-    pub limits: LimitArgs,
+    pub(crate) limits: LimitArgs,
     /// Run attempts as a worker would until the job completes or fails for
     /// good: again after a move, or after a failure while --opts `attempts`
     /// allow one more (without waiting for delays).
     #[arg(long)]
-    pub until_done: bool,
+    pub(crate) until_done: bool,
     /// One JSON object per event instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-/// How one attempt ended.
-enum Ending {
-    Completed(String),
-    Moved(Moved),
-    Failed { kind: &'static str, reason: String, delay_ms: Option<u64> },
-}
-
-impl Ending {
-    fn failed(kind: &'static str, reason: impl Into<String>) -> Ending {
-        Ending::Failed { kind, reason: reason.into(), delay_ms: None }
-    }
-
-    fn print(&self, report: Report) {
-        match self {
-            Ending::Completed(json) => {
-                let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
-                report.event(&format!("completed {json}"), json!({ "event": "completed", "returnvalue": v }));
-            }
-            Ending::Moved(m) => {
-                let to = match m {
-                    Moved::Delayed => "delayed",
-                    Moved::WaitingChildren => "waiting-children",
-                };
-                report.event(&format!("moved ({to})"), json!({ "event": "moved", "to": to }));
-            }
-            Ending::Failed { kind, reason, delay_ms } => {
-                let label = match delay_ms {
-                    Some(ms) => format!("{kind} {ms} ms"),
-                    None => kind.to_string(),
-                };
-                let mut v = json!({ "event": "failed", "kind": kind, "reason": reason });
-                if let Some(ms) = delay_ms {
-                    v["delayMs"] = (*ms).into();
-                }
-                report.event(&format!("failed ({label}): {reason}"), v);
-            }
+/// Print an attempt's verdict as `bullpen run`'s last line for it.
+fn print_verdict(v: &Verdict, report: Report) {
+    let failed = |kind: &str, reason: &str, delay_ms: Option<u64>| {
+        let label = match delay_ms {
+            Some(ms) => format!("{kind} {ms} ms"),
+            None => kind.to_string(),
+        };
+        let mut j = json!({ "event": "failed", "kind": kind, "reason": reason });
+        if let Some(ms) = delay_ms {
+            j["delayMs"] = ms.into();
         }
+        report.event(&format!("failed ({label}): {reason}"), j);
+    };
+    match v {
+        Verdict::Completed(json) => {
+            let value: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+            report.event(&format!("completed {json}"), json!({ "event": "completed", "returnvalue": value }));
+        }
+        Verdict::Moved(m) => {
+            let to = match m {
+                Moved::Delayed => "delayed",
+                Moved::WaitingChildren => "waiting-children",
+            };
+            report.event(&format!("moved ({to})"), json!({ "event": "moved", "to": to }));
+        }
+        Verdict::Retry(r) => failed("retry", r, None),
+        Verdict::RetryAfter { reason, delay_ms } => failed("retry-after", reason, Some(*delay_ms)),
+        Verdict::Unrecoverable(r) => failed("unrecoverable", r, None),
+        Verdict::Error(r) => failed("error", r, None),
+        Verdict::Trap { reason, .. } => failed("trap", reason, None),
+        Verdict::Limit { which: LimitKind::Timeout, reason, .. } => failed("timeout", reason, None),
+        // Memory and fuel end in a trap: named by the limit in the reason.
+        Verdict::Limit { reason, .. } => failed("trap", reason, None),
+        // Neither happens without Redis or a shutdown.
+        Verdict::LockLost | Verdict::Interrupted => failed("error", v.label(), None),
     }
 }
 
@@ -140,7 +142,7 @@ struct Setup {
     attempts: u32,
 }
 
-pub async fn run(a: RunArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     let report = Report { json: a.json, quiet: false };
     let (mut s, mut local) = match setup(&a, report) {
         Ok(s) => s,
@@ -150,19 +152,19 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     for run in 1..=MAX_RUNS {
-        let ending;
-        (ending, local) = attempt(&s, local).await;
-        ending.print(report);
-        let again = match &ending {
-            Ending::Completed(_) => return Ok(()),
-            Ending::Moved(_) if !a.until_done => return Ok(()),
-            Ending::Moved(m) => {
+        let verdict;
+        (verdict, local) = attempt(&s, local).await;
+        print_verdict(&verdict, report);
+        let again = match &verdict {
+            Verdict::Completed(_) => return Ok(()),
+            Verdict::Moved(_) if !a.until_done => return Ok(()),
+            Verdict::Moved(m) => {
                 s.job.attempts_started += 1;
                 format!("after {}", if *m == Moved::Delayed { "move-to-delayed, not waiting" } else { "the children finished" })
             }
-            Ending::Failed { kind, .. } => {
+            failed => {
                 // BullMQ's rule: retry while attemptsMade + 1 < attempts.
-                let retries = *kind != "unrecoverable" && s.job.attempts_made + 1 < s.attempts;
+                let retries = !matches!(failed, Verdict::Unrecoverable(_)) && s.job.attempts_made + 1 < s.attempts;
                 if !a.until_done || !retries {
                     return Err(ExitStatus(1).into());
                 }
@@ -201,7 +203,7 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
     // The guest sees data and opts as a worker passes them: compact JSON.
     let data = data.to_string();
     if data.len() > limits.max_payload_bytes {
-        return Err(AttemptError::DataTooLarge { bytes: data.len(), limit: limits.max_payload_bytes }.into());
+        return Err(InputError::DataTooLarge { bytes: data.len(), limit: limits.max_payload_bytes }.into());
     }
     let engine = new_engine_with(EngineOptions { fuel: limits.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
@@ -218,43 +220,24 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
         progress: "0".into(),
         parent: None,
     };
-    let local = LocalJob::new(data, children_values, limits.clone(), child_queues(&a.queue, &a.child_queues), report);
+    let local = LocalJob::new(data, children_values, limits.clone(), ChildQueues::from_flags(&a.queue, &a.child_queues), report);
     Ok((Setup { plugin, engine, attempts: opts.attempts.unwrap_or(0), limits, job }, local))
 }
 
-/// One attempt, classified as a worker classifies it; returns the job for the next.
-async fn attempt(s: &Setup, mut local: LocalJob) -> (Ending, LocalJob) {
+/// One attempt through the worker's execution core and verdict; returns
+/// the job for the next.
+async fn attempt(s: &Setup, mut local: LocalJob) -> (Verdict, LocalJob) {
     let limits = &s.limits;
-    let out = CapturedOutput::new(limits.max_output_bytes);
-    local.next_attempt(out.clone());
-    let (store, called, _) = call_process(&s.engine, &s.plugin, HostState::new(local, limits, &out), limits, &s.job).await;
-    let memory_hit = store.data().memory.hit;
-    let Backend::Local(local) = store.into_data().job else { unreachable!("`bullpen run` attempts run in memory") };
+    let mut p = exec::prepare(&s.engine, limits, None, |out| {
+        local.next_attempt(out.clone());
+        Backend::Local(local)
+    });
+    let called = exec::call(&mut p.store, None, &s.plugin, limits, &s.job).await;
+    let memory_hit = p.store.data().memory.hit;
+    let Backend::Local(local) = p.store.into_data().job else { unreachable!("`bullpen run` attempts run in memory") };
     let lines = local.flush_output();
-    let ending = match called {
-        Err(AttemptError::Trap(t)) => Ending::failed("trap", trap_reason(t, memory_hit, limits, &lines)),
-        Err(e @ AttemptError::Timeout { .. }) => Ending::failed("timeout", e.to_string()),
-        Err(e) => Ending::failed("error", e.to_string()),
-        // The return value is checked as a worker checks it.
-        Ok(Ok(Outcome::Completed(json))) if json.len() > limits.max_payload_bytes => {
-            Ending::failed("retry", format!("return value is {} bytes; the limit is {}", json.len(), limits.max_payload_bytes))
-        }
-        Ok(Ok(Outcome::Completed(json))) => match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
-            Ok(_) => Ending::Completed(json),
-            Err(e) => Ending::failed("unrecoverable", AttemptError::BadOutput(format!("return value is not valid JSON: {e}")).to_string()),
-        },
-        Ok(Ok(Outcome::Moved)) => match local.moved {
-            Some(m) => Ending::Moved(m),
-            None => Ending::failed(
-                "retry",
-                "processor returned `moved` but no host call moved the job (call move-to-delayed or wait-for-children first)",
-            ),
-        },
-        Ok(Err(Failure::Retry(reason))) => Ending::failed("retry", reason),
-        Ok(Err(Failure::Unrecoverable(reason))) => Ending::failed("unrecoverable", reason),
-        Ok(Err(Failure::RetryAfter(r))) => Ending::Failed { kind: "retry-after", reason: r.reason, delay_ms: Some(r.delay_ms) },
-    };
-    (ending, local)
+    let v = verdict(Ended { called: called.result, memory_hit, moved: local.moved, lock_lost: false, output: &lines, limits });
+    (v, local)
 }
 
 /// One attempt of a plugin on an in-memory job, printing nothing: what the
@@ -268,7 +251,7 @@ pub struct BenchAttempt {
 impl BenchAttempt {
     /// Load `file` (echo-like: the job data is `{"bench":true}`).
     pub fn new(file: &std::path::Path) -> anyhow::Result<BenchAttempt> {
-        let limits = crate::Limits::default();
+        let limits = Limits::default();
         let engine = new_engine_with(EngineOptions { fuel: false })?;
         let linker = new_linker(&engine)?;
         let plugin = Plugin::from_file(&engine, &linker, file)?;
@@ -293,16 +276,16 @@ impl BenchAttempt {
     pub async fn once(&self, warm: &mut BenchWarm) -> bool {
         let s = &self.setup;
         let job = |out: &CapturedOutput| {
-            let mut local = LocalJob::new(s.job.data.clone(), Vec::new(), s.limits.clone(), crate::host::ChildQueues::Any, Report { json: false, quiet: true });
+            let mut local = LocalJob::new(s.job.data.clone(), Vec::new(), s.limits.clone(), ChildQueues::Any, Report { json: false, quiet: true });
             local.next_attempt(out.clone());
             Backend::Local(local)
         };
-        let (mut store, instance, out) = crate::worker::prepare(&s.engine, &s.limits, warm.kept.take(), job);
-        let (called, instance, _) = crate::worker::call_in(&mut store, instance, &s.plugin, &s.limits, &s.job).await;
-        if let (true, Some(instance)) = (warm.reuse, instance) {
-            warm.kept = Some(crate::worker::Kept { store, instance, out });
+        let mut p = exec::prepare(&s.engine, &s.limits, warm.kept.take(), job);
+        let called = exec::call(&mut p.store, p.instance, &s.plugin, &s.limits, &s.job).await;
+        if let (true, Some(instance)) = (warm.reuse, called.instance) {
+            warm.kept = Some(Kept { store: p.store, instance, out: p.out });
         }
-        matches!(called, Ok(Ok(Outcome::Completed(_))))
+        matches!(called.result, Ok(Ok(wit::Outcome::Completed(_))))
     }
 }
 
@@ -310,7 +293,7 @@ impl BenchAttempt {
 /// keeps its instance for the next call.
 pub struct BenchWarm {
     reuse: bool,
-    kept: Option<crate::worker::Kept>,
+    kept: Option<Kept>,
 }
 
 impl BenchWarm {

@@ -1,0 +1,7 @@
+//! What operators do to queues and read from them, over Redis: inspect and
+//! retry jobs ([`admin`]), counts and live workers ([`stats`], whose
+//! heartbeats every binding writes), many jobs added at once ([`bulk`]).
+
+pub mod admin;
+pub(crate) mod bulk;
+pub(crate) mod stats;

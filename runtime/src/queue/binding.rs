@@ -1,0 +1,246 @@
+//! A binding: one queue, one plugin slot, and on each shard a `bullmq`
+//! Worker with a share of the queue's concurrency, whose processor is the
+//! binding's [`Trigger`]: each attempt runs in a fresh instance of the
+//! current plugin (or, opted into with `--instance-reuse`, in one a previous
+//! attempt left).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bullmq::worker::CancellationToken;
+use bullmq::{Worker, WorkerOptions};
+use tracing::warn;
+use wasmtime::Engine;
+
+use super::shards::Shards;
+use super::trigger::Trigger;
+use crate::conn::RedisTarget;
+use crate::host::redis_job::SharedConfig;
+use crate::host::{ChildQueues, Shared};
+use crate::metrics;
+use crate::plugins::PluginSlot;
+use crate::sandbox::Limits;
+
+/// The queue's BullMQ worker on one shard, with its share of the concurrency.
+struct Part {
+    shard: tokio::runtime::Handle,
+    worker: Arc<Worker>,
+}
+
+impl Part {
+    /// `Worker::close` on the part's own shard, where its connections live.
+    fn close(&self, deadline_ms: u64) -> tokio::task::JoinHandle<Result<(), bullmq::Error>> {
+        let w = self.worker.clone();
+        self.shard.spawn(async move { w.close(deadline_ms).await })
+    }
+}
+
+/// Everything that configures one queue binding. Defaults match BullMQ's
+/// Node worker where one exists.
+#[derive(Debug, Clone)]
+pub(crate) struct BindingConfig {
+    /// One Redis server or a Cluster's seed nodes.
+    pub(crate) redis: RedisTarget,
+    pub(crate) queue: String,
+    /// BullMQ key prefix (`bull`, or a hash-tagged `{bull}` for Cluster).
+    pub(crate) prefix: String,
+    pub(crate) concurrency: usize,
+    pub(crate) limits: Limits,
+    /// BullMQ `lockDuration` (30 s) and `stalledInterval` (30 s).
+    pub(crate) lock_duration_ms: u64,
+    pub(crate) stalled_interval_ms: u64,
+    /// BullMQ `maxStalledCount` (1).
+    pub(crate) max_stalled_count: u32,
+    /// BullMQ `maxStartedAttempts` (unlimited).
+    pub(crate) max_started_attempts: Option<u32>,
+    pub(crate) child_queues: ChildQueues,
+    /// BullMQ worker `name`: stored on each job it takes (Node's
+    /// `job.processedBy`) and as its Redis client name.
+    pub(crate) name: Option<String>,
+    /// How many attempts one instance may serve, one after another
+    /// (`--instance-reuse`). 1, the default, is a fresh instance for every
+    /// attempt: nothing a job does can be seen by the next. Above 1, an
+    /// instance whose `process` returned within its limits runs the
+    /// binding's next attempt, memory and globals as it left them — for
+    /// guests whose runtime start dominates (Go, JS) and that keep no
+    /// state between jobs. A trap, a timeout, the memory cap or a deploy
+    /// always ends an instance.
+    pub(crate) instance_reuse: u32,
+    /// Run BullMQ's `moveToFinished`, and the write-behind flush sent ahead
+    /// of it, as Redis Functions (FCALL) where the server allows it
+    /// (`--redis-functions`, default on): the same Lua and the same changes,
+    /// at ~20 µs less Redis CPU per job (bench/README.md), at the cost of a
+    /// library (`bullpen_moveToFinished_<sha>`) kept on the server. Redis < 7
+    /// or an ACL without FUNCTION/FCALL falls back to EVALSHA by itself.
+    pub(crate) redis_functions: bool,
+}
+
+impl BindingConfig {
+    pub(crate) fn new(redis: RedisTarget, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        BindingConfig {
+            redis,
+            child_queues: ChildQueues::default_for(&queue),
+            queue,
+            prefix: "bull".into(),
+            concurrency: 1,
+            limits: Limits::default(),
+            lock_duration_ms: 30_000,
+            stalled_interval_ms: 30_000,
+            max_stalled_count: 1,
+            max_started_attempts: None,
+            name: None,
+            instance_reuse: 1,
+            redis_functions: true,
+        }
+    }
+}
+
+/// How long interrupted attempts get to hand their jobs back at shutdown.
+const HANDBACK_TIME: Duration = Duration::from_secs(5);
+
+/// A running binding.
+pub(crate) struct Binding {
+    /// One BullMQ worker per shard the queue runs on (`super::shards`).
+    parts: Vec<Part>,
+    heartbeat: tokio::sync::Mutex<Option<crate::ops::stats::Heartbeat>>,
+    redis: bullmq::redis_connection::AnyConnection,
+    pub(crate) slot: Arc<PluginSlot>,
+    pub(crate) config: BindingConfig,
+}
+
+impl Binding {
+    /// Connect to Redis and start processing `config.queue` with the plugin
+    /// in `slot`, `config.concurrency` split over `shards`: a BullMQ worker
+    /// on each (see `super::shards` for why).
+    pub(crate) async fn start(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig, shards: &Shards) -> anyhow::Result<Binding> {
+        config.redis.check_prefix(&config.prefix)?;
+        let redis = config.redis.connect().await?;
+        let mut parts: Vec<Part> = Vec::new();
+        for (shard, concurrency) in shards.place(config.concurrency) {
+            let started = shard.spawn(start_part(engine.clone(), slot.clone(), config.clone(), concurrency));
+            match started.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(worker) => parts.push(Part { shard, worker }),
+                Err(e) => {
+                    // Nothing fetched by the parts already started is lost:
+                    // they close like a shutdown with no grace.
+                    for p in &parts {
+                        let _ = p.close(HANDBACK_TIME.as_millis() as u64).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let heartbeat = crate::ops::stats::Heartbeat::spawn(redis.clone(), &config.prefix, &config.queue, slot.clone(), config.concurrency);
+        Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
+    }
+
+    /// Stop fetching; give running attempts `grace` to finish; then
+    /// interrupt the rest and hand their jobs back to wait without counting
+    /// an attempt.
+    pub(crate) async fn close(&self, grace: Duration) -> anyhow::Result<()> {
+        // Leave `bullpen stats`'s live list first: this worker takes no new jobs.
+        if let Some(h) = self.heartbeat.lock().await.take() {
+            h.stop(&mut self.redis.clone()).await;
+        }
+        // bullmq's close() aborts whatever still runs at its deadline, which
+        // would leave jobs active until a stalled check; give interrupted
+        // attempts time past the grace period to hand their jobs back.
+        let deadline = (grace + HANDBACK_TIME).as_millis() as u64;
+        let closing = futures_util::future::join_all(self.parts.iter().map(|p| p.close(deadline)));
+        tokio::pin!(closing);
+        let closed = tokio::select! {
+            r = &mut closing => Some(r),
+            _ = tokio::time::sleep(grace) => None,
+        };
+        let closed = match closed {
+            Some(r) => r,
+            None => {
+                warn!(queue = %self.config.queue, "grace period over: interrupting running attempts");
+                for p in &self.parts {
+                    let w = p.worker.clone();
+                    let _ = p.shard.spawn(async move { w.cancel_all_jobs().await }).await;
+                }
+                closing.await
+            }
+        };
+        for r in closed {
+            r??;
+        }
+        Ok(())
+    }
+}
+
+/// One shard's share of a binding: its own Redis connection for host calls,
+/// its own bullmq-official worker with `concurrency` slots. Runs on the shard.
+async fn start_part(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig, concurrency: usize) -> anyhow::Result<Arc<Worker>> {
+    let redis = config.redis.connect().await?;
+    let shared = Arc::new(Shared::new(
+        redis,
+        SharedConfig {
+            target: config.redis.clone(),
+            prefix: config.prefix.clone(),
+            queue: config.queue.clone(),
+            limits: config.limits.clone(),
+            lock_duration_ms: config.lock_duration_ms,
+            child_queues: config.child_queues.clone(),
+        },
+    ));
+    let trigger = Arc::new(Trigger {
+        engine,
+        slot,
+        preludes: Default::default(),
+        shared,
+        queue: config.queue.as_str().into(),
+        histograms: metrics::global().queue_histograms(&config.queue),
+        reuse: config.instance_reuse,
+        idle: Default::default(),
+    });
+    let preludes = trigger.clone();
+    let processor = move |job: bullmq::Job, cancel: CancellationToken| {
+        let trigger = trigger.clone();
+        async move { trigger.run(job, cancel).await }
+    };
+    let opts = WorkerOptions {
+        connection: config.redis.bullmq_options(),
+        prefix: config.prefix.clone(),
+        concurrency,
+        lock_duration: config.lock_duration_ms,
+        stalled_interval: config.stalled_interval_ms,
+        max_stalled_count: config.max_stalled_count,
+        max_started_attempts: config.max_started_attempts,
+        name: config.name.clone(),
+        finish_prelude_script: Some(preludes.shared.scripts.flush_source.clone()),
+        finish_prelude: Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id))),
+        // Per-job events (active/completed/failed, each with a clone of
+        // its result) would be read only to be dropped; `metrics` and
+        // the attempt log already say what each attempt did.
+        job_events: false,
+        // moveToFinished (and the write-behind flush sent ahead of it, in
+        // the same library) as Redis Functions: the same Lua, less Redis
+        // CPU per job (vendor/bullmq-official/PATCHES.md, patch 4).
+        redis_functions: config.redis_functions,
+        ..Default::default()
+    };
+    let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
+    drain_worker_events(worker.clone(), config.queue.clone());
+    Ok(worker)
+}
+
+/// bullmq-official queues its worker events on an unbounded channel;
+/// unread, it would grow. Read it: log errors and stalled jobs, drop the
+/// rest (per-job events are off, `WorkerOptions::job_events`).
+fn drain_worker_events(worker: Arc<Worker>, queue: String) {
+    use bullmq::worker::WorkerEvent;
+    tokio::spawn(async move {
+        while let Some(event) = worker.next_event().await {
+            match event {
+                WorkerEvent::Error(e) => warn!(queue = %queue, error = %e, "worker error"),
+                WorkerEvent::Stalled { job_id } => warn!(queue = %queue, job = %job_id, "stalled job recovered"),
+                WorkerEvent::Closed => break,
+                _ => {}
+            }
+        }
+    });
+}
+

@@ -1,0 +1,408 @@
+//! The BullMQ trigger: bullmq-official hands each fetched job (with its lock
+//! token) to [`Trigger::run`], which runs one attempt through the execution
+//! core (`attempt::exec`), takes its [`Verdict`], and maps that to what
+//! bullmq-official does next: complete, retry or fail, or nothing (the job
+//! was moved, its lock lost, or it was handed back at shutdown).
+//!
+//! The attempt, in order: check the job's input; take the current plugin
+//! (once: a deploy landing meanwhile does not change it); a store (fresh, or
+//! a kept instance's with `--instance-reuse`); `process` under the limits;
+//! the verdict; the guest's output and pending writes to the job log (for a
+//! completed job, in the same round trip as its `moveToFinished`); the
+//! transition; metrics.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bullmq::worker::CancellationToken;
+use tracing::{debug, info, warn};
+use wasmtime::Engine;
+
+use crate::attempt::exec::{self, CallError, Called, Kept};
+use crate::attempt::input::{self, to_wit_job};
+use crate::attempt::verdict::{verdict, Ended};
+use crate::attempt::{LimitKind, TrapKind, Verdict};
+use crate::bindings::types::{self as wit, JobError};
+use crate::host::retry::{attempts_remain, random_unit, Backoff, RetryPlan};
+use crate::host::{Backend, HostState, JobContext, Moved, Shared};
+use crate::metrics::{self, JobLabels, LimitLabels, TrapLabels};
+use crate::plugins::{Plugin, PluginSlot};
+use crate::sandbox::CapturedOutput;
+use crate::span::{self, in_attempt, AttemptSpan};
+
+/// How long an attempt interrupted by shutdown may take to write its
+/// pending log lines and progress (Redis may be what is going away).
+const INTERRUPT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// What bullmq-official does next: `Ok` completes; `Err(Delayed)` tells it
+/// the job was already moved (or must be left alone); `Err(RateLimited)`
+/// hands the job back to wait; other errors fail or retry it.
+type BullResult = Result<bullmq::ReturnValue, bullmq::Error>;
+
+/// One binding's attempts on one shard.
+pub(crate) struct Trigger {
+    pub(crate) engine: Engine,
+    pub(crate) slot: Arc<PluginSlot>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) queue: Arc<str>,
+    pub(crate) histograms: metrics::QueueHistograms,
+    /// `BindingConfig::instance_reuse`.
+    pub(crate) reuse: u32,
+    /// Instances waiting for their next attempt (at most one per slot of
+    /// concurrency: an instance is here only between two attempts).
+    pub(crate) idle: Mutex<Vec<Warm>>,
+    /// A completed attempt's last pending writes, by job id, until
+    /// bullmq-official asks for them with the job's `moveToFinished`.
+    pub(crate) preludes: Mutex<std::collections::HashMap<String, bullmq::FinishPrelude>>,
+}
+
+/// An instance of the binding's plugin kept for more attempts
+/// (`--instance-reuse`).
+pub(crate) struct Warm {
+    plugin: Arc<Plugin>,
+    kept: Kept,
+    /// Attempts it has served.
+    uses: u32,
+}
+
+/// What an attempt became in BullMQ's terms (`bullpen_jobs_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobOutcome {
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Failed; another attempt follows.
+    Retried,
+    /// The guest moved it to delayed.
+    Delayed,
+    WaitingChildren,
+    LockLost,
+    /// Shutdown handed it back to wait.
+    HandedBack,
+}
+
+impl JobOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            JobOutcome::Completed => "completed",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Retried => "retried",
+            JobOutcome::Delayed => "delayed",
+            JobOutcome::WaitingChildren => "waiting_children",
+            JobOutcome::LockLost => "lock_lost",
+            JobOutcome::HandedBack => "handed_back",
+        }
+    }
+}
+
+/// A finished attempt: what goes to bullmq-official, and what metrics record.
+struct Finished {
+    result: BullResult,
+    outcome: JobOutcome,
+    trap: Option<TrapKind>,
+    limit: Option<LimitKind>,
+    instantiated: Option<Duration>,
+    memory_peak: usize,
+}
+
+impl Finished {
+    /// An attempt that ended before its guest returned.
+    fn early((result, outcome): (BullResult, JobOutcome)) -> Finished {
+        Finished { result, outcome, trap: None, limit: None, instantiated: None, memory_peak: 0 }
+    }
+}
+
+/// The job context of a worker's attempt (a worker's stores hold nothing else).
+fn redis_ctx(job: &mut Backend) -> &mut JobContext {
+    match job {
+        Backend::Redis(ctx) => ctx,
+        Backend::Local(_) => unreachable!("a worker's attempts run against Redis"),
+    }
+}
+
+/// BullMQ's own retry rule applies (attempts, plain backoff).
+fn bullmq_retries(reason: String, will_retry: bool) -> (BullResult, JobOutcome) {
+    (Err(bullmq::Error::ProcessingError(reason)), if will_retry { JobOutcome::Retried } else { JobOutcome::Failed })
+}
+
+/// The transition of a verdict that needs nothing more from Redis or the
+/// guest (everything but a completion and the guest's own retries).
+fn settle(verdict: Verdict, will_retry: bool) -> (BullResult, JobOutcome) {
+    match verdict {
+        Verdict::Moved(Moved::Delayed) => (Err(bullmq::Error::Delayed), JobOutcome::Delayed),
+        Verdict::Moved(Moved::WaitingChildren) => (Err(bullmq::Error::WaitingChildren), JobOutcome::WaitingChildren),
+        Verdict::Unrecoverable(reason) => (Err(bullmq::Error::Unrecoverable(reason)), JobOutcome::Failed),
+        Verdict::Error(reason) | Verdict::Trap { reason, .. } | Verdict::Limit { reason, .. } => bullmq_retries(reason, will_retry),
+        // Moved (or no longer ours): bullmq-official must write nothing more.
+        Verdict::LockLost => (Err(bullmq::Error::Delayed), JobOutcome::LockLost),
+        // moveJobFromActiveToWait: attemptsMade unchanged.
+        Verdict::Interrupted => (Err(bullmq::Error::RateLimited { delay_ms: 0 }), JobOutcome::HandedBack),
+        Verdict::Completed(_) | Verdict::Retry(_) | Verdict::RetryAfter { .. } => {
+            unreachable!("completions and guest retries go through Trigger::apply")
+        }
+    }
+}
+
+impl Trigger {
+    /// One attempt of `job`: bullmq-official's processor.
+    pub(crate) async fn run(self: Arc<Self>, job: bullmq::Job, cancel: CancellationToken) -> BullResult {
+        let plugin = self.slot.current();
+        let span = Arc::new(AttemptSpan::new(self.queue.clone(), job.id().to_string(), job.attempts_made() + 1, plugin.digest.clone()));
+        let started = Instant::now();
+        let finished = span::scope(span.clone(), self.attempt(plugin, job, cancel)).await;
+        self.record(&span, started.elapsed(), &finished);
+        finished.result
+    }
+
+    async fn attempt(&self, plugin: Arc<Plugin>, job: bullmq::Job, cancel: CancellationToken) -> Finished {
+        let will_retry = attempts_remain(&job);
+        let wit_job = to_wit_job(&job, &self.queue);
+        if let Err(v) = self.check_input(&job, &wit_job).await {
+            return Finished::early(settle(v, will_retry));
+        }
+        let limits = &self.shared.limits;
+        let warm = self.take_warm(&plugin);
+        let uses = warm.as_ref().map_or(0, |w| w.uses);
+        let mut prepared = exec::prepare(&self.engine, limits, warm.map(|w| w.kept), |out| {
+            Backend::Redis(JobContext::new(self.shared.clone(), job, out.clone()).with_plugin_digest(&plugin.digest))
+        });
+        let pending = redis_ctx(&mut prepared.store.data_mut().job).pending.clone();
+        let instance = prepared.instance.take();
+        let called = tokio::select! {
+            c = Box::pin(exec::call(&mut prepared.store, instance, &plugin, limits, &wit_job)) => Some(c),
+            _ = cancel.cancelled() => None,
+        };
+        let Some(Called { result, instance, instantiated }) = called else {
+            // Shutdown past its grace period. The lock is still ours: what
+            // the guest queued in its last ≤100 ms, and what it printed, is
+            // written before the job goes back to wait (attemptsMade unchanged).
+            let printed = prepared.out.take_lines(limits.max_log_line_bytes);
+            match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(pending.flush(printed))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => in_attempt(|| warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress")),
+                Err(_) => in_attempt(|| warn!("gave up writing the interrupted attempt's pending log lines/progress")),
+            }
+            in_attempt(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
+            return Finished::early(settle(Verdict::Interrupted, will_retry));
+        };
+
+        let mut store = prepared.store;
+        let state = store.data_mut();
+        let (memory_hit, memory_peak) = (state.memory.hit, state.memory.peak);
+        let lines = prepared.out.take_lines(limits.max_log_line_bytes);
+        // `--instance-reuse`: an instance whose `process` returned, within
+        // its limits, serves the binding's next attempt (until its quota).
+        let keep = instance.filter(|_| uses + 1 < self.reuse && memory_hit.is_none());
+        let ctx = redis_ctx(&mut state.job);
+        let mut verdict =
+            verdict(Ended { called: result, memory_hit, moved: ctx.moved, lock_lost: ctx.lock_lost, output: &lines, limits });
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            in_attempt(|| debug!(digest = %plugin.digest, verdict = verdict.label(), "attempt returned"));
+        }
+        // Output goes to the log before the job is finished, so a Node
+        // client that sees `completed` also sees the lines (and the plugin
+        // digest line, when nothing was logged yet). After a move the lock
+        // is gone, so late output is dropped rather than written unchecked.
+        let mut prelude = None;
+        if !ctx.lock_lost && ctx.moved.is_none() {
+            let flushed = match &verdict {
+                Verdict::Completed(_) => ctx.flush_with_finish(lines).map(|p| prelude = p),
+                _ => ctx.flush(lines).await,
+            };
+            match flushed {
+                Ok(()) | Err(JobError::LockLost) => {}
+                Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's log lines and progress")),
+            }
+        }
+        if ctx.lock_lost {
+            in_attempt(|| warn!("lock lost during the attempt: leaving the job to its new owner"));
+            verdict = Verdict::LockLost;
+        }
+        let (trap, limit) = match &verdict {
+            Verdict::Trap { kind, .. } => (Some(*kind), None),
+            Verdict::Limit { which, trap, .. } => (*trap, Some(*which)),
+            _ => (None, None),
+        };
+        let (result, outcome) = self.apply(verdict, ctx, &plugin, &wit_job, prelude, will_retry).await;
+        if let Some(instance) = keep {
+            self.idle.lock().unwrap().push(Warm { plugin, kept: Kept { store, instance, out: prepared.out }, uses: uses + 1 });
+        }
+        Finished { result, outcome, trap, limit, instantiated, memory_peak }
+    }
+
+    /// A job that cannot be given to a guest fails before any instance is
+    /// made: `Unrecoverable` when no attempt could do better.
+    async fn check_input(&self, job: &bullmq::Job, wit_job: &wit::Job) -> Result<(), Verdict> {
+        if job.data().is_null() {
+            let raw = self
+                .shared
+                .raw_field(job.id(), "data")
+                .await
+                .map_err(|e| Verdict::Error(format!("cannot read the job's data: {e}")))?;
+            input::check_raw_data(raw.as_deref()).map_err(|e| Verdict::Unrecoverable(e.to_string()))?;
+        }
+        input::check_size(wit_job, &self.shared.limits).map_err(|e| Verdict::Unrecoverable(e.to_string()))
+    }
+
+    /// The verdict as bullmq-official's result.
+    async fn apply(
+        &self,
+        verdict: Verdict,
+        ctx: &mut JobContext,
+        plugin: &Plugin,
+        wit_job: &wit::Job,
+        prelude: Option<bullmq::FinishPrelude>,
+        will_retry: bool,
+    ) -> (BullResult, JobOutcome) {
+        match verdict {
+            Verdict::Completed(json) => {
+                if let Some(p) = prelude {
+                    self.preludes.lock().unwrap().insert(ctx.id.clone(), p);
+                }
+                (Ok(bullmq::ReturnValue::Json(json)), JobOutcome::Completed)
+            }
+            Verdict::Retry(reason) => self.retry(plugin, ctx, wit_job, reason, will_retry).await,
+            Verdict::RetryAfter { reason, delay_ms } => {
+                if !attempts_remain(&ctx.job) {
+                    // No attempts left: bullmq-official fails it, as Node would.
+                    return bullmq_retries(reason, false);
+                }
+                Self::delayed_retry(ctx, delay_ms, reason, will_retry).await
+            }
+            other => settle(other, will_retry),
+        }
+    }
+
+    /// bullpen's own delayed retry (BullMQ's `moveToDelayed`, counted as an attempt).
+    async fn delayed_retry(ctx: &mut JobContext, delay_ms: u64, reason: String, will_retry: bool) -> (BullResult, JobOutcome) {
+        match ctx.retry_later(delay_ms, &reason).await {
+            Ok(()) | Err(JobError::LockLost) => {
+                (Err(bullmq::Error::Delayed), if ctx.lock_lost { JobOutcome::LockLost } else { JobOutcome::Retried })
+            }
+            Err(e) => {
+                in_attempt(|| warn!(error = ?e, "delayed retry failed; falling back to BullMQ's retry"));
+                bullmq_retries(reason, will_retry)
+            }
+        }
+    }
+
+    /// `failure::retry`, per the job's backoff (`host::retry` decides).
+    async fn retry(
+        &self,
+        plugin: &Plugin,
+        ctx: &mut JobContext,
+        wit_job: &wit::Job,
+        reason: String,
+        will_retry: bool,
+    ) -> (BullResult, JobOutcome) {
+        if !attempts_remain(&ctx.job) || ctx.job.opts().backoff.is_none() {
+            return bullmq_retries(reason, will_retry);
+        }
+        let Some(backoff) = Backoff::from_opts(&ctx.raw_opts().await.unwrap_or_default()) else {
+            return bullmq_retries(reason, will_retry);
+        };
+        let delay = match backoff.plan(ctx.job.attempts_made() + 1, random_unit()) {
+            RetryPlan::BullmqDoesIt => 0,
+            RetryPlan::After(d) => d,
+            RetryPlan::AskGuest { kind, n } => match self.guest_backoff(plugin, ctx, wit_job, &kind, n, &reason).await {
+                Some(wit::BackoffDecision::DelayMs(d)) => d,
+                Some(wit::BackoffDecision::GiveUp) => return (Err(bullmq::Error::Unrecoverable(reason)), JobOutcome::Failed),
+                // As bullmq-official with no strategy: retry at once.
+                None => 0,
+            },
+        };
+        if delay == 0 {
+            return bullmq_retries(reason, will_retry);
+        }
+        Self::delayed_retry(ctx, delay, reason, will_retry).await
+    }
+
+    /// Ask the guest's optional `backoff` export for the delay, in a fresh
+    /// instance under the same limits.
+    async fn guest_backoff(
+        &self,
+        plugin: &Plugin,
+        ctx: &JobContext,
+        wit_job: &wit::Job,
+        kind: &str,
+        n: u32,
+        reason: &str,
+    ) -> Option<wit::BackoffDecision> {
+        if !plugin.has_backoff {
+            in_attempt(|| warn!(backoff = kind, "custom backoff type but the plugin exports no `backoff`: retrying at once"));
+            return None;
+        }
+        let limits = &self.shared.limits;
+        let out = CapturedOutput::new(limits.max_output_bytes);
+        let state = HostState::new(JobContext::new(self.shared.clone(), ctx.job.clone(), out.clone()), limits, &out);
+        let args = (kind.to_string(), n, reason.to_string(), wit_job.clone());
+        match exec::call_backoff(&self.engine, plugin, state, limits, args).await {
+            Ok(d) => Some(d),
+            Err(CallError::Timeout) => {
+                in_attempt(|| warn!("guest backoff timed out: retrying at once"));
+                None
+            }
+            Err(e) => {
+                in_attempt(|| warn!(error = %e, "guest backoff failed: retrying at once"));
+                None
+            }
+        }
+    }
+
+    /// An idle instance of `plugin`, if reuse is on and one is waiting.
+    /// Instances of a plugin that a deploy has since replaced are dropped.
+    fn take_warm(&self, plugin: &Arc<Plugin>) -> Option<Warm> {
+        if self.reuse <= 1 {
+            return None;
+        }
+        let mut stale = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().unwrap();
+            loop {
+                match idle.pop() {
+                    Some(w) if Arc::ptr_eq(&w.plugin, plugin) => break Some(w),
+                    Some(w) => stale.push(w),
+                    None => break None,
+                }
+            }
+        };
+        drop(stale); // outside the lock: dropping a store resets its memory
+        found
+    }
+
+    /// Prometheus metrics for one finished attempt (see `metrics`), by the
+    /// plugin version that ran it. `span` is entered only for the line a
+    /// failure logs, not around all of this (~1 µs of worker CPU per job).
+    fn record(&self, span: &AttemptSpan, took: Duration, f: &Finished) {
+        let m = metrics::global();
+        let h = &self.histograms;
+        h.attempt_seconds.observe(took.as_secs_f64());
+        if let Some(d) = f.instantiated {
+            h.instantiate_seconds.observe(d.as_secs_f64());
+        }
+        if f.memory_peak > 0 {
+            h.memory_peak_bytes.observe(f.memory_peak as f64);
+        }
+        if let Some(kind) = f.trap {
+            m.traps.get_or_create(&TrapLabels { queue: self.queue.to_string(), kind: kind.label() }).inc();
+        }
+        if let Some(limit) = f.limit {
+            m.limit_kills.get_or_create(&LimitLabels { queue: self.queue.to_string(), limit: limit.label() }).inc();
+        }
+        let outcome = f.outcome.label();
+        m.jobs.get_or_create(&JobLabels { queue: self.queue.to_string(), digest: span.digest().to_string(), outcome }).inc();
+        // Operators see why attempts fail without opening each job.
+        if let (Err(e), JobOutcome::Failed | JobOutcome::Retried) = (&f.result, f.outcome) {
+            let reason = match e {
+                bullmq::Error::ProcessingError(r) | bullmq::Error::Unrecoverable(r) => r.clone(),
+                other => other.to_string(),
+            };
+            span.get().in_scope(|| info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed"));
+        }
+    }
+
+    /// What bullmq-official sends ahead of job `id`'s `moveToFinished`.
+    pub(crate) fn take_finish_prelude(&self, id: &str) -> Option<bullmq::FinishPrelude> {
+        self.preludes.lock().unwrap().remove(id)
+    }
+}
