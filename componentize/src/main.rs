@@ -24,7 +24,8 @@ use wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADA
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::Resolve;
 
-const USAGE: &str = "usage: bullpen-componentize <core.wasm> [--wit DIR] [--world processor|processor-with-backoff] -o <out.wasm>";
+const USAGE: &str =
+    "usage: bullpen-componentize <core.wasm> [--wit DIR] [--world processor|processor-with-backoff] -o <out.wasm>";
 
 struct Args {
     input: PathBuf,
@@ -84,7 +85,8 @@ fn run() -> Result<()> {
     }
     if !has_component_type(&module)? {
         let mut resolve = Resolve::default();
-        let (pkg, _) = resolve.push_path(&args.wit).with_context(|| format!("cannot load WIT from {}", args.wit.display()))?;
+        let (pkg, _) =
+            resolve.push_path(&args.wit).with_context(|| format!("cannot load WIT from {}", args.wit.display()))?;
         let world = resolve.select_world(&[pkg], Some(&args.world))?;
         wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)?;
     }

@@ -39,7 +39,10 @@ impl RedisTarget {
             anyhow::bail!("no --redis URL given");
         }
         if urls.len() > 1 && !cluster {
-            anyhow::bail!("{} --redis URLs given without --cluster: several URLs are the seed nodes of a Redis Cluster", urls.len());
+            anyhow::bail!(
+                "{} --redis URLs given without --cluster: several URLs are the seed nodes of a Redis Cluster",
+                urls.len()
+            );
         }
         let t = RedisTarget { urls, cluster };
         t.check_prefix(prefix)?;

@@ -105,7 +105,11 @@ impl Metrics {
         let limit_kills = Family::<LimitLabels, Counter>::default();
         let memory_peak_bytes: HistogramFamily = Family::new_with_constructor(memory_buckets);
         registry.register("bullpen_jobs", "Attempts by queue, plugin digest and how they ended", jobs.clone());
-        registry.register("bullpen_attempt_duration_seconds", "Wall-clock time of one attempt", attempt_seconds.clone());
+        registry.register(
+            "bullpen_attempt_duration_seconds",
+            "Wall-clock time of one attempt",
+            attempt_seconds.clone(),
+        );
         registry.register(
             "bullpen_instantiation_duration_seconds",
             "Time to create the fresh Wasm instance of an attempt",
@@ -138,7 +142,8 @@ pub fn global() -> &'static Metrics {
 /// Serve `GET /metrics` on `addr` until the process ends. Binding errors
 /// are returned (a taken port should stop the worker at start, loudly).
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e}"))?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     info!(addr = %bound, "serving Prometheus metrics at /metrics");
     tokio::spawn(async move {
@@ -159,11 +164,12 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
                 }
                 let head = String::from_utf8_lossy(&buf[..n]);
                 let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, ctype, body) = if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", global().encode())
-                } else {
-                    ("404 Not Found", "text/plain; charset=utf-8", "bullpen serves GET /metrics only\n".to_string())
-                };
+                let (status, ctype, body) =
+                    if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
+                        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", global().encode())
+                    } else {
+                        ("404 Not Found", "text/plain; charset=utf-8", "bullpen serves GET /metrics only\n".to_string())
+                    };
                 let reply = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

@@ -99,7 +99,12 @@ struct Running {
 
 /// Load the queue's plugin (its file, or what is deployed: waiting, with a
 /// log line every 10 s, until something is) and start its binding.
-async fn start_queue(engine: wasmtime::Engine, loader: Arc<Loader>, plan: QueuePlan, shards: &Shards) -> anyhow::Result<Running> {
+async fn start_queue(
+    engine: wasmtime::Engine,
+    loader: Arc<Loader>,
+    plan: QueuePlan,
+    shards: &Shards,
+) -> anyhow::Result<Running> {
     let c = &plan.binding;
     let mut follower = None;
     let plugin = match &plan.plugin {

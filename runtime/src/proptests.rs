@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
+use crate::attempt::input::to_wit_job;
 use crate::bindings::types::JobError;
 use crate::host::check_json_arg;
 use crate::host::retry::Backoff;
 use crate::sandbox::{truncate_utf8, CapturedOutput};
-use crate::attempt::input::to_wit_job;
 
 fn field() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -52,16 +52,18 @@ fn reply() -> impl Strategy<Value = Vec<u8>> {
 
 /// A stream: a few replies, then maybe damaged (a byte changed, or cut).
 fn stream() -> impl Strategy<Value = Vec<u8>> {
-    (proptest::collection::vec(reply(), 1..4), any::<u16>(), any::<u8>(), 0u8..4).prop_map(|(replies, at, byte, damage)| {
-        let mut bytes: Vec<u8> = replies.concat();
-        let at = at as usize % bytes.len();
-        match damage {
-            0 => bytes[at] = byte,
-            1 => bytes.truncate(at),
-            _ => {}
-        }
-        bytes
-    })
+    (proptest::collection::vec(reply(), 1..4), any::<u16>(), any::<u8>(), 0u8..4).prop_map(
+        |(replies, at, byte, damage)| {
+            let mut bytes: Vec<u8> = replies.concat();
+            let at = at as usize % bytes.len();
+            match damage {
+                0 => bytes[at] = byte,
+                1 => bytes.truncate(at),
+                _ => {}
+            }
+            bytes
+        },
+    )
 }
 
 /// Feed `bytes` in pieces cut at `cuts`, decoding after each; then once at

@@ -169,7 +169,14 @@ impl Cluster {
             // The bus port is set explicitly: the default (port + 10000) may be taken or out of range.
             let child = (0..5).find_map(|_| {
                 let (port, bus) = (free_port(), free_port());
-                let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", &bus.to_string()];
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ];
                 spawn_redis(port, &args.map(String::from), &ndir).map(|c| (c, port))
             });
             let (c, port) = child.expect("could not start a cluster redis-server");
@@ -334,7 +341,9 @@ fn run_json(mut cmd: Command, what: &str) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)])))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{what}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)]))
+    })
 }
 
 /// `node tests/node/driver.js <args>` (the real bullmq npm package).

@@ -12,7 +12,15 @@ const T: Duration = Duration::from_secs(60);
 /// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
 /// (one per attempt, recording the plugin version).
 fn guest_logs(j: &Value) -> Value {
-    Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
+    Value::Array(
+        j["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
 }
 
 fn stderr(out: &Output) -> String {
@@ -44,7 +52,8 @@ fn inspect_cli(redis: &Redis, queue: &str, id: &str, extra: &[&str]) -> Output {
 fn inspect_json(redis: &Redis, queue: &str, id: &str) -> Value {
     let out = inspect_cli(redis, queue, id, &[]);
     assert!(out.status.success(), "bullpen inspect {id} failed: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect printed bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("inspect printed bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Node's view of one job.
@@ -68,8 +77,14 @@ fn wait_job(redis: &Redis, queue: &str, id: &str, what: &str, done: impl Fn(&Val
 /// The newest entry of the queue's event stream, as a field map.
 fn last_event(redis: &Redis, queue: &str) -> Value {
     let mut c = redis.conn();
-    let v: Vec<(String, Vec<(String, String)>)> =
-        redis::cmd("XREVRANGE").arg(format!("bull:{queue}:events")).arg("+").arg("-").arg("COUNT").arg(1).query(&mut c).unwrap();
+    let v: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(format!("bull:{queue}:events"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
     let (_, fields) = v.into_iter().next().expect("no events");
     Value::Object(fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
 }
@@ -126,7 +141,11 @@ fn reset_attempts_made_and_started() {
     let ids = node_add(&redis, "z", json!([{"name": "again", "data": {"failTimes": 1}}]));
     let id = &ids[0];
     let j = &wait_finished(&redis, "z", &ids, T)["jobs"][0];
-    assert_eq!((j["state"].as_str(), j["attemptsMade"].as_u64(), j["attemptsStarted"].as_u64()), (Some("failed"), Some(1), Some(1)), "{j:#}");
+    assert_eq!(
+        (j["state"].as_str(), j["attemptsMade"].as_u64(), j["attemptsStarted"].as_u64()),
+        (Some("failed"), Some(1), Some(1)),
+        "{j:#}"
+    );
 
     retry_ok(&redis, "z", id, &["--reset-attempts-made"]);
     let j = wait_job(&redis, "z", id, "failed a second time", |j| j["state"] == "failed" && j["attemptsStarted"] == 2);
@@ -136,7 +155,9 @@ fn reset_attempts_made_and_started() {
     assert_eq!(j["returnvalue"], Value::Null);
 
     retry_ok(&redis, "z", id, &["--reset-attempts-made", "--reset-attempts-started"]);
-    let j = wait_job(&redis, "z", id, "failed with attemptsStarted reset", |j| j["state"] == "failed" && j["attemptsStarted"] == 1);
+    let j = wait_job(&redis, "z", id, "failed with attemptsStarted reset", |j| {
+        j["state"] == "failed" && j["attemptsStarted"] == 1
+    });
     assert_eq!(j["failedReason"], "flaky: failing attempt 1 of 1", "{j:#}");
     assert_eq!(j["attemptsMade"], 1);
 
@@ -268,7 +289,8 @@ fn retry_puts_a_child_back_into_its_parents_dependencies() {
 
     let _w = Worker::start(&redis, "kids", &plugin("flaky", "rust"), &[]);
     assert_eq!(wait_finished(&redis, "kids", &ids, T)["jobs"][0]["state"], "completed");
-    let processed: Option<String> = redis::cmd("HGET").arg("bull:parents:p1:processed").arg(&child_key).query(&mut c).unwrap();
+    let processed: Option<String> =
+        redis::cmd("HGET").arg("bull:parents:p1:processed").arg(&child_key).query(&mut c).unwrap();
     assert_eq!(processed.as_deref(), Some(r#"{"succeededOnAttempt":2}"#));
     assert!(!in_deps(&mut c));
 }
@@ -300,7 +322,17 @@ fn inspect_matches_node() {
     assert_eq!(ok["failedReason"], Value::Null);
     assert_eq!(guest_logs(&ok), json!(["flaky: succeeded on attempt 1"]));
     assert_eq!(ok["logs"][0], format!("bullpen: plugin sha256:{}", ok["pluginDigest"].as_str().unwrap()), "{ok:#}");
-    for k in ["state", "data", "returnvalue", "progress", "attemptsMade", "attemptsStarted", "processedOn", "finishedOn", "logs"] {
+    for k in [
+        "state",
+        "data",
+        "returnvalue",
+        "progress",
+        "attemptsMade",
+        "attemptsStarted",
+        "processedOn",
+        "finishedOn",
+        "logs",
+    ] {
         assert_eq!(ok[k], n[k], "{k}: bullpen {ok:#} vs node {n:#}");
     }
     assert!(ok["timestamp"].as_u64().unwrap() <= ok["processedOn"].as_u64().unwrap());
@@ -325,7 +357,8 @@ fn inspect_waiting_bad_data_parent_and_prefix() {
     let redis = Redis::start();
     let ids = node_add(&redis, "v", json!([{"name": "raw", "data": {"x": 1}}, {"name": "p", "data": [1]}]));
     let mut c = redis.conn();
-    let _: () = redis::cmd("HSET").arg(format!("bull:v:{}", ids[0])).arg("data").arg("{not json").query(&mut c).unwrap();
+    let _: () =
+        redis::cmd("HSET").arg(format!("bull:v:{}", ids[0])).arg("data").arg("{not json").query(&mut c).unwrap();
     let j = inspect_json(&redis, "v", &ids[0]);
     assert_eq!(j["state"], "waiting");
     assert_eq!(j["data"], "{not json");
@@ -334,13 +367,29 @@ fn inspect_waiting_bad_data_parent_and_prefix() {
     assert_eq!((&j["processedOn"], &j["finishedOn"], &j["returnvalue"]), (&Value::Null, &Value::Null, &Value::Null));
     assert_eq!(j["logs"], json!([]));
 
-    let kid = node_add(&redis, "v", json!([{"name": "kid", "data": {}, "opts": {"parent": {"id": ids[1], "queue": "bull:v"}}}]));
+    let kid = node_add(
+        &redis,
+        "v",
+        json!([{"name": "kid", "data": {}, "opts": {"parent": {"id": ids[1], "queue": "bull:v"}}}]),
+    );
     let j = inspect_json(&redis, "v", &kid[0]);
     assert_eq!(j["parent"]["id"], ids[1].as_str(), "{j:#}");
     assert_eq!(j["parent"]["queueKey"], "bull:v");
 
     let url = redis.url();
-    let out = bullpen(&["add", "--redis", &url, "--queue", "v", "--prefix", "other", "n", r#"{"in":"other"}"#, "--opts", r#"{"jobId":"o1"}"#]);
+    let out = bullpen(&[
+        "add",
+        "--redis",
+        &url,
+        "--queue",
+        "v",
+        "--prefix",
+        "other",
+        "n",
+        r#"{"in":"other"}"#,
+        "--opts",
+        r#"{"jobId":"o1"}"#,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = inspect_cli(&redis, "v", "o1", &["--prefix", "other"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -353,7 +402,9 @@ fn inspect_waiting_bad_data_parent_and_prefix() {
 #[test]
 fn help_for_retry_and_inspect() {
     let text = String::from_utf8_lossy(&bullpen(&["retry", "--help"]).stdout).to_string();
-    for flag in ["--redis", "--queue", "--prefix", "--state", "--reset-attempts-made", "--reset-attempts-started", "<JOB_ID>"] {
+    for flag in
+        ["--redis", "--queue", "--prefix", "--state", "--reset-attempts-made", "--reset-attempts-started", "<JOB_ID>"]
+    {
         assert!(text.contains(flag), "retry --help lacks {flag}: {text}");
     }
     let text = String::from_utf8_lossy(&bullpen(&["inspect", "--help"]).stdout).to_string();

@@ -12,7 +12,15 @@ const T: Duration = Duration::from_secs(90);
 /// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
 /// (one per attempt, recording the plugin version).
 fn guest_logs(j: &Value) -> Value {
-    Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
+    Value::Array(
+        j["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
 }
 
 fn job(v: &Value, i: usize) -> &Value {
@@ -33,7 +41,11 @@ fn steps_run_through_delay_children_and_finish() {
     // (BullMQ's moveToWaitingChildren finds nothing to wait for), and this
     // test is about the path through waiting-children.
     while inspect(&redis, "orders", &ids)["jobs"][0]["state"] != "waiting-children" {
-        assert!(started.elapsed() < T, "the parent never waited for its children: {:#}", inspect(&redis, "orders", &ids));
+        assert!(
+            started.elapsed() < T,
+            "the parent never waited for its children: {:#}",
+            inspect(&redis, "orders", &ids)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let _kids = Worker::start(&redis, "orders-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
@@ -50,7 +62,10 @@ fn steps_run_through_delay_children_and_finish() {
     );
     assert_eq!(guest_logs(j), json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]));
     assert_eq!(j["attemptsMade"], 1, "delays and waits do not count as attempts");
-    assert!(j["attemptsStarted"].as_u64().unwrap() >= 3, "started at Initial, after the delay, after the children: {j:#}");
+    assert!(
+        j["attemptsStarted"].as_u64().unwrap() >= 3,
+        "started at Initial, after the delay, after the children: {j:#}"
+    );
     assert_eq!(j["data"], json!({"step": "Finish", "order": 7}), "the step is stored in the job data");
     assert!(started.elapsed() >= Duration::from_millis(200), "the delay was honoured");
 }
@@ -63,14 +78,19 @@ fn steps_resume_at_the_stored_step_after_a_failure() {
     let _steps = Worker::start(&redis, "st", &plugin("steps", "rust"), &["--concurrency", "4"]);
     let _kids = Worker::start(&redis, "st-children", &plugin("echo", "rust"), &["--concurrency", "4"]);
     let steps = ["Initial", "Second", "Third", "Finish"];
-    let jobs: Vec<Value> = steps.iter().map(|s| json!({"name": s, "data": {"failAt": s}, "opts": {"attempts": 2}})).collect();
+    let jobs: Vec<Value> =
+        steps.iter().map(|s| json!({"name": s, "data": {"failAt": s}, "opts": {"attempts": 2}})).collect();
     let ids = node_add(&redis, "st", Value::Array(jobs));
     let v = wait_finished(&redis, "st", &ids, T);
     for (i, s) in steps.iter().enumerate() {
         let j = job(&v, i);
         assert_eq!(j["state"], "completed", "failAt {s}: {j:#}");
         assert_eq!(j["attemptsMade"], 2, "failAt {s}: one failure + the completion");
-        assert_eq!(guest_logs(j), json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]), "failAt {s}");
+        assert_eq!(
+            guest_logs(j),
+            json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]),
+            "failAt {s}"
+        );
         assert_eq!(j["returnvalue"]["children"].as_object().unwrap().len(), 2, "failAt {s}");
     }
     let kids = node(&["counts", &redis.url(), "st-children"]);
@@ -95,10 +115,14 @@ fn unrecoverable_fails_at_once() {
 fn trap_fails_the_attempt_with_a_named_reason_and_retries() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "p", &plugin("flaky", "rust"), &[]);
-    let ids = node_add(&redis, "p", json!([
-        {"name": "boom", "data": {"panic": true}, "opts": {"attempts": 2}},
-        {"name": "fine", "data": {}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "p",
+        json!([
+            {"name": "boom", "data": {"panic": true}, "opts": {"attempts": 2}},
+            {"name": "fine", "data": {}},
+        ]),
+    );
     let v = wait_finished(&redis, "p", &ids, T);
     let j = job(&v, 0);
     assert_eq!(j["state"], "failed");
@@ -106,7 +130,10 @@ fn trap_fails_the_attempt_with_a_named_reason_and_retries() {
     let reason = j["failedReason"].as_str().unwrap();
     assert!(reason.starts_with("wasm trap: unreachable"), "{reason}");
     assert!(reason.contains("flaky: asked to panic on attempt 2"), "{reason}");
-    assert!(j["logs"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("panicked at")), "stderr goes to the log");
+    assert!(
+        j["logs"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("panicked at")),
+        "stderr goes to the log"
+    );
     assert_eq!(job(&v, 1)["state"], "completed");
 }
 
@@ -135,7 +162,11 @@ fn delayed_events(redis: &Redis, queue: &str, id: &str) -> Vec<(i64, i64)> {
 fn retry_after_uses_the_guests_delay() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "ra", &plugin("flaky", "rust"), &[]);
-    let ids = node_add(&redis, "ra", json!([{"name": "x", "data": {"failTimes": 1, "retryAfterMs": 1500}, "opts": {"attempts": 2}}]));
+    let ids = node_add(
+        &redis,
+        "ra",
+        json!([{"name": "x", "data": {"failTimes": 1, "retryAfterMs": 1500}, "opts": {"attempts": 2}}]),
+    );
     let v = wait_finished(&redis, "ra", &ids, T);
     let j = job(&v, 0);
     assert_eq!(j["state"], "completed");
@@ -156,10 +187,14 @@ fn retry_after_uses_the_guests_delay() {
 fn backoff_fixed_and_exponential_from_job_opts() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "b", &plugin("flaky", "rust"), &["--concurrency", "2"]);
-    let ids = node_add(&redis, "b", json!([
-        {"name": "fixed", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "fixed", "delay": 400}}},
-        {"name": "exp", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "exponential", "delay": 300}}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "b",
+        json!([
+            {"name": "fixed", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "fixed", "delay": 400}}},
+            {"name": "exp", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "exponential", "delay": 300}}},
+        ]),
+    );
     let v = wait_finished(&redis, "b", &ids, T);
     for i in 0..2 {
         let j = job(&v, i);
@@ -193,7 +228,8 @@ fn backoff_jitter_is_applied() {
         loop {
             let score: Option<f64> = redis::cmd("ZSCORE").arg("bull:j:delayed").arg(id).query(&mut c).unwrap();
             if let Some(score) = score {
-                let fin: String = redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
+                let fin: String =
+                    redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
                 delays.push((score / 4096.0) as i64 - fin.parse::<i64>().unwrap());
                 break;
             }
@@ -270,14 +306,17 @@ fn node_flow_producer_flow_runs_bottom_up() {
     let redis = Redis::start();
     let _p = Worker::start(&redis, "fparents", &plugin("flaky", "rust"), &[]);
     let _k = Worker::start(&redis, "fkids", &plugin("flaky", "rust"), &["--concurrency", "3"]);
-    let tree = flow(&redis, json!({
-        "name": "parent", "queueName": "fparents", "data": {"returnChildren": true},
-        "children": [
-            {"name": "kid-a", "queueName": "fkids", "data": {"returnChildren": true},
-             "children": [{"name": "grandkid", "queueName": "fkids", "data": {}}]},
-            {"name": "kid-b", "queueName": "fkids", "data": {}},
-        ]
-    }));
+    let tree = flow(
+        &redis,
+        json!({
+            "name": "parent", "queueName": "fparents", "data": {"returnChildren": true},
+            "children": [
+                {"name": "kid-a", "queueName": "fkids", "data": {"returnChildren": true},
+                 "children": [{"name": "grandkid", "queueName": "fkids", "data": {}}]},
+                {"name": "kid-b", "queueName": "fkids", "data": {}},
+            ]
+        }),
+    );
     let pid = tree["id"].as_str().unwrap().to_string();
     let a = tree["children"][0]["id"].as_str().unwrap();
     let b = tree["children"][1]["id"].as_str().unwrap();
@@ -285,10 +324,13 @@ fn node_flow_producer_flow_runs_bottom_up() {
     let v = wait_finished(&redis, "fparents", std::slice::from_ref(&pid), T);
     let parent = job(&v, 0);
     assert_eq!(parent["state"], "completed", "{parent:#}");
-    assert_eq!(parent["returnvalue"]["children"], json!({
-        format!("bull:fkids:{a}"): {"succeededOnAttempt": 1, "children": {format!("bull:fkids:{g}"): {"succeededOnAttempt": 1}}},
-        format!("bull:fkids:{b}"): {"succeededOnAttempt": 1},
-    }));
+    assert_eq!(
+        parent["returnvalue"]["children"],
+        json!({
+            format!("bull:fkids:{a}"): {"succeededOnAttempt": 1, "children": {format!("bull:fkids:{g}"): {"succeededOnAttempt": 1}}},
+            format!("bull:fkids:{b}"): {"succeededOnAttempt": 1},
+        })
+    );
     let kids = inspect(&redis, "fkids", &[a.into(), b.into(), g.into()]);
     let done = |i: usize| kids["jobs"][i]["finishedOn"].as_u64().unwrap();
     assert!(done(2) <= done(0), "grandchild before its parent");
@@ -302,20 +344,26 @@ fn flow_fail_parent_and_ignore_dependency_on_failure() {
     let redis = Redis::start();
     let _p = Worker::start(&redis, "gp", &plugin("flaky", "rust"), &["--concurrency", "2"]);
     let _k = Worker::start(&redis, "gk", &plugin("flaky", "rust"), &["--concurrency", "4"]);
-    let failing = flow(&redis, json!({
-        "name": "p1", "queueName": "gp", "data": {"returnChildren": true},
-        "children": [
-            {"name": "bad", "queueName": "gk", "data": {"fatal": true}, "opts": {"failParentOnFailure": true}},
-            {"name": "good", "queueName": "gk", "data": {}},
-        ]
-    }));
-    let ignoring = flow(&redis, json!({
-        "name": "p2", "queueName": "gp", "data": {"returnChildren": true},
-        "children": [
-            {"name": "bad", "queueName": "gk", "data": {"fatal": true}, "opts": {"ignoreDependencyOnFailure": true}},
-            {"name": "good", "queueName": "gk", "data": {}},
-        ]
-    }));
+    let failing = flow(
+        &redis,
+        json!({
+            "name": "p1", "queueName": "gp", "data": {"returnChildren": true},
+            "children": [
+                {"name": "bad", "queueName": "gk", "data": {"fatal": true}, "opts": {"failParentOnFailure": true}},
+                {"name": "good", "queueName": "gk", "data": {}},
+            ]
+        }),
+    );
+    let ignoring = flow(
+        &redis,
+        json!({
+            "name": "p2", "queueName": "gp", "data": {"returnChildren": true},
+            "children": [
+                {"name": "bad", "queueName": "gk", "data": {"fatal": true}, "opts": {"ignoreDependencyOnFailure": true}},
+                {"name": "good", "queueName": "gk", "data": {}},
+            ]
+        }),
+    );
     let p1 = failing["id"].as_str().unwrap().to_string();
     let p2 = ignoring["id"].as_str().unwrap().to_string();
     let v = wait_finished(&redis, "gp", &[p1, p2], T);
@@ -335,14 +383,21 @@ fn flow_fail_parent_and_ignore_dependency_on_failure() {
 fn custom_backoff_is_computed_by_the_guest() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "cb", &plugin("flaky", "rust"), &["--concurrency", "2"]);
-    let ids = node_add(&redis, "cb", json!([
-        {"name": "linear", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "linear"}}},
-        {"name": "never", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "never"}}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "cb",
+        json!([
+            {"name": "linear", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "linear"}}},
+            {"name": "never", "data": {"failTimes": 2}, "opts": {"attempts": 3, "backoff": {"type": "never"}}},
+        ]),
+    );
     let v = wait_finished(&redis, "cb", &ids, T);
     let delays = delayed_events(&redis, "cb", &ids[0]);
     assert_eq!(delays.len(), 2, "{delays:?}");
-    assert!((290..=310).contains(&delays[0].1) && (590..=610).contains(&delays[1].1), "linear: 300 ms x attempts made: {delays:?}");
+    assert!(
+        (290..=310).contains(&delays[0].1) && (590..=610).contains(&delays[1].1),
+        "linear: 300 ms x attempts made: {delays:?}"
+    );
     assert_eq!(job(&v, 0)["state"], "completed");
     assert_eq!(job(&v, 0)["attemptsMade"], 3);
     assert_eq!(job(&v, 1)["state"], "failed", "give-up stops retries");
@@ -357,15 +412,22 @@ fn add_child_is_limited_to_allowed_queues() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "ac", &plugin("steps", "rust"), &["--child-queue", "ac-kids"]);
     let _k = Worker::start(&redis, "ac-kids", &plugin("echo", "rust"), &[]);
-    let ids = node_add(&redis, "ac", json!([
-        {"name": "allowed", "data": {"childQueue": "ac-kids"}},
-        {"name": "forbidden", "data": {"childQueue": "payments"}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "ac",
+        json!([
+            {"name": "allowed", "data": {"childQueue": "ac-kids"}},
+            {"name": "forbidden", "data": {"childQueue": "payments"}},
+        ]),
+    );
     let v = wait_finished(&redis, "ac", &ids, T);
     assert_eq!(job(&v, 0)["state"], "completed");
     assert_eq!(job(&v, 1)["state"], "failed");
     let reason = job(&v, 1)["failedReason"].as_str().unwrap();
-    assert!(reason.starts_with("invalid argument: queue `payments` is not one this binding may add children to"), "{reason}");
+    assert!(
+        reason.starts_with("invalid argument: queue `payments` is not one this binding may add children to"),
+        "{reason}"
+    );
     assert_eq!(node(&["counts", &redis.url(), "payments"])["waiting"], 0, "nothing was added");
 }
 
@@ -381,7 +443,8 @@ fn job_scheduler_iterations_run_with_the_template_data() {
     let deadline = Instant::now() + T;
     let done = loop {
         let r = node(&["report", &redis.url(), "sched"]);
-        let done: Vec<Value> = r["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "completed").cloned().collect();
+        let done: Vec<Value> =
+            r["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "completed").cloned().collect();
         if done.len() >= 3 {
             break done;
         }

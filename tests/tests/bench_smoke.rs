@@ -13,7 +13,12 @@ fn bench_run_smoke_mode_completes_every_scenario() {
     let _ = (bullpen_bin(), plugin("echo", "rust"));
     let out = Command::new("python3").arg(root().join("bench/run.py")).arg("--smoke").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench/run.py --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench/run.py --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     for scenario in ["## worker-concurrent:", "## worker-generic:", "## job-latency:"] {
         assert!(stdout.contains(scenario), "no {scenario} table:\n{stdout}");
     }
@@ -37,9 +42,17 @@ fn bench_run_together_runs_contenders_side_by_side() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench/run.py --together failed: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench/run.py --together failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     for contender in ["node", "bullpen-rust"] {
-        let row = stdout.lines().find(|l| l.starts_with(&format!("| {contender} |"))).unwrap_or_else(|| panic!("no {contender} row:\n{stdout}"));
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {contender} |")))
+            .unwrap_or_else(|| panic!("no {contender} row:\n{stdout}"));
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         // | name | workers | jobs/s | vs node | vs native | CPU | CPU vs node | Redis CPU | scripts | Redis % | RSS | failed |
         assert_eq!(&cells[8..11], ["-", "-", "-"], "Redis columns are shared when together: {row}");

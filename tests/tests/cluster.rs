@@ -16,7 +16,11 @@ use serde_json::Value;
 
 /// Each queue's hash-tagged prefix (slots 9263 and 11837: two masters).
 fn prefix(queue: &str) -> &'static str {
-    if queue == "orders" { "{bull}" } else { "{bull-b}" }
+    if queue == "orders" {
+        "{bull}"
+    } else {
+        "{bull-b}"
+    }
 }
 const T: Duration = Duration::from_secs(300);
 const DIGEST_LINE: &str = "bullpen: plugin sha256:";
@@ -54,7 +58,6 @@ fn node_cluster(c: &Cluster, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-
 /// The `switched_at` (ms) of the worker's "plugin switched" line.
 fn switched_at(log: &str) -> u64 {
     let line = log.lines().find(|l| l.contains("plugin switched")).expect("no plugin switched line");
@@ -77,7 +80,10 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
     // A Cluster without a hash-tagged prefix is refused before anything is written.
     let out = bullpen(&["add", "--cluster", "--redis", &seeds[0], "--queue", "orders", "--prefix", "bull", "x", "{}"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster needs a hash-tagged --prefix such as '{bull}'"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cluster needs a hash-tagged --prefix such as '{bull}'"),
+        "{out:?}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(plugin("echo", "rust")).unwrap();
@@ -91,7 +97,9 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
     // Three registry workers (no --plugin): two on orders, one on emails.
     let worker = |queue: &str, name: &str| {
         let mut args = cluster.args();
-        args.extend(["--prefix", prefix(queue), "--queue", queue, "--concurrency", "20", "--name", name].map(String::from));
+        args.extend(
+            ["--prefix", prefix(queue), "--queue", queue, "--concurrency", "20", "--name", name].map(String::from),
+        );
         Worker::spawn(&args)
     };
     let workers = [("w1", worker("orders", "w1")), ("w2", worker("orders", "w2")), ("w3", worker("emails", "w3"))];
@@ -212,23 +220,36 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
             assert_eq!(slot(&mut conn, &key), s, "{key}");
             assert!(redis::cmd("EXISTS").arg(&key).query::<bool>(&mut conn).unwrap(), "{key}");
         }
-        let holders: Vec<u16> = cluster.ports.iter().copied().filter(|port| {
-            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
-            redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s).query::<u64>(&mut c).unwrap() > 0
-        }).collect();
+        let holders: Vec<u16> = cluster
+            .ports
+            .iter()
+            .copied()
+            .filter(|port| {
+                let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
+                redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s).query::<u64>(&mut c).unwrap() > 0
+            })
+            .collect();
         assert_eq!(holders.len(), 1, "{q}: slot {s} on {holders:?}");
         owners.push(holders[0]);
     }
     assert_ne!(owners[0], owners[1], "the two queues are on two masters");
-    assert!(!owners.contains(&cluster.ports[0]), "the seed workers subscribe on holds neither queue, so notices crossed nodes");
-    let current: String = redis::cmd("GET").arg(format!("{}:orders:bullpen:current", prefix("orders"))).query(&mut conn).unwrap();
+    assert!(
+        !owners.contains(&cluster.ports[0]),
+        "the seed workers subscribe on holds neither queue, so notices crossed nodes"
+    );
+    let current: String =
+        redis::cmd("GET").arg(format!("{}:orders:bullpen:current", prefix("orders"))).query(&mut conn).unwrap();
     assert_eq!(current, d2);
     // The other commands work through the cluster too.
     let plugins: Value = serde_json::from_str(&stdout_ok(&bp(&cluster, "plugins", "orders", &["--json"]))).unwrap();
     assert_eq!(plugins.as_array().unwrap().len(), 2);
     let first = &added["orders"][0];
     let view: Value = serde_json::from_str(&stdout_ok(&bp(&cluster, "inspect", "orders", &[first]))).unwrap();
-    assert_eq!((view["state"].as_str(), view["pluginDigest"].as_str()), (Some("completed"), Some(d1.as_str())), "{view}");
+    assert_eq!(
+        (view["state"].as_str(), view["pluginDigest"].as_str()),
+        (Some("completed"), Some(d1.as_str())),
+        "{view}"
+    );
     let id = stdout_ok(&bp(&cluster, "add", "emails", &["late", r#"{"late":true}"#]));
     let deadline = Instant::now() + T;
     while completed(&mut conn, "emails").0 < 4001 {

@@ -12,7 +12,15 @@ const T: Duration = Duration::from_secs(120);
 
 /// Log lines written by the guest (bullpen's own `bullpen: ...` lines removed).
 fn guest_logs(job: &Value) -> Value {
-    Value::Array(job["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
+    Value::Array(
+        job["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
 }
 
 pub fn echo(lang: &str) {
@@ -30,7 +38,11 @@ pub fn echo(lang: &str) {
         assert_eq!(j["returnvalue"], jobs[i]["data"], "{lang}");
         assert_eq!(j["progress"], 100, "{lang}");
         assert_eq!(j["attemptsMade"], 1, "{lang}");
-        assert_eq!(guest_logs(j), json!([format!("echo: job {} ({})", ids[i], jobs[i]["name"].as_str().unwrap())]), "{lang}");
+        assert_eq!(
+            guest_logs(j),
+            json!([format!("echo: job {} ({})", ids[i], jobs[i]["name"].as_str().unwrap())]),
+            "{lang}"
+        );
     }
     // Key order of the return value is the producer's, byte for byte.
     let mut c = redis.conn();
@@ -52,7 +64,12 @@ pub fn steps(lang: &str) {
         let id = &ids[i];
         assert_eq!(j["state"], "completed", "{lang}: {j:#}");
         assert_eq!(j["attemptsMade"], if i == 0 { 1 } else { 2 }, "{lang}: {}", j["name"]);
-        assert_eq!(guest_logs(j), json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]), "{lang}: {}", j["name"]);
+        assert_eq!(
+            guest_logs(j),
+            json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]),
+            "{lang}: {}",
+            j["name"]
+        );
         assert_eq!(
             j["returnvalue"],
             json!({"step": "Finish", "children": {
@@ -69,17 +86,21 @@ pub fn steps(lang: &str) {
 pub fn flaky(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "f", &plugin("flaky", lang), &["--concurrency", "8"]);
-    let ids = node_add(&redis, "f", json!([
-        {"name": "once", "data": {"failTimes": 9}},
-        {"name": "recovers", "data": {"failTimes": 2}, "opts": {"attempts": 3}},
-        {"name": "fatal", "data": {"fatal": true}, "opts": {"attempts": 4}},
-        {"name": "panic", "data": {"panic": true}, "opts": {"attempts": 2}},
-        {"name": "countdown", "data": {"failTimes": 1, "retryAfterMs": 300}, "opts": {"attempts": 2}},
-        {"name": "linear", "data": {"failTimes": 1}, "opts": {"attempts": 2, "backoff": {"type": "linear"}}},
-        {"name": "never", "data": {"failTimes": 1}, "opts": {"attempts": 2, "backoff": {"type": "never"}}},
-        {"name": "touch", "data": {"sleepMs": 10}},
-        {"name": "badtype", "data": {"failTimes": "three"}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "f",
+        json!([
+            {"name": "once", "data": {"failTimes": 9}},
+            {"name": "recovers", "data": {"failTimes": 2}, "opts": {"attempts": 3}},
+            {"name": "fatal", "data": {"fatal": true}, "opts": {"attempts": 4}},
+            {"name": "panic", "data": {"panic": true}, "opts": {"attempts": 2}},
+            {"name": "countdown", "data": {"failTimes": 1, "retryAfterMs": 300}, "opts": {"attempts": 2}},
+            {"name": "linear", "data": {"failTimes": 1}, "opts": {"attempts": 2, "backoff": {"type": "linear"}}},
+            {"name": "never", "data": {"failTimes": 1}, "opts": {"attempts": 2, "backoff": {"type": "never"}}},
+            {"name": "touch", "data": {"sleepMs": 10}},
+            {"name": "badtype", "data": {"failTimes": "three"}},
+        ]),
+    );
     let v = wait_finished(&redis, "f", &ids, T);
     let j = |i: usize| &v["jobs"][i];
     let expect = |i: usize, state: &str, atm: u64| {
@@ -157,7 +178,8 @@ fn go_writes_the_same_json_text_as_rust() {
             let key = format!("bull:{q}:{id}");
             let data: Option<String> = redis::cmd("HGET").arg(&key).arg("data").query(&mut c).unwrap();
             let rv: Option<String> = redis::cmd("HGET").arg(&key).arg("returnvalue").query(&mut c).unwrap();
-            let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("{key}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+            let logs: Vec<String> =
+                redis::cmd("LRANGE").arg(format!("{key}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
             let logs: Vec<String> = logs.into_iter().filter(|l| !l.starts_with("bullpen: ")).collect();
             out.push((key, data, rv, json!(logs)));
         }

@@ -128,7 +128,8 @@ fn redis_restart_under_a_running_worker_loses_nothing() {
     let first: Vec<Value> = (0..50).map(|i| json!({"name": "before", "data": {"i": i}})).collect();
     let mut ids = node_add(&redis, "rr", Value::Array(first));
     wait_finished(&redis, "rr", &ids, T);
-    let queued: Vec<Value> = (0..50).map(|i| json!({"name": "during", "data": {"i": i}, "opts": {"delay": 1500}})).collect();
+    let queued: Vec<Value> =
+        (0..50).map(|i| json!({"name": "during", "data": {"i": i}, "opts": {"delay": 1500}})).collect();
     ids.extend(node_add(&redis, "rr", Value::Array(queued)));
     redis.restart(Duration::from_millis(1500));
     let after: Vec<Value> = (0..50).map(|i| json!({"name": "after", "data": {"i": i}})).collect();
@@ -147,7 +148,8 @@ fn redis_restart_under_a_running_worker_loses_nothing() {
 #[test]
 fn lock_renewal_outlives_long_and_spinning_attempts() {
     let redis = Redis::start();
-    let flags = ["--concurrency", "2", "--lock-duration-ms", "1000", "--stalled-interval-ms", "500", "--timeout-ms", "3000"];
+    let flags =
+        ["--concurrency", "2", "--lock-duration-ms", "1000", "--stalled-interval-ms", "500", "--timeout-ms", "3000"];
     let w = Worker::start(&redis, "lr", &plugin("flaky", "rust"), &flags);
     let h = Worker::start(&redis, "lr-hog", &plugin("hog", "rust"), &flags);
     let ids = node_add(&redis, "lr", json!([{"name": "long", "data": {"sleepMs": 2500}}]));
@@ -157,12 +159,23 @@ fn lock_renewal_outlives_long_and_spinning_attempts() {
     assert_eq!(v["jobs"][0]["attemptsMade"], 1);
     assert_eq!(v["jobs"][0]["attemptsStarted"], 1, "never re-run by a stalled check");
     let hv = wait_finished(&redis, "lr-hog", &hog, T);
-    assert_eq!(hv["jobs"][0]["failedReason"], "attempt timed out: exceeded the wall-clock limit of 3000 ms (--timeout-ms)");
+    assert_eq!(
+        hv["jobs"][0]["failedReason"],
+        "attempt timed out: exceeded the wall-clock limit of 3000 ms (--timeout-ms)"
+    );
     assert_eq!(hv["jobs"][0]["attemptsStarted"], 1, "the spinning guest did not starve lock renewal");
     let mut c = redis.conn();
     for q in ["lr", "lr-hog"] {
-        let stalled: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(format!("bull:{q}:events")).arg("-").arg("+").query::<Vec<(String, Vec<String>)>>(&mut c).unwrap();
-        assert!(!stalled.iter().any(|(_, f)| f.get(1).map(String::as_str) == Some("stalled")), "{q}: a stalled event was emitted");
+        let stalled: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("bull:{q}:events"))
+            .arg("-")
+            .arg("+")
+            .query::<Vec<(String, Vec<String>)>>(&mut c)
+            .unwrap();
+        assert!(
+            !stalled.iter().any(|(_, f)| f.get(1).map(String::as_str) == Some("stalled")),
+            "{q}: a stalled event was emitted"
+        );
     }
     drop((w, h));
 }

@@ -87,7 +87,11 @@ fn start_chromium(dir: &Path) -> (Group, String) {
         if let Ok(Some(status)) = chromium.0.try_wait() {
             panic!("{bin} exited ({status}) before opening DevTools (scripts/setup.sh installs Debian's chromium); log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
-        assert!(Instant::now() < deadline, "{bin} opened no DevTools port within {BROWSER_T:?}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "{bin} opened no DevTools port within {BROWSER_T:?}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -171,7 +175,8 @@ fn bull_board_shows_jobs_bullpen_processed() {
     let _ = std::fs::remove_file(&shot);
 
     // Completed echo jobs: return value, log lines, progress 100.
-    let cards = browse(&ws, &format!("{board}/queue/emails?status=completed"), "welcome", Some(&shot), &["Logs", "Data"]);
+    let cards =
+        browse(&ws, &format!("{board}/queue/emails?status=completed"), "welcome", Some(&shot), &["Logs", "Data"]);
     assert_eq!(cards.as_object().unwrap().len(), 2, "{cards:#}");
     for (id, (name, to)) in emails.iter().zip([("welcome", "ada@example.com"), ("digest", "grace@example.com")]) {
         let data = tab(&cards, id, "Data");
@@ -193,7 +198,9 @@ fn bull_board_shows_jobs_bullpen_processed() {
     // Failed jobs: the failed reason (unrecoverable, and retries exhausted) and the logs.
     let cards = browse(&ws, &format!("{board}/queue/payments?status=failed"), "refund", None, &["Error", "Logs"]);
     assert_eq!(cards.as_object().unwrap().len(), 2, "{cards:#}");
-    for (id, reason) in [(&payments[1], "flaky: fatal error on attempt 1"), (&payments[2], "flaky: failing attempt 2 of 5")] {
+    for (id, reason) in
+        [(&payments[1], "flaky: fatal error on attempt 1"), (&payments[2], "flaky: failing attempt 2 of 5")]
+    {
         let error = tab(&cards, id, "Error");
         assert!(error.contains(reason), "card {id} lacks failed reason {reason:?}: {error}");
         assert!(tab(&cards, id, "Logs").contains("bullpen: plugin sha256:"), "{cards:#}");

@@ -11,7 +11,15 @@ const T: Duration = Duration::from_secs(60);
 /// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
 /// (one per attempt, recording the plugin version).
 fn guest_logs(j: &Value) -> Value {
-    Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
+    Value::Array(
+        j["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
 }
 
 /// Node adds varied jobs; bullpen's echo processes them; Node sees exactly
@@ -61,7 +69,17 @@ fn node_jobs_processed_and_observed_from_node() {
 #[test]
 fn bullpen_add_then_node_reads() {
     let redis = Redis::start();
-    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "q", "greet", r#"{"who":"Ada"}"#, "--opts", r#"{"jobId":"g1","attempts":2}"#]);
+    let out = bullpen(&[
+        "add",
+        "--redis",
+        &redis.url(),
+        "--queue",
+        "q",
+        "greet",
+        r#"{"who":"Ada"}"#,
+        "--opts",
+        r#"{"jobId":"g1","attempts":2}"#,
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "g1");
     let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "q", "plain", "[1,2]"]);
@@ -132,7 +150,8 @@ fn job_data_not_json_fails_clearly_and_worker_goes_on() {
     let redis = Redis::start();
     let ids = node_add(&redis, "bad", json!([{"name": "broken", "data": {"ok": true}}]));
     let mut c = redis.conn();
-    let _: () = redis::cmd("HSET").arg(format!("bull:bad:{}", ids[0])).arg("data").arg("{not json").query(&mut c).unwrap();
+    let _: () =
+        redis::cmd("HSET").arg(format!("bull:bad:{}", ids[0])).arg("data").arg("{not json").query(&mut c).unwrap();
     let more = node_add(&redis, "bad", json!([{"name": "fine", "data": {"ok": 1}}]));
     let _w = Worker::start(&redis, "bad", &plugin("echo", "rust"), &[]);
     // Node's own Job.fromId throws on such data, so read the broken job raw.
@@ -141,7 +160,8 @@ fn job_data_not_json_fails_clearly_and_worker_goes_on() {
     assert_eq!(v["jobs"][0]["returnvalue"], json!({"ok": 1}));
     let failed: Vec<String> = redis::cmd("ZRANGE").arg("bull:bad:failed").arg(0).arg(-1).query(&mut c).unwrap();
     assert_eq!(failed, vec![ids[0].clone()]);
-    let reason: String = redis::cmd("HGET").arg(format!("bull:bad:{}", ids[0])).arg("failedReason").query(&mut c).unwrap();
+    let reason: String =
+        redis::cmd("HGET").arg(format!("bull:bad:{}", ids[0])).arg("failedReason").query(&mut c).unwrap();
     assert!(reason.starts_with("job data is not valid JSON"), "{reason}");
     let atm: String = redis::cmd("HGET").arg(format!("bull:bad:{}", ids[0])).arg("atm").query(&mut c).unwrap();
     assert_eq!(atm, "1");
@@ -153,7 +173,11 @@ fn job_data_not_json_fails_clearly_and_worker_goes_on() {
 fn missing_or_huge_job_data_fails_clearly() {
     let redis = Redis::start();
     let huge = "x".repeat(17 << 20);
-    let ids = node_add(&redis, "hd", json!([{"name": "huge", "data": {"blob": huge}}, {"name": "nodata", "data": {}}, {"name": "fine", "data": 5}]));
+    let ids = node_add(
+        &redis,
+        "hd",
+        json!([{"name": "huge", "data": {"blob": huge}}, {"name": "nodata", "data": {}}, {"name": "fine", "data": 5}]),
+    );
     let mut c = redis.conn();
     let _: () = redis::cmd("HDEL").arg(format!("bull:hd:{}", ids[1])).arg("data").query(&mut c).unwrap();
     let _w = Worker::start(&redis, "hd", &plugin("echo", "rust"), &[]);
@@ -210,12 +234,17 @@ fn bad_plugins_are_refused_and_no_job_is_lost() {
     assert!(err.contains("process"), "should name the missing export: {err}");
 
     let importer = dir.path().join("importer.wasm");
-    std::fs::write(&importer, wat::parse_str(r#"(component (import "evil:net/socket" (instance (export "connect" (func)))))"#).unwrap()).unwrap();
+    std::fs::write(
+        &importer,
+        wat::parse_str(r#"(component (import "evil:net/socket" (instance (export "connect" (func)))))"#).unwrap(),
+    )
+    .unwrap();
     let err = worker_refuses(&redis, &importer);
     assert!(err.contains("does not match") && err.contains("evil:net/socket"), "{err}");
 
     let trapper = dir.path().join("trapper.wasm");
-    let wat = r#"(component (core module $m (func $start unreachable) (start $start)) (core instance (instantiate $m)))"#;
+    let wat =
+        r#"(component (core module $m (func $start unreachable) (start $start)) (core instance (instantiate $m)))"#;
     std::fs::write(&trapper, wat::parse_str(wat).unwrap()).unwrap();
     let err = worker_refuses(&redis, &trapper);
     assert!(err.contains("traps when instantiated") && err.contains("unreachable"), "{err}");
@@ -270,7 +299,15 @@ fn second_start_loads_the_precompiled_artifact() {
     let start = |n: usize| {
         let log = cache.path().join(format!("worker{n}.log"));
         let child = std::process::Command::new(bullpen_bin())
-            .args(["worker", "--redis", &redis.url(), "--queue", "c", "--plugin", plugin("echo", "rust").to_str().unwrap()])
+            .args([
+                "worker",
+                "--redis",
+                &redis.url(),
+                "--queue",
+                "c",
+                "--plugin",
+                plugin("echo", "rust").to_str().unwrap(),
+            ])
             .env("BULLPEN_CACHE_DIR", cache.path().join("artifacts"))
             .env("NO_COLOR", "1")
             .stderr(std::fs::File::create(&log).unwrap())

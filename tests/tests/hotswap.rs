@@ -17,7 +17,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-
 fn sha256_of(out: &Output) -> String {
     assert!(out.status.success(), "bullpen failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let d = String::from_utf8(out.stdout.clone()).unwrap().trim().to_string();
@@ -196,7 +195,8 @@ fn deploy_and_rollback_under_load() {
     let v2 = sha256_of(&deploy(&redis, q, &v2_file));
     let deploy_end = now_ms();
     assert_ne!(v1, v2);
-    let deployed_at = plugins_json(&redis, q).as_array().unwrap().iter().find(|v| v["digest"] == v2.as_str()).unwrap()["deployedAt"]
+    let deployed_at = plugins_json(&redis, q).as_array().unwrap().iter().find(|v| v["digest"] == v2.as_str()).unwrap()
+        ["deployedAt"]
         .as_u64()
         .unwrap();
     let mut latencies = vec![];
@@ -226,7 +226,10 @@ fn deploy_and_rollback_under_load() {
     for w in &workers {
         let line = w.wait_log(&format!("plugin switched digest={v1}"), Duration::from_secs(10));
         let latency: i64 = field(&line, "latency_ms").unwrap().parse().unwrap();
-        println!("worker switched back to v1: {latency} ms after the rollback (v1 kept compiled in memory: took {} ms)", field(&line, "took_ms").unwrap());
+        println!(
+            "worker switched back to v1: {latency} ms after the rollback (v1 kept compiled in memory: took {} ms)",
+            field(&line, "took_ms").unwrap()
+        );
         assert!((0..=1000).contains(&latency), "{line}");
     }
     let at_rollback = zcard(&redis, &completed_key);
@@ -317,7 +320,10 @@ fn invalid_deploy_is_refused_and_nothing_changes() {
         let out = deploy(&redis, q, &f);
         assert!(!out.status.success(), "{name} was accepted");
         let err = stderr(&out);
-        assert!(err.contains("refusing to deploy") && err.contains(why) && err.contains("nothing was changed"), "{name}: {err}");
+        assert!(
+            err.contains("refusing to deploy") && err.contains(why) && err.contains("nothing was changed"),
+            "{name}: {err}"
+        );
         assert!(out.stdout.is_empty(), "{name}: no digest printed");
     }
     let missing = bullpen(&["deploy", "--redis", &redis.url(), "--queue", q, "/nonexistent/x.wasm"]);
@@ -439,5 +445,8 @@ fn late_and_early_workers_pick_up_the_current_version() {
     // rollback --to a prefix.
     let out = bullpen(&["rollback", "--redis", &redis.url(), "--queue", q, "--to", &format!("sha256:{}", &v2[..12])]);
     assert_eq!(sha256_of(&out), v2);
-    late.wait_log(&format!("plugin switched digest={v2} previous={v1} trigger=\"deploy notification\""), Duration::from_secs(5));
+    late.wait_log(
+        &format!("plugin switched digest={v2} previous={v1} trigger=\"deploy notification\""),
+        Duration::from_secs(5),
+    );
 }

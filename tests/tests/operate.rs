@@ -45,7 +45,8 @@ fn add_file_adds_every_line_and_a_bad_line_adds_nothing() {
         }
     }
     let file = write_file(&dir, "jobs.ndjson", &text);
-    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "bulk", "--file", &file, "--opts", r#"{"attempts":2}"#]);
+    let out =
+        bullpen(&["add", "--redis", &redis.url(), "--queue", "bulk", "--file", &file, "--opts", r#"{"attempts":2}"#]);
     let stdout = ok(&out);
     let ids: Vec<&str> = stdout.lines().collect();
     assert_eq!(ids.len(), 1200, "one id per job, in file order");
@@ -64,7 +65,11 @@ fn add_file_adds_every_line_and_a_bad_line_adds_nothing() {
     assert_eq!(v["jobs"][2]["data"]["i"], 1199);
 
     // A broken line: refused with its number, and nothing is added.
-    let bad = write_file(&dir, "bad.ndjson", "{\"name\":\"a\",\"data\":1}\n{\"name\":\"b\",\"data\":1}\n{\"name\":\"c\",\"data\":}\n");
+    let bad = write_file(
+        &dir,
+        "bad.ndjson",
+        "{\"name\":\"a\",\"data\":1}\n{\"name\":\"b\",\"data\":1}\n{\"name\":\"c\",\"data\":}\n",
+    );
     let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "bad", "--file", &bad]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -74,7 +79,11 @@ fn add_file_adds_every_line_and_a_bad_line_adds_nothing() {
     // Redis not there: a clear error, exit 1.
     let out = bullpen(&["add", "--redis", "redis://127.0.0.1:1", "--queue", "bulk", "--file", &file]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open queue `bulk`"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open queue `bulk`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn stats_json(redis: &Redis, queue: &str) -> Value {
@@ -143,7 +152,8 @@ fn json_logs_carry_the_attempt_span() {
     wait_finished(&redis, "logs", &ids, T);
     w.wait_log("attempt failed", T);
     let log = w.log();
-    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
     let failed = lines.iter().find(|l| l["fields"]["message"] == "attempt failed").unwrap();
     assert_eq!(failed["level"], "INFO");
     assert_eq!(failed["fields"]["outcome"], "failed");
@@ -160,13 +170,18 @@ fn json_logs_carry_the_attempt_span() {
     // here the debug line of a successful attempt.
     let echo = plugin("echo", "rust");
     let url = redis.url();
-    let args = ["--redis", url.as_str(), "--queue", "logs2", "--plugin", echo.to_str().unwrap(), "--log-format", "json"];
+    let args =
+        ["--redis", url.as_str(), "--queue", "logs2", "--plugin", echo.to_str().unwrap(), "--log-format", "json"];
     let w2 = Worker::spawn_env(&args, &[("BULLPEN_LOG", "info,bullpen::queue::trigger=debug")]);
     let ids2 = node_add(&redis, "logs2", json!([{"name": "e", "data": {"n": 1}}]));
     wait_finished(&redis, "logs2", &ids2, T);
     w2.wait_log("attempt returned", T);
     let log = w2.log();
-    let returned = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["fields"]["message"] == "attempt returned").unwrap();
+    let returned = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "attempt returned")
+        .unwrap();
     let span = &returned["span"];
     assert_eq!(span["name"], "attempt", "{returned}");
     assert_eq!(span["queue"], "logs2");
@@ -232,7 +247,9 @@ fn metrics_count_outcomes_traps_limits_and_attempt_costs() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let jobs = |outcome: &str| sample(&body, &format!("bullpen_jobs_total{{queue=\"met\",digest=\"{d}\",outcome=\"{outcome}\"}}"));
+    let jobs = |outcome: &str| {
+        sample(&body, &format!("bullpen_jobs_total{{queue=\"met\",digest=\"{d}\",outcome=\"{outcome}\"}}"))
+    };
     assert_eq!(jobs("completed"), 3.0, "{body}");
     assert_eq!(jobs("failed"), 3.0, "loop (after its retry), memory and recursion");
     assert_eq!(jobs("retried"), 1.0, "loop's first attempt");
@@ -255,7 +272,17 @@ fn a_taken_metrics_port_stops_the_worker_at_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let redis = Redis::start();
-    let out = bullpen(&["worker", "--redis", &redis.url(), "--queue", "x", "--plugin", plugin("echo", "rust").to_str().unwrap(), "--metrics-addr", &addr]);
+    let out = bullpen(&[
+        "worker",
+        "--redis",
+        &redis.url(),
+        "--queue",
+        "x",
+        "--plugin",
+        plugin("echo", "rust").to_str().unwrap(),
+        "--metrics-addr",
+        &addr,
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on --metrics-addr {addr}")), "{err}");
@@ -296,10 +323,19 @@ fn thread_cpu_ticks(pid: u32) -> std::collections::HashMap<String, u64> {
 #[test]
 fn attempts_of_one_queue_run_on_every_shard_thread() {
     let redis = Redis::start();
-    let w = Worker::start(&redis, "spread", &plugin("hog", "rust"), &["--concurrency", "2", "--threads", "2", "--timeout-ms", "1500"]);
+    let w = Worker::start(
+        &redis,
+        "spread",
+        &plugin("hog", "rust"),
+        &["--concurrency", "2", "--threads", "2", "--timeout-ms", "1500"],
+    );
     assert!(w.log().contains("threads=2"), "{}", w.log());
     let before = thread_cpu_ticks(w.child.id());
-    let ids = node_add(&redis, "spread", json!([{"name": "loop", "data": {"mode": "loop"}}, {"name": "loop", "data": {"mode": "loop"}}]));
+    let ids = node_add(
+        &redis,
+        "spread",
+        json!([{"name": "loop", "data": {"mode": "loop"}}, {"name": "loop", "data": {"mode": "loop"}}]),
+    );
     let v = wait_finished(&redis, "spread", &ids, T);
     for j in v["jobs"].as_array().unwrap() {
         assert!(j["failedReason"].as_str().unwrap().contains("limit of 1500 ms"), "{v:#}");
@@ -309,7 +345,10 @@ fn attempts_of_one_queue_run_on_every_shard_thread() {
         let spent = after.get(shard).copied().unwrap_or(0) - before.get(shard).copied().unwrap_or(0);
         // A guest spinning for 1.5 s gets at least a fifth of a core even on
         // a busy 2-core machine; a shard that ran no guest spends ~0.
-        assert!(spent >= 30, "{shard} spent {spent} ticks: each thread should have run one spinning guest; threads: {after:?}");
+        assert!(
+            spent >= 30,
+            "{shard} spent {spent} ticks: each thread should have run one spinning guest; threads: {after:?}"
+        );
     }
 }
 
@@ -348,7 +387,8 @@ timeout_ms = 1500
     assert!(w.log().contains("queues=mails,hogs,slowhogs"), "{}", w.log());
     assert!(w.log().contains("threads=2"), "the file's `threads`: {}", w.log());
 
-    let mails = node_add(&redis, "mails", json!([{"name": "m", "data": {"to": "ada"}}, {"name": "m", "data": {"to": "bob"}}]));
+    let mails =
+        node_add(&redis, "mails", json!([{"name": "m", "data": {"to": "ada"}}, {"name": "m", "data": {"to": "bob"}}]));
     let hogs = node_add(&redis, "hogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
     let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}]));
     let v = wait_finished(&redis, "mails", &mails, T);
@@ -356,17 +396,35 @@ timeout_ms = 1500
     let v = wait_finished(&redis, "hogs", &hogs, T);
     assert!(v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 800 ms"), "[defaults] timeout: {v:#}");
     let v = wait_finished(&redis, "slowhogs", &slow, T);
-    assert!(v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 1500 ms"), "the entry's own timeout: {v:#}");
+    assert!(
+        v["jobs"][0]["failedReason"].as_str().unwrap().contains("limit of 1500 ms"),
+        "the entry's own timeout: {v:#}"
+    );
     assert_eq!(stats_json(&redis, "mails")["workers"][0]["concurrency"], 3);
     drop(w);
 
     // Flags win over the file, and --queue serves just one of its queues.
     // On one thread, two looping guests at once are still both stopped at
     // their limit (each yields to the others at every epoch tick).
-    let w = Worker::spawn(&["--config", &file, "--queue", "slowhogs", "--timeout-ms", "600", "--threads", "1", "--concurrency", "2"]);
+    let w = Worker::spawn(&[
+        "--config",
+        &file,
+        "--queue",
+        "slowhogs",
+        "--timeout-ms",
+        "600",
+        "--threads",
+        "1",
+        "--concurrency",
+        "2",
+    ]);
     assert!(w.log().contains("queues=slowhogs"), "{}", w.log());
     assert!(w.log().contains("threads=1"), "--threads overrides: {}", w.log());
-    let slow = node_add(&redis, "slowhogs", json!([{"name": "loop", "data": {"mode": "loop"}}, {"name": "loop", "data": {"mode": "loop"}}]));
+    let slow = node_add(
+        &redis,
+        "slowhogs",
+        json!([{"name": "loop", "data": {"mode": "loop"}}, {"name": "loop", "data": {"mode": "loop"}}]),
+    );
     let v = wait_finished(&redis, "slowhogs", &slow, T);
     for j in v["jobs"].as_array().unwrap() {
         assert!(j["failedReason"].as_str().unwrap().contains("limit of 600 ms"), "--timeout-ms overrides: {v:#}");

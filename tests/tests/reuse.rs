@@ -25,7 +25,8 @@ fn hog(lang: &str) -> PathBuf {
     let p = plugin("hog", lang);
     let mut loaded = LOADED.lock().unwrap();
     if !loaded.iter().any(|l| l == lang) {
-        let out = Command::new(bullpen_bin()).arg("run").arg(&p).args(["--data", r#"{"mode":"count"}"#]).output().unwrap();
+        let out =
+            Command::new(bullpen_bin()).arg("run").arg(&p).args(["--data", r#"{"mode":"count"}"#]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.ends_with("completed {\"processed\":1}\n"),
@@ -62,7 +63,8 @@ fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output(lang
     assert_eq!(processed(&v), vec![1, 2, 3, 1, 2, 3, 1], "{lang}: {v:#}");
     // The output capture is per attempt even though the WASI context is not.
     for (i, j) in v["jobs"].as_array().unwrap().iter().enumerate() {
-        let guest: Vec<&str> = j["logs"].as_array().unwrap().iter().filter_map(|l| l.as_str()).filter(|l| l.starts_with("hog:")).collect();
+        let guest: Vec<&str> =
+            j["logs"].as_array().unwrap().iter().filter_map(|l| l.as_str()).filter(|l| l.starts_with("hog:")).collect();
         let n = processed(&v)[i];
         assert_eq!(guest, vec![format!("hog: job {n} of this instance")], "{lang}: job {i}: {j:#}");
     }
@@ -78,20 +80,41 @@ fn a_trap_a_timeout_or_the_memory_cap_ends_the_instance(lang: &str) {
     );
     let mode = |m: &str| json!({"name": m, "data": {"mode": m}});
     let jobs = json!([
-        mode("count"), mode("count"), mode("recursion"),
-        mode("count"), mode("count"), mode("loop"),
-        mode("count"), mode("memory"),
-        mode("count"), mode("count"),
+        mode("count"),
+        mode("count"),
+        mode("recursion"),
+        mode("count"),
+        mode("count"),
+        mode("loop"),
+        mode("count"),
+        mode("memory"),
+        mode("count"),
+        mode("count"),
     ]);
     let ids = node_add(&redis, "ends", jobs);
     let v = wait_finished(&redis, "ends", &ids, T);
     let states: Vec<&str> = v["jobs"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
     assert_eq!(
         states,
-        ["completed", "completed", "failed", "completed", "completed", "failed", "completed", "failed", "completed", "completed"],
+        [
+            "completed",
+            "completed",
+            "failed",
+            "completed",
+            "completed",
+            "failed",
+            "completed",
+            "failed",
+            "completed",
+            "completed"
+        ],
         "{lang}: {v:#}"
     );
-    assert_eq!(processed(&v), vec![1, 2, 0, 1, 2, 0, 1, 0, 1, 2], "{lang}: each failure starts a fresh instance: {v:#}");
+    assert_eq!(
+        processed(&v),
+        vec![1, 2, 0, 1, 2, 0, 1, 0, 1, 2],
+        "{lang}: each failure starts a fresh instance: {v:#}"
+    );
 }
 
 /// The tests above, once per guest language (as conformance.rs does).

@@ -19,7 +19,10 @@ impl Ran {
     fn events(&self) -> Vec<Value> {
         self.stdout
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}\nstdout:\n{}", self.stdout)))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}\nstdout:\n{}", self.stdout))
+            })
             .collect()
     }
     fn lines(&self) -> Vec<&str> {
@@ -31,7 +34,11 @@ fn run(args: &[&str]) -> Ran {
     let mut all = vec!["run"];
     all.extend_from_slice(args);
     let out = bullpen(&all);
-    Ran { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
 }
 
 fn run_json(wasm: &std::path::Path, args: &[&str]) -> Ran {
@@ -57,7 +64,10 @@ fn without_delay(mut events: Vec<Value>) -> Vec<Value> {
 #[test]
 fn echo_prints_its_host_calls_and_completes() {
     for lang in LANGS {
-        let r = run_json(&plugin("echo", lang), &["--data", r#"{"to":"ada","n":[1,2.5]}"#, "--name", "welcome", "--id", "order-7"]);
+        let r = run_json(
+            &plugin("echo", lang),
+            &["--data", r#"{"to":"ada","n":[1,2.5]}"#, "--name", "welcome", "--id", "order-7"],
+        );
         assert_eq!(r.code, Some(0), "{lang}: {}", r.stderr);
         assert_eq!(
             r.events(),
@@ -134,7 +144,11 @@ fn flaky_failures_exit_non_zero_and_retry_until_done() {
         let wasm = plugin("flaky", lang);
         let r = run_json(&wasm, &["--data", r#"{"failTimes":2}"#]);
         assert_eq!(r.code, Some(1), "{lang}: a failed attempt exits 1; {}", r.stderr);
-        assert_eq!(r.events(), vec![json!({"event": "failed", "kind": "retry", "reason": "flaky: failing attempt 1 of 2"})], "{lang}");
+        assert_eq!(
+            r.events(),
+            vec![json!({"event": "failed", "kind": "retry", "reason": "flaky: failing attempt 1 of 2"})],
+            "{lang}"
+        );
 
         // --attempts-made feeds the job: the third attempt succeeds.
         let r = run_json(&wasm, &["--data", r#"{"failTimes":2}"#, "--attempts-made", "2"]);
@@ -152,17 +166,30 @@ fn flaky_failures_exit_non_zero_and_retry_until_done() {
         assert_eq!(r.code, Some(1), "{lang}");
         assert_eq!(
             r.events(),
-            vec![json!({"event": "failed", "kind": "retry-after", "reason": "flaky: failing attempt 1 of 1", "delayMs": 5000})],
+            vec![
+                json!({"event": "failed", "kind": "retry-after", "reason": "flaky: failing attempt 1 of 1", "delayMs": 5000})
+            ],
             "{lang}"
         );
         // Unrecoverable: no retry, whatever `attempts` says.
         let r = run_json(&wasm, &["--data", r#"{"fatal":true}"#, "--opts", r#"{"attempts":3}"#, "--until-done"]);
         assert_eq!(r.code, Some(1), "{lang}");
-        assert_eq!(r.events(), vec![json!({"event": "failed", "kind": "unrecoverable", "reason": "flaky: fatal error on attempt 1"})], "{lang}");
+        assert_eq!(
+            r.events(),
+            vec![json!({"event": "failed", "kind": "unrecoverable", "reason": "flaky: fatal error on attempt 1"})],
+            "{lang}"
+        );
     }
 
     // Until done: retried while `attempts` allow, then completed ...
-    let r = run(&[plugin("flaky", "rust").to_str().unwrap(), "--data", r#"{"failTimes":2}"#, "--opts", r#"{"attempts":3}"#, "--until-done"]);
+    let r = run(&[
+        plugin("flaky", "rust").to_str().unwrap(),
+        "--data",
+        r#"{"failTimes":2}"#,
+        "--opts",
+        r#"{"attempts":3}"#,
+        "--until-done",
+    ]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         r.lines(),
@@ -176,7 +203,14 @@ fn flaky_failures_exit_non_zero_and_retry_until_done() {
         ]
     );
     // ... or failed for good when they run out.
-    let r = run(&[plugin("flaky", "rust").to_str().unwrap(), "--data", r#"{"failTimes":5}"#, "--opts", r#"{"attempts":2}"#, "--until-done"]);
+    let r = run(&[
+        plugin("flaky", "rust").to_str().unwrap(),
+        "--data",
+        r#"{"failTimes":5}"#,
+        "--opts",
+        r#"{"attempts":2}"#,
+        "--until-done",
+    ]);
     assert_eq!(r.code, Some(1));
     assert_eq!(r.lines().last(), Some(&"failed (retry): flaky: failing attempt 2 of 5"), "{}", r.stdout);
     assert_eq!(r.lines().len(), 3, "{}", r.stdout);
@@ -192,22 +226,41 @@ fn traps_and_limits_fail_with_their_named_reason() {
     assert_eq!(last["event"], "failed");
     assert_eq!(last["kind"], "trap");
     let reason = last["reason"].as_str().unwrap();
-    assert!(reason.starts_with("wasm trap: ") && reason.contains("guest panicked: flaky: asked to panic on attempt 1"), "{reason}");
-    assert!(events.iter().any(|e| e["event"] == "output" && e["line"].as_str().unwrap().contains("panicked at")), "{events:?}");
+    assert!(
+        reason.starts_with("wasm trap: ") && reason.contains("guest panicked: flaky: asked to panic on attempt 1"),
+        "{reason}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "output" && e["line"].as_str().unwrap().contains("panicked at")),
+        "{events:?}"
+    );
 
     let hog = plugin("hog", "rust");
     let r = run(&[hog.to_str().unwrap(), "--data", r#"{"mode":"loop"}"#, "--timeout-ms", "500"]);
     assert_eq!(r.code, Some(1));
-    assert_eq!(r.lines(), vec!["failed (timeout): attempt timed out: exceeded the wall-clock limit of 500 ms (--timeout-ms)"]);
+    assert_eq!(
+        r.lines(),
+        vec!["failed (timeout): attempt timed out: exceeded the wall-clock limit of 500 ms (--timeout-ms)"]
+    );
 
     let r = run(&[hog.to_str().unwrap(), "--data", r#"{"mode":"memory"}"#, "--max-memory-mb", "32"]);
     assert_eq!(r.code, Some(1));
     let line = r.lines().last().unwrap().to_string();
-    assert!(line.starts_with("failed (trap): out of memory:") && line.contains("the limit of 32 MiB (--max-memory-mb)"), "{line}");
+    assert!(
+        line.starts_with("failed (trap): out of memory:") && line.contains("the limit of 32 MiB (--max-memory-mb)"),
+        "{line}"
+    );
 
     let r = run(&[hog.to_str().unwrap(), "--data", r#"{"mode":"loop"}"#, "--fuel", "1000000"]);
     assert_eq!(r.code, Some(1));
-    assert!(r.lines().last().unwrap().starts_with("failed (trap): out of fuel: the attempt used up its 1000000 units of fuel (--fuel)"), "{}", r.stdout);
+    assert!(
+        r.lines()
+            .last()
+            .unwrap()
+            .starts_with("failed (trap): out of fuel: the attempt used up its 1000000 units of fuel (--fuel)"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -217,8 +270,18 @@ fn host_calls_get_the_workers_argument_checks() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let lines = r.lines();
     assert_eq!(lines.len(), 2, "{}", r.stdout);
-    assert!(lines[0].starts_with(r#"log "xxxx"#) && lines[0].ends_with("… (102400 bytes)\" -> refused (invalid): log line is 102400 bytes; the limit is 65536"), "{}", lines[0]);
-    assert!(lines[1].starts_with(r#"completed {"refused":"#) && lines[1].contains("log line is 102400 bytes"), "{}", lines[1]);
+    assert!(
+        lines[0].starts_with(r#"log "xxxx"#)
+            && lines[0]
+                .ends_with("… (102400 bytes)\" -> refused (invalid): log line is 102400 bytes; the limit is 65536"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(r#"completed {"refused":"#) && lines[1].contains("log line is 102400 bytes"),
+        "{}",
+        lines[1]
+    );
 
     // Children go only to the queues `--child-queue` allows (default: the
     // queue and `<queue>-children`).
@@ -228,7 +291,13 @@ fn host_calls_get_the_workers_argument_checks() {
     let events = r.events();
     assert_eq!(events[1]["event"], "add-child");
     assert_eq!(events[1]["error"]["kind"], "invalid");
-    assert!(events[1]["error"]["message"].as_str().unwrap().starts_with("queue `elsewhere` is not one this binding may add children to"), "{events:?}");
+    assert!(
+        events[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("queue `elsewhere` is not one this binding may add children to"),
+        "{events:?}"
+    );
     assert_eq!(events.last().unwrap()["event"], "failed");
     let r = run_json(&plugin("steps", "rust"), &["--data", data, "--child-queue", "elsewhere"]);
     assert_eq!(r.code, Some(0), "{}", r.stdout);

@@ -34,7 +34,11 @@ fn hog(lang: &str, fuel: bool) -> PathBuf {
         }
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && stdout.ends_with("completed {\"ok\":true}\n"), "hog-{lang} does not run: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && stdout.ends_with("completed {\"ok\":true}\n"),
+            "hog-{lang} does not run: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         loaded.push((lang.to_string(), fuel));
     }
     p
@@ -43,7 +47,15 @@ fn hog(lang: &str, fuel: bool) -> PathBuf {
 /// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
 /// (one per attempt, recording the plugin version).
 fn guest_logs(j: &Value) -> Value {
-    Value::Array(j["logs"].as_array().unwrap().iter().filter(|l| !l.as_str().unwrap().starts_with("bullpen: ")).cloned().collect())
+    Value::Array(
+        j["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
 }
 
 /// Loop, memory, output flood and recursion, each alone in its job, next to
@@ -57,7 +69,8 @@ fn each_abuse_fails_only_its_own_job(lang: &str) {
         &["--concurrency", "4", "--timeout-ms", "1500", "--max-memory-mb", "32"],
     );
     let modes = ["loop", "memory", "output", "recursion", "fine", "fine", "fine", "fine"];
-    let jobs: Vec<Value> = modes.iter().map(|m| json!({"name": m, "data": {"mode": m}, "opts": {"attempts": 2}})).collect();
+    let jobs: Vec<Value> =
+        modes.iter().map(|m| json!({"name": m, "data": {"mode": m}, "opts": {"attempts": 2}})).collect();
     let ids = node_add(&redis, "hog", Value::Array(jobs));
     let v = wait_finished(&redis, "hog", &ids, T);
     let j = |i: usize| &v["jobs"][i];
@@ -68,7 +81,11 @@ fn each_abuse_fails_only_its_own_job(lang: &str) {
     assert_eq!(j(0)["attemptsMade"], 2, "{lang}: retries apply to limit kills");
 
     assert_eq!(j(1)["state"], "failed", "{lang}: {:#}", j(1));
-    assert!(reason(1).starts_with("out of memory:") && reason(1).contains("the limit of 32 MiB (--max-memory-mb)"), "{lang}: {}", reason(1));
+    assert!(
+        reason(1).starts_with("out of memory:") && reason(1).contains("the limit of 32 MiB (--max-memory-mb)"),
+        "{lang}: {}",
+        reason(1)
+    );
     assert_eq!(j(1)["attemptsMade"], 2, "{lang}");
 
     assert_eq!(j(2)["state"], "completed", "{lang}: flooding output is not an error: {:#}", j(2));
@@ -78,7 +95,11 @@ fn each_abuse_fails_only_its_own_job(lang: &str) {
     assert_eq!(logs[0], format!("0 {}", "hog: flooding stdout ".repeat(4)), "{lang}");
     let bytes: usize = logs.iter().map(|l| l.as_str().unwrap().len()).sum();
     assert!(bytes <= 64 * 1024, "{lang}: captured output is bounded, got {bytes} bytes");
-    assert!(logs.last().unwrap().as_str().unwrap().starts_with("[bullpen] output truncated"), "{lang}: {:?}", logs.last());
+    assert!(
+        logs.last().unwrap().as_str().unwrap().starts_with("[bullpen] output truncated"),
+        "{lang}: {:?}",
+        logs.last()
+    );
 
     assert_eq!(j(3)["state"], "failed", "{lang}: {:#}", j(3));
     assert_eq!(j(3)["attemptsMade"], 2, "{lang}");
@@ -117,11 +138,15 @@ fn each_abuse_fails_only_its_own_job(lang: &str) {
 fn wasi_grants_no_files_network_or_environment(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "deny", &hog(lang, false), &[]);
-    let ids = node_add(&redis, "deny", json!([
-        {"name": "file", "data": {"mode": "file"}},
-        {"name": "net", "data": {"mode": "net"}},
-        {"name": "env", "data": {"mode": "env"}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "deny",
+        json!([
+            {"name": "file", "data": {"mode": "file"}},
+            {"name": "net", "data": {"mode": "net"}},
+            {"name": "env", "data": {"mode": "env"}},
+        ]),
+    );
     let v = wait_finished(&redis, "deny", &ids, T);
     let r = |i: usize| v["jobs"][i]["returnvalue"].clone();
     match lang {
@@ -144,7 +169,10 @@ fn wasi_grants_no_files_network_or_environment(lang: &str) {
                     "fetch": {"Err": "fetch is not available in the bullpen sandbox: guests have no network access"},
                 })
             );
-            assert_eq!(r(2), json!({"args": {"Err": format!("{no} API for program arguments")}, "env": {"Err": format!("{no} API for environment variables")}}));
+            assert_eq!(
+                r(2),
+                json!({"args": {"Err": format!("{no} API for program arguments")}, "env": {"Err": format!("{no} API for environment variables")}})
+            );
         }
         _ => unreachable!(),
     }
@@ -161,13 +189,17 @@ fn payload_limits_give_clear_errors(lang: &str, extra: &[&str]) {
     let mut flags = vec!["--concurrency", "2"];
     flags.extend(extra);
     let _w = Worker::start(&redis, "big", &hog(lang, false), &flags);
-    let ids = node_add(&redis, "big", json!([
-        {"name": "biglog", "data": {"mode": "biglog"}},
-        {"name": "bigprogress", "data": {"mode": "bigprogress"}},
-        {"name": "bigdata", "data": {"mode": "bigdata"}},
-        {"name": "bigreturn", "data": {"mode": "bigreturn"}},
-        {"name": "largejob", "data": {"mode": "fine", "blob": "x".repeat(4 << 20)}},
-    ]));
+    let ids = node_add(
+        &redis,
+        "big",
+        json!([
+            {"name": "biglog", "data": {"mode": "biglog"}},
+            {"name": "bigprogress", "data": {"mode": "bigprogress"}},
+            {"name": "bigdata", "data": {"mode": "bigdata"}},
+            {"name": "bigreturn", "data": {"mode": "bigreturn"}},
+            {"name": "largejob", "data": {"mode": "fine", "blob": "x".repeat(4 << 20)}},
+        ]),
+    );
     let v = wait_finished(&redis, "big", &ids, T);
     let refused = |i: usize| v["jobs"][i]["returnvalue"]["refused"].as_str().unwrap_or("").to_string();
     for i in 0..3 {
@@ -188,12 +220,19 @@ fn payload_limits_give_clear_errors(lang: &str, extra: &[&str]) {
 fn fuel_limit_stops_a_spinning_guest(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "fuel", &hog(lang, true), &["--fuel", "50000000", "--timeout-ms", "60000"]);
-    let ids = node_add(&redis, "fuel", json!([{"name": "spin", "data": {"mode": "loop"}}, {"name": "ok", "data": {"mode": "fine"}}]));
+    let ids = node_add(
+        &redis,
+        "fuel",
+        json!([{"name": "spin", "data": {"mode": "loop"}}, {"name": "ok", "data": {"mode": "fine"}}]),
+    );
     let started = std::time::Instant::now();
     let v = wait_finished(&redis, "fuel", &ids, T);
     assert_eq!(v["jobs"][0]["state"], "failed", "{lang}");
     let reason = v["jobs"][0]["failedReason"].as_str().unwrap();
-    assert!(reason.starts_with("out of fuel: the attempt used up its 50000000 units of fuel (--fuel)"), "{lang}: {reason}");
+    assert!(
+        reason.starts_with("out of fuel: the attempt used up its 50000000 units of fuel (--fuel)"),
+        "{lang}: {reason}"
+    );
     assert!(started.elapsed() < Duration::from_secs(50), "{lang}: stopped by fuel, not by the 60 s wall clock");
     assert_eq!(v["jobs"][1]["state"], "completed", "{lang}");
 }

@@ -44,7 +44,11 @@ fn four_workers_share_one_queue_each_job_once() {
     }
     let jobs = report["jobs"].as_array().unwrap();
     let listed: HashSet<&str> = jobs.iter().map(|j| j["id"].as_str().unwrap()).collect();
-    assert_eq!(listed, added.iter().map(String::as_str).collect::<HashSet<_>>(), "the jobs completed are the jobs added");
+    assert_eq!(
+        listed,
+        added.iter().map(String::as_str).collect::<HashSet<_>>(),
+        "the jobs completed are the jobs added"
+    );
     let mut per_worker: HashMap<&str, u64> = HashMap::new();
     for j in jobs {
         assert_eq!(j["state"], "completed", "{j}");

@@ -13,7 +13,12 @@ use bullpen_tests::*;
 
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 #[test]
@@ -21,7 +26,11 @@ fn rss_mb(pid: u32) -> f64 {
 fn soak_100k_jobs_two_workers() {
     const N: usize = 100_000;
     let redis = Redis::start();
-    let add = Command::new("node").arg(root().join("bench/node/add.js")).args([&redis.url(), "soak", &N.to_string()]).status().unwrap();
+    let add = Command::new("node")
+        .arg(root().join("bench/node/add.js"))
+        .args([&redis.url(), "soak", &N.to_string()])
+        .status()
+        .unwrap();
     assert!(add.success());
     let w1 = Worker::start(&redis, "soak", &plugin("echo", "rust"), &["--concurrency", "50"]);
     let w2 = Worker::start(&redis, "soak", &plugin("echo", "rust"), &["--concurrency", "50"]);

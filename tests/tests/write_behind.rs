@@ -25,11 +25,17 @@ fn a_long_attempt_shows_its_log_and_progress_while_it_runs() {
     for step in 1..=2 {
         let deadline = Instant::now() + T;
         loop {
-            let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("bull:wb:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
-            let progress: Option<String> = redis::cmd("HGET").arg(format!("bull:wb:{id}")).arg("progress").query(&mut c).unwrap();
+            let logs: Vec<String> =
+                redis::cmd("LRANGE").arg(format!("bull:wb:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+            let progress: Option<String> =
+                redis::cmd("HGET").arg(format!("bull:wb:{id}")).arg("progress").query(&mut c).unwrap();
             if logs.contains(&format!("hog: step {step}")) && progress.as_deref() == Some(&*(step * 10).to_string()) {
-                let finished: Option<f64> = redis::cmd("ZSCORE").arg("bull:wb:completed").arg(id).query(&mut c).unwrap();
-                assert!(finished.is_none(), "step {step}'s log line and progress reached Redis only when the job completed");
+                let finished: Option<f64> =
+                    redis::cmd("ZSCORE").arg("bull:wb:completed").arg(id).query(&mut c).unwrap();
+                assert!(
+                    finished.is_none(),
+                    "step {step}'s log line and progress reached Redis only when the job completed"
+                );
                 break;
             }
             assert!(Instant::now() < deadline, "step {step} never reached Redis: logs {logs:?}, progress {progress:?}");
@@ -43,7 +49,8 @@ fn a_long_attempt_shows_its_log_and_progress_while_it_runs() {
     let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     assert!(logs[0].starts_with("bullpen: plugin sha256:"), "{logs:?}");
     assert_eq!(logs[1..], ["hog: step 1", "hog: step 2", "hog: step 3"]);
-    let progress: Vec<Value> = events.finish().into_iter().filter(|e| e["event"] == "progress").map(|e| e["data"].clone()).collect();
+    let progress: Vec<Value> =
+        events.finish().into_iter().filter(|e| e["event"] == "progress").map(|e| e["data"].clone()).collect();
     assert_eq!(progress, [json!(10), json!(20), json!(30)], "QueueEvents saw every progress event, in order");
 }
 
@@ -97,7 +104,8 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
     let mut c = redis.conn();
     let deadline = Instant::now() + T;
     loop {
-        let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("bull:wl:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+        let logs: Vec<String> =
+            redis::cmd("LRANGE").arg(format!("bull:wl:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
         if logs.iter().any(|l| l == "hog: step 1") {
             break;
         }
@@ -110,8 +118,18 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
     let j = &v["jobs"][0];
     assert_eq!(j["state"], "completed", "{j:#}");
     assert_eq!(j["attemptsMade"], 1, "the abandoned attempt was neither completed nor failed");
-    let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).filter(|l| !l.starts_with("bullpen: ")).collect();
-    assert_eq!(logs, ["hog: step 1", "hog: step 1", "hog: step 2", "hog: step 3"], "nothing the first attempt queued after the loss was written");
+    let logs: Vec<&str> = j["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .filter(|l| !l.starts_with("bullpen: "))
+        .collect();
+    assert_eq!(
+        logs,
+        ["hog: step 1", "hog: step 1", "hog: step 2", "hog: step 3"],
+        "nothing the first attempt queued after the loss was written"
+    );
 }
 
 /// A completed attempt's pending writes go to Redis in the same round trip
@@ -158,7 +176,9 @@ fn a_completed_attempt_sends_its_writes_with_its_finish() {
         let (client, _) = lines[flush];
         let next = lines[flush + 1..].iter().find(|(who, _)| *who == client).expect("nothing after the flush");
         assert!(
-            next.1.starts_with("\"FCALL\"") && next.1.contains(&format!("\"bull:one:{id}\"")) && next.1.contains("\"completed\""),
+            next.1.starts_with("\"FCALL\"")
+                && next.1.contains(&format!("\"bull:one:{id}\""))
+                && next.1.contains("\"completed\""),
             "job {id}: the command after its flush, from the same client, is not its moveToFinished: {}",
             &next.1[..next.1.len().min(200)]
         );
@@ -173,7 +193,9 @@ fn a_completed_attempt_sends_its_writes_with_its_finish() {
     assert_eq!(function_libraries(&mut c).len(), 1, "moveToFinished's library (with the flush) is loaded");
     // A restart of a Redis that persists functions (RDB/AOF) but not its
     // script cache; then one without persistence: both gone.
-    for (what, flush) in [("SCRIPT FLUSH", &["SCRIPT"][..]), ("SCRIPT FLUSH + FUNCTION FLUSH", &["SCRIPT", "FUNCTION"][..])] {
+    for (what, flush) in
+        [("SCRIPT FLUSH", &["SCRIPT"][..]), ("SCRIPT FLUSH + FUNCTION FLUSH", &["SCRIPT", "FUNCTION"][..])]
+    {
         for cmd in flush {
             let _: () = redis::cmd(cmd).arg("FLUSH").query(&mut c).unwrap();
         }
@@ -194,7 +216,9 @@ fn function_libraries(c: &mut redis::Connection) -> Vec<String> {
     let list: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION").arg("LIST").query(c).unwrap();
     list.iter()
         .filter_map(|lib| match &lib[..] {
-            [redis::Value::BulkString(k), redis::Value::BulkString(name), ..] if k == b"library_name" => Some(String::from_utf8_lossy(name).into_owned()),
+            [redis::Value::BulkString(k), redis::Value::BulkString(name), ..] if k == b"library_name" => {
+                Some(String::from_utf8_lossy(name).into_owned())
+            }
             _ => None,
         })
         .collect()
@@ -207,10 +231,15 @@ fn function_libraries(c: &mut redis::Connection) -> Vec<String> {
 fn finishing_falls_back_to_scripts_where_functions_are_refused() {
     let redis = Redis::start();
     let mut c = redis.conn();
-    let completed = |c: &mut redis::Connection, q: &str| redis::cmd("ZCARD").arg(format!("bull:{q}:completed")).query::<usize>(c).unwrap();
+    let completed = |c: &mut redis::Connection, q: &str| {
+        redis::cmd("ZCARD").arg(format!("bull:{q}:completed")).query::<usize>(c).unwrap()
+    };
     let calls = |c: &mut redis::Connection, cmd: &str| -> usize {
         let stats: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-        stats.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls="))).map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
     };
     let n = 20;
     let jobs: Value = (0..n).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
@@ -256,7 +285,13 @@ fn a_flush_of_more_lines_than_a_batch_keeps_them_all_in_order() {
         let _: () = redis::cmd("HSET").arg(&job).arg("data").arg("{}").query(&mut c).unwrap();
         let _: () = redis::cmd("SET").arg(format!("{job}:lock")).arg("tok").query(&mut c).unwrap();
         let mut inv = script.prepare_invoke();
-        for k in [job.clone(), format!("{job}:lock"), format!("{job}:logs"), format!("bull:{queue}:events"), format!("bull:{queue}:meta")] {
+        for k in [
+            job.clone(),
+            format!("{job}:lock"),
+            format!("{job}:logs"),
+            format!("bull:{queue}:events"),
+            format!("bull:{queue}:meta"),
+        ] {
             inv.key(k);
         }
         inv.arg("tok").arg(keep_logs).arg("1").arg(lines.len()).arg(&lines).arg("100");

@@ -51,8 +51,15 @@ mod tests {
     #[test]
     fn raw_data_checks_name_the_cause() {
         assert!(check_raw_data(Some("null")).is_ok());
-        assert_eq!(check_raw_data(None).unwrap_err().to_string(), "job data is missing: the job hash has no `data` field");
+        assert_eq!(
+            check_raw_data(None).unwrap_err().to_string(),
+            "job data is missing: the job hash has no `data` field"
+        );
         let e = check_raw_data(Some("{not json")).unwrap_err().to_string();
-        assert!(e.starts_with("job data is not valid JSON: key must be a string") && e.ends_with("(data starts with \"{not json\")"), "{e}");
+        assert!(
+            e.starts_with("job data is not valid JSON: key must be a string")
+                && e.ends_with("(data starts with \"{not json\")"),
+            "{e}"
+        );
     }
 }

@@ -175,7 +175,11 @@ pub(crate) fn verdict(e: Ended<'_>) -> Verdict {
 /// a value: it is handed to bullmq-official as it is.
 fn completed(json: String, limits: &Limits) -> Verdict {
     if json.len() > limits.max_payload_bytes {
-        return Verdict::Error(format!("return value is {} bytes; the limit is {}", json.len(), limits.max_payload_bytes));
+        return Verdict::Error(format!(
+            "return value is {} bytes; the limit is {}",
+            json.len(),
+            limits.max_payload_bytes
+        ));
     }
     match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
         Ok(_) => Verdict::Completed(json),
@@ -197,8 +201,10 @@ fn trapped(err: &wasmtime::Error, memory_hit: Option<usize>, limits: &Limits, ou
         return Verdict::Limit { which: LimitKind::Memory, trap: Some(kind), reason };
     }
     if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
-        let reason =
-            format!("out of fuel: the attempt used up its {} units of fuel (--fuel); {text}", limits.fuel.unwrap_or_default());
+        let reason = format!(
+            "out of fuel: the attempt used up its {} units of fuel (--fuel); {text}",
+            limits.fuel.unwrap_or_default()
+        );
         return Verdict::Limit { which: LimitKind::Fuel, trap: Some(kind), reason };
     }
     Verdict::Trap { kind, reason: with_panic_message(text, output) }
@@ -210,7 +216,8 @@ fn trap_text(err: &wasmtime::Error) -> String {
         Some(Trap::StackOverflow) => "stack overflow (the guest recursed past its 1 MiB wasm stack)".to_string(),
         Some(Trap::UnreachableCodeReached) => "unreachable instruction executed".to_string(),
         Some(Trap::MemoryOutOfBounds) => {
-            "out-of-bounds memory access (a guest bug, or a stack kept in linear memory, as Rust's, overflowing)".to_string()
+            "out-of-bounds memory access (a guest bug, or a stack kept in linear memory, as Rust's, overflowing)"
+                .to_string()
         }
         Some(Trap::IntegerDivisionByZero) => "integer division by zero".to_string(),
         Some(Trap::Interrupt) => "interrupted".to_string(),
@@ -251,7 +258,13 @@ mod tests {
     use crate::bindings::types::RetryAfter;
 
     fn limits() -> Limits {
-        Limits { max_payload_bytes: 16, max_memory_bytes: 32 << 20, fuel: Some(1000), timeout: Duration::from_millis(500), ..Limits::default() }
+        Limits {
+            max_payload_bytes: 16,
+            max_memory_bytes: 32 << 20,
+            fuel: Some(1000),
+            timeout: Duration::from_millis(500),
+            ..Limits::default()
+        }
     }
 
     /// The verdict of a call that ended with `called`, nothing else noted.
@@ -355,7 +368,10 @@ mod tests {
             limits: &limits(),
         });
         let Verdict::Trap { reason, .. } = v else { panic!("{v:?}") };
-        assert_eq!(reason, "wasm trap: unreachable instruction executed (guest panicked: boom; panicked at src/lib.rs:3:5:)");
+        assert_eq!(
+            reason,
+            "wasm trap: unreachable instruction executed (guest panicked: boom; panicked at src/lib.rs:3:5:)"
+        );
     }
 
     #[test]
@@ -383,7 +399,9 @@ mod tests {
             });
             match v {
                 Verdict::Limit { which: LimitKind::Memory, trap: Some(TrapKind::Unreachable), reason } => assert!(
-                    reason.starts_with(&format!("out of memory: the guest tried to grow its memory to {shown}, over the limit of 32 MiB")),
+                    reason.starts_with(&format!(
+                        "out of memory: the guest tried to grow its memory to {shown}, over the limit of 32 MiB"
+                    )),
                     "{reason}"
                 ),
                 other => panic!("{other:?}"),

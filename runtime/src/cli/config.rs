@@ -142,7 +142,9 @@ impl<'de> Deserialize<'de> for QueueEntry {
             Some(_) => return Err(D::Error::custom(format!("queue `{name}`: `plugin` must be a path string"))),
             None => None,
         };
-        let settings = toml::Value::Table(t).try_into::<Settings>().map_err(|e| D::Error::custom(format!("queue `{name}`: {e}")))?;
+        let settings = toml::Value::Table(t)
+            .try_into::<Settings>()
+            .map_err(|e| D::Error::custom(format!("queue `{name}`: {e}")))?;
         Ok(QueueEntry { name, plugin, settings })
     }
 }
@@ -243,7 +245,13 @@ impl WorkerFile {
 
     /// The queues to serve, with `flags` (command-line settings) on top.
     /// `only`: serve just this queue of the file.
-    pub(crate) fn plan(&self, redis: &RedisTarget, prefix: &str, flags: &Settings, only: Option<&str>) -> anyhow::Result<Vec<QueuePlan>> {
+    pub(crate) fn plan(
+        &self,
+        redis: &RedisTarget,
+        prefix: &str,
+        flags: &Settings,
+        only: Option<&str>,
+    ) -> anyhow::Result<Vec<QueuePlan>> {
         if self.queues.is_empty() {
             bail!("the config has no [[queues]] entry: nothing to serve");
         }
@@ -259,7 +267,10 @@ impl WorkerFile {
             plans.push(QueuePlan { binding, plugin: q.plugin.clone(), watch: s.watch.unwrap_or(true) });
         }
         if let (Some(o), true) = (only, plans.is_empty()) {
-            bail!("queue `{o}` is not in the config (it has: {})", self.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(", "));
+            bail!(
+                "queue `{o}` is not in the config (it has: {})",
+                self.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
         }
         Ok(plans)
     }
@@ -313,7 +324,10 @@ mod tests {
 
     #[test]
     fn redis_is_a_url_or_a_list_of_cluster_seeds() {
-        let f = WorkerFile::parse("redis = [\"redis://a:7000\", \"redis://b:7000\"]\ncluster = true\nprefix = \"{bull}\"\n").unwrap();
+        let f = WorkerFile::parse(
+            "redis = [\"redis://a:7000\", \"redis://b:7000\"]\ncluster = true\nprefix = \"{bull}\"\n",
+        )
+        .unwrap();
         assert_eq!(f.redis.clone().unwrap().into_urls(), ["redis://a:7000", "redis://b:7000"]);
         assert_eq!(f.cluster, Some(true));
         let f = WorkerFile::parse("redis = \"redis://a:6379\"\n").unwrap();
@@ -345,17 +359,26 @@ mod tests {
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\nconcurrency = 0\n").unwrap();
         assert!(f.plan(&r(), "bull", &Settings::default(), None).is_err());
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\ninstance_reuse = 0\n").unwrap();
-        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("instance_reuse"));
+        assert!(
+            format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("instance_reuse")
+        );
         let f = WorkerFile::parse("[defaults]\ninstance_reuse = 50\n[[queues]]\nname = \"a\"\n").unwrap();
         assert_eq!(f.plan(&r(), "bull", &Settings::default(), None).unwrap()[0].binding.instance_reuse, 50);
         let f = WorkerFile::parse("[defaults]\nredis_functions = false\n[[queues]]\nname = \"a\"\n[[queues]]\nname = \"b\"\nredis_functions = true\n").unwrap();
         let plan = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
-        assert_eq!(plan.iter().map(|p| p.binding.redis_functions).collect::<Vec<_>>(), [false, true], "[defaults], then the entry");
+        assert_eq!(
+            plan.iter().map(|p| p.binding.redis_functions).collect::<Vec<_>>(),
+            [false, true],
+            "[defaults], then the entry"
+        );
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
         assert!(f.plan(&r(), "bull", &Settings::default(), None).unwrap()[0].binding.redis_functions, "on by default");
         let f = WorkerFile::parse("").unwrap();
-        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]"));
+        assert!(
+            format!("{:#}", f.plan(&r(), "bull", &Settings::default(), None).unwrap_err()).contains("no [[queues]]")
+        );
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
-        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), Some("zz")).unwrap_err()).contains("not in the config"));
+        assert!(format!("{:#}", f.plan(&r(), "bull", &Settings::default(), Some("zz")).unwrap_err())
+            .contains("not in the config"));
     }
 }

@@ -366,7 +366,8 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     let (name, data) = (a.name.unwrap_or_default(), a.data.unwrap_or_default());
     let data: serde_json::Value =
         serde_json::from_str(&data).with_context(|| format!("job data is not valid JSON: {data:?}"))?;
-    let qopts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: a.q.prefix.clone(), ..Default::default() };
+    let qopts =
+        bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: a.q.prefix.clone(), ..Default::default() };
     let queue = bullmq::Queue::with_options(&a.q.queue, qopts)
         .await
         .with_context(|| format!("cannot open queue `{}` on {redis}", a.q.queue))?;
@@ -387,7 +388,8 @@ async fn retry(a: RetryArgs) -> anyhow::Result<()> {
 
 /// Validate (as a worker would load it), store, make current, notify.
 async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&a.file).with_context(|| format!("refusing to deploy: cannot read {}", a.file.display()))?;
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("refusing to deploy: cannot read {}", a.file.display()))?;
     let engine = new_engine()?;
     let linker = new_linker(&engine)?;
     let source = a.file.display().to_string();

@@ -160,7 +160,10 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             Verdict::Moved(_) if !a.until_done => return Ok(()),
             Verdict::Moved(m) => {
                 s.job.attempts_started += 1;
-                format!("after {}", if *m == Moved::Delayed { "move-to-delayed, not waiting" } else { "the children finished" })
+                format!(
+                    "after {}",
+                    if *m == Moved::Delayed { "move-to-delayed, not waiting" } else { "the children finished" }
+                )
             }
             failed => {
                 // BullMQ's rule: retry while attemptsMade + 1 < attempts.
@@ -188,14 +191,17 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
 
 /// Check the arguments and load the plugin, as a worker would.
 fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
-    let data: Value = serde_json::from_str(&a.data).with_context(|| format!("--data is not valid JSON: {:?}", a.data))?;
-    let opts: bullmq::JobOptions =
-        serde_json::from_str(&a.opts).with_context(|| format!("--opts is not valid BullMQ job options: {:?}", a.opts))?;
+    let data: Value =
+        serde_json::from_str(&a.data).with_context(|| format!("--data is not valid JSON: {:?}", a.data))?;
+    let opts: bullmq::JobOptions = serde_json::from_str(&a.opts)
+        .with_context(|| format!("--opts is not valid BullMQ job options: {:?}", a.opts))?;
     let children_values: Vec<(String, String)> = match &a.children_values {
         None => Vec::new(),
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
-            Ok(_) => anyhow::bail!("--children-values must be a JSON object of child key to return value, got {text:?}"),
+            Ok(_) => {
+                anyhow::bail!("--children-values must be a JSON object of child key to return value, got {text:?}")
+            }
             Err(e) => anyhow::bail!("--children-values is not valid JSON: {e}: {text:?}"),
         },
     };
@@ -220,7 +226,13 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
         progress: "0".into(),
         parent: None,
     };
-    let local = LocalJob::new(data, children_values, limits.clone(), ChildQueues::from_flags(&a.queue, &a.child_queues), report);
+    let local = LocalJob::new(
+        data,
+        children_values,
+        limits.clone(),
+        ChildQueues::from_flags(&a.queue, &a.child_queues),
+        report,
+    );
     Ok((Setup { plugin, engine, attempts: opts.attempts.unwrap_or(0), limits, job }, local))
 }
 
@@ -236,7 +248,14 @@ async fn attempt(s: &Setup, mut local: LocalJob) -> (Verdict, LocalJob) {
     let memory_hit = p.store.data().memory.hit;
     let Backend::Local(local) = p.store.into_data().job else { unreachable!("`bullpen run` attempts run in memory") };
     let lines = local.flush_output();
-    let v = verdict(Ended { called: called.result, memory_hit, moved: local.moved, lock_lost: false, output: &lines, limits });
+    let v = verdict(Ended {
+        called: called.result,
+        memory_hit,
+        moved: local.moved,
+        lock_lost: false,
+        output: &lines,
+        limits,
+    });
     (v, local)
 }
 
@@ -276,7 +295,13 @@ impl BenchAttempt {
     pub async fn once(&self, warm: &mut BenchWarm) -> bool {
         let s = &self.setup;
         let job = |out: &CapturedOutput| {
-            let mut local = LocalJob::new(s.job.data.clone(), Vec::new(), s.limits.clone(), ChildQueues::Any, Report { json: false, quiet: true });
+            let mut local = LocalJob::new(
+                s.job.data.clone(),
+                Vec::new(),
+                s.limits.clone(),
+                ChildQueues::Any,
+                Report { json: false, quiet: true },
+            );
             local.next_attempt(out.clone());
             Backend::Local(local)
         };

@@ -169,11 +169,20 @@ impl LocalJob {
             self.moved = Some(Moved::Delayed);
         }
         let delay = timestamp_ms.saturating_sub(crate::now_ms());
-        let args = [("timestamp", Arg::Plain(timestamp_ms.to_string(), timestamp_ms.into())), ("delayMs", Arg::Plain(format!("(in {delay} ms)"), delay.into()))];
+        let args = [
+            ("timestamp", Arg::Plain(timestamp_ms.to_string(), timestamp_ms.into())),
+            ("delayMs", Arg::Plain(format!("(in {delay} ms)"), delay.into())),
+        ];
         self.record("move-to-delayed", &args, r, |_| None)
     }
 
-    pub(crate) fn add_child(&mut self, queue: String, name: String, data: String, opts: String) -> Result<String, JobError> {
+    pub(crate) fn add_child(
+        &mut self,
+        queue: String,
+        name: String,
+        data: String,
+        opts: String,
+    ) -> Result<String, JobError> {
         let r = check_child(&self.child_queues, &self.limits, &queue, &data, &opts).map(|(_, child_opts)| {
             // A custom jobId is kept (a re-added one is the same child, as
             // in BullMQ); otherwise ids count up, as BullMQ's do per queue.
@@ -271,4 +280,3 @@ fn error_parts(e: &JobError) -> (&'static str, String) {
         JobError::Unavailable(m) => ("unavailable", m.clone()),
     }
 }
-

@@ -227,7 +227,8 @@ pub(crate) fn check_child(
     let child_opts: JobOptions = if opts.trim().is_empty() {
         JobOptions::default()
     } else {
-        serde_json::from_str(opts).map_err(|e| JobError::Invalid(format!("child opts are not valid job options: {e}")))?
+        serde_json::from_str(opts)
+            .map_err(|e| JobError::Invalid(format!("child opts are not valid job options: {e}")))?
     };
     Ok((data_value, child_opts))
 }

@@ -110,7 +110,11 @@ impl Shared {
         if let Some(q) = qs.get(name) {
             return Ok(q.clone());
         }
-        let opts = QueueOptions { connection: self.target.bullmq_options(), prefix: self.prefix.clone(), ..Default::default() };
+        let opts = QueueOptions {
+            connection: self.target.bullmq_options(),
+            prefix: self.prefix.clone(),
+            ..Default::default()
+        };
         let q = Arc::new(Queue::with_options(name, opts).await?);
         qs.insert(name.to_string(), q.clone());
         Ok(q)
@@ -410,9 +414,17 @@ where
     let mut tries = 0;
     loop {
         match call().await {
-            Err(e) if tries < 7 && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()) => {
+            Err(e)
+                if tries < 7
+                    && (e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal()
+                        || e.is_timeout()) =>
+            {
                 tries += 1;
-                in_attempt(|| tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying"));
+                in_attempt(
+                    || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying"),
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(1));
             }

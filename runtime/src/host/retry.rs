@@ -166,7 +166,10 @@ mod tests {
 
     #[test]
     fn parses_stored_backoff_forms() {
-        assert_eq!(Backoff::from_opts(&json!({"backoff": 500})).unwrap(), Backoff { kind: "fixed".into(), delay: 500, jitter: 0.0 });
+        assert_eq!(
+            Backoff::from_opts(&json!({"backoff": 500})).unwrap(),
+            Backoff { kind: "fixed".into(), delay: 500, jitter: 0.0 }
+        );
         let b = Backoff::from_opts(&json!({"backoff": {"type": "exponential", "delay": 100, "jitter": 0.5}})).unwrap();
         assert_eq!((b.kind.as_str(), b.delay, b.jitter), ("exponential", 100, 0.5));
         assert!(Backoff::from_opts(&json!({})).is_none());

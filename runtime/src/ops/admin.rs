@@ -88,7 +88,8 @@ pub enum AdminError {
 }
 
 async fn open_queue(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<bullmq::Queue, AdminError> {
-    let opts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
+    let opts =
+        bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
     bullmq::Queue::with_options(queue, opts).await.map_err(|source| AdminError::Open {
         queue: queue.to_string(),
         redis: redis.to_string(),
@@ -216,7 +217,8 @@ async fn inspect_on(q: &bullmq::Queue, job_id: &str) -> Result<JobView, AdminErr
         return Err(AdminError::JobNotFound { queue: q.name().to_string(), id: job_id.to_string() });
     }
     let state = state_name(q.get_job_state(job_id).await?).to_string();
-    let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("{job_key}:logs")).arg(0).arg(-1).query_async(&mut conn).await?;
+    let logs: Vec<String> =
+        redis::cmd("LRANGE").arg(format!("{job_key}:logs")).arg(0).arg(-1).query_async(&mut conn).await?;
     Ok(view_from_hash(job_id, state, &raw, logs))
 }
 
@@ -248,7 +250,11 @@ fn view_from_hash(id: &str, state: String, raw: &HashMap<String, Vec<u8>>, logs:
         processed_on: number("processedOn"),
         finished_on: number("finishedOn"),
         parent: text("parent").map(|s| parse_or_string(s).0),
-        plugin_digest: logs.iter().rev().find_map(|l| l.strip_prefix(crate::host::DIGEST_LOG_PREFIX)).map(str::to_string),
+        plugin_digest: logs
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix(crate::host::DIGEST_LOG_PREFIX))
+            .map(str::to_string),
         logs,
     }
 }

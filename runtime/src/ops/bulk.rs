@@ -38,10 +38,15 @@ pub(crate) fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> a
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&line)
-            .with_context(|| format!("line {n} is not a job object {{\"name\", \"data\", \"opts\"}}: {}", crate::sandbox::truncate_utf8(&line, 80)))?;
+        let parsed: Line = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "line {n} is not a job object {{\"name\", \"data\", \"opts\"}}: {}",
+                crate::sandbox::truncate_utf8(&line, 80)
+            )
+        })?;
         let opts = match parsed.opts {
-            Some(o) => serde_json::from_value(o).with_context(|| format!("line {n}: `opts` are not valid BullMQ job options"))?,
+            Some(o) => serde_json::from_value(o)
+                .with_context(|| format!("line {n}: `opts` are not valid BullMQ job options"))?,
             None => default_opts.clone(),
         };
         jobs.push(BulkJob::with_options(parsed.name, parsed.data, opts));
@@ -49,18 +54,26 @@ pub(crate) fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> a
     Ok(jobs)
 }
 
-pub(crate) async fn add_file(redis: &RedisTarget, prefix: &str, queue_name: &str, file: &Path, default_opts: &JobOptions) -> anyhow::Result<()> {
+pub(crate) async fn add_file(
+    redis: &RedisTarget,
+    prefix: &str,
+    queue_name: &str,
+    file: &Path,
+    default_opts: &JobOptions,
+) -> anyhow::Result<()> {
     let jobs = if file == Path::new("-") {
         parse_ndjson(std::io::stdin().lock(), default_opts)?
     } else {
         let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-        parse_ndjson(std::io::BufReader::new(f), default_opts).with_context(|| format!("{}: nothing was added", file.display()))?
+        parse_ndjson(std::io::BufReader::new(f), default_opts)
+            .with_context(|| format!("{}: nothing was added", file.display()))?
     };
     if jobs.is_empty() {
         bail!("{} has no jobs", file.display());
     }
     let total = jobs.len();
-    let qopts = bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
+    let qopts =
+        bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
     let queue = bullmq::Queue::with_options(queue_name, qopts)
         .await
         .with_context(|| format!("cannot open queue `{queue_name}` on {redis}"))?;
@@ -75,10 +88,13 @@ pub(crate) async fn add_file(redis: &RedisTarget, prefix: &str, queue_name: &str
             break;
         }
         let n = batch.len();
-        let done = queue
-            .add_bulk(batch)
-            .await
-            .with_context(|| format!("adding jobs {}..{} failed; the {added} jobs before them were added (their ids are printed)", added + 1, added + n))?;
+        let done = queue.add_bulk(batch).await.with_context(|| {
+            format!(
+                "adding jobs {}..{} failed; the {added} jobs before them were added (their ids are printed)",
+                added + 1,
+                added + n
+            )
+        })?;
         let mut out = stdout.lock();
         for job in &done {
             writeln!(out, "{}", job.id())?;
@@ -149,13 +165,17 @@ mod tests {
     fn unknown_fields_and_bad_opts_are_refused() {
         let e = parse_ndjson("{\"name\":\"a\",\"dta\":1}".as_bytes(), &JobOptions::default()).err().unwrap();
         assert!(format!("{e:#}").contains("line 1"), "{e:#}");
-        let e = parse_ndjson("{\"name\":\"a\",\"opts\":{\"attempts\":\"x\"}}".as_bytes(), &JobOptions::default()).err().unwrap();
+        let e = parse_ndjson("{\"name\":\"a\",\"opts\":{\"attempts\":\"x\"}}".as_bytes(), &JobOptions::default())
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("opts"), "{e:#}");
     }
 
     #[test]
     fn blank_lines_are_skipped() {
-        let jobs = parse_ndjson("\n{\"name\":\"a\"}\n  \n{\"name\":\"b\",\"data\":[1]}\n".as_bytes(), &JobOptions::default()).unwrap();
+        let jobs =
+            parse_ndjson("\n{\"name\":\"a\"}\n  \n{\"name\":\"b\",\"data\":[1]}\n".as_bytes(), &JobOptions::default())
+                .unwrap();
         assert_eq!(jobs.len(), 2);
     }
 }

@@ -126,8 +126,11 @@ impl Heartbeat {
     /// Stop beating and remove this worker from the queue's live list.
     pub async fn stop<C: ConnectionLike>(self, conn: &mut C) {
         self.task.abort();
-        let r: redis::RedisResult<()> =
-            redis::pipe().zrem(self.keys.workers(), &self.id).hdel(self.keys.worker_info(), &self.id).query_async(conn).await;
+        let r: redis::RedisResult<()> = redis::pipe()
+            .zrem(self.keys.workers(), &self.id)
+            .hdel(self.keys.worker_info(), &self.id)
+            .query_async(conn)
+            .await;
         if let Err(e) = r {
             debug!(error = %e, "heartbeat not removed");
         }
@@ -150,28 +153,68 @@ pub async fn queue_stats<C: ConnectionLike>(conn: &mut C, prefix: &str, queue: &
     let now = now_ms();
     let minute_ago = now.saturating_sub(60_000);
     let live_since = now.saturating_sub(LIVE_FOR.as_millis() as u64);
-    let (waiting, active, delayed, prioritized, waiting_children, paused, completed, failed): (u64, u64, u64, u64, u64, u64, u64, u64);
+    let (waiting, active, delayed, prioritized, waiting_children, paused, completed, failed): (
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+    );
     let (completed_last_minute, failed_last_minute, live): (u64, u64, Vec<String>);
-    (waiting, active, delayed, prioritized, waiting_children, paused, completed, failed, completed_last_minute, failed_last_minute, live) =
-        redis::pipe()
-            .cmd("LLEN").arg(format!("{base}:wait"))
-            .cmd("LLEN").arg(format!("{base}:active"))
-            .cmd("ZCARD").arg(format!("{base}:delayed"))
-            .cmd("ZCARD").arg(format!("{base}:prioritized"))
-            .cmd("ZCARD").arg(format!("{base}:waiting-children"))
-            .cmd("LLEN").arg(format!("{base}:paused"))
-            .cmd("ZCARD").arg(format!("{base}:completed"))
-            .cmd("ZCARD").arg(format!("{base}:failed"))
-            .cmd("ZCOUNT").arg(format!("{base}:completed")).arg(minute_ago).arg("+inf")
-            .cmd("ZCOUNT").arg(format!("{base}:failed")).arg(minute_ago).arg("+inf")
-            .cmd("ZRANGEBYSCORE").arg(keys.workers()).arg(live_since).arg("+inf").arg("WITHSCORES")
-            .query_async(conn)
-            .await?;
+    (
+        waiting,
+        active,
+        delayed,
+        prioritized,
+        waiting_children,
+        paused,
+        completed,
+        failed,
+        completed_last_minute,
+        failed_last_minute,
+        live,
+    ) = redis::pipe()
+        .cmd("LLEN")
+        .arg(format!("{base}:wait"))
+        .cmd("LLEN")
+        .arg(format!("{base}:active"))
+        .cmd("ZCARD")
+        .arg(format!("{base}:delayed"))
+        .cmd("ZCARD")
+        .arg(format!("{base}:prioritized"))
+        .cmd("ZCARD")
+        .arg(format!("{base}:waiting-children"))
+        .cmd("LLEN")
+        .arg(format!("{base}:paused"))
+        .cmd("ZCARD")
+        .arg(format!("{base}:completed"))
+        .cmd("ZCARD")
+        .arg(format!("{base}:failed"))
+        .cmd("ZCOUNT")
+        .arg(format!("{base}:completed"))
+        .arg(minute_ago)
+        .arg("+inf")
+        .cmd("ZCOUNT")
+        .arg(format!("{base}:failed"))
+        .arg(minute_ago)
+        .arg("+inf")
+        .cmd("ZRANGEBYSCORE")
+        .arg(keys.workers())
+        .arg(live_since)
+        .arg("+inf")
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
     let mut workers = Vec::new();
-    let pairs: Vec<(String, u64)> = live.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?))).collect();
+    let pairs: Vec<(String, u64)> =
+        live.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?))).collect();
     if !pairs.is_empty() {
         let ids: Vec<&String> = pairs.iter().map(|(id, _)| id).collect();
-        let infos: Vec<Option<String>> = redis::cmd("HMGET").arg(keys.worker_info()).arg(&ids).query_async(conn).await?;
+        let infos: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(keys.worker_info()).arg(&ids).query_async(conn).await?;
         for ((_, seen), raw) in pairs.iter().zip(infos) {
             if let Some(mut w) = raw.and_then(|r| serde_json::from_str::<WorkerInfo>(&r).ok()) {
                 w.seen_at = *seen;

@@ -26,10 +26,10 @@ use tracing::{error, info, warn};
 use wasmtime::component::Linker;
 use wasmtime::Engine;
 
-use crate::conn::RedisTarget;
-use crate::error::PluginError;
 use super::plugin::{self, Plugin};
 use super::registry::{self, Notice, PluginSlot, Registry, RegistryError};
+use crate::conn::RedisTarget;
+use crate::error::PluginError;
 use crate::host::HostState;
 
 /// How often a watched plugin file is looked at.
@@ -73,7 +73,10 @@ impl Loader {
             Plugin::from_bytes(&engine, &linker, &bytes, &source)
         })
         .await
-        .map_err(|e| PluginError::Compile { what: "plugin".into(), reason: format!("the loading task failed: {e}") })??;
+        .map_err(|e| PluginError::Compile {
+            what: "plugin".into(),
+            reason: format!("the loading task failed: {e}"),
+        })??;
         let mut loaded = self.loaded.lock().unwrap();
         if !loaded.iter().any(|p| p.digest == plugin.digest) {
             loaded.push_back(plugin.clone());
@@ -86,7 +89,8 @@ impl Loader {
 
     /// Load the component file at `path`.
     pub async fn load_file(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
-        let bytes = tokio::fs::read(path).await.map_err(|cause| PluginError::Read { path: path.to_path_buf(), cause })?;
+        let bytes =
+            tokio::fs::read(path).await.map_err(|cause| PluginError::Read { path: path.to_path_buf(), cause })?;
         self.load(bytes, path.display().to_string()).await
     }
 }
@@ -210,7 +214,12 @@ enum Trigger {
 impl RegistryFollower {
     /// Connect to the registry and subscribe to its channel (subscribing
     /// before the first read, so no deploy falls between the two).
-    pub async fn connect(loader: Arc<Loader>, redis: &RedisTarget, prefix: &str, queue: &str) -> Result<Self, RegistryError> {
+    pub async fn connect(
+        loader: Arc<Loader>,
+        redis: &RedisTarget,
+        prefix: &str,
+        queue: &str,
+    ) -> Result<Self, RegistryError> {
         let registry = Registry::connect(redis, prefix, queue).await?;
         let pubsub = Some(registry::subscribe(redis, &registry.keys).await?);
         Ok(RegistryFollower {
@@ -350,7 +359,10 @@ impl RegistryFollower {
         let source = format!("{}[{digest}]", self.registry.keys.plugins());
         let p = self.loader.load(bytes, source).await.map_err(|e| e.to_string())?;
         if *p.digest != *digest {
-            return Err(format!("the stored bytes have digest {}, not {digest}: the registry entry is corrupt", p.digest));
+            return Err(format!(
+                "the stored bytes have digest {}, not {digest}: the registry entry is corrupt",
+                p.digest
+            ));
         }
         Ok(p)
     }

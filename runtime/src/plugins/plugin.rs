@@ -72,21 +72,25 @@ impl Plugin {
         check_header(bytes, source)?;
         let digest = digest(bytes);
         let started = Instant::now();
-        let (component, cached) = compile_cached(engine, bytes, &digest).map_err(|e| PluginError::Compile {
-            what: source.to_string(),
-            reason: format!("{e:#}"),
-        })?;
+        let (component, cached) = compile_cached(engine, bytes, &digest)
+            .map_err(|e| PluginError::Compile { what: source.to_string(), reason: format!("{e:#}") })?;
         let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
-        probe_instantiation(engine, &component).map_err(|e| PluginError::InstantiationTrap {
-            what: source.to_string(),
-            reason: format!("{e:#}"),
-        })?;
-        let mismatch = |e: wasmtime::Error| PluginError::WorldMismatch { what: source.to_string(), reason: format!("{e:#}") };
+        probe_instantiation(engine, &component)
+            .map_err(|e| PluginError::InstantiationTrap { what: source.to_string(), reason: format!("{e:#}") })?;
+        let mismatch =
+            |e: wasmtime::Error| PluginError::WorldMismatch { what: source.to_string(), reason: format!("{e:#}") };
         let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = ProcessorPre::new(pre).map_err(mismatch)?;
         let has_backoff = component.component_type().exports(engine).any(|(name, _)| name == "backoff");
         debug!(%digest, cached, compile_ms, total_ms = started.elapsed().as_secs_f64() * 1000.0, "plugin ready");
-        Ok(Arc::new(Plugin { digest: digest.into(), source: source.to_string(), pre, has_backoff, load_ms: started.elapsed().as_secs_f64() * 1000.0, from_cache: cached }))
+        Ok(Arc::new(Plugin {
+            digest: digest.into(),
+            source: source.to_string(),
+            pre,
+            has_backoff,
+            load_ms: started.elapsed().as_secs_f64() * 1000.0,
+            from_cache: cached,
+        }))
     }
 }
 
@@ -123,7 +127,8 @@ fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Resu
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(c) => {
                 // Its mtime is its last use: what eviction goes by.
-                let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+                let _ =
+                    std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
                 return Ok((c, true));
             }
             Err(e) => warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unreadable cached artifact"),
@@ -166,7 +171,9 @@ fn prune_cache(dir: &Path, keep: &Path, max_bytes: u64) -> std::io::Result<usize
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.contains(".tmp") {
-            if modified.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)) && std::fs::remove_file(&path).is_ok() {
+            if modified.elapsed().is_ok_and(|age| age > Duration::from_secs(3600))
+                && std::fs::remove_file(&path).is_ok()
+            {
                 removed += 1;
             }
         } else if name.ends_with(".cwasm") && meta.is_file() {
@@ -221,7 +228,8 @@ fn probe_instantiation(engine: &Engine, component: &Component) -> wasmtime::Resu
     linker.instance("bullpen:processor/types@0.1.0")?;
     let mut job_context = linker.instance("bullpen:processor/job-context@0.1.0")?;
     for name in JOB_CONTEXT_FUNCS {
-        job_context.func_new(name, |_, _, _, _| Err(wasmtime::Error::msg("job-context called during the load-time probe")))?;
+        job_context
+            .func_new(name, |_, _, _, _| Err(wasmtime::Error::msg("job-context called during the load-time probe")))?;
     }
     let mut store = Store::new(engine, ProbeState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
     store.set_epoch_deadline((1000 / crate::sandbox::engine::EPOCH_TICK.as_millis()) as u64);

@@ -30,8 +30,8 @@ use std::sync::{Arc, RwLock};
 use bullmq::redis_connection::AnyConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::conn::RedisTarget;
 use super::plugin::Plugin;
+use crate::conn::RedisTarget;
 use crate::now_ms;
 
 /// The current plugin of one binding; swapped atomically.
@@ -257,7 +257,8 @@ impl Registry {
             None => String::new(),
         };
         let at = now_ms();
-        let template = serde_json::to_string(&Notice { digest: "@DIGEST@".into(), at, action: "rollback".into() }).unwrap();
+        let template =
+            serde_json::to_string(&Notice { digest: "@DIGEST@".into(), at, action: "rollback".into() }).unwrap();
         let reply: Vec<redis::Value> = redis::Script::new(ROLLBACK)
             .key(self.keys.plugins())
             .key(self.keys.current())
@@ -296,7 +297,8 @@ impl Registry {
         if want.len() < 4 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(unknown());
         }
-        let all: Vec<String> = redis::cmd("ZRANGE").arg(self.keys.versions()).arg(0).arg(-1).query_async(&mut self.conn.clone()).await?;
+        let all: Vec<String> =
+            redis::cmd("ZRANGE").arg(self.keys.versions()).arg(0).arg(-1).query_async(&mut self.conn.clone()).await?;
         let matches: Vec<String> = all.into_iter().filter(|d| d.starts_with(&want)).collect();
         match matches.len() {
             0 => Err(unknown()),
@@ -336,7 +338,12 @@ impl Registry {
         Ok(scored
             .into_iter()
             .zip(sizes)
-            .map(|((digest, at), size)| Version { current: current.as_deref() == Some(&digest), digest, deployed_at: at as u64, size })
+            .map(|((digest, at), size)| Version {
+                current: current.as_deref() == Some(&digest),
+                digest,
+                deployed_at: at as u64,
+                size,
+            })
             .collect())
     }
 }

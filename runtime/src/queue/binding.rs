@@ -113,7 +113,12 @@ impl Binding {
     /// Connect to Redis and start processing `config.queue` with the plugin
     /// in `slot`, `config.concurrency` split over `shards`: a BullMQ worker
     /// on each (see `super::shards` for why).
-    pub(crate) async fn start(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig, shards: &Shards) -> anyhow::Result<Binding> {
+    pub(crate) async fn start(
+        engine: Engine,
+        slot: Arc<PluginSlot>,
+        config: BindingConfig,
+        shards: &Shards,
+    ) -> anyhow::Result<Binding> {
         config.redis.check_prefix(&config.prefix)?;
         let redis = config.redis.connect().await?;
         let mut parts: Vec<Part> = Vec::new();
@@ -131,7 +136,13 @@ impl Binding {
                 }
             }
         }
-        let heartbeat = crate::ops::stats::Heartbeat::spawn(redis.clone(), &config.prefix, &config.queue, slot.clone(), config.concurrency);
+        let heartbeat = crate::ops::stats::Heartbeat::spawn(
+            redis.clone(),
+            &config.prefix,
+            &config.queue,
+            slot.clone(),
+            config.concurrency,
+        );
         Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
     }
 
@@ -173,7 +184,12 @@ impl Binding {
 
 /// One shard's share of a binding: its own Redis connection for host calls,
 /// its own bullmq-official worker with `concurrency` slots. Runs on the shard.
-async fn start_part(engine: Engine, slot: Arc<PluginSlot>, config: BindingConfig, concurrency: usize) -> anyhow::Result<Arc<Worker>> {
+async fn start_part(
+    engine: Engine,
+    slot: Arc<PluginSlot>,
+    config: BindingConfig,
+    concurrency: usize,
+) -> anyhow::Result<Arc<Worker>> {
     let redis = config.redis.connect().await?;
     let shared = Arc::new(Shared::new(
         redis,
@@ -243,4 +259,3 @@ fn drain_worker_events(worker: Arc<Worker>, queue: String) {
         }
     });
 }
-

@@ -50,7 +50,11 @@ impl Shards {
                 let _ = rt.block_on(rx);
             })?;
         }
-        Ok(Shards { handles: Arc::new(handles), next: Arc::new(AtomicUsize::new(0)), _stop: Some(Arc::new(Stop(stops))) })
+        Ok(Shards {
+            handles: Arc::new(handles),
+            next: Arc::new(AtomicUsize::new(0)),
+            _stop: Some(Arc::new(Stop(stops))),
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -63,7 +67,11 @@ impl Shards {
     pub fn place(&self, concurrency: usize) -> Vec<(Handle, usize)> {
         let shares = split(concurrency, self.handles.len());
         let first = self.next.fetch_add(shares.len(), Ordering::Relaxed);
-        shares.into_iter().enumerate().map(|(i, c)| (self.handles[(first + i) % self.handles.len()].clone(), c)).collect()
+        shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (self.handles[(first + i) % self.handles.len()].clone(), c))
+            .collect()
     }
 }
 

@@ -132,7 +132,9 @@ fn settle(verdict: Verdict, will_retry: bool) -> (BullResult, JobOutcome) {
         Verdict::Moved(Moved::Delayed) => (Err(bullmq::Error::Delayed), JobOutcome::Delayed),
         Verdict::Moved(Moved::WaitingChildren) => (Err(bullmq::Error::WaitingChildren), JobOutcome::WaitingChildren),
         Verdict::Unrecoverable(reason) => (Err(bullmq::Error::Unrecoverable(reason)), JobOutcome::Failed),
-        Verdict::Error(reason) | Verdict::Trap { reason, .. } | Verdict::Limit { reason, .. } => bullmq_retries(reason, will_retry),
+        Verdict::Error(reason) | Verdict::Trap { reason, .. } | Verdict::Limit { reason, .. } => {
+            bullmq_retries(reason, will_retry)
+        }
         // Moved (or no longer ours): bullmq-official must write nothing more.
         Verdict::LockLost => (Err(bullmq::Error::Delayed), JobOutcome::LockLost),
         // moveJobFromActiveToWait: attemptsMade unchanged.
@@ -147,7 +149,12 @@ impl Trigger {
     /// One attempt of `job`: bullmq-official's processor.
     pub(crate) async fn run(self: Arc<Self>, job: bullmq::Job, cancel: CancellationToken) -> BullResult {
         let plugin = self.slot.current();
-        let span = Arc::new(AttemptSpan::new(self.queue.clone(), job.id().to_string(), job.attempts_made() + 1, plugin.digest.clone()));
+        let span = Arc::new(AttemptSpan::new(
+            self.queue.clone(),
+            job.id().to_string(),
+            job.attempts_made() + 1,
+            plugin.digest.clone(),
+        ));
         let started = Instant::now();
         let finished = span::scope(span.clone(), self.attempt(plugin, job, cancel)).await;
         self.record(&span, started.elapsed(), &finished);
@@ -179,7 +186,9 @@ impl Trigger {
             let printed = prepared.out.take_lines(limits.max_log_line_bytes);
             match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(pending.flush(printed))).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => in_attempt(|| warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress")),
+                Ok(Err(e)) => in_attempt(
+                    || warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
+                ),
                 Err(_) => in_attempt(|| warn!("gave up writing the interrupted attempt's pending log lines/progress")),
             }
             in_attempt(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
@@ -194,8 +203,14 @@ impl Trigger {
         // its limits, serves the binding's next attempt (until its quota).
         let keep = instance.filter(|_| uses + 1 < self.reuse && memory_hit.is_none());
         let ctx = redis_ctx(&mut state.job);
-        let mut verdict =
-            verdict(Ended { called: result, memory_hit, moved: ctx.moved, lock_lost: ctx.lock_lost, output: &lines, limits });
+        let mut verdict = verdict(Ended {
+            called: result,
+            memory_hit,
+            moved: ctx.moved,
+            lock_lost: ctx.lock_lost,
+            output: &lines,
+            limits,
+        });
         if tracing::enabled!(tracing::Level::DEBUG) {
             in_attempt(|| debug!(digest = %plugin.digest, verdict = verdict.label(), "attempt returned"));
         }
@@ -225,7 +240,11 @@ impl Trigger {
         };
         let (result, outcome) = self.apply(verdict, ctx, &plugin, &wit_job, prelude, will_retry).await;
         if let Some(instance) = keep {
-            self.idle.lock().unwrap().push(Warm { plugin, kept: Kept { store, instance, out: prepared.out }, uses: uses + 1 });
+            self.idle.lock().unwrap().push(Warm {
+                plugin,
+                kept: Kept { store, instance, out: prepared.out },
+                uses: uses + 1,
+            });
         }
         Finished { result, outcome, trap, limit, instantiated, memory_peak }
     }
@@ -274,7 +293,12 @@ impl Trigger {
     }
 
     /// bullpen's own delayed retry (BullMQ's `moveToDelayed`, counted as an attempt).
-    async fn delayed_retry(ctx: &mut JobContext, delay_ms: u64, reason: String, will_retry: bool) -> (BullResult, JobOutcome) {
+    async fn delayed_retry(
+        ctx: &mut JobContext,
+        delay_ms: u64,
+        reason: String,
+        will_retry: bool,
+    ) -> (BullResult, JobOutcome) {
         match ctx.retry_later(delay_ms, &reason).await {
             Ok(()) | Err(JobError::LockLost) => {
                 (Err(bullmq::Error::Delayed), if ctx.lock_lost { JobOutcome::LockLost } else { JobOutcome::Retried })
@@ -304,12 +328,16 @@ impl Trigger {
         let delay = match backoff.plan(ctx.job.attempts_made() + 1, random_unit()) {
             RetryPlan::BullmqDoesIt => 0,
             RetryPlan::After(d) => d,
-            RetryPlan::AskGuest { kind, n } => match self.guest_backoff(plugin, ctx, wit_job, &kind, n, &reason).await {
-                Some(wit::BackoffDecision::DelayMs(d)) => d,
-                Some(wit::BackoffDecision::GiveUp) => return (Err(bullmq::Error::Unrecoverable(reason)), JobOutcome::Failed),
-                // As bullmq-official with no strategy: retry at once.
-                None => 0,
-            },
+            RetryPlan::AskGuest { kind, n } => {
+                match self.guest_backoff(plugin, ctx, wit_job, &kind, n, &reason).await {
+                    Some(wit::BackoffDecision::DelayMs(d)) => d,
+                    Some(wit::BackoffDecision::GiveUp) => {
+                        return (Err(bullmq::Error::Unrecoverable(reason)), JobOutcome::Failed)
+                    }
+                    // As bullmq-official with no strategy: retry at once.
+                    None => 0,
+                }
+            }
         };
         if delay == 0 {
             return bullmq_retries(reason, will_retry);
@@ -329,7 +357,9 @@ impl Trigger {
         reason: &str,
     ) -> Option<wit::BackoffDecision> {
         if !plugin.has_backoff {
-            in_attempt(|| warn!(backoff = kind, "custom backoff type but the plugin exports no `backoff`: retrying at once"));
+            in_attempt(|| {
+                warn!(backoff = kind, "custom backoff type but the plugin exports no `backoff`: retrying at once")
+            });
             return None;
         }
         let limits = &self.shared.limits;
@@ -390,14 +420,17 @@ impl Trigger {
             m.limit_kills.get_or_create(&LimitLabels { queue: self.queue.to_string(), limit: limit.label() }).inc();
         }
         let outcome = f.outcome.label();
-        m.jobs.get_or_create(&JobLabels { queue: self.queue.to_string(), digest: span.digest().to_string(), outcome }).inc();
+        m.jobs
+            .get_or_create(&JobLabels { queue: self.queue.to_string(), digest: span.digest().to_string(), outcome })
+            .inc();
         // Operators see why attempts fail without opening each job.
         if let (Err(e), JobOutcome::Failed | JobOutcome::Retried) = (&f.result, f.outcome) {
             let reason = match e {
                 bullmq::Error::ProcessingError(r) | bullmq::Error::Unrecoverable(r) => r.clone(),
                 other => other.to_string(),
             };
-            span.get().in_scope(|| info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed"));
+            span.get()
+                .in_scope(|| info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed"));
         }
     }
 

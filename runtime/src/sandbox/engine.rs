@@ -55,9 +55,7 @@ pub fn new_engine_with(options: EngineOptions) -> anyhow::Result<Engine> {
         // echo p50 63 -> 31 µs; Go 1.4 -> 0.6 ms; JS 1.8 -> 1.1 ms). 4 MiB per
         // slot bounds what stays resident: a slot keeps at most its dirty
         // pages below that size (echo dirties ~200 KiB).
-        pool.pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(1 << 20);
+        pool.pagemap_scan(wasmtime::Enabled::Auto).linear_memory_keep_resident(4 << 20).table_keep_resident(1 << 20);
         // Knobs for measuring other settings (bench/README.md), not for users.
         let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
         if let Some(n) = knob("BULLPEN_POOL_KEEP_RESIDENT") {

@@ -142,11 +142,8 @@ impl CapturedOutput {
         let mut c = self.inner.lock().unwrap();
         let buf = std::mem::take(&mut c.buf);
         let text = String::from_utf8_lossy(&buf);
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| truncate_utf8(l, max_line).to_string())
-            .collect();
+        let mut lines: Vec<String> =
+            text.lines().filter(|l| !l.is_empty()).map(|l| truncate_utf8(l, max_line).to_string()).collect();
         c.cap = c.cap.saturating_sub(buf.len());
         if c.dropped > 0 {
             lines.push(format!("[bullpen] output truncated: {} bytes over the per-attempt limit dropped", c.dropped));
@@ -210,10 +207,16 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         self.push(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
