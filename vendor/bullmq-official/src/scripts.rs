@@ -385,11 +385,11 @@ impl LuaScript {
     pub async fn execute_after<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        prelude: crate::options::FinishPrelude,
+        prelude: &crate::options::FinishPrelude,
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
-        if let Some(r) = self.try_fcall(conn, Some(&prelude), keys, args).await {
+        if let Some(r) = self.try_fcall(conn, Some(prelude), keys, args).await {
             return r;
         }
         // Scripts: the finish as EVALSHA too (never FCALL here), so that a
