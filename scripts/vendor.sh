@@ -6,7 +6,9 @@
 #       Rebuild each vendored crate from the published package (fetched with
 #       cargo), its removal list and its patch files, and compare with
 #       vendor/<crate>; then run the vendored crates' unit tests. Exits
-#       non-zero, with the diff, when they differ.
+#       non-zero, with the diff, when they differ. Seconds when cargo has
+#       the packages; the tests build in $CARGO_TARGET_DIR/vendor-check
+#       (the first time: the crate's dependencies, a few minutes).
 #   bash scripts/vendor.sh refresh CRATE [PATCH | --new NAME]
 #       After editing vendor/<crate>: write the edit into patch file PATCH
 #       (its number, e.g. 4, or its file name; the patches after it are
@@ -291,7 +293,8 @@ finish() {
     v="$(pkg "$crate" version)"
     say "vendor/$crate is now $(pkg "$crate" name) $v with its patches: update the version in PATCHES.md and the workspace, then check, build and test"
   fi
-  verify "$crate" >/dev/null || die "the rewritten patches do not rebuild vendor/$crate (bash scripts/vendor.sh check $crate --no-test shows the diff)"
+  verify "$crate" >/dev/null ||
+    die "the patch files are written, but they do not rebuild vendor/$crate exactly (a conflict resolved otherwise than vendor/$crate has it?): bash scripts/vendor.sh check $crate --no-test shows the difference; fold it into its patch with refresh $crate <patch>"
   rm -rf "$W"
   say "vendor/$crate/patches written; review with git diff, then commit them with the source"
 }
@@ -410,7 +413,7 @@ cmd_refresh() {
         g commit -q -m "fixup! $subject"
         if ! GIT_SEQUENCE_EDITOR=true g rebase -q -i --autosquash base >/dev/null 2>"$W/rebase.log"; then
           cat "$W/rebase.log" >&2
-          say "the change, folded into $subject, conflicts with a later patch (above)."
+          say "the change does not fold into $subject cleanly (above): it touches lines a later patch adds or changes."
           say "Resolve it in $W/tree (git status; edit; git add; git rebase --continue), then: bash scripts/vendor.sh continue $crate"
           say "(or give up: rm -rf $W, and fold the change into a later patch instead)"
           exit 1
