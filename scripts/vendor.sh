@@ -63,10 +63,11 @@ g() {
 # prefixes, three lines of context, no renames, Myers.
 patch_diff() { g diff --no-color --no-ext-diff --no-renames --full-index --diff-algorithm=myers -U3 --src-prefix=a/ --dst-prefix=b/ "$@"; }
 
-tmp_dirs=()
-cleanup() { if [ ${#tmp_dirs[@]} -gt 0 ]; then rm -rf "${tmp_dirs[@]}"; fi; }
-trap cleanup EXIT
-new_tmp() { local d; d="$(mktemp -d "${TMPDIR:-/tmp}/vendor-sh.XXXXXX")"; tmp_dirs+=("$d"); echo "$d"; }
+# Temporary directories, all under one that goes when the script ends
+# (new_tmp runs in $(...), a subshell, so it cannot keep a list).
+tmp_root="$(mktemp -d "${TMPDIR:-/tmp}/vendor-sh.XXXXXX")"
+trap 'rm -rf "$tmp_root"' EXIT
+new_tmp() { mktemp -d "$tmp_root/XXXXXX"; }
 
 known_crate() {
   local c
