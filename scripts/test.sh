@@ -5,6 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
+# The vendored crates are their published packages plus vendor/*/patches, and
+# the patches' own unit tests pass (vendor/*/PATCHES.md).
+bash scripts/vendor.sh check
 # The Go guest SDK's unit tests (canonical-ABI layouts, serde_json-compatible JSON).
 (cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
 # Release: the tests run the same wasmtime host users run (a debug host is ~10x slower).

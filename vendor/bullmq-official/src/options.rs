@@ -46,7 +46,7 @@ pub struct RepeatJobOptions {
 /// bullpen patch (PATCHES.md): a Lua script to run just before a job's
 /// `moveToFinished`, in the same round trip on the same connection — for
 /// writes the processor left pending that must land before the job finishes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishPrelude {
     /// The script's source, sent (EVAL) only when Redis does not have it cached.
     pub source: Arc<str>,

@@ -58,23 +58,45 @@ pub struct Library {
     pub source: String,
 }
 
+/// bullpen patch 4: the line a compiled BullMQ script's code starts with,
+/// after its header comment; the helper definitions follow it.
+const RCALL_LINE: &str = "local rcall = redis.call";
+
+/// bullpen patch 4: the first line of `moveToFinished`'s body, after its
+/// helper definitions.
+const MOVE_TO_FINISHED_BODY: &str = "local jobIdKey = KEYS[12]";
+
 impl FunctionForm {
     /// The function form of `content`, a compiled BullMQ script laid out as
-    /// `local rcall = redis.call`, helper definitions that read neither
-    /// KEYS nor ARGV, then its body from the line `body_starts` on. `None`
-    /// when the script is not laid out that way (e.g. a new BullMQ version
-    /// moved things): it then runs as a plain script.
-    fn new(script_name: &str, content: &str, body_starts: &str) -> Option<Self> {
-        let (_, rest) = content.split_once("\nlocal rcall = redis.call\n")?;
-        let at = rest.find(body_starts)?;
-        let (helpers, body) = rest.split_at(at);
-        if helpers.contains("KEYS") || helpers.contains("ARGV") || helpers.contains("redis.register_function") {
-            return None;
+    /// a header comment, the line `local rcall = redis.call`, helper
+    /// definitions (`local function f(...)` or `local f = function (...)`
+    /// up to an `end` in column 0, comments) that read neither KEYS nor
+    /// ARGV, then its body from the line `body_starts` on: each marker a
+    /// whole line, once, in that order. `Err(reason)` when the script is
+    /// laid out otherwise (e.g. a new BullMQ version moved things): it then
+    /// runs as a plain script (EVALSHA), and `use_functions` says why.
+    fn new(script_name: &str, content: &str, body_starts: &str) -> Result<Self, String> {
+        let rcall_at = the_line(content, RCALL_LINE)?;
+        let body_at = the_line(content, body_starts)?;
+        if body_at < rcall_at {
+            return Err(format!("its body's first line `{body_starts}` comes before `{RCALL_LINE}`"));
         }
-        Some(Self {
+        comments_only(&content[..rcall_at])
+            .map_err(|what| format!("{what} before `{RCALL_LINE}` (the function form drops what is there)"))?;
+        let helpers = &content[rcall_at + RCALL_LINE.len() + 1..body_at];
+        // The helpers run once, when the library loads, without KEYS and ARGV.
+        for word in ["KEYS", "ARGV", "redis.register_function"] {
+            if let Some(line) = helpers.lines().find(|line| line.contains(word)) {
+                return Err(format!("its helpers use {word}: `{}`", line.trim()));
+            }
+        }
+        if let Some(line) = top_level_statement(helpers) {
+            return Err(format!("its helpers run code when loaded, not only define functions: `{line}`"));
+        }
+        Ok(Self {
             script_name: script_name.to_string(),
             helpers: helpers.to_string(),
-            body: body.to_string(),
+            body: content[body_at..].to_string(),
             library: std::sync::OnceLock::new(),
             enabled: std::sync::atomic::AtomicBool::new(false),
         })
@@ -136,6 +158,79 @@ impl FunctionForm {
     }
 }
 
+/// bullpen patch 4: where `line` is in `content`: a whole line, found once.
+fn the_line(content: &str, line: &str) -> Result<usize, String> {
+    let mut found = content
+        .match_indices(line)
+        .map(|(at, _)| at)
+        .filter(|&at| (at == 0 || content.as_bytes()[at - 1] == b'\n') && content[at + line.len()..].starts_with('\n'));
+    match (found.next(), found.next()) {
+        (Some(at), None) => Ok(at),
+        (None, _) => Err(format!("no line `{line}`")),
+        (Some(_), Some(_)) => Err(format!("the line `{line}` more than once")),
+    }
+}
+
+/// bullpen patch 4: `Err` naming what `lua` holds besides comments and blanks.
+fn comments_only(lua: &str) -> Result<(), String> {
+    let mut rest = lua;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let Some(comment) = rest.strip_prefix("--") else {
+            return Err(format!("code (`{}`)", rest.lines().next().unwrap_or(rest)));
+        };
+        rest = match long_comment_close(comment) {
+            Some(close) => match comment.find(&close) {
+                Some(i) => &comment[i + close.len()..],
+                None => return Err("a comment left open".to_string()),
+            },
+            None => comment.split_once('\n').map_or("", |(_, after)| after),
+        };
+    }
+}
+
+/// bullpen patch 4: `]]` (`]==]`, ...) when the comment after `--` opens a
+/// long bracket (`[[`, `[==[`, ...).
+fn long_comment_close(comment: &str) -> Option<String> {
+    let level = comment.strip_prefix('[')?.bytes().take_while(|&b| b == b'=').count();
+    comment[1 + level..].starts_with('[').then(|| format!("]{}]", "=".repeat(level)))
+}
+
+/// bullpen patch 4: the first line of `helpers` that starts, in column 0,
+/// anything but a function definition, the `end` of one, or a comment: code
+/// at the top level, which a library runs once, when it loads, where the
+/// script ran it on every call. (Lines inside definitions are indented in
+/// BullMQ's compiled scripts; a script laid out otherwise is refused too.)
+fn top_level_statement(helpers: &str) -> Option<&str> {
+    let mut open_comment: Option<String> = None;
+    for line in helpers.lines() {
+        if let Some(close) = &open_comment {
+            if line.contains(close.as_str()) {
+                open_comment = None;
+            }
+            continue;
+        }
+        if line.trim().is_empty() || line.starts_with([' ', '\t']) {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("--") {
+            open_comment = long_comment_close(comment).filter(|close| !comment.contains(close.as_str()));
+            continue;
+        }
+        let code = line.split("--").next().unwrap_or(line).trim_end();
+        let assigned_function = code.strip_prefix("local ").and_then(|c| c.split_once('=')).is_some_and(|(name, value)| {
+            name.trim().chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && value.trim_start().starts_with("function")
+        });
+        if !(code == "end" || code.starts_with("local function ") || assigned_function) {
+            return Some(line);
+        }
+    }
+    None
+}
+
 /// The FCALL command of function `name`.
 fn fcall(name: &str, num_keys: usize, keys: &[impl redis::ToRedisArgs], args: &[impl redis::ToRedisArgs]) -> redis::Cmd {
     call("FCALL", name, num_keys, keys, args)
@@ -173,12 +268,6 @@ impl LuaScript {
             sha,
             function: None,
         }
-    }
-
-    /// bullpen patch 4: run via FCALL when the registry turns functions on.
-    fn with_function(mut self, body_starts: &str) -> Self {
-        self.function = FunctionForm::new(&self.name, &self.content, body_starts).map(Arc::new);
-        self
     }
 
     /// bullpen patch 4: this script as its library's function, after
@@ -296,11 +385,11 @@ impl LuaScript {
     pub async fn execute_after<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        prelude: crate::options::FinishPrelude,
+        prelude: &crate::options::FinishPrelude,
         keys: &[impl redis::ToRedisArgs],
         args: &[impl redis::ToRedisArgs],
     ) -> Result<redis::Value, Error> {
-        if let Some(r) = self.try_fcall(conn, Some(&prelude), keys, args).await {
+        if let Some(r) = self.try_fcall(conn, Some(prelude), keys, args).await {
             return r;
         }
         // Scripts: the finish as EVALSHA too (never FCALL here), so that a
@@ -369,26 +458,39 @@ fn call(command: &str, what: &str, num_keys: usize, keys: &[impl redis::ToRedisA
 #[derive(Debug, Clone)]
 pub struct ScriptRegistry {
     scripts: Arc<HashMap<String, LuaScript>>,
+    /// bullpen patch 4: the scripts meant to have a function form that do
+    /// not (laid out otherwise than the patch expects), and why.
+    no_function_form: Arc<Vec<(String, String)>>,
 }
 
 impl ScriptRegistry {
     /// Create a new registry and load all embedded scripts.
     pub fn new() -> Self {
+        Self::with_scripts(Self::embedded_scripts())
+    }
+
+    /// The registry of `list` (`new`: the embedded scripts).
+    fn with_scripts<'a>(list: impl IntoIterator<Item = (&'a str, usize, &'a str)>) -> Self {
         let mut scripts = HashMap::new();
+        let mut no_function_form = Vec::new();
 
         // Load the compiled Lua scripts from `rust/src/commands/` (includes already resolved).
-        for (name, num_keys, content) in Self::embedded_scripts() {
+        for (name, num_keys, content) in list {
             let mut script = LuaScript::new(name, num_keys, content);
             // bullpen patch 4: the script every job ends with, also as a
             // function (its body starts at this line).
             if name == "moveToFinished" {
-                script = script.with_function("local jobIdKey = KEYS[12]\n");
+                match FunctionForm::new(name, content, MOVE_TO_FINISHED_BODY) {
+                    Ok(f) => script.function = Some(Arc::new(f)),
+                    Err(why) => no_function_form.push((name.to_string(), why)),
+                }
             }
             scripts.insert(name.to_string(), script);
         }
 
         Self {
             scripts: Arc::new(scripts),
+            no_function_form: Arc::new(no_function_form),
         }
     }
 
@@ -398,6 +500,11 @@ impl ScriptRegistry {
     /// `prelude`: the script every `FinishPrelude` of this worker carries
     /// (patch 2), made a function of the same library.
     pub fn use_functions(&self, on: bool, prelude: Option<&str>) {
+        if on {
+            for (script, why) in self.no_function_form.iter() {
+                tracing::warn!(script = %script, reason = %why, "BullMQ's script is not laid out as bullpen's patch 4 expects: running it with EVALSHA, not as a Redis Function");
+            }
+        }
         for script in self.scripts.values() {
             if let Some(f) = &script.function {
                 if on {
@@ -711,5 +818,159 @@ mod tests {
         .await;
 
         assert_eq!(existing, vec![true, false]);
+    }
+}
+
+/// bullpen patch 4: the function form is built from `moveToFinished` as
+/// shipped, and from no script laid out otherwise (scripts/vendor.sh check
+/// runs these).
+#[cfg(test)]
+mod bullpen_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    const REAL: &str = include_str!("commands/moveToFinished-14.lua");
+
+    /// `REAL` with `from` (found exactly once) replaced by `to`.
+    fn altered(from: &str, to: &str) -> String {
+        assert_eq!(REAL.matches(from).count(), 1, "{from:?} is not in moveToFinished once");
+        REAL.replacen(from, to, 1)
+    }
+
+    /// The reason `content` has no function form; panics when it has one.
+    fn refused(content: &str) -> String {
+        match FunctionForm::new("moveToFinished", content, MOVE_TO_FINISHED_BODY) {
+            Ok(_) => panic!("a function form was built"),
+            Err(why) => why,
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    /// What `use_functions(true, ..)` logs for a registry of `content` as moveToFinished.
+    fn registry_with(content: &str) -> (ScriptRegistry, String) {
+        let registry = ScriptRegistry::with_scripts([("moveToFinished", 14, content)]);
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || registry.use_functions(true, None));
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        (registry, logged)
+    }
+
+    #[test]
+    fn the_real_script_has_a_function_form() {
+        let f = FunctionForm::new("moveToFinished", REAL, MOVE_TO_FINISHED_BODY).expect("function form");
+        // The cut loses only the header comment before `local rcall = redis.call`.
+        let header = &REAL[..REAL.find("\nlocal rcall = redis.call\n").unwrap() + 1];
+        assert_eq!(format!("{header}{RCALL_LINE}\n{}{}", f.helpers, f.body), REAL);
+        assert!(f.helpers.contains("local function removeLock("));
+        assert!(f.body.starts_with("local jobIdKey = KEYS[12]\n"));
+        // The same cut as the patch's first version, which only split at the markers.
+        let (_, rest) = REAL.split_once("\nlocal rcall = redis.call\n").unwrap();
+        let (helpers, body) = rest.split_at(rest.find("local jobIdKey = KEYS[12]\n").unwrap());
+        assert_eq!((f.helpers.as_str(), f.body.as_str()), (helpers, body));
+
+        let lib = f.render(Some("return 1"));
+        assert!(lib.name.starts_with("bullpen_moveToFinished_"));
+        assert!(lib.source.contains("local function main()\nlocal jobIdKey = KEYS[12]\n"));
+        assert!(lib.source.contains(&format!("redis.register_function('{}_prelude'", lib.name)));
+    }
+
+    #[test]
+    fn the_registry_runs_the_real_script_as_a_function() {
+        let (registry, logged) = registry_with(REAL);
+        assert!(registry.no_function_form.is_empty());
+        let f = registry.get("moveToFinished").unwrap().function.as_ref().expect("function form");
+        assert!(f.active().is_some(), "on after use_functions(true)");
+        assert_eq!(logged, "");
+        // And ScriptRegistry::new() is that registry.
+        assert!(ScriptRegistry::new().get("moveToFinished").unwrap().function.is_some());
+    }
+
+    #[test]
+    fn a_marker_missing_falls_back() {
+        let why = refused(&altered("\nlocal rcall = redis.call\n", "\nlocal rcall = redis.pcall\n"));
+        assert_eq!(why, "no line `local rcall = redis.call`");
+        let why = refused(&altered("\nlocal jobIdKey = KEYS[12]\n", "\nlocal jobKey = KEYS[12]\n"));
+        assert_eq!(why, "no line `local jobIdKey = KEYS[12]`");
+        // Indented, or in the middle of a line, is not the line.
+        let why = refused(&altered("\nlocal jobIdKey = KEYS[12]\n", "\n  local jobIdKey = KEYS[12]\n"));
+        assert_eq!(why, "no line `local jobIdKey = KEYS[12]`");
+    }
+
+    #[test]
+    fn a_marker_twice_falls_back() {
+        let why = refused(&altered("\nlocal jobIdKey = KEYS[12]\n", "\nlocal rcall = redis.call\nlocal jobIdKey = KEYS[12]\n"));
+        assert_eq!(why, "the line `local rcall = redis.call` more than once");
+        let why = refused(&altered("\nlocal rcall = redis.call\n", "\nlocal rcall = redis.call\nlocal jobIdKey = KEYS[12]\n"));
+        assert_eq!(why, "the line `local jobIdKey = KEYS[12]` more than once");
+    }
+
+    #[test]
+    fn markers_out_of_order_fall_back() {
+        let swapped = altered("\nlocal rcall = redis.call\n", "\nlocal jobIdKey = KEYS[12]\nlocal rcall = redis.call\n")
+            .replacen("\nlocal jobIdKey = KEYS[12]\nif rcall(", "\nif rcall(", 1);
+        assert_eq!(swapped.len(), REAL.len());
+        assert_eq!(refused(&swapped), "its body's first line `local jobIdKey = KEYS[12]` comes before `local rcall = redis.call`");
+    }
+
+    #[test]
+    fn helpers_reading_keys_or_argv_fall_back() {
+        let why = refused(&altered("\nlocal function removeLock(jobKey, stalledKey, token, jobId)\n", "\nlocal function removeLock(jobKey, stalledKey, token, jobId)\n  stalledKey = KEYS[5]\n"));
+        assert_eq!(why, "its helpers use KEYS: `stalledKey = KEYS[5]`");
+        let why = refused(&altered("\nlocal function removeLock(jobKey, stalledKey, token, jobId)\n", "\nlocal function removeLock(jobKey, stalledKey, token, jobId)\n  jobId = jobId or ARGV[1]\n"));
+        assert_eq!(why, "its helpers use ARGV: `jobId = jobId or ARGV[1]`");
+    }
+
+    #[test]
+    fn code_outside_the_helper_definitions_falls_back() {
+        // Before `local rcall = redis.call`: the function form would drop it.
+        let why = refused(&altered("]]\nlocal rcall = redis.call\n", "]]\nlocal maxEvents = 10000\nlocal rcall = redis.call\n"));
+        assert_eq!(why, "code (`local maxEvents = 10000`) before `local rcall = redis.call` (the function form drops what is there)");
+        // Among the helpers: it would run once, at load, not on every call.
+        let why = refused(&altered("\nlocal function removeLock(", "\nlocal lockCache = {}\nlocal function removeLock("));
+        assert_eq!(why, "its helpers run code when loaded, not only define functions: `local lockCache = {}`");
+        // `local rcall = redis.call` inside a comment that is still open.
+        let why = refused(&altered("]]\nlocal rcall = redis.call\n", "\nlocal rcall = redis.call\n"));
+        assert_eq!(why, "a comment left open before `local rcall = redis.call` (the function form drops what is there)");
+    }
+
+    #[test]
+    fn a_refused_script_runs_with_evalsha_and_says_why() {
+        let content = altered("\nlocal rcall = redis.call\n", "\nlocal rcall = redis.pcall\n");
+        let (registry, logged) = registry_with(&content);
+        // No function form: try_fcall returns None, execute() sends EVALSHA.
+        let script = registry.get("moveToFinished").unwrap();
+        assert!(script.function.is_none());
+        assert_eq!(script.sha, compute_sha1(&content));
+        assert_eq!(
+            registry.no_function_form.as_slice(),
+            [("moveToFinished".to_string(), "no line `local rcall = redis.call`".to_string())]
+        );
+        assert!(logged.contains("WARN"), "{logged}");
+        assert!(logged.contains("script=moveToFinished"), "{logged}");
+        assert!(logged.contains("reason=no line `local rcall = redis.call`"), "{logged}");
+        assert!(logged.contains("running it with EVALSHA"), "{logged}");
+        // Functions off: nothing to say.
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || registry.use_functions(false, None));
+        assert!(logs.0.lock().unwrap().is_empty());
     }
 }

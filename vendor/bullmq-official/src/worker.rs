@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::job::Job;
 use crate::keys::{validate_prefix, validate_queue_name, QueueKeys};
-use crate::options::{JobOptions, WorkerOptions};
+use crate::options::{FinishPrelude, JobOptions, WorkerOptions};
 use crate::redis_connection::{BlockingRedisConnection, RedisConnection};
 use crate::types::RemoveOnFinish;
 
@@ -41,6 +41,16 @@ pub enum ReturnValue {
     /// JSON text, stored as the job's `returnvalue` unchanged. The processor
     /// vouches that it is valid JSON.
     Json(String),
+    /// JSON text, stored as `Json` is, and a script Redis runs just before
+    /// this job's `moveToFinished`, in the same pipeline (bullpen patch 9):
+    /// what a `WorkerOptions::finish_prelude` hook gives, handed over with
+    /// the value. When the hook gives one too, this one is sent.
+    JsonWithPrelude {
+        /// The job's `returnvalue`, as with `Json`.
+        json: String,
+        /// Sent ahead of `moveToFinished` (see [`FinishPrelude`]).
+        prelude: FinishPrelude,
+    },
 }
 
 impl From<serde_json::Value> for ReturnValue {
@@ -54,7 +64,7 @@ impl ReturnValue {
     pub fn json(&self) -> std::borrow::Cow<'_, str> {
         match self {
             ReturnValue::Value(v) => serde_json::to_string(v).unwrap_or_default().into(),
-            ReturnValue::Json(s) => s.as_str().into(),
+            ReturnValue::Json(s) | ReturnValue::JsonWithPrelude { json: s, .. } => s.as_str().into(),
         }
     }
 
@@ -63,8 +73,31 @@ impl ReturnValue {
     pub fn to_value(&self) -> serde_json::Value {
         match self {
             ReturnValue::Value(v) => v.clone(),
-            ReturnValue::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone())),
+            ReturnValue::Json(s) | ReturnValue::JsonWithPrelude { json: s, .. } => {
+                serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone()))
+            }
         }
+    }
+
+    /// The script to send ahead of `moveToFinished` (`JsonWithPrelude`).
+    pub fn prelude(&self) -> Option<&FinishPrelude> {
+        match self {
+            ReturnValue::JsonWithPrelude { prelude, .. } => Some(prelude),
+            ReturnValue::Value(_) | ReturnValue::Json(_) => None,
+        }
+    }
+}
+
+/// bullpen patch 9: the script sent ahead of a job's `moveToFinished`: the
+/// return value's, else the `finish_prelude` hook's. The hook is asked
+/// either way (once per `moveToFinished`, as patch 2 has it, so a hook that
+/// hands out what it holds for the job lets go of it); its answer loses to
+/// the return value's.
+fn finish_prelude<'a>(value: &'a ReturnValue, opts: &WorkerOptions, job_id: &str) -> Option<std::borrow::Cow<'a, FinishPrelude>> {
+    let hooked = opts.finish_prelude.as_ref().and_then(|f| f(job_id));
+    match value.prelude() {
+        Some(prelude) => Some(std::borrow::Cow::Borrowed(prelude)),
+        None => hooked.map(std::borrow::Cow::Owned),
     }
 }
 
@@ -1931,7 +1964,7 @@ impl Worker {
         let value_str: std::borrow::Cow<'_, str> = if target == "failed" {
             match value {
                 ReturnValue::Value(v) => v.as_str().unwrap_or_default().into(),
-                ReturnValue::Json(s) => s.as_str().into(),
+                ReturnValue::Json(s) | ReturnValue::JsonWithPrelude { json: s, .. } => s.as_str().into(),
             }
         } else {
             value.json()
@@ -1974,10 +2007,11 @@ impl Worker {
         ];
 
         let mut redis_conn = conn.connection();
-        // bullpen patch: the prelude, if any, goes in the same round trip.
-        let result = match opts.finish_prelude.as_ref().and_then(|f| f(job_id)) {
+        // bullpen patch: the prelude, if any, goes in the same round trip
+        // (patch 9: the return value's, else the hook's).
+        let result = match finish_prelude(value, opts, job_id) {
             None => script.execute(&mut redis_conn, &script_keys, &args).await?,
-            Some(prelude) => script.execute_after(&mut redis_conn, prelude, &script_keys, &args).await?,
+            Some(prelude) => script.execute_after(&mut redis_conn, &prelude, &script_keys, &args).await?,
         };
 
         match result {
@@ -2540,5 +2574,69 @@ mod tests {
         assert!(!processing_drained(0, 1));
         assert!(!processing_drained(1, 0));
         assert!(processing_drained(0, 0));
+    }
+}
+
+/// bullpen patch 9: `ReturnValue::JsonWithPrelude` (scripts/vendor.sh check
+/// runs these).
+#[cfg(test)]
+mod bullpen_tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn prelude(tag: &str) -> FinishPrelude {
+        FinishPrelude {
+            source: Arc::from(format!("return '{tag}'")),
+            sha: Arc::from(tag),
+            keys: vec![format!("{tag}:key")],
+            args: vec![tag.to_string()],
+        }
+    }
+
+    #[test]
+    fn json_with_prelude_is_its_json_as_is() {
+        let json = r#"{"b":1,"a":[true, null]}"#;
+        let v = ReturnValue::JsonWithPrelude { json: json.to_string(), prelude: prelude("p") };
+        let ReturnValue::JsonWithPrelude { json: held, .. } = &v else { unreachable!() };
+        // Borrowed, not copied, and unchanged (not re-serialised: the space stays).
+        assert!(matches!(v.json(), std::borrow::Cow::Borrowed(s) if std::ptr::eq(s, held.as_str())));
+        assert_eq!(v.json(), json);
+        assert_eq!(v.to_value(), serde_json::json!({"b": 1, "a": [true, null]}));
+        assert_eq!(v.prelude(), Some(&prelude("p")));
+        // Like Json, text that does not parse is kept as a string value.
+        let bad = ReturnValue::JsonWithPrelude { json: "{".to_string(), prelude: prelude("p") };
+        assert_eq!(bad.to_value(), serde_json::Value::String("{".to_string()));
+        assert_eq!(ReturnValue::Json(json.to_string()).prelude(), None);
+        assert_eq!(ReturnValue::Value(serde_json::json!(1)).prelude(), None);
+    }
+
+    #[test]
+    fn the_return_values_prelude_wins_over_the_hook() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let hooked = WorkerOptions {
+            finish_prelude: Some(Arc::new(move |job_id: &str| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Some(prelude(&format!("hook-{job_id}")))
+            })),
+            ..Default::default()
+        };
+        let unhooked = WorkerOptions::default();
+        let with = ReturnValue::JsonWithPrelude { json: "1".to_string(), prelude: prelude("value") };
+        let without = ReturnValue::Json("1".to_string());
+
+        // Both: the return value's, borrowed; the hook asked once all the same.
+        let p = finish_prelude(&with, &hooked, "7").expect("a prelude");
+        assert!(matches!(&p, std::borrow::Cow::Borrowed(b) if std::ptr::eq(*b, with.prelude().unwrap())));
+        assert_eq!(*p, prelude("value"));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Only the hook: the hook's, as before patch 9.
+        assert_eq!(finish_prelude(&without, &hooked, "7").as_deref(), Some(&prelude("hook-7")));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // Only the return value, or neither.
+        assert_eq!(finish_prelude(&with, &unhooked, "7").as_deref(), Some(&prelude("value")));
+        assert_eq!(finish_prelude(&without, &unhooked, "7"), None);
+        let failed = ReturnValue::Value(serde_json::Value::String("boom".to_string()));
+        assert_eq!(finish_prelude(&failed, &unhooked, "7"), None);
     }
 }
