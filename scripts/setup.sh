@@ -2,7 +2,8 @@
 # Install and build everything the demo and the tests need. Safe to run twice.
 #   bash scripts/setup.sh
 # - redis-server (Debian package; tests and the demo start their own servers)
-# - the wasm32-wasip2 Rust target (rustup; Debian rustc-web + build-std fallback)
+# - the wasm32-wasip2 Rust target (rustup; Debian rustc-web + build-std fallback),
+#   rustfmt and clippy (scripts/test.sh checks formatting and lints)
 # - the real bullmq npm package (tests/node) and PyPI package (tests/python/.venv)
 # - bull-board, express and puppeteer-core (tests/node) and Debian's chromium (dashboard test)
 # - componentize-js and esbuild (guest-sdk/js), which build JavaScript guests
@@ -33,6 +34,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     apt_install rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc
   fi
 fi
+
+# scripts/test.sh checks formatting and lints.
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    say "adding the $c component (rustup)"
+    timeout 120 rustup component add "$c"
+  fi
+done
 
 # Headless Chromium for the bull-board test (puppeteer-core downloads no browser).
 if ! command -v chromium >/dev/null; then

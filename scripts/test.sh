@@ -5,6 +5,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
+# Style and lints first: they fail in seconds (fmt) to minutes (clippy's check
+# build), before the long run.
+cargo fmt --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The vendored crates are their published packages plus vendor/*/patches, and
 # the patches' own unit tests pass (vendor/*/PATCHES.md).
 bash scripts/vendor.sh check

@@ -36,10 +36,14 @@ mod sandbox;
 mod span;
 
 #[cfg(test)]
+mod architecture_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod redis_codec_tests;
 
+/// Where Redis is, for [`admin`]'s calls.
+pub use conn::RedisTarget;
 /// Operator actions for Rust callers: inspect and retry jobs.
 pub use ops::admin;
 

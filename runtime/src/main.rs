@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
             if let Some(bullpen::cli::ExitStatus(code)) = e.downcast_ref() {
                 return std::process::ExitCode::from(*code);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", bullpen::cli::error_line(&e));
             std::process::ExitCode::from(1)
         }
     }

@@ -27,39 +27,39 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct JobLabels {
-    pub queue: String,
-    pub digest: String,
-    pub outcome: &'static str,
+pub(crate) struct JobLabels {
+    pub(crate) queue: String,
+    pub(crate) digest: String,
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabels {
-    pub queue: String,
+pub(crate) struct QueueLabels {
+    pub(crate) queue: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TrapLabels {
-    pub queue: String,
-    pub kind: &'static str,
+pub(crate) struct TrapLabels {
+    pub(crate) queue: String,
+    pub(crate) kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabels {
-    pub queue: String,
-    pub limit: &'static str,
+pub(crate) struct LimitLabels {
+    pub(crate) queue: String,
+    pub(crate) limit: &'static str,
 }
 
 type HistogramFamily = Family<QueueLabels, Histogram, fn() -> Histogram>;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub jobs: Family<JobLabels, Counter>,
-    pub attempt_seconds: HistogramFamily,
-    pub instantiate_seconds: HistogramFamily,
-    pub traps: Family<TrapLabels, Counter>,
-    pub limit_kills: Family<LimitLabels, Counter>,
-    pub memory_peak_bytes: HistogramFamily,
+    pub(crate) jobs: Family<JobLabels, Counter>,
+    pub(crate) attempt_seconds: HistogramFamily,
+    pub(crate) instantiate_seconds: HistogramFamily,
+    pub(crate) traps: Family<TrapLabels, Counter>,
+    pub(crate) limit_kills: Family<LimitLabels, Counter>,
+    pub(crate) memory_peak_bytes: HistogramFamily,
 }
 
 // Buckets: attempts from 50 µs to ~50 s; instantiation from 5 µs to ~5 ms
@@ -79,15 +79,15 @@ fn memory_buckets() -> Histogram {
 /// attempt then records without hashing labels or cloning the queue name.
 /// (A `Histogram` clone shares its counts with the family's entry.)
 #[derive(Clone)]
-pub struct QueueHistograms {
-    pub attempt_seconds: Histogram,
-    pub instantiate_seconds: Histogram,
-    pub memory_peak_bytes: Histogram,
+pub(crate) struct QueueHistograms {
+    pub(crate) attempt_seconds: Histogram,
+    pub(crate) instantiate_seconds: Histogram,
+    pub(crate) memory_peak_bytes: Histogram,
 }
 
 impl Metrics {
     /// `queue`'s histograms (created in the registry if new).
-    pub fn queue_histograms(&self, queue: &str) -> QueueHistograms {
+    pub(crate) fn queue_histograms(&self, queue: &str) -> QueueHistograms {
         let l = QueueLabels { queue: queue.to_string() };
         QueueHistograms {
             attempt_seconds: self.attempt_seconds.get_or_create(&l).clone(),
@@ -126,7 +126,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -134,14 +134,14 @@ impl Metrics {
 }
 
 /// The process's metrics.
-pub fn global() -> &'static Metrics {
+pub(crate) fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
 }
 
 /// Serve `GET /metrics` on `addr` until the process ends. Binding errors
 /// are returned (a taken port should stop the worker at start, loudly).
-pub async fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e}"))?;
     let bound = listener.local_addr()?;

@@ -1,4 +1,4 @@
-//! Property tests (the fuzz targets of issue 4) over the untrusted inputs:
+//! Property tests (the fuzz targets) over the untrusted inputs:
 //! the job hash as any producer may have written it, and the arguments a
 //! guest passes to host calls. Each property would catch a panic in the
 //! worker (which would take every running attempt down with it).

@@ -77,6 +77,24 @@ impl std::fmt::Display for ExitStatus {
 
 impl std::error::Error for ExitStatus {}
 
+/// `e` and its causes on one line, each said once: a cause whose text is
+/// already in the line is skipped (redis's errors, for one, print their I/O
+/// source and also return it as their `source()`).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// The per-attempt limits, the same for `worker` and `run`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct LimitArgs {
@@ -479,5 +497,22 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(Duration::from_millis(a.interval_ms.max(100))) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn an_error_line_states_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let redis = redis::RedisError::from(io);
+        let e = anyhow::Error::new(redis).context("cannot connect to redis://127.0.0.1:1");
+        let line = error_line(&e);
+        assert_eq!(line.matches("Connection refused (os error 111)").count(), 1, "{line}");
+        assert!(line.starts_with("cannot connect to redis://127.0.0.1:1: "), "{line}");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&plain), "outer: inner");
     }
 }

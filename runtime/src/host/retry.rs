@@ -1,7 +1,7 @@
 //! Retries whose delay bullmq-official cannot compute: a guest's own delay
 //! (`failure::retry-after`), `jitter` in `opts.backoff`, and custom backoff
 //! types answered by the guest's `backoff` export. The decision follows
-//! BullMQ's `shouldRetryJob` (reference §3.8, §7); the move is BullMQ's own
+//! BullMQ's `shouldRetryJob` (Node's job.ts); the move is BullMQ's own
 //! `moveToDelayed` script with `skipAttempt = 0`, so Redis ends up exactly as
 //! after a Node worker's delayed retry (atm+1, failedReason, `delayed` event).
 

@@ -19,8 +19,8 @@ use crate::plugins::registry::{PluginSlot, RegistryKeys};
 
 /// How often a worker refreshes its heartbeat. A worker is shown as live
 /// while its last beat is younger than [`LIVE_FOR`] (three missed beats).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-pub const LIVE_FOR: Duration = Duration::from_secs(15);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+pub(crate) const LIVE_FOR: Duration = Duration::from_secs(15);
 /// Entries older than this are deleted by the next heartbeat of any worker
 /// (a worker killed with -9 leaves its entry behind).
 const FORGET_AFTER: Duration = Duration::from_secs(300);
@@ -28,62 +28,62 @@ const FORGET_AFTER: Duration = Duration::from_secs(300);
 /// One worker process serving a queue, as its heartbeat describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct WorkerInfo {
+pub(crate) struct WorkerInfo {
     /// `<host>:<pid>:<random>`; unique per process and queue.
-    pub id: String,
-    pub host: String,
-    pub pid: u32,
+    pub(crate) id: String,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
     /// sha256 of the plugin the worker starts new attempts with.
-    pub digest: String,
-    pub concurrency: usize,
-    pub started_at: u64,
+    pub(crate) digest: String,
+    pub(crate) concurrency: usize,
+    pub(crate) started_at: u64,
     /// Last heartbeat (ms since the epoch); filled in when read.
     #[serde(default)]
-    pub seen_at: u64,
-    pub version: String,
+    pub(crate) seen_at: u64,
+    pub(crate) version: String,
 }
 
 /// Job counts per BullMQ state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct Counts {
-    pub waiting: u64,
-    pub active: u64,
-    pub delayed: u64,
-    pub prioritized: u64,
-    pub waiting_children: u64,
-    pub paused: u64,
-    pub completed: u64,
-    pub failed: u64,
+pub(crate) struct Counts {
+    pub(crate) waiting: u64,
+    pub(crate) active: u64,
+    pub(crate) delayed: u64,
+    pub(crate) prioritized: u64,
+    pub(crate) waiting_children: u64,
+    pub(crate) paused: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
 }
 
 /// What `bullpen stats` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct QueueStats {
-    pub queue: String,
-    pub prefix: String,
-    pub counts: Counts,
+pub(crate) struct QueueStats {
+    pub(crate) queue: String,
+    pub(crate) prefix: String,
+    pub(crate) counts: Counts,
     /// Jobs that finished in the last minute (by `finishedOn`; jobs removed
     /// on completion are not counted), and the same per second.
-    pub completed_last_minute: u64,
-    pub failed_last_minute: u64,
-    pub completed_per_sec: f64,
-    pub failed_per_sec: f64,
-    pub workers: Vec<WorkerInfo>,
-    pub at: u64,
+    pub(crate) completed_last_minute: u64,
+    pub(crate) failed_last_minute: u64,
+    pub(crate) completed_per_sec: f64,
+    pub(crate) failed_per_sec: f64,
+    pub(crate) workers: Vec<WorkerInfo>,
+    pub(crate) at: u64,
 }
 
 /// Keep `info` (with the slot's current digest) fresh in Redis until the
 /// returned guard is dropped or [`Heartbeat::stop`] removes it.
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     task: tokio::task::JoinHandle<()>,
     keys: RegistryKeys,
     id: String,
 }
 
 impl Heartbeat {
-    pub fn spawn<C>(conn: C, prefix: &str, queue: &str, slot: Arc<PluginSlot>, concurrency: usize) -> Heartbeat
+    pub(crate) fn spawn<C>(conn: C, prefix: &str, queue: &str, slot: Arc<PluginSlot>, concurrency: usize) -> Heartbeat
     where
         C: ConnectionLike + Clone + Send + Sync + 'static,
     {
@@ -124,7 +124,7 @@ impl Heartbeat {
     }
 
     /// Stop beating and remove this worker from the queue's live list.
-    pub async fn stop<C: ConnectionLike>(self, conn: &mut C) {
+    pub(crate) async fn stop<C: ConnectionLike>(self, conn: &mut C) {
         self.task.abort();
         let r: redis::RedisResult<()> = redis::pipe()
             .zrem(self.keys.workers(), &self.id)
@@ -147,7 +147,11 @@ fn hostname() -> String {
 }
 
 /// Read a queue's counts, last-minute rates and live workers (one round trip).
-pub async fn queue_stats<C: ConnectionLike>(conn: &mut C, prefix: &str, queue: &str) -> redis::RedisResult<QueueStats> {
+pub(crate) async fn queue_stats<C: ConnectionLike>(
+    conn: &mut C,
+    prefix: &str,
+    queue: &str,
+) -> redis::RedisResult<QueueStats> {
     let base = format!("{prefix}:{queue}");
     let keys = RegistryKeys::new(prefix, queue);
     let now = now_ms();
@@ -237,7 +241,7 @@ pub async fn queue_stats<C: ConnectionLike>(conn: &mut C, prefix: &str, queue: &
 }
 
 /// The human-readable form `bullpen stats` prints.
-pub fn render(s: &QueueStats) -> String {
+pub(crate) fn render(s: &QueueStats) -> String {
     use std::fmt::Write;
     let c = &s.counts;
     let mut out = String::new();

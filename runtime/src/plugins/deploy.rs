@@ -33,25 +33,25 @@ use crate::error::PluginError;
 use crate::host::HostState;
 
 /// How often a watched plugin file is looked at.
-pub const FILE_POLL: Duration = Duration::from_millis(250);
+pub(crate) const FILE_POLL: Duration = Duration::from_millis(250);
 /// How often a registry worker re-reads the current version, in case a
 /// notification was missed (subscription down, worker busy reconnecting).
-pub const REGISTRY_CHECK: Duration = Duration::from_secs(5);
+pub(crate) const REGISTRY_CHECK: Duration = Duration::from_secs(5);
 /// How often a registry worker with nothing to run says why it waits.
-pub const WAITING_LOG: Duration = Duration::from_secs(10);
+pub(crate) const WAITING_LOG: Duration = Duration::from_secs(10);
 /// Compiled versions kept in memory, so a rollback to a recent version
 /// swaps without compiling again.
 const KEEP_LOADED: usize = 8;
 
 /// Compiles versions off the hot path and remembers the last few by digest.
-pub struct Loader {
+pub(crate) struct Loader {
     engine: Engine,
     linker: Linker<HostState>,
     loaded: Mutex<VecDeque<Arc<Plugin>>>,
 }
 
 impl Loader {
-    pub fn new(engine: Engine, linker: Linker<HostState>) -> Arc<Loader> {
+    pub(crate) fn new(engine: Engine, linker: Linker<HostState>) -> Arc<Loader> {
         Arc::new(Loader { engine, linker, loaded: Mutex::new(VecDeque::new()) })
     }
 
@@ -62,7 +62,7 @@ impl Loader {
     /// Validate, compile and pre-link `bytes` on a blocking thread (the
     /// runtime's threads keep running attempts meanwhile). A digest loaded
     /// before is returned at once.
-    pub async fn load(&self, bytes: Vec<u8>, source: String) -> Result<Arc<Plugin>, PluginError> {
+    pub(crate) async fn load(&self, bytes: Vec<u8>, source: String) -> Result<Arc<Plugin>, PluginError> {
         let (engine, linker) = (self.engine.clone(), self.linker.clone());
         let remembered: Vec<Arc<Plugin>> = self.loaded.lock().unwrap().iter().cloned().collect();
         let plugin = tokio::task::spawn_blocking(move || {
@@ -88,7 +88,7 @@ impl Loader {
     }
 
     /// Load the component file at `path`.
-    pub async fn load_file(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
+    pub(crate) async fn load_file(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
         let bytes =
             tokio::fs::read(path).await.map_err(|cause| PluginError::Read { path: path.to_path_buf(), cause })?;
         self.load(bytes, path.display().to_string()).await
@@ -131,7 +131,7 @@ fn stamp(path: &Path) -> Stamp {
 /// different valid component. A file that is missing, unreadable or not a
 /// valid component is refused (logged once per content) and the current
 /// version keeps running.
-pub fn watch_file(loader: Arc<Loader>, path: PathBuf, slot: Arc<PluginSlot>) -> JoinHandle<()> {
+pub(crate) fn watch_file(loader: Arc<Loader>, path: PathBuf, slot: Arc<PluginSlot>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = stamp(&path);
         let mut changed = false;
@@ -194,7 +194,7 @@ pub fn watch_file(loader: Arc<Loader>, path: PathBuf, slot: Arc<PluginSlot>) -> 
 
 /// Follows the queue's registry: the current version at start, then every
 /// deploy and rollback.
-pub struct RegistryFollower {
+pub(crate) struct RegistryFollower {
     loader: Arc<Loader>,
     registry: Registry,
     redis: RedisTarget,
@@ -214,7 +214,7 @@ enum Trigger {
 impl RegistryFollower {
     /// Connect to the registry and subscribe to its channel (subscribing
     /// before the first read, so no deploy falls between the two).
-    pub async fn connect(
+    pub(crate) async fn connect(
         loader: Arc<Loader>,
         redis: &RedisTarget,
         prefix: &str,
@@ -234,7 +234,7 @@ impl RegistryFollower {
 
     /// Wait until a version is deployed and loads; return it. Logs why it
     /// waits every [`WAITING_LOG`].
-    pub async fn first(&mut self) -> Arc<Plugin> {
+    pub(crate) async fn first(&mut self) -> Arc<Plugin> {
         let mut last_log: Option<Instant> = None;
         loop {
             let why = match self.registry.current().await {
@@ -263,7 +263,7 @@ impl RegistryFollower {
     }
 
     /// Follow deploys and rollbacks for as long as the binding runs.
-    pub fn spawn(mut self, slot: Arc<PluginSlot>) -> JoinHandle<()> {
+    pub(crate) fn spawn(mut self, slot: Arc<PluginSlot>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REGISTRY_CHECK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

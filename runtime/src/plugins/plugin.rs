@@ -17,18 +17,18 @@ use crate::error::PluginError;
 use crate::host::HostState;
 
 /// One version of a processor: its digest and its ready-to-instantiate form.
-pub struct Plugin {
+pub(crate) struct Plugin {
     /// sha256 of the component bytes, lowercase hex: the version's identity.
     pub(crate) digest: Arc<str>,
     /// Where it came from (file path or registry), for messages.
-    pub source: String,
+    pub(crate) source: String,
     pub(crate) pre: ProcessorPre<HostState>,
     /// The component also exports `backoff` (world `processor-with-backoff`).
-    pub has_backoff: bool,
+    pub(crate) has_backoff: bool,
     /// Time to make it ready (compile or cache load, probe, pre-link), ms.
-    pub load_ms: f64,
+    pub(crate) load_ms: f64,
     /// Whether the precompiled-artifact cache served the compile.
-    pub from_cache: bool,
+    pub(crate) from_cache: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Plugin {
 
 /// The linker every plugin is checked against: WASI p2 (deny-by-default
 /// context, see `sandbox`) plus bullpen's `job-context`.
-pub fn new_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+pub(crate) fn new_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Processor::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
@@ -47,13 +47,17 @@ pub fn new_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
 }
 
 /// sha256 hex of component bytes.
-pub fn digest(bytes: &[u8]) -> String {
+pub(crate) fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 impl Plugin {
     /// Load, validate and pre-link the component at `path`.
-    pub fn from_file(engine: &Engine, linker: &Linker<HostState>, path: &Path) -> Result<Arc<Plugin>, PluginError> {
+    pub(crate) fn from_file(
+        engine: &Engine,
+        linker: &Linker<HostState>,
+        path: &Path,
+    ) -> Result<Arc<Plugin>, PluginError> {
         let bytes = std::fs::read(path).map_err(|cause| PluginError::Read { path: path.to_path_buf(), cause })?;
         Self::from_bytes(engine, linker, &bytes, &path.display().to_string())
     }
@@ -63,7 +67,7 @@ impl Plugin {
     /// Order: header check, compile (or load the precompiled artifact cached
     /// for this digest), a probe instantiation that refuses components that
     /// trap while instantiating, then the world check (`InstancePre`).
-    pub fn from_bytes(
+    pub(crate) fn from_bytes(
         engine: &Engine,
         linker: &Linker<HostState>,
         bytes: &[u8],
@@ -99,7 +103,7 @@ impl Plugin {
 /// disables the cache. JS components take seconds to compile; loading their
 /// artifact takes about a millisecond. The cache is kept under
 /// [`cache_max_bytes`], least recently used artifacts evicted first.
-pub fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     match std::env::var_os("BULLPEN_CACHE_DIR") {
         Some(v) if v == "off" => None,
         Some(v) => Some(PathBuf::from(v)),
@@ -150,7 +154,7 @@ fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Resu
 /// Every deploy of a new version adds an artifact (a JS one is ~40 MB, a Rust
 /// one ~1 MB) and artifacts of an older wasmtime are never read again, so an
 /// unbounded cache only grows. 2 GiB holds ~50 JS versions.
-pub fn cache_max_bytes() -> u64 {
+pub(crate) fn cache_max_bytes() -> u64 {
     std::env::var("BULLPEN_CACHE_MAX_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(2048) << 20
 }
 

@@ -35,84 +35,84 @@ use crate::conn::RedisTarget;
 use crate::now_ms;
 
 /// The current plugin of one binding; swapped atomically.
-pub struct PluginSlot {
+pub(crate) struct PluginSlot {
     current: RwLock<Arc<Plugin>>,
 }
 
 impl PluginSlot {
-    pub fn new(plugin: Arc<Plugin>) -> Self {
+    pub(crate) fn new(plugin: Arc<Plugin>) -> Self {
         PluginSlot { current: RwLock::new(plugin) }
     }
 
     /// The version new attempts use.
-    pub fn current(&self) -> Arc<Plugin> {
+    pub(crate) fn current(&self) -> Arc<Plugin> {
         self.current.read().unwrap().clone()
     }
 
     /// Make `plugin` current; returns the previous version.
-    pub fn swap(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
+    pub(crate) fn swap(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
         std::mem::replace(&mut *self.current.write().unwrap(), plugin)
     }
 }
 
 /// How many entries `bullpen:history` keeps (how far back a plain
 /// `bullpen rollback` can go).
-pub const HISTORY_LEN: i64 = 100;
+pub(crate) const HISTORY_LEN: i64 = 100;
 
 /// The registry keys of one queue (see the module docs).
 #[derive(Debug, Clone)]
-pub struct RegistryKeys {
+pub(crate) struct RegistryKeys {
     base: String,
 }
 
 impl RegistryKeys {
-    pub fn new(prefix: &str, queue: &str) -> Self {
+    pub(crate) fn new(prefix: &str, queue: &str) -> Self {
         RegistryKeys { base: format!("{prefix}:{queue}:bullpen") }
     }
     /// Sorted set: live worker id scored by its last heartbeat (ms); see `stats`.
-    pub fn workers(&self) -> String {
+    pub(crate) fn workers(&self) -> String {
         format!("{}:workers", self.base)
     }
     /// Hash: worker id → JSON (host, pid, digest, concurrency, start time).
-    pub fn worker_info(&self) -> String {
+    pub(crate) fn worker_info(&self) -> String {
         format!("{}:worker-info", self.base)
     }
     /// Hash: digest → component bytes.
-    pub fn plugins(&self) -> String {
+    pub(crate) fn plugins(&self) -> String {
         format!("{}:plugins", self.base)
     }
     /// Sorted set: digest scored by its last deploy time (ms).
-    pub fn versions(&self) -> String {
+    pub(crate) fn versions(&self) -> String {
         format!("{}:versions", self.base)
     }
     /// String: the current digest.
-    pub fn current(&self) -> String {
+    pub(crate) fn current(&self) -> String {
         format!("{}:current", self.base)
     }
     /// List: digests in the order they became current.
-    pub fn history(&self) -> String {
+    pub(crate) fn history(&self) -> String {
         format!("{}:history", self.base)
     }
     /// Pub/sub channel of [`Notice`]s.
-    pub fn channel(&self) -> String {
+    pub(crate) fn channel(&self) -> String {
         format!("{}:deploys", self.base)
     }
 }
 
 /// What is published on the channel when the current version changes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Notice {
+pub(crate) struct Notice {
     /// The digest that is now current.
-    pub digest: String,
+    pub(crate) digest: String,
     /// When it was made current (ms since the epoch, the deploying machine's clock).
-    pub at: u64,
+    pub(crate) at: u64,
     /// `deploy` or `rollback`.
-    pub action: String,
+    pub(crate) action: String,
 }
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     /// No version was ever deployed for this queue (under this prefix).
     #[error("nothing is deployed for queue `{queue}` (no key {key}); run `bullpen deploy` first")]
     NothingDeployed { queue: String, key: String },
@@ -137,27 +137,27 @@ pub enum RegistryError {
 
 /// The outcome of a deploy or rollback.
 #[derive(Debug, Clone)]
-pub struct Switched {
+pub(crate) struct Switched {
     /// The digest current before (None: nothing was deployed).
-    pub previous: Option<String>,
+    pub(crate) previous: Option<String>,
     /// The digest current now.
-    pub current: String,
+    pub(crate) current: String,
     /// How many subscribers (workers) received the notice. On a Cluster,
     /// only those subscribed on the node that ran the script are counted
     /// (PUBLISH reaches the others but reports local receivers).
-    pub notified: u64,
+    pub(crate) notified: u64,
 }
 
 /// One stored version, as `bullpen plugins` lists it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Version {
-    pub digest: String,
+pub(crate) struct Version {
+    pub(crate) digest: String,
     /// Last deploy time, ms since the epoch.
-    pub deployed_at: u64,
+    pub(crate) deployed_at: u64,
     /// Component size in bytes.
-    pub size: u64,
-    pub current: bool,
+    pub(crate) size: u64,
+    pub(crate) current: bool,
 }
 
 /// Store the bytes, record the deploy time, make the digest current (pushing
@@ -213,15 +213,15 @@ return {0, cur, target, n}
 
 /// The registry of one queue.
 #[derive(Clone)]
-pub struct Registry {
-    pub keys: RegistryKeys,
-    pub queue: String,
+pub(crate) struct Registry {
+    pub(crate) keys: RegistryKeys,
+    pub(crate) queue: String,
     conn: AnyConnection,
 }
 
 impl Registry {
     /// Connect (the connection reconnects by itself after a failure).
-    pub async fn connect(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<Registry, RegistryError> {
+    pub(crate) async fn connect(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<Registry, RegistryError> {
         let conn = redis.connect().await?;
         Ok(Registry { keys: RegistryKeys::new(prefix, queue), queue: queue.to_string(), conn })
     }
@@ -229,7 +229,7 @@ impl Registry {
     /// Store `bytes` under `digest`, make it current and notify the workers.
     /// The caller has validated the component (as `bullpen deploy` does) and
     /// computed `digest` from exactly these bytes.
-    pub async fn deploy(&self, digest: &str, bytes: &[u8]) -> Result<Switched, RegistryError> {
+    pub(crate) async fn deploy(&self, digest: &str, bytes: &[u8]) -> Result<Switched, RegistryError> {
         let at = now_ms();
         let notice = Notice { digest: digest.to_string(), at, action: "deploy".into() };
         let (prev, notified): (String, u64) = redis::Script::new(DEPLOY)
@@ -251,7 +251,7 @@ impl Registry {
     /// Make an earlier version current again: `to` (a digest, a unique
     /// prefix of one, optionally `sha256:`-prefixed), or by default the
     /// version that was current before the current one.
-    pub async fn rollback(&self, to: Option<&str>) -> Result<Switched, RegistryError> {
+    pub(crate) async fn rollback(&self, to: Option<&str>) -> Result<Switched, RegistryError> {
         let target = match to {
             Some(spec) => self.resolve(spec).await?,
             None => String::new(),
@@ -291,7 +291,7 @@ impl Registry {
 
     /// A full digest from what an operator typed: a digest or a unique
     /// prefix (at least 4 hex digits), with or without `sha256:`.
-    pub async fn resolve(&self, spec: &str) -> Result<String, RegistryError> {
+    pub(crate) async fn resolve(&self, spec: &str) -> Result<String, RegistryError> {
         let want = spec.trim().trim_start_matches("sha256:").to_ascii_lowercase();
         let unknown = || RegistryError::UnknownVersion { queue: self.queue.clone(), spec: spec.to_string() };
         if want.len() < 4 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -308,17 +308,17 @@ impl Registry {
     }
 
     /// The digest workers must run now, if any.
-    pub async fn current(&self) -> Result<Option<String>, RegistryError> {
+    pub(crate) async fn current(&self) -> Result<Option<String>, RegistryError> {
         Ok(redis::cmd("GET").arg(self.keys.current()).query_async(&mut self.conn.clone()).await?)
     }
 
     /// The stored component bytes of `digest`.
-    pub async fn bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+    pub(crate) async fn bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         Ok(redis::cmd("HGET").arg(self.keys.plugins()).arg(digest).query_async(&mut self.conn.clone()).await?)
     }
 
     /// Every stored version, oldest deploy first.
-    pub async fn versions(&self) -> Result<Vec<Version>, RegistryError> {
+    pub(crate) async fn versions(&self) -> Result<Vec<Version>, RegistryError> {
         let mut conn = self.conn.clone();
         let (scored, current): (Vec<(String, f64)>, Option<String>) = redis::pipe()
             .cmd("ZRANGE")
@@ -349,14 +349,14 @@ impl Registry {
 }
 
 /// A pub/sub connection subscribed to the queue's deploy channel.
-pub async fn subscribe(redis: &RedisTarget, keys: &RegistryKeys) -> Result<redis::aio::PubSub, RegistryError> {
+pub(crate) async fn subscribe(redis: &RedisTarget, keys: &RegistryKeys) -> Result<redis::aio::PubSub, RegistryError> {
     let mut pubsub = redis.pubsub().await?;
     pubsub.subscribe(keys.channel()).await?;
     Ok(pubsub)
 }
 
 /// UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` for ms since the epoch.
-pub fn iso8601(ms: u64) -> String {
+pub(crate) fn iso8601(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's civil_from_days.

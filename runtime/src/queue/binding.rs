@@ -205,14 +205,13 @@ async fn start_part(
     let trigger = Arc::new(Trigger {
         engine,
         slot,
-        preludes: Default::default(),
         shared,
         queue: config.queue.as_str().into(),
         histograms: metrics::global().queue_histograms(&config.queue),
         reuse: config.instance_reuse,
         idle: Default::default(),
     });
-    let preludes = trigger.clone();
+    let flush_source = trigger.shared.scripts.flush_source.clone();
     let processor = move |job: bullmq::Job, cancel: CancellationToken| {
         let trigger = trigger.clone();
         async move { trigger.run(job, cancel).await }
@@ -226,8 +225,9 @@ async fn start_part(
         max_stalled_count: config.max_stalled_count,
         max_started_attempts: config.max_started_attempts,
         name: config.name.clone(),
-        finish_prelude_script: Some(preludes.shared.scripts.flush_source.clone()),
-        finish_prelude: Some(Arc::new(move |id: &str| preludes.take_finish_prelude(id))),
+        // The write-behind flush a completed attempt returns with its value
+        // becomes a function of the same library as moveToFinished.
+        finish_prelude_script: Some(flush_source),
         // Per-job events (active/completed/failed, each with a clone of
         // its result) would be read only to be dropped; `metrics` and
         // the attempt log already say what each attempt did.

@@ -3,7 +3,7 @@
 //!
 //! Why not one multi-threaded runtime: its threads hand tasks and Redis
 //! replies to each other, and every hand-off is a wakeup, a cache miss and a
-//! cross-thread free. Measured (bench/README.md, session 9; echo at
+//! cross-thread free. Measured (bench/README.md; echo at
 //! concurrency 100, 2 cores): one multi-threaded runtime with two threads
 //! spent 41–46 µs of worker CPU per job, the extra mostly in malloc/free
 //! and scheduling; with one thread 35–39 µs and 12% more jobs/s; two
@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 
 /// Shard runtimes, and where the next queue's first share goes.
 #[derive(Clone)]
-pub struct Shards {
+pub(crate) struct Shards {
     handles: Arc<Vec<Handle>>,
     next: Arc<AtomicUsize>,
     /// Dropping the last clone ends the shard threads.
@@ -38,7 +38,7 @@ impl Drop for Stop {
 
 impl Shards {
     /// `n` threads named `bullpen-shard-<i>`, each running a current-thread runtime.
-    pub fn start(n: usize) -> anyhow::Result<Shards> {
+    pub(crate) fn start(n: usize) -> anyhow::Result<Shards> {
         let mut handles = Vec::with_capacity(n);
         let mut stops = Vec::with_capacity(n);
         for i in 0..n.max(1) {
@@ -64,7 +64,7 @@ impl Shards {
     /// Split `concurrency` over at most every shard (each share ≥ 1),
     /// starting where the previous queue's shares ended, so queues of
     /// concurrency 1 spread over the threads instead of piling on the first.
-    pub fn place(&self, concurrency: usize) -> Vec<(Handle, usize)> {
+    pub(crate) fn place(&self, concurrency: usize) -> Vec<(Handle, usize)> {
         let shares = split(concurrency, self.handles.len());
         let first = self.next.fetch_add(shares.len(), Ordering::Relaxed);
         shares

@@ -51,9 +51,6 @@ pub(crate) struct Trigger {
     /// Instances waiting for their next attempt (at most one per slot of
     /// concurrency: an instance is here only between two attempts).
     pub(crate) idle: Mutex<Vec<Warm>>,
-    /// A completed attempt's last pending writes, by job id, until
-    /// bullmq-official asks for them with the job's `moveToFinished`.
-    pub(crate) preludes: Mutex<std::collections::HashMap<String, bullmq::FinishPrelude>>,
 }
 
 /// An instance of the binding's plugin kept for more attempts
@@ -274,11 +271,14 @@ impl Trigger {
         will_retry: bool,
     ) -> (BullResult, JobOutcome) {
         match verdict {
+            // The pending writes go in the same round trip as, and just
+            // before, the job's moveToFinished.
             Verdict::Completed(json) => {
-                if let Some(p) = prelude {
-                    self.preludes.lock().unwrap().insert(ctx.id.clone(), p);
-                }
-                (Ok(bullmq::ReturnValue::Json(json)), JobOutcome::Completed)
+                let value = match prelude {
+                    Some(prelude) => bullmq::ReturnValue::JsonWithPrelude { json, prelude },
+                    None => bullmq::ReturnValue::Json(json),
+                };
+                (Ok(value), JobOutcome::Completed)
             }
             Verdict::Retry(reason) => self.retry(plugin, ctx, wit_job, reason, will_retry).await,
             Verdict::RetryAfter { reason, delay_ms } => {
@@ -432,10 +432,5 @@ impl Trigger {
             span.get()
                 .in_scope(|| info!(outcome, reason = %crate::sandbox::truncate_utf8(&reason, 300), "attempt failed"));
         }
-    }
-
-    /// What bullmq-official sends ahead of job `id`'s `moveToFinished`.
-    pub(crate) fn take_finish_prelude(&self, id: &str) -> Option<bullmq::FinishPrelude> {
-        self.preludes.lock().unwrap().remove(id)
     }
 }

@@ -10,24 +10,24 @@ use wasmtime::{Config, Engine};
 /// (so a spinning guest cannot starve lock renewal or other attempts), and
 /// the attempt's wall-clock limit is checked. 10 ms bounds a limit's overshoot
 /// while costing ~100 wakeups/s.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Engine-wide settings a process picks at start.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EngineOptions {
+pub(crate) struct EngineOptions {
     /// Count fuel (instructions, roughly) so `--fuel` can cap an attempt.
     /// Off by default: metering costs every guest some speed, and the
     /// wall-clock limit already stops runaway guests.
-    pub fuel: bool,
+    pub(crate) fuel: bool,
 }
 
 /// Build the engine every plugin is compiled for, with default options.
-pub fn new_engine() -> anyhow::Result<Engine> {
+pub(crate) fn new_engine() -> anyhow::Result<Engine> {
     new_engine_with(EngineOptions::default())
 }
 
 /// Build the engine every plugin is compiled for.
-pub fn new_engine_with(options: EngineOptions) -> anyhow::Result<Engine> {
+pub(crate) fn new_engine_with(options: EngineOptions) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.consume_fuel(options.fuel);
     // A fresh instance per attempt: the pooling allocator reuses linear

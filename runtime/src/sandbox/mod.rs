@@ -14,25 +14,25 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 /// Per-binding limits for every attempt. Defaults are written next to why.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Wall-clock time for one attempt. 30 s: BullMQ's default lock
     /// duration, so a stuck guest is stopped about when a Node worker's job
     /// would be considered stalled.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Linear memory per instance. 128 MiB is ample for JSON jobs (a JS
     /// guest uses ~20 MiB) and keeps 100 concurrent attempts under ~13 GiB.
-    pub max_memory_bytes: usize,
+    pub(crate) max_memory_bytes: usize,
     /// Captured stdout+stderr per attempt. 64 KiB keeps a chatty guest
     /// from filling Redis; the excess is dropped and counted in the log.
-    pub max_output_bytes: usize,
+    pub(crate) max_output_bytes: usize,
     /// Longest line the guest may log, and longest progress JSON (bytes).
-    pub max_log_line_bytes: usize,
+    pub(crate) max_log_line_bytes: usize,
     /// Fuel per attempt (`--fuel`); `None` = not metered. Needs an engine
     /// built with `EngineOptions { fuel: true }`.
-    pub fuel: Option<u64>,
+    pub(crate) fuel: Option<u64>,
     /// Largest `update-data` / `add-child` data / return value (bytes).
     /// 16 MiB: far above BullMQ's practical sizes, far below Redis's 512 MiB.
-    pub max_payload_bytes: usize,
+    pub(crate) max_payload_bytes: usize,
 }
 
 impl Default for Limits {
@@ -96,7 +96,7 @@ impl ResourceLimiter for MemoryLimiter {
 /// stdout/stderr of one attempt, bounded. Writes never fail (a guest whose
 /// `println!` failed would panic), they are dropped past the cap instead.
 #[derive(Clone)]
-pub struct CapturedOutput {
+pub(crate) struct CapturedOutput {
     inner: Arc<Mutex<Captured>>,
 }
 
@@ -108,13 +108,13 @@ struct Captured {
 }
 
 impl CapturedOutput {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         CapturedOutput { inner: Arc::new(Mutex::new(Captured { cap, ..Default::default() })) }
     }
 
     /// The same capture, emptied for a new attempt with a fresh `cap`
     /// (a reused instance's WASI context keeps writing here).
-    pub fn reset(&self, cap: usize) -> Self {
+    pub(crate) fn reset(&self, cap: usize) -> Self {
         *self.inner.lock().unwrap() = Captured { cap, ..Default::default() };
         self.clone()
     }
@@ -138,7 +138,7 @@ impl CapturedOutput {
     /// Take the complete lines captured so far, each cut to `max_line`
     /// bytes, plus one line saying how much was dropped, if anything was.
     /// The cap applies to the whole attempt, not to each take.
-    pub fn take_lines(&self, max_line: usize) -> Vec<String> {
+    pub(crate) fn take_lines(&self, max_line: usize) -> Vec<String> {
         let mut c = self.inner.lock().unwrap();
         let buf = std::mem::take(&mut c.buf);
         let text = String::from_utf8_lossy(&buf);
@@ -154,7 +154,7 @@ impl CapturedOutput {
 }
 
 /// The longest prefix of `s` that is at most `max` bytes and ends on a char boundary.
-pub fn truncate_utf8(s: &str, max: usize) -> &str {
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -68,7 +68,7 @@ pub use flow_producer::{
 pub use job::Job;
 pub use keys::QueueKeys;
 pub use options::{
-    BackoffStrategyFn, DeduplicationOptions, FinishPrelude, FinishPreludeFn, JobOptions, MetricsOptions, ParentOptions,
+    BackoffStrategyFn, DeduplicationOptions, FinishPrelude, JobOptions, MetricsOptions, ParentOptions,
     QueueOptions, RateLimiterOptions, WorkerOptions,
 };
 pub use queue::AddJob;

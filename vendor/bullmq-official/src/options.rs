@@ -58,10 +58,6 @@ pub struct FinishPrelude {
     pub args: Vec<String>,
 }
 
-/// bullpen patch: asked once per `moveToFinished` with the job id; `None`
-/// finishes the job alone, as upstream does.
-pub type FinishPreludeFn = Arc<dyn Fn(&str) -> Option<FinishPrelude> + Send + Sync>;
-
 /// Custom backoff strategy function type.
 ///
 /// Arguments: (attempts_made, backoff_type, error_message, job_data)
@@ -528,8 +524,6 @@ pub struct WorkerOptions {
     pub run_retry_delay: u64,
     /// Custom backoff strategy function for job retries.
     pub backoff_strategy: Option<BackoffStrategyFn>,
-    /// bullpen patch: see [`FinishPreludeFn`].
-    pub finish_prelude: Option<FinishPreludeFn>,
     /// bullpen patch 4: the source every [`FinishPrelude`] of this worker
     /// carries, so that with `redis_functions` it becomes a function of the
     /// same library as `moveToFinished` (one library: a server has both or
@@ -608,7 +602,6 @@ impl Default for WorkerOptions {
             remove_on_fail: None,
             run_retry_delay: 15_000,
             backoff_strategy: None,
-            finish_prelude: None,
             finish_prelude_script: None,
             job_events: true,
             redis_functions: false,
@@ -630,7 +623,6 @@ impl std::fmt::Debug for WorkerOptions {
             .field("drain_delay", &self.drain_delay)
             .field("autorun", &self.autorun)
             .field("backoff_strategy", &self.backoff_strategy.is_some())
-            .field("finish_prelude", &self.finish_prelude.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -42,9 +42,8 @@ pub enum ReturnValue {
     /// vouches that it is valid JSON.
     Json(String),
     /// JSON text, stored as `Json` is, and a script Redis runs just before
-    /// this job's `moveToFinished`, in the same pipeline (bullpen patch 9):
-    /// what a `WorkerOptions::finish_prelude` hook gives, handed over with
-    /// the value. When the hook gives one too, this one is sent.
+    /// this job's `moveToFinished`, in the same pipeline (bullpen patches 2
+    /// and 9): writes the processor left pending that must land first.
     JsonWithPrelude {
         /// The job's `returnvalue`, as with `Json`.
         json: String,
@@ -85,19 +84,6 @@ impl ReturnValue {
             ReturnValue::JsonWithPrelude { prelude, .. } => Some(prelude),
             ReturnValue::Value(_) | ReturnValue::Json(_) => None,
         }
-    }
-}
-
-/// bullpen patch 9: the script sent ahead of a job's `moveToFinished`: the
-/// return value's, else the `finish_prelude` hook's. The hook is asked
-/// either way (once per `moveToFinished`, as patch 2 has it, so a hook that
-/// hands out what it holds for the job lets go of it); its answer loses to
-/// the return value's.
-fn finish_prelude<'a>(value: &'a ReturnValue, opts: &WorkerOptions, job_id: &str) -> Option<std::borrow::Cow<'a, FinishPrelude>> {
-    let hooked = opts.finish_prelude.as_ref().and_then(|f| f(job_id));
-    match value.prelude() {
-        Some(prelude) => Some(std::borrow::Cow::Borrowed(prelude)),
-        None => hooked.map(std::borrow::Cow::Owned),
     }
 }
 
@@ -2007,11 +1993,11 @@ impl Worker {
         ];
 
         let mut redis_conn = conn.connection();
-        // bullpen patch: the prelude, if any, goes in the same round trip
-        // (patch 9: the return value's, else the hook's).
-        let result = match finish_prelude(value, opts, job_id) {
+        // bullpen patch: the prelude the return value carries, if any, goes
+        // in the same round trip (patch 9).
+        let result = match value.prelude() {
             None => script.execute(&mut redis_conn, &script_keys, &args).await?,
-            Some(prelude) => script.execute_after(&mut redis_conn, &prelude, &script_keys, &args).await?,
+            Some(prelude) => script.execute_after(&mut redis_conn, prelude, &script_keys, &args).await?,
         };
 
         match result {
@@ -2582,7 +2568,6 @@ mod tests {
 #[cfg(test)]
 mod bullpen_tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     fn prelude(tag: &str) -> FinishPrelude {
         FinishPrelude {
@@ -2608,35 +2593,5 @@ mod bullpen_tests {
         assert_eq!(bad.to_value(), serde_json::Value::String("{".to_string()));
         assert_eq!(ReturnValue::Json(json.to_string()).prelude(), None);
         assert_eq!(ReturnValue::Value(serde_json::json!(1)).prelude(), None);
-    }
-
-    #[test]
-    fn the_return_values_prelude_wins_over_the_hook() {
-        let asked = Arc::new(AtomicUsize::new(0));
-        let counter = asked.clone();
-        let hooked = WorkerOptions {
-            finish_prelude: Some(Arc::new(move |job_id: &str| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                Some(prelude(&format!("hook-{job_id}")))
-            })),
-            ..Default::default()
-        };
-        let unhooked = WorkerOptions::default();
-        let with = ReturnValue::JsonWithPrelude { json: "1".to_string(), prelude: prelude("value") };
-        let without = ReturnValue::Json("1".to_string());
-
-        // Both: the return value's, borrowed; the hook asked once all the same.
-        let p = finish_prelude(&with, &hooked, "7").expect("a prelude");
-        assert!(matches!(&p, std::borrow::Cow::Borrowed(b) if std::ptr::eq(*b, with.prelude().unwrap())));
-        assert_eq!(*p, prelude("value"));
-        assert_eq!(asked.load(Ordering::SeqCst), 1);
-        // Only the hook: the hook's, as before patch 9.
-        assert_eq!(finish_prelude(&without, &hooked, "7").as_deref(), Some(&prelude("hook-7")));
-        assert_eq!(asked.load(Ordering::SeqCst), 2);
-        // Only the return value, or neither.
-        assert_eq!(finish_prelude(&with, &unhooked, "7").as_deref(), Some(&prelude("value")));
-        assert_eq!(finish_prelude(&without, &unhooked, "7"), None);
-        let failed = ReturnValue::Value(serde_json::Value::String("boom".to_string()));
-        assert_eq!(finish_prelude(&failed, &unhooked, "7"), None);
     }
 }
