@@ -390,6 +390,21 @@ impl NodeEvents {
     }
 }
 
+/// The job's log without bullpen's own `bullpen: ...` lines (such as the
+/// `bullpen: plugin sha256:...` line written once per attempt, recording the
+/// plugin version): only what the guest wrote.
+pub fn guest_logs(job: &Value) -> Value {
+    Value::Array(
+        job["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
+}
+
 /// Inspect jobs from Node: `{jobs: [...], counts: {...}}`.
 pub fn inspect(redis: &Redis, queue: &str, ids: &[String]) -> Value {
     node(&["inspect", &redis.url(), queue, &serde_json::to_string(ids).unwrap()])

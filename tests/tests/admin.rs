@@ -9,20 +9,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
-/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
-/// (one per attempt, recording the plugin version).
-fn guest_logs(j: &Value) -> Value {
-    Value::Array(
-        j["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }

@@ -10,19 +10,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(120);
 
-/// Log lines written by the guest (bullpen's own `bullpen: ...` lines removed).
-fn guest_logs(job: &Value) -> Value {
-    Value::Array(
-        job["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
-
 pub fn echo(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "e", &plugin("echo", lang), &["--concurrency", "3"]);

@@ -44,20 +44,6 @@ fn hog(lang: &str, fuel: bool) -> PathBuf {
     p
 }
 
-/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
-/// (one per attempt, recording the plugin version).
-fn guest_logs(j: &Value) -> Value {
-    Value::Array(
-        j["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
-
 /// Loop, memory, output flood and recursion, each alone in its job, next to
 /// well-behaved jobs, with retries; then one more job on the same worker.
 fn each_abuse_fails_only_its_own_job(lang: &str) {
