@@ -26,14 +26,14 @@ fn steps_run_through_delay_children_and_finish() {
     // done before `wait-for-children` let Finish run in the same attempt
     // (BullMQ's moveToWaitingChildren finds nothing to wait for), and this
     // test is about the path through waiting-children.
-    while inspect(&redis, "orders", &ids)["jobs"][0]["state"] != "waiting-children" {
-        assert!(
-            started.elapsed() < T,
-            "the parent never waited for its children: {:#}",
-            inspect(&redis, "orders", &ids)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ok(T, POLL, "the parent never waited for its children", || {
+        let v = inspect(&redis, "orders", &ids);
+        if v["jobs"][0]["state"] == "waiting-children" {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
     let _kids = Worker::start(&redis, "orders-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
     let v = wait_finished(&redis, "orders", &ids, T);
     let j = job(&v, 0);
@@ -207,22 +207,18 @@ fn backoff_jitter_is_applied() {
         .map(|_| json!({"name": "j", "data": {"failTimes": 5}, "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 20000, "jitter": 0.5}}}))
         .collect();
     let ids = node_add(&redis, "j", Value::Array(jobs));
-    let deadline = Instant::now() + T;
     let mut c = redis.conn();
     let mut delays = vec![];
-    for id in &ids {
-        loop {
+    // One by one, in order, within T for all of them.
+    wait_until_ok(T, POLL, "not every job reached the delayed set", || {
+        for id in &ids[delays.len()..] {
             let score: Option<f64> = redis::cmd("ZSCORE").arg("bull:j:delayed").arg(id).query(&mut c).unwrap();
-            if let Some(score) = score {
-                let fin: String =
-                    redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
-                delays.push((score / 4096.0) as i64 - fin.parse::<i64>().unwrap());
-                break;
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(50));
+            let Some(score) = score else { return Err(format!("job {id} not delayed yet; delays so far {delays:?}")) };
+            let fin: String = redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
+            delays.push((score / 4096.0) as i64 - fin.parse::<i64>().unwrap());
         }
-    }
+        Ok(())
+    });
     for d in &delays {
         assert!((9_900..20_100).contains(d), "first retry delay {d} outside [10000, 20000): {delays:?}");
     }
@@ -253,15 +249,9 @@ fn lost_lock_means_nothing_is_written_and_the_new_owner_finishes() {
     let ids = node_add(&redis, "l", json!([{"name": "x", "data": {"sleepMs": 3000}}]));
     let mut c = redis.conn();
     let lock = format!("bull:l:{}:lock", ids[0]);
-    let deadline = Instant::now() + T;
-    loop {
-        let exists: bool = redis::cmd("EXISTS").arg(&lock).query(&mut c).unwrap();
-        if exists {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(T, Duration::from_millis(10), "the job's lock never appeared", || {
+        redis::cmd("EXISTS").arg(&lock).query::<bool>(&mut c).unwrap().then_some(())
+    });
     let _: () = redis::cmd("DEL").arg(&lock).query(&mut c).unwrap();
     w.wait_log("lock lost during the attempt", T);
     let v = inspect(&redis, "l", &ids);
@@ -426,17 +416,16 @@ fn job_scheduler_iterations_run_with_the_template_data() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "sched", &plugin("echo", "rust"), &[]);
     node(&["scheduler", &redis.url(), "sched", "tick", "300", r#"{"name":"tick","data":{"n":7,"s":"x"}}"#]);
-    let deadline = Instant::now() + T;
-    let done = loop {
+    let done = wait_until_ok(T, Duration::from_millis(300), "fewer than 3 iterations completed", || {
         let r = node(&["report", &redis.url(), "sched"]);
         let done: Vec<Value> =
             r["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "completed").cloned().collect();
         if done.len() >= 3 {
-            break done;
+            Ok(done)
+        } else {
+            Err(r)
         }
-        assert!(Instant::now() < deadline, "fewer than 3 iterations completed: {r:#}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    });
     for j in &done {
         assert_eq!(j["data"], json!({"n": 7, "s": "x"}), "{j:#}");
         assert_eq!(j["returnvalue"], j["data"], "echo returns the data: {j:#}");

@@ -225,20 +225,18 @@ pub fn js_preload(lang: &str) {
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(300);
-            loop {
+            wait_until_ok(Duration::from_secs(300), POLL, &format!("{name}-{lang} never loaded"), || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 if text.contains("worker ready") {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
+                    return Ok(());
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     panic!("{name}-{lang} refused by the host: {text}");
                 }
-                assert!(std::time::Instant::now() < deadline, "{name}-{lang} never loaded: {text}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                Err(text)
+            });
+            let _ = child.kill();
+            let _ = child.wait();
         }
     });
 }

@@ -299,11 +299,9 @@ fn second_start_loads_the_precompiled_artifact() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + T;
-        while !std::fs::read_to_string(&log).unwrap().contains("worker ready") {
-            assert!(std::time::Instant::now() < deadline, "start {n} never got ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(T, POLL, &format!("start {n} never got ready"), || {
+            std::fs::read_to_string(&log).unwrap().contains("worker ready").then_some(())
+        });
         let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let _ = child.wait_with_output();
         std::fs::read_to_string(&log).unwrap()
