@@ -1,6 +1,7 @@
-//! Issue 3: every row of DESIGN.md §4 on a real redis-server, checked from
-//! the outside with Node's bullmq: steps, delays, children, failures,
-//! traps, retry delays, backoff, maxStartedAttempts, lost locks, flows.
+//! What a processor can do (the tables in README.md's "What a processor can
+//! do") on a real redis-server, checked from the outside with Node's bullmq:
+//! steps, delays, children, failures, traps, retry delays, backoff,
+//! maxStartedAttempts, lost locks, flows.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ fn job(v: &Value, i: usize) -> &Value {
     &v["jobs"][i]
 }
 
-/// The seeds' step pattern end to end: Initial → Second → delayed 200 ms →
-/// Third → two children → waiting-children → Finish with the children's
-/// values. Moves do not count as attempts.
+/// The `steps` plugin's step-job pattern (BullMQ's "Process step jobs"
+/// guide) end to end: Initial → Second → delayed 200 ms → Third → two
+/// children → waiting-children → Finish with the children's values. Moves do
+/// not count as attempts.
 #[test]
 fn steps_run_through_delay_children_and_finish() {
     let redis = Redis::start();

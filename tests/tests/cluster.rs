@@ -1,4 +1,4 @@
-//! Issue 9 (scale out): bullpen on a Redis Cluster. A 3-master cluster on
+//! Scaling out: bullpen on a Redis Cluster. A 3-master cluster on
 //! loopback (started and stopped here), 10,000 jobs from Node's bullmq over
 //! an ioredis Cluster connection into two queues, three registry workers,
 //! a new plugin version deployed through the cluster mid-run; then every

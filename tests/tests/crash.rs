@@ -1,4 +1,4 @@
-//! Issue 4 (crash safety): acks_late semantics. A worker killed mid-job loses
+//! Crash safety: acks_late semantics. A worker killed mid-job loses
 //! nothing (stalled recovery, maxStalledCount), and SIGTERM finishes or hands
 //! back running attempts without counting a failure.
 

@@ -1,4 +1,4 @@
-//! Issue 8: bull-board (the real @bull-board/api + @bull-board/express)
+//! bull-board (the real @bull-board/api + @bull-board/express)
 //! works against queues bullpen processed. bullpen's echo and flaky plugins
 //! process Node-added jobs, tests/node/dashboard.js serves bull-board for the
 //! two queues, and headless Chromium (Debian's `chromium`, driven through

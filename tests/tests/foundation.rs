@@ -1,5 +1,5 @@
-//! Issue 2: a Wasm processor on real BullMQ queues, observed from Node's and
-//! Python's bullmq. Each test starts its own redis-server.
+//! The foundation: a Wasm processor on real BullMQ queues, observed from
+//! Node's and Python's bullmq. Each test starts its own redis-server.
 
 use std::time::Duration;
 

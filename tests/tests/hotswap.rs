@@ -1,4 +1,4 @@
-//! Issue 6 (hot swap): `bullpen deploy` / `rollback` / `plugins`, registry
+//! Hot swap: `bullpen deploy` / `rollback` / `plugins`, registry
 //! workers that follow deploys, file-watch swaps, and the plugin digest each
 //! job records in its BullMQ log. Real redis-server; jobs added and counted
 //! through Node's bullmq.

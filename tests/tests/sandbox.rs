@@ -1,4 +1,4 @@
-//! Issue 4 (sandbox part): a guest that loops, eats memory, floods output or
+//! The sandbox: a guest that loops, eats memory, floods output or
 //! recurses fails only its own job, with a reason naming the limit; WASI
 //! grants no files, network or environment; other jobs keep completing.
 //! The same scenarios run against the `hog` plugin in each language (the

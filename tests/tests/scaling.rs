@@ -1,4 +1,4 @@
-//! Issue 9 (scale out): several worker processes on one queue share the
+//! Scaling out: several worker processes on one queue share the
 //! work, and no job is lost or done twice. Throughput is not asserted here
 //! (timed assertions flake on shared machines); bench/run.py --workers
 //! measures the curve (bench/README.md).

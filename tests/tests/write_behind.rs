@@ -122,8 +122,8 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
 
 /// A completed attempt's pending writes go to Redis in the same round trip
 /// as its finish: on bullmq-official's connection, as the command just
-/// before the job's moveToFinished (`WorkerOptions::finish_prelude`, a
-/// patch in vendor/bullmq-official). Seen with MONITOR: for every job, the
+/// before the job's moveToFinished (a `FinishPrelude`: patch 2 in
+/// vendor/bullmq-official/PATCHES.md). Seen with MONITOR: for every job, the
 /// flush that writes its log is immediately followed, from the same client,
 /// by the moveToFinished that completes it — both as FCALLs of one function
 /// library. Then the script cache is emptied (a restart that kept functions),
