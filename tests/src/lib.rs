@@ -37,6 +37,49 @@ pub fn plugin(name: &str, lang: &str) -> PathBuf {
     p
 }
 
+/// The usual interval between two polls of [`wait_until`] and [`wait_until_ok`].
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Call `poll` every `every` until it returns `Some`, and return that. Once
+/// `timeout` has passed, panic with `what`, which says what did not happen
+/// (e.g. "jobs never became active").
+#[track_caller]
+pub fn wait_until<T>(timeout: Duration, every: Duration, what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
+    match poll_until(timeout, every, || poll().ok_or(())) {
+        Ok(v) => v,
+        Err(()) => panic!("{what} (waited {timeout:?})"),
+    }
+}
+
+/// Call `poll` every `every` until it returns `Ok`, and return that. `Err`
+/// carries the state observed so far: once `timeout` has passed, panic with
+/// `what` (what did not happen) and the last observed state (printed with
+/// `{:#}`, so a JSON value comes out pretty).
+#[track_caller]
+pub fn wait_until_ok<T, S: std::fmt::Display>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    poll: impl FnMut() -> Result<T, S>,
+) -> T {
+    match poll_until(timeout, every, poll) {
+        Ok(v) => v,
+        Err(state) => panic!("{what} (waited {timeout:?}); last seen:\n{state:#}"),
+    }
+}
+
+/// The loop of [`wait_until`] and [`wait_until_ok`]: the first `Ok`, or the
+/// last `Err` once `timeout` has passed.
+fn poll_until<T, S>(timeout: Duration, every: Duration, mut poll: impl FnMut() -> Result<T, S>) -> Result<T, S> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match poll() {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(every),
+            done => return done,
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -191,11 +234,12 @@ impl Cluster {
             .expect("redis-cli not found (it comes with redis-server)");
         assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         // Every node must agree the cluster is up (all slots covered) before clients connect.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.ports.iter().all(|p| cluster_ok(*p)) {
-            assert!(Instant::now() < deadline, "cluster never reached cluster_state:ok");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            "cluster never reached cluster_state:ok",
+            || cluster.ports.iter().all(|p| cluster_ok(*p)).then_some(()),
+        );
         cluster
     }
 
@@ -282,14 +326,14 @@ impl Worker {
     }
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return;
+        wait_until_ok(timeout, POLL, &format!("worker log never said {needle:?}"), || {
+            let log = self.log();
+            if log.contains(needle) {
+                Ok(())
+            } else {
+                Err(log)
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("worker log never said {needle:?}; log:\n{}", self.log());
+        })
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -390,6 +434,21 @@ impl NodeEvents {
     }
 }
 
+/// The job's log without bullpen's own `bullpen: ...` lines (such as the
+/// `bullpen: plugin sha256:...` line written once per attempt, recording the
+/// plugin version): only what the guest wrote.
+pub fn guest_logs(job: &Value) -> Value {
+    Value::Array(
+        job["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
+            .cloned()
+            .collect(),
+    )
+}
+
 /// Inspect jobs from Node: `{jobs: [...], counts: {...}}`.
 pub fn inspect(redis: &Redis, queue: &str, ids: &[String]) -> Value {
     node(&["inspect", &redis.url(), queue, &serde_json::to_string(ids).unwrap()])
@@ -417,16 +476,15 @@ pub fn ids(v: Value) -> Vec<String> {
 
 /// Poll Node's view until every job is finished (completed or failed).
 pub fn wait_finished(redis: &Redis, queue: &str, ids: &[String], timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait_until_ok(timeout, Duration::from_millis(100), "jobs not finished", || {
         let v = inspect(redis, queue, ids);
         let done = v["jobs"].as_array().unwrap().iter().all(|j| j["state"] == "completed" || j["state"] == "failed");
-        if done || Instant::now() > deadline {
-            assert!(done, "jobs not finished after {timeout:?}: {v:#}");
-            return v;
+        if done {
+            Ok(v)
+        } else {
+            Err(v)
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 /// Run `bullpen <args>` to completion.

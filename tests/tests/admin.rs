@@ -2,26 +2,12 @@
 //! sees. Each test starts its own redis-server.
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bullpen_tests::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
-
-/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
-/// (one per attempt, recording the plugin version).
-fn guest_logs(j: &Value) -> Value {
-    Value::Array(
-        j["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -63,15 +49,14 @@ fn node_job(redis: &Redis, queue: &str, id: &str) -> Value {
 
 /// Poll Node's view of one job until `done` holds.
 fn wait_job(redis: &Redis, queue: &str, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
+    wait_until_ok(T, Duration::from_millis(100), &format!("job {id} never became {what}"), || {
         let j = node_job(redis, queue, id);
         if done(&j) {
-            return j;
+            Ok(j)
+        } else {
+            Err(j)
         }
-        assert!(Instant::now() < deadline, "job {id} never became {what}: {j:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 /// The newest entry of the queue's event stream, as a field map.

@@ -1,6 +1,7 @@
-//! Issue 3: every row of DESIGN.md §4 on a real redis-server, checked from
-//! the outside with Node's bullmq: steps, delays, children, failures,
-//! traps, retry delays, backoff, maxStartedAttempts, lost locks, flows.
+//! What a processor can do (the tables in README.md's "What a processor can
+//! do") on a real redis-server, checked from the outside with Node's bullmq:
+//! steps, delays, children, failures, traps, retry delays, backoff,
+//! maxStartedAttempts, lost locks, flows.
 
 use std::time::{Duration, Instant};
 
@@ -9,27 +10,14 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
 
-/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
-/// (one per attempt, recording the plugin version).
-fn guest_logs(j: &Value) -> Value {
-    Value::Array(
-        j["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
-
 fn job(v: &Value, i: usize) -> &Value {
     &v["jobs"][i]
 }
 
-/// The seeds' step pattern end to end: Initial → Second → delayed 200 ms →
-/// Third → two children → waiting-children → Finish with the children's
-/// values. Moves do not count as attempts.
+/// The `steps` plugin's step-job pattern (BullMQ's "Process step jobs"
+/// guide) end to end: Initial → Second → delayed 200 ms → Third → two
+/// children → waiting-children → Finish with the children's values. Moves do
+/// not count as attempts.
 #[test]
 fn steps_run_through_delay_children_and_finish() {
     let redis = Redis::start();
@@ -40,14 +28,14 @@ fn steps_run_through_delay_children_and_finish() {
     // done before `wait-for-children` let Finish run in the same attempt
     // (BullMQ's moveToWaitingChildren finds nothing to wait for), and this
     // test is about the path through waiting-children.
-    while inspect(&redis, "orders", &ids)["jobs"][0]["state"] != "waiting-children" {
-        assert!(
-            started.elapsed() < T,
-            "the parent never waited for its children: {:#}",
-            inspect(&redis, "orders", &ids)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ok(T, POLL, "the parent never waited for its children", || {
+        let v = inspect(&redis, "orders", &ids);
+        if v["jobs"][0]["state"] == "waiting-children" {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
     let _kids = Worker::start(&redis, "orders-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
     let v = wait_finished(&redis, "orders", &ids, T);
     let j = job(&v, 0);
@@ -221,22 +209,18 @@ fn backoff_jitter_is_applied() {
         .map(|_| json!({"name": "j", "data": {"failTimes": 5}, "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 20000, "jitter": 0.5}}}))
         .collect();
     let ids = node_add(&redis, "j", Value::Array(jobs));
-    let deadline = Instant::now() + T;
     let mut c = redis.conn();
     let mut delays = vec![];
-    for id in &ids {
-        loop {
+    // One by one, in order, within T for all of them.
+    wait_until_ok(T, POLL, "not every job reached the delayed set", || {
+        for id in &ids[delays.len()..] {
             let score: Option<f64> = redis::cmd("ZSCORE").arg("bull:j:delayed").arg(id).query(&mut c).unwrap();
-            if let Some(score) = score {
-                let fin: String =
-                    redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
-                delays.push((score / 4096.0) as i64 - fin.parse::<i64>().unwrap());
-                break;
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(50));
+            let Some(score) = score else { return Err(format!("job {id} not delayed yet; delays so far {delays:?}")) };
+            let fin: String = redis::cmd("HGET").arg(format!("bull:j:{id}")).arg("processedOn").query(&mut c).unwrap();
+            delays.push((score / 4096.0) as i64 - fin.parse::<i64>().unwrap());
         }
-    }
+        Ok(())
+    });
     for d in &delays {
         assert!((9_900..20_100).contains(d), "first retry delay {d} outside [10000, 20000): {delays:?}");
     }
@@ -267,15 +251,9 @@ fn lost_lock_means_nothing_is_written_and_the_new_owner_finishes() {
     let ids = node_add(&redis, "l", json!([{"name": "x", "data": {"sleepMs": 3000}}]));
     let mut c = redis.conn();
     let lock = format!("bull:l:{}:lock", ids[0]);
-    let deadline = Instant::now() + T;
-    loop {
-        let exists: bool = redis::cmd("EXISTS").arg(&lock).query(&mut c).unwrap();
-        if exists {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(T, Duration::from_millis(10), "the job's lock never appeared", || {
+        redis::cmd("EXISTS").arg(&lock).query::<bool>(&mut c).unwrap().then_some(())
+    });
     let _: () = redis::cmd("DEL").arg(&lock).query(&mut c).unwrap();
     w.wait_log("lock lost during the attempt", T);
     let v = inspect(&redis, "l", &ids);
@@ -440,17 +418,16 @@ fn job_scheduler_iterations_run_with_the_template_data() {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "sched", &plugin("echo", "rust"), &[]);
     node(&["scheduler", &redis.url(), "sched", "tick", "300", r#"{"name":"tick","data":{"n":7,"s":"x"}}"#]);
-    let deadline = Instant::now() + T;
-    let done = loop {
+    let done = wait_until_ok(T, Duration::from_millis(300), "fewer than 3 iterations completed", || {
         let r = node(&["report", &redis.url(), "sched"]);
         let done: Vec<Value> =
             r["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "completed").cloned().collect();
         if done.len() >= 3 {
-            break done;
+            Ok(done)
+        } else {
+            Err(r)
         }
-        assert!(Instant::now() < deadline, "fewer than 3 iterations completed: {r:#}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    });
     for j in &done {
         assert_eq!(j["data"], json!({"n": 7, "s": "x"}), "{j:#}");
         assert_eq!(j["returnvalue"], j["data"], "echo returns the data: {j:#}");

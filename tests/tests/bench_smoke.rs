@@ -1,4 +1,4 @@
-//! Issue 7: the benchmark suite's smoke mode, so `bench/run.py` cannot rot.
+//! The benchmark suite's smoke mode, so `bench/run.py` cannot rot.
 //! A few hundred jobs per scenario and contender, on its own redis-server;
 //! fails unless every job completed. Numbers are not asserted (timed
 //! assertions on a shared machine are noise): `bench/README.md` has them.
@@ -23,7 +23,8 @@ fn bench_run_smoke_mode_completes_every_scenario() {
         assert!(stdout.contains(scenario), "no {scenario} table:\n{stdout}");
     }
     assert!(stdout.starts_with("# bullpen benchmarks: "), "no machine line first:\n{stdout}");
-    // The closing table of a full run (issue 7's targets), not judged in smoke mode.
+    // The closing table of a full run (the performance targets, each with the run's value; bench/run.py's
+    // `print_targets` titles it as below), not judged in smoke mode.
     assert!(stdout.contains("## Issue 7 targets (smoke mode"), "no targets table:\n{stdout}");
     assert!(stdout.contains("| worker CPU per job ≤ ½ node's |"), "no CPU target row:\n{stdout}");
     for contender in ["| node |", "| bullpen-rust |", "| bullpen-go |", "| bullpen-js |"] {

@@ -1,4 +1,4 @@
-//! Issue 9 (scale out): bullpen on a Redis Cluster. A 3-master cluster on
+//! Scaling out: bullpen on a Redis Cluster. A 3-master cluster on
 //! loopback (started and stopped here), 10,000 jobs from Node's bullmq over
 //! an ioredis Cluster connection into two queues, three registry workers,
 //! a new plugin version deployed through the cluster mid-run; then every
@@ -113,10 +113,9 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
     }
     let mut conn = cluster.conn();
     let started = Instant::now();
-    while completed(&mut conn, "orders").0 + completed(&mut conn, "emails").0 < 1000 {
-        assert!(started.elapsed() < T, "workers do not make progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(T, Duration::from_millis(20), "workers do not make progress", || {
+        (completed(&mut conn, "orders").0 + completed(&mut conn, "emails").0 >= 1000).then_some(())
+    });
     let done_before = completed(&mut conn, "orders").0 + completed(&mut conn, "emails").0;
     let deploy_at = now_ms();
     let d2 = deploy("orders", &v2);
@@ -129,15 +128,16 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
     for (q, n) in sizes {
         added.entry(q).or_default().extend(ids(node_cluster(&cluster, &["bulk", q, &n.to_string(), &n.to_string()])));
     }
-    loop {
+    // T counts from `started`: both phases share it.
+    wait_until_ok(T.saturating_sub(started.elapsed()), Duration::from_millis(100), "not drained", || {
         let (o, e) = (completed(&mut conn, "orders"), completed(&mut conn, "emails"));
         assert_eq!((o.1, e.1), (0, 0), "failed jobs");
         if o.0 == 6000 && e.0 == 4000 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("orders {o:?}, emails {e:?}"))
         }
-        assert!(started.elapsed() < T, "not drained: orders {o:?}, emails {e:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     let secs = started.elapsed().as_secs_f64();
     let switched: HashMap<&str, u64> = workers.iter().map(|(n, w)| (*n, switched_at(&w.log()))).collect();
     // Workers subscribe on the first seed node; the deploys ran on the queues'
@@ -251,11 +251,9 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
         "{view}"
     );
     let id = stdout_ok(&bp(&cluster, "add", "emails", &["late", r#"{"late":true}"#]));
-    let deadline = Instant::now() + T;
-    while completed(&mut conn, "emails").0 < 4001 {
-        assert!(Instant::now() < deadline, "job {id} added by `bullpen add --cluster` never completed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(T, POLL, &format!("job {id} added by `bullpen add --cluster` never completed"), || {
+        (completed(&mut conn, "emails").0 >= 4001).then_some(())
+    });
 
     for (name, w) in workers {
         assert!(w.stop().success(), "worker {name} did not stop cleanly");

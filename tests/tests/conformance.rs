@@ -10,19 +10,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(120);
 
-/// Log lines written by the guest (bullpen's own `bullpen: ...` lines removed).
-fn guest_logs(job: &Value) -> Value {
-    Value::Array(
-        job["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
-
 pub fn echo(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "e", &plugin("echo", lang), &["--concurrency", "3"]);
@@ -238,20 +225,18 @@ pub fn js_preload(lang: &str) {
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(300);
-            loop {
+            wait_until_ok(Duration::from_secs(300), POLL, &format!("{name}-{lang} never loaded"), || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 if text.contains("worker ready") {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
+                    return Ok(());
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     panic!("{name}-{lang} refused by the host: {text}");
                 }
-                assert!(std::time::Instant::now() < deadline, "{name}-{lang} never loaded: {text}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                Err(text)
+            });
+            let _ = child.kill();
+            let _ = child.wait();
         }
     });
 }

@@ -1,4 +1,4 @@
-//! Issue 4 (crash safety): acks_late semantics. A worker killed mid-job loses
+//! Crash safety: acks_late semantics. A worker killed mid-job loses
 //! nothing (stalled recovery, maxStalledCount), and SIGTERM finishes or hands
 //! back running attempts without counting a failure.
 
@@ -11,15 +11,10 @@ const T: Duration = Duration::from_secs(90);
 
 fn wait_active(redis: &Redis, queue: &str, n: usize) {
     let mut c = redis.conn();
-    let deadline = Instant::now() + T;
-    loop {
+    wait_until(T, Duration::from_millis(20), "jobs never became active", || {
         let len: usize = redis::cmd("LLEN").arg(format!("bull:{queue}:active")).query(&mut c).unwrap();
-        if len >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "jobs never became active");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (len >= n).then_some(())
+    })
 }
 
 /// kill -9 mid-attempt: after the lock expires the stalled check re-queues the

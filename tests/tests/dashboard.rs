@@ -1,4 +1,4 @@
-//! Issue 8: bull-board (the real @bull-board/api + @bull-board/express)
+//! bull-board (the real @bull-board/api + @bull-board/express)
 //! works against queues bullpen processed. bullpen's echo and flaky plugins
 //! process Node-added jobs, tests/node/dashboard.js serves bull-board for the
 //! two queues, and headless Chromium (Debian's `chromium`, driven through
@@ -76,24 +76,19 @@ fn start_chromium(dir: &Path) -> (Group, String) {
     );
     // Chromium writes the port it picked and the browser's path here.
     let port_file = profile.join("DevToolsActivePort");
-    let deadline = Instant::now() + BROWSER_T;
-    loop {
+    let ws = wait_until_ok(BROWSER_T, Duration::from_millis(100), &format!("{bin} opened no DevTools port"), || {
         if let Ok(s) = std::fs::read_to_string(&port_file) {
             let mut lines = s.lines();
             if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                return (chromium, format!("ws://127.0.0.1:{port}{path}"));
+                return Ok(format!("ws://127.0.0.1:{port}{path}"));
             }
         }
         if let Ok(Some(status)) = chromium.0.try_wait() {
             panic!("{bin} exited ({status}) before opening DevTools (scripts/setup.sh installs Debian's chromium); log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{bin} opened no DevTools port within {BROWSER_T:?}; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err(format!("log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    });
+    (chromium, ws)
 }
 
 /// `node dashboard.js browse`: open `url` in Chromium, wait for `wait_for`,
@@ -110,14 +105,9 @@ fn browse(ws: &str, url: &str, wait_for: &str, screenshot: Option<&Path>, tabs: 
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap()),
     );
-    let deadline = Instant::now() + BROWSER_T;
-    let status = loop {
-        if let Some(status) = node.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "browsing {url} took over {BROWSER_T:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_until(BROWSER_T, Duration::from_millis(100), &format!("browsing {url} never ended"), || {
+        node.0.try_wait().unwrap()
+    });
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(status.success(), "browsing {url} (waiting for {wait_for:?}) failed: {status}\n{err}");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();

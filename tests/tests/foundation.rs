@@ -1,5 +1,5 @@
-//! Issue 2: a Wasm processor on real BullMQ queues, observed from Node's and
-//! Python's bullmq. Each test starts its own redis-server.
+//! The foundation: a Wasm processor on real BullMQ queues, observed from
+//! Node's and Python's bullmq. Each test starts its own redis-server.
 
 use std::time::Duration;
 
@@ -7,20 +7,6 @@ use bullpen_tests::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
-
-/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
-/// (one per attempt, recording the plugin version).
-fn guest_logs(j: &Value) -> Value {
-    Value::Array(
-        j["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
-}
 
 /// Node adds varied jobs; bullpen's echo processes them; Node sees exactly
 /// what a Node worker would have written, and QueueEvents reports them.
@@ -313,11 +299,9 @@ fn second_start_loads_the_precompiled_artifact() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + T;
-        while !std::fs::read_to_string(&log).unwrap().contains("worker ready") {
-            assert!(std::time::Instant::now() < deadline, "start {n} never got ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(T, POLL, &format!("start {n} never got ready"), || {
+            std::fs::read_to_string(&log).unwrap().contains("worker ready").then_some(())
+        });
         let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let _ = child.wait_with_output();
         std::fs::read_to_string(&log).unwrap()

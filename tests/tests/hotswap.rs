@@ -1,11 +1,11 @@
-//! Issue 6 (hot swap): `bullpen deploy` / `rollback` / `plugins`, registry
+//! Hot swap: `bullpen deploy` / `rollback` / `plugins`, registry
 //! workers that follow deploys, file-watch swaps, and the plugin digest each
 //! job records in its BullMQ log. Real redis-server; jobs added and counted
 //! through Node's bullmq.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bullpen_tests::*;
 use serde_json::{json, Value};
@@ -75,15 +75,10 @@ impl RegistryWorker {
     }
 
     fn wait_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until_ok(timeout, Duration::from_millis(20), &format!("worker log never said {needle:?}"), || {
             let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            assert!(Instant::now() < deadline, "worker log never said {needle:?}; log:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            log.lines().find(|l| l.contains(needle)).map(str::to_string).ok_or(log)
+        })
     }
 }
 
@@ -184,11 +179,9 @@ fn deploy_and_rollback_under_load() {
         ids(serde_json::from_slice(&out.stdout).unwrap())
     });
     let completed_key = format!("bull:{q}:completed");
-    let deadline = Instant::now() + T;
-    while zcard(&redis, &completed_key) < 1500 {
-        assert!(Instant::now() < deadline, "load never got going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(T, Duration::from_millis(20), "load never got going", || {
+        (zcard(&redis, &completed_key) >= 1500).then_some(())
+    });
 
     // Deploy v2 under load.
     let deploy_start = now_ms();
@@ -236,20 +229,19 @@ fn deploy_and_rollback_under_load() {
 
     let ids = producer.join().unwrap();
     assert_eq!(ids.len(), N);
-    let deadline = Instant::now() + T;
-    loop {
+    let counts = wait_until_ok(T, Duration::from_millis(200), "jobs not finished", || {
         let counts = node(&["counts", &redis.url(), q]);
         let done = counts["completed"].as_u64().unwrap() + counts["failed"].as_u64().unwrap();
         if done >= N as u64 {
-            assert_eq!(counts["failed"], 0, "{counts}");
-            assert_eq!(counts["completed"], N as u64, "{counts}");
-            assert_eq!(counts["active"], 0, "{counts}");
-            assert_eq!(counts["waiting"], 0, "{counts}");
-            break;
+            Ok(counts)
+        } else {
+            Err(counts)
         }
-        assert!(Instant::now() < deadline, "jobs not finished: {counts}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
+    assert_eq!(counts["failed"], 0, "{counts}");
+    assert_eq!(counts["completed"], N as u64, "{counts}");
+    assert_eq!(counts["active"], 0, "{counts}");
+    assert_eq!(counts["waiting"], 0, "{counts}");
     assert!(at_rollback < N as u64, "the load ended before the rollback; the rollback was not tested under load");
 
     // Each job: one attempt, one digest line (v1 or v2), the echo line, and

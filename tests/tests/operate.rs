@@ -1,4 +1,4 @@
-//! Issue 8 (operating bullpen): bulk adds from NDJSON, `bullpen stats`,
+//! Operating bullpen: bulk adds from NDJSON, `bullpen stats`,
 //! JSON logs with attempt spans, and the Prometheus endpoint. Observed through
 //! Node's bullmq and a plain HTTP scrape.
 

@@ -1,4 +1,4 @@
-//! Issue 8 (`bullpen run`): a processor runs on one job held in memory, no
+//! `bullpen run`: a processor runs on one job held in memory, no
 //! Redis; every host call is printed in order, then the outcome; exit 0 for
 //! completed/moved, 1 for failed, 2 when it could not run.
 

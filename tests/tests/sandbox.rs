@@ -1,4 +1,4 @@
-//! Issue 4 (sandbox part): a guest that loops, eats memory, floods output or
+//! The sandbox: a guest that loops, eats memory, floods output or
 //! recurses fails only its own job, with a reason naming the limit; WASI
 //! grants no files, network or environment; other jobs keep completing.
 //! The same scenarios run against the `hog` plugin in each language (the
@@ -42,20 +42,6 @@ fn hog(lang: &str, fuel: bool) -> PathBuf {
         loaded.push((lang.to_string(), fuel));
     }
     p
-}
-
-/// The job's log without bullpen's own `bullpen: plugin sha256:...` lines
-/// (one per attempt, recording the plugin version).
-fn guest_logs(j: &Value) -> Value {
-    Value::Array(
-        j["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.as_str().unwrap().starts_with("bullpen: "))
-            .cloned()
-            .collect(),
-    )
 }
 
 /// Loop, memory, output flood and recursion, each alone in its job, next to

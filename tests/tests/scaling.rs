@@ -1,4 +1,4 @@
-//! Issue 9 (scale out): several worker processes on one queue share the
+//! Scaling out: several worker processes on one queue share the
 //! work, and no job is lost or done twice. Throughput is not asserted here
 //! (timed assertions flake on shared machines); bench/run.py --workers
 //! measures the curve (bench/README.md).
@@ -25,16 +25,16 @@ fn four_workers_share_one_queue_each_job_once() {
     assert_eq!(added.len() as u64, N);
     let mut c = redis.conn();
     let started = Instant::now();
-    loop {
+    wait_until_ok(T, POLL, "not drained", || {
         let done: u64 = redis::cmd("ZCARD").arg("bull:shared:completed").query(&mut c).unwrap();
         let failed: u64 = redis::cmd("ZCARD").arg("bull:shared:failed").query(&mut c).unwrap();
         assert_eq!(failed, 0);
         if done == N {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{done} of {N}"))
         }
-        assert!(started.elapsed() < T, "not drained: {done} of {N}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     let secs = started.elapsed().as_secs_f64();
 
     let report = node(&["report", &redis.url(), "shared"]);

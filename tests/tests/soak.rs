@@ -1,4 +1,4 @@
-//! The soak test (issue 4): 100,000 jobs from Node, two bullpen workers.
+//! The soak test: 100,000 jobs from Node, two bullpen workers.
 //! Long, so it is its own command (results are recorded in README.md):
 //!
 //!     cargo test --release -p bullpen-tests --test soak -- --ignored --nocapture

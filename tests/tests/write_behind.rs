@@ -3,7 +3,7 @@
 //! while a long attempt runs; a short attempt costs one Redis script besides
 //! its finish, sent in the same round trip as the finish.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bullpen_tests::*;
 use serde_json::{json, Value};
@@ -23,24 +23,19 @@ fn a_long_attempt_shows_its_log_and_progress_while_it_runs() {
     let id = &ids[0];
     let mut c = redis.conn();
     for step in 1..=2 {
-        let deadline = Instant::now() + T;
-        loop {
+        wait_until_ok(T, Duration::from_millis(10), &format!("step {step} never reached Redis"), || {
             let logs: Vec<String> =
                 redis::cmd("LRANGE").arg(format!("bull:wb:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
             let progress: Option<String> =
                 redis::cmd("HGET").arg(format!("bull:wb:{id}")).arg("progress").query(&mut c).unwrap();
             if logs.contains(&format!("hog: step {step}")) && progress.as_deref() == Some(&*(step * 10).to_string()) {
-                let finished: Option<f64> =
-                    redis::cmd("ZSCORE").arg("bull:wb:completed").arg(id).query(&mut c).unwrap();
-                assert!(
-                    finished.is_none(),
-                    "step {step}'s log line and progress reached Redis only when the job completed"
-                );
-                break;
+                Ok(())
+            } else {
+                Err(format!("logs {logs:?}, progress {progress:?}"))
             }
-            assert!(Instant::now() < deadline, "step {step} never reached Redis: logs {logs:?}, progress {progress:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        });
+        let finished: Option<f64> = redis::cmd("ZSCORE").arg("bull:wb:completed").arg(id).query(&mut c).unwrap();
+        assert!(finished.is_none(), "step {step}'s log line and progress reached Redis only when the job completed");
     }
     let v = wait_finished(&redis, "wb", &ids, T);
     let j = &v["jobs"][0];
@@ -67,11 +62,9 @@ fn a_short_attempt_costs_one_script_besides_its_finish() {
     let mut c = redis.conn();
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
     let _w = Worker::start(&redis, "short", &plugin("echo", "rust"), &[]);
-    let deadline = Instant::now() + T;
-    while redis::cmd("ZCARD").arg("bull:short:completed").query::<usize>(&mut c).unwrap() < n {
-        assert!(Instant::now() < deadline, "jobs not completed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(T, Duration::from_millis(20), "jobs not completed", || {
+        (redis::cmd("ZCARD").arg("bull:short:completed").query::<usize>(&mut c).unwrap() >= n).then_some(())
+    });
     let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut c).unwrap();
     let calls = |cmd: &str| -> usize {
         stats
@@ -102,16 +95,11 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
     let ids = node_add(&redis, "wl", json!([{"name": "slow", "data": {"mode": "slow"}}]));
     let id = &ids[0];
     let mut c = redis.conn();
-    let deadline = Instant::now() + T;
-    loop {
+    wait_until(T, Duration::from_millis(5), "step 1 never reached Redis", || {
         let logs: Vec<String> =
             redis::cmd("LRANGE").arg(format!("bull:wl:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
-        if logs.iter().any(|l| l == "hog: step 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "step 1 never reached Redis");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        logs.iter().any(|l| l == "hog: step 1").then_some(())
+    });
     let _: () = redis::cmd("DEL").arg(format!("bull:wl:{id}:lock")).query(&mut c).unwrap();
     w.wait_log("lock lost during the attempt", T);
     let v = wait_finished(&redis, "wl", &ids, T);
@@ -134,8 +122,8 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
 
 /// A completed attempt's pending writes go to Redis in the same round trip
 /// as its finish: on bullmq-official's connection, as the command just
-/// before the job's moveToFinished (`WorkerOptions::finish_prelude`, a
-/// patch in vendor/bullmq-official). Seen with MONITOR: for every job, the
+/// before the job's moveToFinished (a `FinishPrelude`: patch 2 in
+/// vendor/bullmq-official/PATCHES.md). Seen with MONITOR: for every job, the
 /// flush that writes its log is immediately followed, from the same client,
 /// by the moveToFinished that completes it — both as FCALLs of one function
 /// library. Then the script cache is emptied (a restart that kept functions),
@@ -247,11 +235,13 @@ fn finishing_falls_back_to_scripts_where_functions_are_refused() {
     let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-fcall").arg("-function").query(&mut c).unwrap();
     let w = Worker::start(&redis, "refused", &plugin("echo", "rust"), &[]);
     node_add(&redis, "refused", jobs.clone());
-    let deadline = Instant::now() + T;
-    while completed(&mut c, "refused") < n {
-        assert!(Instant::now() < deadline, "jobs not completed with functions refused: {}", w.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_ok(T, Duration::from_millis(20), "jobs not completed with functions refused", || {
+        if completed(&mut c, "refused") >= n {
+            Ok(())
+        } else {
+            Err(w.log())
+        }
+    });
     w.wait_log("Redis Functions unavailable", T);
     drop(w);
     let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("+@all").query(&mut c).unwrap();
@@ -260,11 +250,9 @@ fn finishing_falls_back_to_scripts_where_functions_are_refused() {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
     let _w = Worker::start(&redis, "off", &plugin("echo", "rust"), &["--redis-functions", "false"]);
     node_add(&redis, "off", jobs);
-    let deadline = Instant::now() + T;
-    while completed(&mut c, "off") < n {
-        assert!(Instant::now() < deadline, "jobs not completed with --redis-functions false");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(T, Duration::from_millis(20), "jobs not completed with --redis-functions false", || {
+        (completed(&mut c, "off") >= n).then_some(())
+    });
     assert_eq!(calls(&mut c, "fcall"), 0, "--redis-functions false: no FCALL");
     assert!(calls(&mut c, "evalsha") >= n, "moveToFinished ran as a script");
     assert!(function_libraries(&mut c).is_empty(), "--redis-functions false: no library");
