@@ -15,7 +15,7 @@ Scenarios (names from BullMQ's benchmark suite):
 `--concurrency 10,100,1000` runs worker-concurrent at each (RSS growth with concurrency); a full
 run (`--scenario all`, the default) does 10 and 1000 too, with node, native and bullpen-rust,
 and runs node, native and bullpen-rust at concurrency 100 in three interleaved rounds.
-The run ends with issue 7's targets, each with this run's value (medians of those rounds) and
+The run ends with the performance targets, each with this run's value (medians of those rounds) and
 whether it was met.
 `--setup` first runs scripts/setup.sh (release host, plugins, npm and PyPI packages) and builds
 the native baseline: from a clean clone it is the only command needed.
@@ -230,7 +230,7 @@ def median_ratio(rows, name, base, key):
 
 
 def print_targets(results, smoke, jobs):
-    """Issue 7's targets, each with this run's value (medians over rounds) and whether it was met.
+    """The performance targets, each with this run's value (medians over rounds) and whether it was met.
     No verdict below 20,000 jobs: Node's worker is still warming up (its JIT) — at 2,000 jobs it
     spent 2–3x its steady CPU per job, which flatters every ratio against it."""
     verdicts = not smoke and jobs >= 20000
@@ -272,7 +272,7 @@ def print_targets(results, smoke, jobs):
     add("bullpen-rust worker RSS MB at concurrency 10 / 100 / 1000", " / ".join(rss), None)
     note = ("smoke mode: a few hundred jobs, not a measurement" if smoke else
             "this run; medians over rounds" if verdicts else f"{jobs} jobs: too few for a verdict, use --jobs 20000 or more")
-    print(f"\n## Issue 7 targets ({note})")
+    print(f"\n## Targets ({note})")
     print("| target | measured | |")
     print("|---|---|---|")
     for t, v, ok in rows:

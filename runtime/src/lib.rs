@@ -79,7 +79,7 @@ mod bindings {
             let mut store = store.as_context_mut();
             let instance = self.instance_pre.instantiate_async(&mut store).await?;
             let process = instance
-                .get_func(&mut store, &self.indices.process)
+                .get_func(&mut store, self.indices.process)
                 .ok_or_else(|| wasmtime::format_err!("no export `process` found"))?;
             Ok(Processor { process })
         }

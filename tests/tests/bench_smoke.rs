@@ -25,7 +25,7 @@ fn bench_run_smoke_mode_completes_every_scenario() {
     assert!(stdout.starts_with("# bullpen benchmarks: "), "no machine line first:\n{stdout}");
     // The closing table of a full run (the performance targets, each with the run's value; bench/run.py's
     // `print_targets` titles it as below), not judged in smoke mode.
-    assert!(stdout.contains("## Issue 7 targets (smoke mode"), "no targets table:\n{stdout}");
+    assert!(stdout.contains("## Targets (smoke mode"), "no targets table:\n{stdout}");
     assert!(stdout.contains("| worker CPU per job ≤ ½ node's |"), "no CPU target row:\n{stdout}");
     for contender in ["| node |", "| bullpen-rust |", "| bullpen-go |", "| bullpen-js |"] {
         assert_eq!(stdout.matches(contender).count(), 3, "{contender} in every scenario:\n{stdout}");
