@@ -87,6 +87,25 @@ fn sigterm_finishes_or_hands_back_running_attempts() {
     assert_eq!(v["jobs"][0]["state"], "completed");
 }
 
+/// SIGTERM on an idle worker, parked on its blocking wait for a job
+/// (BullMQ's drainDelay, 5 s), ends it at once: the wait is interrupted
+/// (vendored bullmq-official patch 10), not waited out. Several threads,
+/// several queues: every shard's worker is parked.
+#[test]
+fn sigterm_on_an_idle_worker_exits_at_once() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "idle", &plugin("echo", "rust"), &["--concurrency", "4", "--threads", "2"]);
+    let ids = node_add(&redis, "idle", json!([{"name": "one", "data": {}}]));
+    wait_finished(&redis, "idle", &ids, T);
+    // Parked on BZPOPMIN by now (the queue drained after its only job).
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = w.stop();
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_millis(1500), "an idle worker took {took:?} to stop (the blocking wait is 5 s)");
+}
+
 /// An attempt interrupted by shutdown writes what its guest queued
 /// (write-behind) and printed before its job is handed back. hog's `slow`
 /// mode logs step 1, prints a line, sets progress 10 and sleeps 400 ms;

@@ -153,7 +153,9 @@ impl Trigger {
             plugin.digest.clone(),
         ));
         let started = Instant::now();
-        let finished = span::scope(span.clone(), self.attempt(plugin, job, cancel)).await;
+        // Boxed: the attempt's future is large, and the task-local scope and
+        // bullmq-official's driver would otherwise move it.
+        let finished = span::scope(span.clone(), Box::pin(self.attempt(plugin, job, cancel))).await;
         self.record(&span, started.elapsed(), &finished);
         finished.result
     }
@@ -161,8 +163,15 @@ impl Trigger {
     async fn attempt(&self, plugin: Arc<Plugin>, job: bullmq::Job, cancel: CancellationToken) -> Finished {
         let will_retry = attempts_remain(&job);
         let wit_job = to_wit_job(&job, &self.queue);
-        if let Err(v) = self.check_input(&job, &wit_job).await {
+        if let Err(v) = self.check_input(&job, &wit_job) {
             return Finished::early(settle(v, will_retry));
+        }
+        if job.data().is_null() {
+            // Rare, and kept out of this future: its Redis read would make
+            // every attempt's future (moved per job) larger.
+            if let Err(v) = Box::pin(self.check_raw_data(&job)).await {
+                return Finished::early(settle(v, will_retry));
+            }
         }
         let limits = &self.shared.limits;
         let warm = self.take_warm(&plugin);
@@ -181,7 +190,8 @@ impl Trigger {
             // the guest queued in its last ≤100 ms, and what it printed, is
             // written before the job goes back to wait (attemptsMade unchanged).
             let printed = prepared.out.take_lines(limits.max_log_line_bytes);
-            match tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, Box::pin(pending.flush(printed))).await {
+            let flush = Box::pin(tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, pending.flush(printed)));
+            match flush.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => in_attempt(
                     || warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
@@ -219,7 +229,7 @@ impl Trigger {
         if !ctx.lock_lost && ctx.moved.is_none() {
             let flushed = match &verdict {
                 Verdict::Completed(_) => ctx.flush_with_finish(lines).map(|p| prelude = p),
-                _ => ctx.flush(lines).await,
+                _ => Box::pin(ctx.flush(lines)).await,
             };
             match flushed {
                 Ok(()) | Err(JobError::LockLost) => {}
@@ -248,16 +258,19 @@ impl Trigger {
 
     /// A job that cannot be given to a guest fails before any instance is
     /// made: `Unrecoverable` when no attempt could do better.
-    async fn check_input(&self, job: &bullmq::Job, wit_job: &wit::Job) -> Result<(), Verdict> {
-        if job.data().is_null() {
-            let raw = self
-                .shared
-                .raw_field(job.id(), "data")
-                .await
-                .map_err(|e| Verdict::Error(format!("cannot read the job's data: {e}")))?;
-            input::check_raw_data(raw.as_deref()).map_err(|e| Verdict::Unrecoverable(e.to_string()))?;
-        }
+    fn check_input(&self, _job: &bullmq::Job, wit_job: &wit::Job) -> Result<(), Verdict> {
         input::check_size(wit_job, &self.shared.limits).map_err(|e| Verdict::Unrecoverable(e.to_string()))
+    }
+
+    /// bullmq-official gives data that is not JSON as `null`: the stored
+    /// field says whether the job's data is really `null`.
+    async fn check_raw_data(&self, job: &bullmq::Job) -> Result<(), Verdict> {
+        let raw = self
+            .shared
+            .raw_field(job.id(), "data")
+            .await
+            .map_err(|e| Verdict::Error(format!("cannot read the job's data: {e}")))?;
+        input::check_raw_data(raw.as_deref()).map_err(|e| Verdict::Unrecoverable(e.to_string()))
     }
 
     /// The verdict as bullmq-official's result.
@@ -280,13 +293,13 @@ impl Trigger {
                 };
                 (Ok(value), JobOutcome::Completed)
             }
-            Verdict::Retry(reason) => self.retry(plugin, ctx, wit_job, reason, will_retry).await,
+            Verdict::Retry(reason) => Box::pin(self.retry(plugin, ctx, wit_job, reason, will_retry)).await,
             Verdict::RetryAfter { reason, delay_ms } => {
                 if !attempts_remain(&ctx.job) {
                     // No attempts left: bullmq-official fails it, as Node would.
                     return bullmq_retries(reason, false);
                 }
-                Self::delayed_retry(ctx, delay_ms, reason, will_retry).await
+                Box::pin(Self::delayed_retry(ctx, delay_ms, reason, will_retry)).await
             }
             other => settle(other, will_retry),
         }

@@ -256,6 +256,9 @@ pub struct Worker {
     concurrency_gate: Arc<Notify>,
     /// Dynamic concurrency: count of workers currently in the fetch-process phase.
     active_fetchers: Arc<AtomicUsize>,
+    /// bullpen patch 10: wakes the fetch driver out of its blocking wait when
+    /// the worker closes.
+    closed: Arc<Notify>,
 }
 
 /// Tracks an active job being processed.
@@ -308,6 +311,7 @@ struct LoopContext {
     desired_concurrency: Arc<AtomicUsize>,
     concurrency_gate: Arc<Notify>,
     active_fetchers: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
     // Pre-computed keys (avoid re-generating on every call)
     move_to_active_keys: Vec<String>,
     move_to_finished_base_keys: Vec<String>,
@@ -358,6 +362,7 @@ impl LoopContext {
         desired_concurrency: Arc<AtomicUsize>,
         concurrency_gate: Arc<Notify>,
         active_fetchers: Arc<AtomicUsize>,
+        closed: Arc<Notify>,
     ) -> Self {
         let move_to_active_keys = vec![
             keys.wait(),
@@ -404,6 +409,7 @@ impl LoopContext {
             desired_concurrency,
             concurrency_gate,
             active_fetchers,
+            closed,
             move_to_active_keys,
             move_to_finished_base_keys,
             completed_key,
@@ -702,6 +708,7 @@ impl Worker {
             desired_concurrency: Arc::new(AtomicUsize::new(opts.concurrency)),
             concurrency_gate: Arc::new(Notify::new()),
             active_fetchers: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(Notify::new()),
         };
 
         if opts.autorun {
@@ -818,6 +825,8 @@ impl Worker {
         self.running.store(false, Ordering::Release);
         // Wake any workers waiting at the concurrency gate so they can exit
         self.concurrency_gate.notify_waiters();
+        // bullpen patch 10: and the driver out of its blocking wait for a job.
+        self.closed.notify_waiters();
 
         // Wait for active jobs to drain
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -925,6 +934,7 @@ impl Worker {
             self.desired_concurrency.clone(),
             self.concurrency_gate.clone(),
             self.active_fetchers.clone(),
+            self.closed.clone(),
         ));
 
         let blocking_conn = self.blocking_conn.clone();
@@ -1072,9 +1082,20 @@ impl Worker {
         // BZPOPMIN takes a timeout in (fractional) seconds. Guard against a zero
         // timeout, which Redis interprets as "block forever".
         let timeout_secs = (timeout_ms.max(1) as f64) / 1000.0;
-        if let Err(e) = blocking_conn
-            .managed_bzpopmin(&ctx.marker_key, timeout_secs)
-            .await
+        // bullpen patch 10: an idle worker's close must not wait out the
+        // block (drain_delay, 5 s by default). `closed` is armed before
+        // `closing` is read, so a close landing in between still wakes it.
+        let closed = ctx.closed.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if ctx.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let waited = tokio::select! {
+            r = blocking_conn.managed_bzpopmin(&ctx.marker_key, timeout_secs) => r,
+            _ = closed => return,
+        };
+        if let Err(e) = waited
         {
             // Transient error (e.g. connection reset): back off briefly before
             // the driver loops and retries, unless we are shutting down. The
