@@ -10,7 +10,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = bullpen::cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("BULLPEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("BULLPEN_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(bullpen::cli::log_filter(&spec)).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         bullpen::cli::LogFormat::Human => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),

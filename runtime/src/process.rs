@@ -56,6 +56,10 @@ pub(crate) fn run(plan: WorkerPlan) -> anyhow::Result<()> {
 }
 
 async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
+    // Handlers first: a signal while the plugins load stops the worker
+    // cleanly (exit 0), not by the default action.
+    let shutdown = shutdown_signal()?;
+    tokio::pin!(shutdown);
     if let Some(addr) = plan.metrics_addr {
         crate::metrics::serve(addr).await?;
     }
@@ -63,8 +67,6 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     let fuel = plan.queues.iter().any(|p| p.binding.limits.fuel.is_some());
     let engine = new_engine_with(EngineOptions { fuel })?;
     let loader = Loader::new(engine.clone(), new_linker(&engine)?);
-    let shutdown = wait_for_shutdown_signal();
-    tokio::pin!(shutdown);
     // Queues start concurrently: one waiting for its first deploy does not
     // hold the others back.
     let starting = futures_util::future::try_join_all(
@@ -72,12 +74,12 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     );
     let running = tokio::select! {
         r = starting => r?,
-        r = &mut shutdown => { r?; info!("stopped before every queue had a plugin"); return Ok(()); }
+        () = &mut shutdown => { info!("stopped before every queue had a plugin"); return Ok(()); }
     };
     let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
     let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.to_string()).collect();
     info!(queues = %names.join(","), digest = %digests.join(","), threads = shards.len(), "worker ready");
-    shutdown.await?;
+    shutdown.await;
     let grace = plan.grace;
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
     futures_util::future::try_join_all(running.iter().map(|r| {
@@ -140,13 +142,16 @@ async fn start_queue(
     Ok(Running { binding, swapper })
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+/// SIGTERM or SIGINT, whichever comes first; the handlers are installed
+/// when this is called, not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -77,6 +77,20 @@ impl std::fmt::Display for ExitStatus {
 
 impl std::error::Error for ExitStatus {}
 
+/// The tracing filter for `BULLPEN_LOG`: as given, except that a bare level
+/// more verbose than `info` (`debug`, `trace`) applies to bullpen only;
+/// for every crate it would print wasmtime's compiler's tens of thousands of
+/// lines. `info,cranelift=debug` still asks for anything explicitly.
+pub fn log_filter(spec: &str) -> String {
+    spec.split(',')
+        .map(|d| match d.trim() {
+            "debug" | "trace" | "DEBUG" | "TRACE" => format!("info,bullpen={}", d.trim().to_lowercase()),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `e` and its causes on one line, each said once: a cause whose text is
 /// already in the line is skipped (redis's errors, for one, print their I/O
 /// source and also return it as their `source()`).
@@ -503,6 +517,15 @@ async fn stats(a: StatsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::error_line;
+
+    #[test]
+    fn a_bare_verbose_level_is_bullpen_only() {
+        use super::log_filter;
+        assert_eq!(log_filter("debug"), "info,bullpen=debug");
+        assert_eq!(log_filter("warn"), "warn");
+        assert_eq!(log_filter("info,bullpen::queue::trigger=debug"), "info,bullpen::queue::trigger=debug");
+        assert_eq!(log_filter("trace,cranelift=warn"), "info,bullpen=trace,cranelift=warn");
+    }
 
     #[test]
     fn an_error_line_states_each_cause_once() {

@@ -96,8 +96,8 @@ impl Loader {
 }
 
 /// Swap `plugin` in and log it (the line tests and operators look for):
-/// `latency_ms` is the time since the version was published (registry; -1
-/// when unknown), `took_ms` the time this worker spent fetching and loading
+/// `latency_ms` is the time since the version was published (registry; a
+/// file swap has none, and the field is left out), `took_ms` the time this worker spent fetching and loading
 /// it, `load_ms` the compile/pre-link time when it was first loaded.
 fn switch(slot: &PluginSlot, plugin: Arc<Plugin>, trigger: &str, latency_ms: Option<u64>, took_ms: u64) {
     let previous = slot.swap(plugin.clone());
@@ -108,7 +108,7 @@ fn switch(slot: &PluginSlot, plugin: Arc<Plugin>, trigger: &str, latency_ms: Opt
         digest = %plugin.digest,
         previous = %previous.digest,
         trigger,
-        latency_ms = latency_ms.map(|l| l as i64).unwrap_or(-1),
+        latency_ms,
         took_ms,
         load_ms = format!("{:.1}", plugin.load_ms),
         from_cache = plugin.from_cache,
