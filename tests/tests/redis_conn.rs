@@ -98,3 +98,190 @@ fn tls_with_the_wrong_ca_is_refused_as_not_trusted() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// An ACL user and password in the URL, a password from a file, and one
+/// from $REDIS_PASSWORD all authenticate; no log line of the worker (at
+/// debug level) or of a command shows a password.
+#[test]
+fn auth_from_the_url_a_file_or_the_environment_and_never_logged() {
+    let redis = Redis::start_with(&[
+        "--requirepass",
+        "default-Secret-1",
+        "--user",
+        "app",
+        "on",
+        ">app-Secret-2",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let secrets = ["default-Secret-1", "app-Secret-2"];
+    let port = redis.port;
+    let user_url = format!("redis://app:app-Secret-2@127.0.0.1:{port}");
+    let p = plugin("echo", "rust");
+    let worker = Worker::spawn_env(
+        &["--redis", &user_url, "--queue", "auth", "--plugin", p.to_str().unwrap()],
+        &[("BULLPEN_LOG", "debug")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pass_file = dir.path().join("redis-password");
+    std::fs::write(&pass_file, "app-Secret-2\n").unwrap();
+    let pf = pass_file.to_str().unwrap();
+    let user_only = format!("redis://app@127.0.0.1:{port}");
+    let out = bullpen(&["add", "--redis", &user_only, "--redis-password-file", pf, "--queue", "auth", "n", "{}"]);
+    assert!(out.status.success(), "password file: {}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let no_pass = format!("redis://127.0.0.1:{port}");
+    let out = std::process::Command::new(bullpen_bin())
+        .args(["stats", "--redis", &no_pass, "--queue", "auth", "--json"])
+        .env("REDIS_PASSWORD", "default-Secret-1")
+        .env("BULLPEN_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "$REDIS_PASSWORD: {}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = bullpen(&["inspect", "--redis", &user_url, "--queue", "auth", &id]);
+        assert!(out.status.success(), "inspect: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job never completed: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut logs = String::from_utf8_lossy(&out.stderr).into_owned();
+    logs += &worker.log();
+    assert!(worker.log().contains("app:***@"), "the worker names its Redis masked: {}", worker.log());
+    drop(worker);
+    for s in secrets {
+        assert!(!logs.contains(s), "a password in the logs:\n{logs}");
+    }
+}
+
+/// What one command should do against a broken Redis.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Exit 1 within the bound, the last stderr line naming the cause.
+    Fails(&'static str),
+    /// (worker) Keep running, having logged the cause once.
+    Waits(&'static str),
+    /// Succeed (a read on a server that refuses only writes).
+    Works,
+}
+
+const COMMANDS: [&str; 5] = ["worker", "add", "stats", "deploy", "inspect"];
+
+/// Run the five commands against `redis` (bullpen's connection args) at
+/// once and check each against `expect(command)`: exit code, elapsed time
+/// under `bound`, and one line that names the cause. Returns the stderr of
+/// each, for more checks.
+fn check_commands(row: &str, redis: &[String], bound: Duration, expect: impl Fn(&str) -> Expect) -> Vec<String> {
+    let p = plugin("echo", "rust");
+    let p = p.to_str().unwrap().to_string();
+    let runs: Vec<_> = COMMANDS
+        .iter()
+        .map(|&cmd| {
+            let mut a: Vec<String> = vec![cmd.to_string()];
+            a.extend(redis.iter().cloned());
+            a.extend(["--queue".to_string(), "q".to_string()]);
+            match cmd {
+                "worker" => a.extend(["--plugin".to_string(), p.clone()]),
+                "add" => a.extend(["n".to_string(), "{}".to_string()]),
+                "deploy" => a.push(p.clone()),
+                "inspect" => a.push("1".to_string()),
+                _ => {}
+            }
+            let e = expect(cmd);
+            let row = row.to_string();
+            std::thread::spawn(move || run_one(&row, cmd, &a, bound, e))
+        })
+        .collect();
+    runs.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn run_one(row: &str, cmd: &str, a: &[String], bound: Duration, expect: Expect) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let t = Instant::now();
+    let mut child = std::process::Command::new(bullpen_bin())
+        .args(a)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let what = format!("{row} / {cmd}");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    if let Expect::Waits(cause) = expect {
+        let deadline = t + bound;
+        while !read().contains(cause) {
+            assert!(Instant::now() < deadline, "{what}: no {cause:?} within {bound:?}:\n{}", read());
+            assert!(child.try_wait().unwrap().is_none(), "{what}: exited, but should wait:\n{}", read());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Still waiting a while later, and the outage told once.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(child.try_wait().unwrap().is_none(), "{what}: exited, but should wait:\n{}", read());
+        terminate(&mut child);
+        let err = read();
+        assert_eq!(err.matches(cause).count(), 1, "{what}: the outage should be logged once:\n{err}");
+        return err;
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > bound + Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("{what}: still running after {:?}; stderr:\n{}", t.elapsed(), read());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = t.elapsed();
+    let err = read();
+    let lines: Vec<&str> = err.lines().collect();
+    match expect {
+        Expect::Fails(cause) => {
+            assert_eq!(status.code(), Some(1), "{what}: exit code; stderr:\n{err}");
+            assert!(elapsed < bound, "{what}: took {elapsed:?} (bound {bound:?}); stderr:\n{err}");
+            let last = lines.last().copied().unwrap_or_default();
+            assert!(
+                last.starts_with("error: ") && last.contains(cause),
+                "{what}: want {cause:?} in the last line:\n{err}"
+            );
+            assert_eq!(lines.iter().filter(|l| l.starts_with("error:")).count(), 1, "{what}: one error line:\n{err}");
+            assert!(lines.len() <= 2, "{what}: at most a notice and the error:\n{err}");
+            // The cause is stated once (not repeated by a source chain).
+            assert_eq!(last.matches(cause).count(), 1, "{what}: cause repeated: {last}");
+        }
+        _ => assert!(status.success(), "{what}: should work:\n{err}"),
+    }
+    err
+}
+
+/// Wrong credentials: every command exits 1 within 5 s with one line that
+/// names WRONGPASS or NOAUTH and shows the URL with its password masked.
+#[test]
+fn auth_wrong_credentials_fail_fast_in_one_line() {
+    let redis = Redis::start_with(&[
+        "--requirepass",
+        "default-Secret-1",
+        "--user",
+        "app",
+        "on",
+        ">app-Secret-2",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let port = redis.port;
+    let five = Duration::from_secs(5);
+    let wrong = ["--redis".to_string(), format!("redis://app:not-the-Secret@127.0.0.1:{port}")];
+    for err in check_commands("wrong password", &wrong, five, |_| Expect::Fails("WRONGPASS")) {
+        assert!(err.contains(&format!("redis://app:***@127.0.0.1:{port}")), "masked URL: {err}");
+        assert!(!err.contains("not-the-Secret"), "a password in a log line: {err}");
+    }
+    let none = ["--redis".to_string(), format!("redis://127.0.0.1:{port}")];
+    check_commands("no password", &none, five, |_| Expect::Fails("NOAUTH"));
+}
+
