@@ -285,3 +285,76 @@ fn auth_wrong_credentials_fail_fast_in_one_line() {
     check_commands("no password", &none, five, |_| Expect::Fails("NOAUTH"));
 }
 
+/// Every way Redis can be unusable, for worker, add, stats, deploy and
+/// inspect: one-shot commands exit 1 in one line within the connect
+/// timeout; the worker stops on a wrong setting (TLS) and waits out an
+/// outage, logging it once.
+#[test]
+fn connection_failures_are_bounded_and_told_in_one_line() {
+    let five = Duration::from_secs(5);
+    let fast = ["--connect-timeout-ms".to_string(), "1500".to_string()];
+    let fast_bound = Duration::from_millis(2500);
+    let with = |url: String, extra: &[String]| {
+        let mut a = vec!["--redis".to_string(), url];
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let outage = |cause: &'static str| {
+        move |cmd: &str| if cmd == "worker" { Expect::Waits(cause) } else { Expect::Fails(cause) }
+    };
+
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    check_commands(
+        "refused",
+        &with(format!("redis://127.0.0.1:{closed_port}"), &[]),
+        five,
+        outage("connection refused"),
+    );
+
+    check_commands(
+        "unknown host",
+        &with("redis://nothing.invalid:6379".into(), &[]),
+        five,
+        outage("unknown host `nothing.invalid`"),
+    );
+
+    // Accepted by the kernel, never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    check_commands("timeout", &with(url, &fast), fast_bound, outage("no answer within 1500 ms"));
+
+    // A server that requires a client certificate, reached without one.
+    let certs = Certs::make();
+    let mutual = Redis::start_tls(&certs, true, &[]);
+    let ca = certs.arg("ca.pem");
+    let no_cert = with(mutual.url(), &["--redis-ca".to_string(), ca]);
+    check_commands("TLS handshake", &no_cert, five, |_| Expect::Fails("TLS handshake failed"));
+    drop(mutual);
+
+    let plain = Redis::start();
+
+    let loading = Redis::start_loading(40_000, 500);
+    check_commands("LOADING", &with(loading.url(), &fast), fast_bound, outage("still loading its dataset"));
+    drop(loading);
+
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &plain.port.to_string()]);
+    check_commands("READONLY", &with(replica.url(), &[]), five, outage("read-only replica of 127.0.0.1"));
+
+    let full = Redis::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let out = bullpen(&["add", "--redis", &full.url(), "--queue", "q", "n", "{}"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = full.conn();
+    let chunk = "x".repeat(64 << 10);
+    for i in 0.. {
+        if redis::cmd("SET").arg(format!("fill{i}")).arg(&chunk).query::<()>(&mut c).is_err() {
+            break;
+        }
+    }
+    // `stats` only reads. `inspect` opens a bullmq-official Queue, which
+    // writes the queue's meta hash (HSET) first, so it is refused too.
+    check_commands("OOM", &with(full.url(), &[]), five, |cmd| match cmd {
+        "stats" => Expect::Works,
+        "worker" => Expect::Waits("out of memory"),
+        _ => Expect::Fails("out of memory"),
+    });
+}
