@@ -1,7 +1,8 @@
-//! Where Redis is: one server, or a Redis Cluster reached through seed
-//! nodes. The one place that opens bullpen's own connections and builds
+//! Where Redis is and how to reach it: one server, or a Redis Cluster
+//! reached through seed nodes, with TLS, credentials and a connect timeout.
+//! The one place that opens bullpen's own connections and builds
 //! bullmq-official's connection options, so every command and the worker
-//! treat both alike.
+//! treat every setup alike.
 //!
 //! On a Cluster, BullMQ's scripts touch several keys of a queue at once, so
 //! all of them must hash to one slot: the prefix must carry a hash tag
@@ -9,27 +10,72 @@
 //! locks) share that prefix and so that slot. Deploy notices use classic
 //! pub/sub, which a Cluster broadcasts to every node, so subscribing on one
 //! seed node sees them all.
+//!
+//! Before any command uses Redis, [`RedisTarget::check`] makes one
+//! connection and says in one line why Redis cannot be used (refused,
+//! unknown host, no answer, TLS, credentials, loading, replica): bullmq's
+//! own connections retry for tens of seconds before they give up.
+
+use std::time::{Duration, Instant};
 
 use bullmq::options::RedisConnectionOptions;
 use bullmq::redis_connection::AnyConnection;
+use redis::{ClientTlsConfig, TlsCertificates};
 
-/// Redis as the user named it (`--redis`, repeatable, and `--cluster`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How long to wait for Redis when connecting (`--connect-timeout-ms`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+/// Redis as the user named it (`--redis`, repeatable, `--cluster`, the TLS
+/// files, a password from elsewhere than the URL).
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     /// One URL for a single server; one or more seed nodes for a Cluster.
+    /// Credentials included: never print these, print the target (masked).
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// CA and client certificate for `rediss://` (PEM bytes).
+    tls: TlsFiles,
+    /// Per connection attempt, and the preflight check's whole budget.
+    pub connect_timeout: Duration,
+}
+
+/// PEM bytes for TLS: the CA that signed the server's certificate (else the
+/// webpki roots) and a client certificate and key for mutual TLS.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+
+    fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self
+                .client
+                .clone()
+                .map(|(client_cert, client_key)| ClientTlsConfig { client_cert, client_key }),
+            root_cert: self.ca.clone(),
+        }
+    }
 }
 
 impl RedisTarget {
     /// One standalone server.
     pub fn single(url: impl Into<String>) -> Self {
-        RedisTarget { urls: vec![url.into()], cluster: false }
+        Self::new(vec![url.into()], false)
     }
 
     /// A Redis Cluster, discovered from these seed nodes.
     pub fn cluster<I: IntoIterator<Item = S>, S: Into<String>>(seeds: I) -> Self {
-        RedisTarget { urls: seeds.into_iter().map(Into::into).collect(), cluster: true }
+        Self::new(seeds.into_iter().map(Into::into).collect(), true)
+    }
+
+    fn new(urls: Vec<String>, cluster: bool) -> Self {
+        RedisTarget { urls, cluster, tls: TlsFiles::default(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
     }
 
     /// What the command line gave, checked: several URLs only make sense
@@ -44,9 +90,52 @@ impl RedisTarget {
                 urls.len()
             );
         }
-        let t = RedisTarget { urls, cluster };
+        for u in &urls {
+            let parsed = url::Url::parse(u).map_err(|e| anyhow::anyhow!("--redis {}: not a URL ({e})", mask(u)))?;
+            if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                anyhow::bail!("--redis {}: the scheme must be redis://, rediss:// (TLS) or unix://", mask(u));
+            }
+        }
+        let t = Self::new(urls, cluster);
         t.check_prefix(prefix)?;
         Ok(t)
+    }
+
+    /// Use these TLS files; a CA or client certificate means TLS, so
+    /// `redis://` URLs become `rediss://`.
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        if !tls.is_empty() {
+            for u in &mut self.urls {
+                if let Some(rest) = u.strip_prefix("redis://") {
+                    *u = format!("rediss://{rest}");
+                }
+            }
+        }
+        self.tls = tls;
+        self
+    }
+
+    /// Authenticate with this password where a URL carries none (a URL's
+    /// own password wins).
+    pub fn with_password(mut self, password: &str) -> Self {
+        for u in &mut self.urls {
+            if let Ok(mut parsed) = url::Url::parse(u) {
+                if parsed.password().is_none() && parsed.has_host() && parsed.set_password(Some(password)).is_ok() {
+                    *u = parsed.to_string();
+                }
+            }
+        }
+        self
+    }
+
+    pub fn with_connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.urls.iter().any(|u| u.starts_with("rediss://"))
     }
 
     /// On a Cluster, refuse a prefix without a hash tag: BullMQ's scripts
@@ -61,27 +150,51 @@ impl RedisTarget {
         Ok(())
     }
 
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        if self.tls.is_empty() {
+            redis::Client::open(url)
+        } else {
+            redis::Client::build_with_tls(url, self.tls.certificates())
+        }
+    }
+
+    fn cluster_client(&self) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut b = redis::cluster::ClusterClient::builder(self.urls.clone()).connection_timeout(self.connect_timeout);
+        if self.is_tls() {
+            b = b.tls(redis::TlsMode::Secure);
+        }
+        if !self.tls.is_empty() {
+            b = b.certs(self.tls.certificates());
+        }
+        b.build()
+    }
+
     /// A connection that reconnects by itself: a `ConnectionManager` for a
     /// single server, a cluster connection (routing by key, following
     /// MOVED/ASK) for a Cluster.
     pub async fn connect(&self) -> redis::RedisResult<AnyConnection> {
         if self.cluster {
-            let client = redis::cluster::ClusterClient::new(self.urls.clone())?;
-            Ok(AnyConnection::Cluster(client.get_async_connection().await?))
+            Ok(AnyConnection::Cluster(self.cluster_client()?.get_async_connection().await?))
         } else {
-            let client = redis::Client::open(self.urls[0].as_str())?;
-            Ok(AnyConnection::Single(redis::aio::ConnectionManager::new(client).await?))
+            let config = redis::aio::ConnectionManagerConfig::new().set_connection_timeout(Some(self.connect_timeout));
+            let client = self.client(&self.urls[0])?;
+            Ok(AnyConnection::Single(redis::aio::ConnectionManager::new_with_config(client, config).await?))
         }
     }
 
     /// bullmq-official's connection options for the same target.
     pub fn bullmq_options(&self) -> RedisConnectionOptions {
-        let o = RedisConnectionOptions::default();
+        let mut o = RedisConnectionOptions::default();
         if self.cluster {
-            o.cluster_nodes(self.urls.clone())
+            o = o.cluster_nodes(self.urls.clone()).tls(self.is_tls());
         } else {
-            o.url(self.urls[0].clone())
+            o = o.url(self.urls[0].clone());
         }
+        if !self.tls.is_empty() {
+            let (client_cert, client_key) = self.tls.client.clone().unzip();
+            o = o.tls_certs(bullmq::options::TlsCerts { root_cert: self.tls.ca.clone(), client_cert, client_key });
+        }
+        o
     }
 
     /// A pub/sub connection on the first reachable node. On a Cluster any
@@ -89,15 +202,292 @@ impl RedisTarget {
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         let mut last = None;
         for url in &self.urls {
-            match redis::Client::open(url.as_str()) {
-                Ok(c) => match c.get_async_pubsub().await {
-                    Ok(ps) => return Ok(ps),
-                    Err(e) => last = Some(e),
+            match self.client(url) {
+                Ok(c) => match tokio::time::timeout(self.connect_timeout, c.get_async_pubsub()).await {
+                    Ok(Ok(ps)) => return Ok(ps),
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
                 },
                 Err(e) => last = Some(e),
             }
         }
         Err(last.expect("a target has at least one URL"))
+    }
+}
+
+/// Why Redis cannot be used, in one line that names the target (password
+/// masked) and states the cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing listens at that address (ECONNREFUSED).
+    #[error("cannot connect to {target}: connection refused (is Redis running and listening there?)")]
+    Refused { target: String },
+    /// The host name does not resolve.
+    #[error("cannot connect to {target}: unknown host `{host}`")]
+    UnknownHost { target: String, host: String },
+    /// No connection, or no answer to it, within the connect timeout.
+    #[error("cannot connect to {target}: no answer within {ms} ms (--connect-timeout-ms)")]
+    Timeout { target: String, ms: u128 },
+    /// The server's certificate does not chain to a trusted CA (the
+    /// webpki roots, or `--redis-ca`).
+    #[error("cannot connect to {target}: the server's TLS certificate is not trusted ({detail}); pass the CA that signed it with --redis-ca")]
+    Untrusted { target: String, detail: String },
+    /// Any other TLS failure: a plaintext port, a certificate for another
+    /// name, a client certificate the server refused or did not get.
+    #[error("cannot connect to {target}: TLS handshake failed ({detail})")]
+    Tls { target: String, detail: String },
+    /// The server closed the connection before answering: often a TLS-only
+    /// port reached with `redis://`.
+    #[error("cannot connect to {target}: the server closed the connection before answering (a TLS-only port? then use rediss://)")]
+    Closed { target: String },
+    /// WRONGPASS (bad user or password), NOAUTH (a password is required but
+    /// none was given) or an AUTH the server refused otherwise.
+    #[error("cannot connect to {target}: authentication failed: {detail}")]
+    Auth { target: String, detail: String },
+    /// The server is still loading its dataset (`waited`: for how long
+    /// this command waited, e.g. " after 5000 ms").
+    #[error("cannot use {target}: Redis is still loading its dataset into memory{waited} (LOADING)")]
+    Loading { target: String, waited: String },
+    /// The server is a replica: BullMQ writes on every command.
+    #[error("cannot use {target}: it is a read-only replica{of} (READONLY); point --redis at the master")]
+    ReadOnly { target: String, of: String },
+    /// `maxmemory` reached with the `noeviction` policy: writes are refused.
+    #[error("cannot write to {target}: Redis is out of memory ({detail})")]
+    OutOfMemory { target: String, detail: String },
+    /// Anything else the client or the server said.
+    #[error("cannot use {target}: {detail}")]
+    Other { target: String, detail: String },
+}
+
+impl ConnectError {
+    /// A failure that may pass by itself (a restart, a failover, a load):
+    /// a worker waits it out; a wrong setting (credentials, TLS, a URL)
+    /// will not change, so a worker stops on it at start.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Refused { .. }
+                | ConnectError::UnknownHost { .. }
+                | ConnectError::Timeout { .. }
+                | ConnectError::Closed { .. }
+                | ConnectError::Loading { .. }
+                | ConnectError::ReadOnly { .. }
+                | ConnectError::OutOfMemory { .. }
+        )
+    }
+}
+
+impl RedisTarget {
+    /// Wait until Redis answers as a usable master, within the connect
+    /// timeout: a server loading its dataset is waited for (said once).
+    pub async fn ready(&self) -> Result<(), ConnectError> {
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let url = self.urls.first().expect("a target has at least one URL");
+        let still_loading = || {
+            let waited = format!(" after {} ms", start.elapsed().as_millis());
+            Err(ConnectError::Loading { target: mask(url), waited })
+        };
+        let mut loading = false;
+        loop {
+            match tokio::time::timeout_at(deadline, self.check_all(false)).await {
+                Ok(Err(ConnectError::Loading { .. })) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return still_loading();
+                    }
+                    if !loading {
+                        tracing::warn!(
+                            redis = %self,
+                            "Redis is loading its dataset into memory; waiting up to {} ms",
+                            self.connect_timeout.as_millis()
+                        );
+                        loading = true;
+                    }
+                    let next = tokio::time::Instant::now() + Duration::from_millis(100);
+                    tokio::time::sleep_until(next.min(deadline)).await;
+                }
+                Ok(r) => return r,
+                Err(_) if loading => return still_loading(),
+                Err(_) => {
+                    return Err(ConnectError::Timeout { target: mask(url), ms: self.connect_timeout.as_millis() })
+                }
+            }
+        }
+    }
+
+    /// One try of [`Self::ready`], without waiting out LOADING and without
+    /// logging, for a caller with its own retry loop that is about to write
+    /// (the worker): a server out of memory under `noeviction` is refused
+    /// too.
+    pub async fn check_once(&self) -> Result<(), ConnectError> {
+        match tokio::time::timeout(self.connect_timeout, self.check_all(true)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout { target: mask(&self.urls[0]), ms: self.connect_timeout.as_millis() }),
+        }
+    }
+
+    /// [`Self::check`] on each URL: the first that works. A Cluster needs
+    /// one reachable seed; its failure is the last seed's.
+    async fn check_all(&self, writes: bool) -> Result<(), ConnectError> {
+        let mut last = None;
+        for url in &self.urls {
+            match self.check(url, writes).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("a target has at least one URL"))
+    }
+
+    /// One connection to `url`: authenticate, PING, and (not on a
+    /// Cluster) ask the role. The AUTH is sent here rather than by the
+    /// client, which replaces the server's WRONGPASS/NOAUTH with a message
+    /// of its own.
+    async fn check(&self, url: &str, writes: bool) -> Result<(), ConnectError> {
+        let (bare, auth) = split_credentials(url);
+        let fail = |e: redis::RedisError| self.classify(url, &e);
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.connect_timeout));
+        let client = self.client(&bare).map_err(fail)?;
+        let mut c = client.get_multiplexed_async_connection_with_config(&config).await.map_err(fail)?;
+        if let Some((user, pass)) = auth {
+            let mut cmd = redis::cmd("AUTH");
+            if let Some(user) = user {
+                cmd.arg(user);
+            }
+            cmd.arg(pass).query_async::<()>(&mut c).await.map_err(|e| match self.classify(url, &e) {
+                ConnectError::Other { target, detail } => ConnectError::Auth { target, detail },
+                other => other,
+            })?;
+        }
+        redis::cmd("PING").query_async::<()>(&mut c).await.map_err(fail)?;
+        if self.cluster {
+            return Ok(());
+        }
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.map_err(fail)?;
+        let text = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            Some(redis::Value::Int(i)) => i.to_string(),
+            _ => String::new(),
+        };
+        if let "slave" | "replica" = text(role.first()).as_str() {
+            let of = format!(" of {}:{}", text(role.get(1)), text(role.get(2)));
+            return Err(ConnectError::ReadOnly { target: mask(url), of });
+        }
+        if writes {
+            let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.map_err(fail)?;
+            if let Some(detail) = out_of_memory(&info) {
+                return Err(ConnectError::OutOfMemory { target: mask(url), detail });
+            }
+        }
+        Ok(())
+    }
+
+    /// The one-line cause of a failed command, when `err` holds a Redis
+    /// error that says Redis is unreachable or unusable (rather than that
+    /// the command itself was wrong).
+    pub fn explain(&self, err: &anyhow::Error) -> Option<ConnectError> {
+        let url = self.urls.first()?;
+        let e = err.chain().find_map(|e| e.downcast_ref::<redis::RedisError>())?;
+        match self.classify(url, e) {
+            ConnectError::Other { .. } => None,
+            c => Some(c),
+        }
+    }
+
+    fn classify(&self, url: &str, e: &redis::RedisError) -> ConnectError {
+        let target = mask(url);
+        let text = e.to_string();
+        let server = || match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            _ => text.clone(),
+        };
+        match e.code() {
+            Some("WRONGPASS" | "NOAUTH" | "NOPERM") => return ConnectError::Auth { target, detail: server() },
+            Some("LOADING") => return ConnectError::Loading { target, waited: String::new() },
+            Some("READONLY") => return ConnectError::ReadOnly { target, of: String::new() },
+            Some("OOM") => return ConnectError::OutOfMemory { target, detail: server() },
+            _ => {}
+        }
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            return ConnectError::Auth { target, detail: text };
+        }
+        if e.is_connection_refusal() {
+            return ConnectError::Refused { target };
+        }
+        if e.is_timeout() {
+            return ConnectError::Timeout { target, ms: self.connect_timeout.as_millis() };
+        }
+        if text.contains("failed to lookup address") {
+            let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(String::from)).unwrap_or_default();
+            return ConnectError::UnknownHost { target, host };
+        }
+        if url.starts_with("rediss://") && e.is_io_error() {
+            // rustls reports an untrusted chain as `invalid peer
+            // certificate: UnknownIssuer` (or BadSignature, for a CA
+            // that did not sign it).
+            if text.contains("invalid peer certificate")
+                && (text.contains("UnknownIssuer") || text.contains("BadSignature"))
+            {
+                return ConnectError::Untrusted { target, detail: text };
+            }
+            return ConnectError::Tls { target, detail: text };
+        }
+        if e.is_connection_dropped() {
+            return ConnectError::Closed { target };
+        }
+        ConnectError::Other { target, detail: text }
+    }
+}
+
+/// From `INFO memory`: why writes are refused, when `maxmemory` is reached
+/// under the `noeviction` policy (Redis then answers OOM to every write).
+fn out_of_memory(info: &str) -> Option<String> {
+    let field =
+        |name: &str| info.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(str::trim);
+    let used: u64 = field("used_memory")?.parse().ok()?;
+    let max: u64 = field("maxmemory")?.parse().ok()?;
+    (max > 0 && used >= max && field("maxmemory_policy") == Some("noeviction"))
+        .then(|| format!("maxmemory {max} bytes reached under maxmemory-policy noeviction, so writes are refused"))
+}
+
+/// `url` without its user and password, and those (percent-decoded).
+#[allow(clippy::type_complexity)]
+fn split_credentials(url: &str) -> (String, Option<(Option<String>, String)>) {
+    let Ok(mut u) = url::Url::parse(url) else { return (url.to_string(), None) };
+    let Some(pass) = u.password().map(decode) else { return (url.to_string(), None) };
+    let user = Some(decode(u.username())).filter(|s| !s.is_empty());
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    (u.to_string(), Some((user, pass)))
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// `url` with its password replaced by `***`: what logs and errors show.
+pub fn mask(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("urls", &self.urls.iter().map(|u| mask(u)).collect::<Vec<_>>())
+            .field("cluster", &self.cluster)
+            .field("ca", &self.tls.ca.is_some())
+            .field("client_cert", &self.tls.client.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
@@ -115,10 +505,11 @@ impl From<String> for RedisTarget {
 
 impl std::fmt::Display for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| mask(u)).collect();
         if self.cluster {
-            write!(f, "Redis Cluster (seeds {})", self.urls.join(", "))
+            write!(f, "Redis Cluster (seeds {})", urls.join(", "))
         } else {
-            f.write_str(&self.urls[0])
+            f.write_str(&urls[0])
         }
     }
 }
@@ -153,5 +544,39 @@ mod tests {
         let e = RedisTarget::from_args(seeds, false, "bull").unwrap_err().to_string();
         assert!(e.contains("without --cluster"), "{e}");
         assert!(RedisTarget::from_args(vec!["redis://h:1".into()], false, "bull").is_ok());
+        let e = RedisTarget::from_args(vec!["http://u:secret@h:1".into()], false, "bull").unwrap_err().to_string();
+        assert!(e.contains("scheme") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_masked_and_a_urls_own_password_wins() {
+        let t = RedisTarget::single("redis://app:s3cr%40t@h:6379/0");
+        assert_eq!(t.to_string(), "redis://app:***@h:6379/0");
+        assert!(!format!("{t:?}").contains("s3cr"));
+        assert_eq!(t.clone().with_password("other").urls[0], "redis://app:s3cr%40t@h:6379/0");
+        let t = RedisTarget::single("redis://h:6379").with_password("p@ss word");
+        assert_eq!(t.to_string(), "redis://:***@h:6379");
+        let (bare, auth) = split_credentials(&t.urls[0]);
+        assert_eq!((bare.as_str(), auth), ("redis://h:6379", Some((None, "p@ss word".to_string()))));
+        let (_, auth) = split_credentials("redis://app:s3cr%40t@h:6379");
+        assert_eq!(auth, Some((Some("app".to_string()), "s3cr@t".to_string())));
+    }
+
+    #[test]
+    fn out_of_memory_only_under_noeviction() {
+        let info =
+            |used, policy| format!("# Memory\r\nused_memory:{used}\r\nmaxmemory:1000\r\nmaxmemory_policy:{policy}\r\n");
+        assert!(out_of_memory(&info(1200, "noeviction")).is_some());
+        assert!(out_of_memory(&info(900, "noeviction")).is_none());
+        assert!(out_of_memory(&info(1200, "allkeys-lru")).is_none());
+        assert!(out_of_memory("used_memory:5\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n").is_none());
+    }
+
+    #[test]
+    fn tls_files_make_a_url_rediss() {
+        let tls = TlsFiles { ca: Some(b"pem".to_vec()), client: None };
+        let t = RedisTarget::single("redis://h:6379").with_tls(tls);
+        assert_eq!(t.urls[0], "rediss://h:6379");
+        assert!(t.is_tls() && t.bullmq_options().tls_certs.is_some());
     }
 }

@@ -9,6 +9,9 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Chosen once, here: rustls 0.23 refuses to guess between ring and
+    // aws-lc-rs, and every rediss:// connection needs one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = bullpen::cli::Cli::parse();
     let spec = std::env::var("BULLPEN_LOG").unwrap_or_else(|_| "info".into());
     let filter = EnvFilter::try_new(bullpen::cli::log_filter(&spec)).unwrap_or_else(|_| EnvFilter::new("info"));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::plugins::deploy::{watch_file, Loader, RegistryFollower};
 use crate::plugins::{new_linker, PluginSlot};
@@ -67,18 +67,26 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     let fuel = plan.queues.iter().any(|p| p.binding.limits.fuel.is_some());
     let engine = new_engine_with(EngineOptions { fuel })?;
     let loader = Loader::new(engine.clone(), new_linker(&engine)?);
+    let redis = plan.queues.first().map(|q| q.binding.redis.clone());
     // Queues start concurrently: one waiting for its first deploy does not
     // hold the others back.
-    let starting = futures_util::future::try_join_all(
-        plan.queues.into_iter().map(|queue| start_queue(engine.clone(), loader.clone(), queue, &shards)),
-    );
+    let starting = async {
+        if let Some(redis) = &redis {
+            redis_ready(redis).await?;
+        }
+        futures_util::future::try_join_all(
+            plan.queues.into_iter().map(|queue| start_queue(engine.clone(), loader.clone(), queue, &shards)),
+        )
+        .await
+    };
     let running = tokio::select! {
         r = starting => r?,
         () = &mut shutdown => { info!("stopped before every queue had a plugin"); return Ok(()); }
     };
     let names: Vec<&str> = running.iter().map(|r| r.binding.config.queue.as_str()).collect();
     let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.to_string()).collect();
-    info!(queues = %names.join(","), digest = %digests.join(","), threads = shards.len(), "worker ready");
+    let redis = redis.map(|r| r.to_string()).unwrap_or_default();
+    info!(queues = %names.join(","), digest = %digests.join(","), threads = shards.len(), redis = %redis, "worker ready");
     shutdown.await;
     let grace = plan.grace;
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
@@ -91,6 +99,34 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     .await?;
     info!("worker stopped");
     Ok(())
+}
+
+/// Wait until Redis is usable. A wrong setting (credentials, TLS, URL)
+/// ends the worker; an outage (refused, no answer, loading, a replica) is
+/// waited out with backoff, each cause logged once.
+async fn redis_ready(redis: &crate::conn::RedisTarget) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    let mut said: Option<String> = None;
+    loop {
+        match redis.check_once().await {
+            Ok(()) => {
+                if said.is_some() {
+                    info!(redis = %redis, "Redis is usable again");
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                let line = e.to_string();
+                if said.as_deref() != Some(line.as_str()) {
+                    warn!("{line}; retrying until it is");
+                    said = Some(line);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A queue being served, and what swaps its plugin.

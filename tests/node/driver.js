@@ -13,6 +13,9 @@
 //   node driver.js scheduler <redis-url> <queue> <scheduler-id> <every-ms> '{"name":..,"data":..}'  (upsertJobScheduler)
 // Several comma-separated URLs (<url>,<url>,...) are Redis Cluster seed nodes
 // (an ioredis Cluster connection; set BULLMQ_PREFIX to a hash tag such as '{bull}').
+// A rediss:// URL connects over TLS, trusting the CA in $REDIS_TLS_CA (with a
+// client certificate from $REDIS_TLS_CERT/$REDIS_TLS_KEY when set); a URL's
+// user and password are used.
 'use strict';
 const { Queue, QueueEvents, Job, FlowProducer } = require('bullmq');
 const { Cluster } = require('ioredis');
@@ -22,10 +25,18 @@ function out(value) {
   return new Promise((resolve) => process.stdout.write(JSON.stringify(value) + '\n', resolve));
 }
 
+function tls() {
+  const read = (v) => (process.env[v] ? require('fs').readFileSync(process.env[v]) : undefined);
+  return { ca: read('REDIS_TLS_CA'), cert: read('REDIS_TLS_CERT'), key: read('REDIS_TLS_KEY') };
+}
+
 function connection(url) {
-  const nodes = url.split(',').map((x) => { const u = new URL(x); return { host: u.hostname, port: Number(u.port || 6379) }; });
-  if (nodes.length > 1) return new Cluster(nodes, { redisOptions: { maxRetriesPerRequest: null } });
-  return { ...nodes[0], maxRetriesPerRequest: null };
+  const urls = url.split(',').map((x) => new URL(x));
+  const auth = { username: decodeURIComponent(urls[0].username) || undefined, password: decodeURIComponent(urls[0].password) || undefined };
+  const extra = { ...auth, ...(urls[0].protocol === 'rediss:' ? { tls: tls() } : {}) };
+  const nodes = urls.map((u) => ({ host: u.hostname, port: Number(u.port || 6379) }));
+  if (nodes.length > 1) return new Cluster(nodes, { redisOptions: { maxRetriesPerRequest: null, ...extra } });
+  return { ...nodes[0], maxRetriesPerRequest: null, ...extra };
 }
 
 async function main() {

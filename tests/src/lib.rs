@@ -110,12 +110,79 @@ pub fn with_custom_section(bytes: &[u8], payload: &str) -> Vec<u8> {
     out
 }
 
+/// Certificates for TLS tests, made by openssl in a temp dir (EC P-256, valid
+/// two days): `ca.pem` signed `server.pem` (for 127.0.0.1 and localhost) and
+/// `client.pem`; `other-ca.pem` is a CA that signed nothing here.
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(d).output().expect("openssl not found");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        for ca in ["ca", "other-ca"] {
+            let (k, c, cn) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=bullpen test {ca}"));
+            openssl(&[&["req", "-x509"][..], &key, &["-keyout", &k, "-out", &c, "-days", "2", "-subj", &cn]].concat());
+        }
+        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for who in ["server", "client"] {
+            let (k, csr, c) = (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"));
+            let cn = format!("/CN={who}");
+            openssl(&[&["req"][..], &key, &["-keyout", &k, "-out", &csr, "-subj", &cn]].concat());
+            let ext = format!("{who}.ext");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &c,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Certs { dir }
+    }
+
+    /// `ca.pem`, `other-ca.pem`, `server.pem`, `server.key`, `client.pem`, `client.key`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+}
+
+/// How a test reaches a TLS-only redis-server: the CA, and a client
+/// certificate when the server requires one.
+#[derive(Clone)]
+struct TlsClient {
+    ca: PathBuf,
+    client: Option<(PathBuf, PathBuf)>,
+}
+
 /// A private redis-server for one test.
 pub struct Redis {
     child: Child,
     pub port: u16,
     extra: Vec<String>,
     dir: tempfile::TempDir,
+    tls: Option<TlsClient>,
 }
 
 impl Redis {
@@ -125,12 +192,38 @@ impl Redis {
 
     /// Start with extra `redis-server` arguments (e.g. `--appendonly yes`).
     pub fn start_with(extra: &[&str]) -> Redis {
+        Self::start_inner(extra, None)
+    }
+
+    /// A TLS-only server (`--port 0 --tls-port P`) with `certs`' server
+    /// certificate; `mutual`: it requires a client certificate signed by
+    /// `certs`' CA (`--tls-auth-clients yes`).
+    pub fn start_tls(certs: &Certs, mutual: bool, extra: &[&str]) -> Redis {
+        let tls = TlsClient {
+            ca: certs.path("ca.pem"),
+            client: mutual.then(|| (certs.path("client.pem"), certs.path("client.key"))),
+        };
+        let mut args: Vec<String> = vec![
+            "--tls-cert-file".into(),
+            certs.arg("server.pem"),
+            "--tls-key-file".into(),
+            certs.arg("server.key"),
+            "--tls-ca-cert-file".into(),
+            certs.arg("ca.pem"),
+            "--tls-auth-clients".into(),
+            if mutual { "yes" } else { "no" }.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_inner(&args.iter().map(String::as_str).collect::<Vec<_>>(), Some(tls))
+    }
+
+    fn start_inner(extra: &[&str], tls: Option<TlsClient>) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn_redis(port, &extra, dir.path()) {
-                return Redis { child, port, extra, dir };
+            if let Some(child) = spawn_redis_tls(port, &extra, dir.path(), tls.as_ref()) {
+                return Redis { child, port, extra, dir, tls };
             }
         }
         panic!("could not start redis-server");
@@ -142,11 +235,99 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = spawn_redis(self.port, &self.extra, self.dir.path()).expect("redis-server did not come back");
+        self.child = spawn_redis_tls(self.port, &self.extra, self.dir.path(), self.tls.as_ref())
+            .expect("redis-server did not come back");
+    }
+
+    /// A server still loading its dataset: `keys` keys saved, then the
+    /// server restarted with `key-load-delay` (µs per key), so it answers
+    /// LOADING for about `keys` × `delay_us` after this returns.
+    pub fn start_loading(keys: usize, delay_us: u64) -> Redis {
+        let mut r = Redis::start();
+        let mut c = r.conn();
+        let mut pipe = redis::pipe();
+        for i in 0..keys {
+            pipe.set(format!("k{i}"), i).ignore();
+        }
+        pipe.query::<()>(&mut c).unwrap();
+        redis::cmd("SAVE").query::<()>(&mut c).unwrap();
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+        r.extra = ["--key-load-delay", &delay_us.to_string(), "--loading-process-events-interval-bytes", "1024"]
+            .map(String::from)
+            .to_vec();
+        r.child = Command::new("redis-server")
+            .args(["--port", &r.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&r.extra)
+            .arg("--dir")
+            .arg(r.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = redis::Client::open(r.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match reply {
+                Err(e) if e.code() == Some("LOADING") => return r,
+                _ => assert!(Instant::now() < deadline, "redis-server never answered LOADING: {reply:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's process (to stop or kill it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `--redis <url>` and, for a TLS server, `--redis-ca` (and the client
+    /// certificate): how bullpen reaches this server.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec!["--redis".to_string(), self.url()];
+        if let Some(t) = &self.tls {
+            a.extend(["--redis-ca".into(), t.ca.to_str().unwrap().into()]);
+            if let Some((c, k)) = &t.client {
+                a.extend([
+                    "--redis-cert".into(),
+                    c.to_str().unwrap().into(),
+                    "--redis-key".into(),
+                    k.to_str().unwrap().into(),
+                ]);
+            }
+        }
+        a
+    }
+
+    /// The environment tests/node/driver.js reads for TLS.
+    pub fn node_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![];
+        if let Some(t) = &self.tls {
+            env.push(("REDIS_TLS_CA", t.ca.to_str().unwrap().to_string()));
+            if let Some((c, k)) = &t.client {
+                env.push(("REDIS_TLS_CERT", c.to_str().unwrap().to_string()));
+                env.push(("REDIS_TLS_KEY", k.to_str().unwrap().to_string()));
+            }
+        }
+        env
+    }
+
+    /// `redis-cli` on this server (TLS included), one command; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_command().args(args).output().expect("redis-cli not found");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn cli_command(&self) -> Command {
+        cli_command(self.port, self.tls.as_ref())
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -154,9 +335,31 @@ impl Redis {
     }
 }
 
+fn cli_command(port: u16, tls: Option<&TlsClient>) -> Command {
+    let mut c = Command::new("redis-cli");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(t) = tls {
+        c.arg("--tls").arg("--cacert").arg(&t.ca);
+        if let Some((cert, key)) = &t.client {
+            c.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+    }
+    c
+}
+
 fn spawn_redis(port: u16, extra: &[String], dir: &Path) -> Option<Child> {
+    spawn_redis_tls(port, extra, dir, None)
+}
+
+fn spawn_redis_tls(port: u16, extra: &[String], dir: &Path, tls: Option<&TlsClient>) -> Option<Child> {
+    let port = port.to_string();
+    let port_args = match tls {
+        Some(_) => vec!["--port", "0", "--tls-port", &port],
+        None => vec!["--port", &port],
+    };
     let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(port_args)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(extra)
         .arg("--dir")
         .arg(dir)
@@ -169,7 +372,14 @@ fn spawn_redis(port: u16, extra: &[String], dir: &Path) -> Option<Child> {
         if let Ok(Some(_)) = child.try_wait() {
             return None; // port taken between probe and bind
         }
-        if redis_ping(port) {
+        let up = match tls {
+            None => redis_ping(port.parse().unwrap()),
+            Some(t) => cli_command(port.parse().unwrap(), Some(t))
+                .arg("PING")
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"PONG")),
+        };
+        if up {
             return Some(child);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -179,11 +389,12 @@ fn spawn_redis(port: u16, extra: &[String], dir: &Path) -> Option<Child> {
     None
 }
 
+/// The server answers (NOAUTH too: it is up, and wants a password).
 fn redis_ping(port: u16) -> bool {
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+    let reply = redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .and_then(|c| c.get_connection())
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .is_ok()
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    reply.is_ok() || reply.is_err_and(|e| e.code() == Some("NOAUTH"))
 }
 
 impl Drop for Redis {
@@ -291,9 +502,9 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(redis: &Redis, queue: &str, plugin: &Path, extra: &[&str]) -> Worker {
-        let url = redis.url();
-        let mut args = vec!["--redis", &url, "--queue", queue, "--plugin", plugin.to_str().unwrap()];
-        args.extend(extra);
+        let mut args = redis.args();
+        args.extend(["--queue", queue, "--plugin", plugin.to_str().unwrap()].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(&args)
     }
 
@@ -392,8 +603,13 @@ fn run_json(mut cmd: Command, what: &str) -> Value {
 
 /// `node tests/node/driver.js <args>` (the real bullmq npm package).
 pub fn node(args: &[&str]) -> Value {
+    node_env(args, &[])
+}
+
+/// The same with environment variables (e.g. [`Redis::node_env`]).
+pub fn node_env(args: &[&str], env: &[(&str, String)]) -> Value {
     let mut cmd = Command::new("node");
-    cmd.arg(root().join("tests/node/driver.js")).args(args);
+    cmd.arg(root().join("tests/node/driver.js")).args(args).envs(env.iter().map(|(k, v)| (k, v)));
     run_json(cmd, &format!("node driver.js {}", args.first().unwrap_or(&"")))
 }
 
@@ -417,6 +633,7 @@ impl NodeEvents {
         let mut child = Command::new("node")
             .arg(root().join("tests/node/driver.js"))
             .args(["events", &redis.url(), queue, &count.to_string(), &timeout.as_millis().to_string()])
+            .envs(redis.node_env())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -451,13 +668,13 @@ pub fn guest_logs(job: &Value) -> Value {
 
 /// Inspect jobs from Node: `{jobs: [...], counts: {...}}`.
 pub fn inspect(redis: &Redis, queue: &str, ids: &[String]) -> Value {
-    node(&["inspect", &redis.url(), queue, &serde_json::to_string(ids).unwrap()])
+    node_env(&["inspect", &redis.url(), queue, &serde_json::to_string(ids).unwrap()], &redis.node_env())
 }
 
 /// Add jobs from Node; returns their ids. (The jobs go through stdin.)
 pub fn node_add(redis: &Redis, queue: &str, jobs: Value) -> Vec<String> {
     let mut cmd = Command::new("node");
-    cmd.arg(root().join("tests/node/driver.js")).args(["add", &redis.url(), queue, "-"]);
+    cmd.arg(root().join("tests/node/driver.js")).args(["add", &redis.url(), queue, "-"]).envs(redis.node_env());
     ids(run_json_stdin(cmd, "node driver.js add", jobs.to_string().as_bytes()))
 }
 

@@ -27,6 +27,15 @@ pub(crate) struct WorkerFile {
     pub(crate) redis: Option<RedisUrls>,
     /// The `redis` URLs are nodes of a Redis Cluster (default false).
     pub(crate) cluster: Option<bool>,
+    /// CA certificate (PEM) of the Redis server's certificate (`--redis-ca`).
+    pub(crate) redis_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS (`--redis-cert`, `--redis-key`).
+    pub(crate) redis_cert: Option<PathBuf>,
+    pub(crate) redis_key: Option<PathBuf>,
+    /// File holding the Redis password (`--redis-password-file`).
+    pub(crate) redis_password_file: Option<PathBuf>,
+    /// Connect timeout, ms (`--connect-timeout-ms`; default 5000).
+    pub(crate) connect_timeout_ms: Option<u64>,
     /// BullMQ key prefix for every queue (default `bull`).
     pub(crate) prefix: Option<String>,
     /// Serve Prometheus metrics here (`host:port`); off when absent.
@@ -231,8 +240,16 @@ impl WorkerFile {
     pub(crate) fn load(path: &Path) -> anyhow::Result<WorkerFile> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut f = Self::parse(&text).with_context(|| format!("config {} is not valid", path.display()))?;
-        // Plugin paths are relative to the file, not to where bullpen runs.
+        // Plugin and certificate paths are relative to the file, not to
+        // where bullpen runs.
         let dir = path.parent().unwrap_or(Path::new("."));
+        for p in
+            [&mut f.redis_ca, &mut f.redis_cert, &mut f.redis_key, &mut f.redis_password_file].into_iter().flatten()
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
         for q in &mut f.queues {
             if let Some(p) = &q.plugin {
                 if p.is_relative() {
@@ -241,6 +258,17 @@ impl WorkerFile {
             }
         }
         Ok(f)
+    }
+
+    /// The file's connection keys, as the flags of the same name.
+    pub(crate) fn conn(&self) -> super::ConnArgs {
+        super::ConnArgs {
+            redis_ca: self.redis_ca.clone(),
+            redis_cert: self.redis_cert.clone(),
+            redis_key: self.redis_key.clone(),
+            redis_password_file: self.redis_password_file.clone(),
+            connect_timeout_ms: self.connect_timeout_ms,
+        }
     }
 
     /// The queues to serve, with `flags` (command-line settings) on top.
@@ -291,6 +319,8 @@ mod tests {
         let f = WorkerFile::parse(REFERENCE).unwrap();
         assert_eq!(f.redis, Some(RedisUrls::One("redis://127.0.0.1:6379".into())));
         assert_eq!(f.prefix.as_deref(), Some("bull"));
+        assert_eq!(f.connect_timeout_ms, Some(5000));
+        assert!(f.redis_ca.is_none() && f.redis_password_file.is_none(), "examples only, commented out");
         let plans = f.plan(&r(), "bull", &Settings::default(), None).unwrap();
         let names: Vec<&str> = plans.iter().map(|p| p.binding.queue.as_str()).collect();
         assert_eq!(names, ["emails", "thumbnails", "reports"]);
@@ -333,6 +363,21 @@ mod tests {
         let f = WorkerFile::parse("redis = \"redis://a:6379\"\n").unwrap();
         assert_eq!(f.redis.unwrap().into_urls(), ["redis://a:6379"]);
         assert!(WorkerFile::parse("redis = 5\n").is_err());
+    }
+
+    #[test]
+    fn connection_keys_are_read_and_flags_win() {
+        let f = WorkerFile::parse(
+            "redis_ca = \"ca.pem\"\nredis_cert = \"c.pem\"\nredis_key = \"c.key\"\nredis_password_file = \"pw\"\nconnect_timeout_ms = 900\n",
+        )
+        .unwrap();
+        let file = f.conn();
+        assert_eq!(file.redis_ca.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(file.connect_timeout_ms, Some(900));
+        let flags = super::super::ConnArgs { connect_timeout_ms: Some(100), ..Default::default() };
+        let merged = flags.over(&file);
+        assert_eq!(merged.connect_timeout_ms, Some(100));
+        assert_eq!(merged.redis_key.as_deref(), Some(Path::new("c.key")), "unset flags fall back to the file");
     }
 
     /// What `bullpen worker` sizes its runtime by (cli.rs, `WorkerSetup::threads`).

@@ -135,6 +135,86 @@ impl LimitArgs {
     }
 }
 
+/// How to reach Redis besides its URL: TLS files, a password kept out of
+/// the URL, the connect timeout. The same flags for every command; for
+/// `bullpen worker` they override the config file's keys of the same name.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct ConnArgs {
+    /// CA certificate (PEM) that signed the Redis server's certificate, for
+    /// a private CA (default: the webpki roots). Implies TLS: a redis:// URL
+    /// is used as rediss://.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) redis_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --redis-key.
+    #[arg(long, value_name = "FILE", requires = "redis_key")]
+    pub(crate) redis_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_cert")]
+    pub(crate) redis_key: Option<PathBuf>,
+    /// File whose content (one trailing newline dropped) is the Redis
+    /// password, used where the URL has none; else $REDIS_PASSWORD. The
+    /// user, if any, goes in the URL (redis://USER@host).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) redis_password_file: Option<PathBuf>,
+    /// How long to wait for Redis to connect and answer, in ms; a command
+    /// that cannot reach Redis fails within it [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub(crate) connect_timeout_ms: Option<u64>,
+}
+
+impl ConnArgs {
+    /// `self` where set, else `lower`.
+    fn over(&self, lower: &ConnArgs) -> ConnArgs {
+        let (redis_cert, redis_key) = match (&self.redis_cert, &self.redis_key) {
+            (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
+            _ => (lower.redis_cert.clone(), lower.redis_key.clone()),
+        };
+        ConnArgs {
+            redis_ca: self.redis_ca.clone().or_else(|| lower.redis_ca.clone()),
+            redis_cert,
+            redis_key,
+            redis_password_file: self.redis_password_file.clone().or_else(|| lower.redis_password_file.clone()),
+            connect_timeout_ms: self.connect_timeout_ms.or(lower.connect_timeout_ms),
+        }
+    }
+
+    /// The target with these settings: the files read now, so a missing
+    /// one is reported before anything connects.
+    fn apply(&self, mut t: RedisTarget) -> anyhow::Result<RedisTarget> {
+        let read =
+            |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()));
+        let ca = self.redis_ca.as_ref().map(|p| read("--redis-ca", p)).transpose()?;
+        let client = match (&self.redis_cert, &self.redis_key) {
+            (Some(c), Some(k)) => Some((read("--redis-cert", c)?, read("--redis-key", k)?)),
+            (None, None) => None,
+            _ => bail!("--redis-cert and --redis-key go together (mutual TLS needs both)"),
+        };
+        t = t.with_tls(crate::conn::TlsFiles { ca, client });
+        let password = match &self.redis_password_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read --redis-password-file {}", p.display()))?;
+                let pass = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
+                if pass.is_empty() {
+                    bail!("--redis-password-file {} is empty", p.display());
+                }
+                Some(pass.to_string())
+            }
+            None => std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty()),
+        };
+        if let Some(p) = password {
+            t = t.with_password(&p);
+        }
+        if let Some(ms) = self.connect_timeout_ms {
+            if ms == 0 {
+                bail!("--connect-timeout-ms must be at least 1");
+            }
+            t = t.with_connect_timeout(Duration::from_millis(ms));
+        }
+        Ok(t)
+    }
+}
+
 /// Where the queue lives.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct QueueArgs {
@@ -151,12 +231,14 @@ pub(crate) struct QueueArgs {
     /// BullMQ key prefix (with --cluster it must have a hash tag, such as '{bull}').
     #[arg(long, default_value = "bull")]
     pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
 }
 
 impl QueueArgs {
     /// The Redis target, checked (see [`RedisTarget::from_args`]).
     pub(crate) fn target(&self) -> anyhow::Result<RedisTarget> {
-        RedisTarget::from_args(self.redis.clone(), self.cluster, &self.prefix)
+        self.conn.apply(RedisTarget::from_args(self.redis.clone(), self.cluster, &self.prefix)?)
     }
 }
 
@@ -182,6 +264,8 @@ pub(crate) struct WorkerArgs {
     /// below override its settings for every queue.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
     /// The processor: a WebAssembly component of the bullpen:processor
     /// world. The file is watched: when it changes to another valid
     /// component the worker switches to it (a broken file is refused and
@@ -324,18 +408,42 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A command that uses Redis first checks, within the connect timeout,
+/// that Redis is there and usable, so a wrong URL, password or certificate
+/// fails fast in one line; a Redis failure later in the command is told in
+/// the same words.
 async fn one_shot(command: Command) -> anyhow::Result<()> {
-    match command {
+    let q = match &command {
         Command::Worker(_) => unreachable!("bullpen worker runs as crate::process"),
-        Command::Add(a) => add(a).await,
-        Command::Retry(a) => retry(a).await,
-        Command::Inspect(a) => inspect(a).await,
-        Command::Deploy(a) => deploy(a).await,
-        Command::Rollback(a) => rollback(a).await,
-        Command::Plugins(a) => plugins(a).await,
-        Command::Stats(a) => stats(a).await,
-        Command::Run(a) => run::run(a).await,
-    }
+        Command::Run(_) => None,
+        Command::Add(a) => Some(&a.q),
+        Command::Retry(a) => Some(&a.q),
+        Command::Inspect(a) => Some(&a.q),
+        Command::Deploy(a) => Some(&a.q),
+        Command::Rollback(a) => Some(&a.q),
+        Command::Plugins(a) => Some(&a.q),
+        Command::Stats(a) => Some(&a.q),
+    };
+    let Some(target) = q.map(QueueArgs::target).transpose()? else {
+        let Command::Run(a) = command else { unreachable!("only `run` has no queue") };
+        return run::run(a).await;
+    };
+    target.ready().await?;
+    let t = target.clone();
+    let done = match command {
+        Command::Worker(_) | Command::Run(_) => unreachable!("handled above"),
+        Command::Add(a) => add(a, t).await,
+        Command::Retry(a) => retry(a, t).await,
+        Command::Inspect(a) => inspect(a, t).await,
+        Command::Deploy(a) => deploy(a, t).await,
+        Command::Rollback(a) => rollback(a, t).await,
+        Command::Plugins(a) => plugins(a, t).await,
+        Command::Stats(a) => stats(a, t).await,
+    };
+    done.map_err(|e| match target.explain(&e) {
+        Some(cause) => cause.into(),
+        None => e,
+    })
 }
 
 /// The default Redis when neither a flag, the config nor $REDIS_URL says.
@@ -354,7 +462,8 @@ fn worker_plan(a: WorkerArgs) -> anyhow::Result<WorkerPlan> {
         vec![std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())]
     };
     let cluster = a.cluster || file.and_then(|f| f.cluster).unwrap_or(false);
-    let redis = RedisTarget::from_args(urls, cluster, &prefix)?;
+    let conn = a.conn.over(&file.map(WorkerFile::conn).unwrap_or_default());
+    let redis = conn.apply(RedisTarget::from_args(urls, cluster, &prefix)?)?;
     let flags = a.settings();
     let mut queues = match file {
         Some(f) => f.plan(&redis, &prefix, &flags, a.queue.as_deref())?,
@@ -386,12 +495,11 @@ fn worker_plan(a: WorkerArgs) -> anyhow::Result<WorkerPlan> {
     })
 }
 
-async fn add(a: AddArgs) -> anyhow::Result<()> {
+async fn add(a: AddArgs, redis: RedisTarget) -> anyhow::Result<()> {
     let opts: bullmq::JobOptions = match &a.opts {
         Some(o) => serde_json::from_str(o).with_context(|| format!("--opts is not valid BullMQ job options: {o:?}"))?,
         None => bullmq::JobOptions::default(),
     };
-    let redis = a.q.target()?;
     if let Some(file) = &a.file {
         return crate::ops::bulk::add_file(&redis, &a.q.prefix, &a.q.queue, file, &opts).await;
     }
@@ -408,18 +516,18 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn retry(a: RetryArgs) -> anyhow::Result<()> {
+async fn retry(a: RetryArgs, redis: RedisTarget) -> anyhow::Result<()> {
     let opts = crate::ops::admin::RetryOptions {
         reset_attempts_made: a.reset_attempts_made,
         reset_attempts_started: a.reset_attempts_started,
     };
-    crate::ops::admin::retry_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
+    crate::ops::admin::retry_job(&redis, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
     info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
     Ok(())
 }
 
 /// Validate (as a worker would load it), store, make current, notify.
-async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
+async fn deploy(a: DeployArgs, redis: RedisTarget) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&a.file).with_context(|| format!("refusing to deploy: cannot read {}", a.file.display()))?;
     let engine = new_engine()?;
@@ -429,7 +537,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let plugin = tokio::task::spawn_blocking(move || Plugin::from_bytes(&engine, &linker, &checked, &source))
         .await?
         .map_err(|e| anyhow::anyhow!("refusing to deploy: {e}; nothing was changed"))?;
-    let registry = open_registry(&a.q).await?;
+    let registry = open_registry(&a.q, &redis).await?;
     let done = registry.deploy(&plugin.digest, &bytes).await?;
     info!(
         queue = %a.q.queue,
@@ -443,15 +551,14 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_registry(q: &QueueArgs) -> anyhow::Result<Registry> {
-    let redis = q.target()?;
-    Registry::connect(&redis, &q.prefix, &q.queue)
+async fn open_registry(q: &QueueArgs, redis: &RedisTarget) -> anyhow::Result<Registry> {
+    Registry::connect(redis, &q.prefix, &q.queue)
         .await
         .with_context(|| format!("cannot reach the plugin registry of queue `{}` on {redis}", q.queue))
 }
 
-async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
-    let registry = open_registry(&a.q).await?;
+async fn rollback(a: RollbackArgs, redis: RedisTarget) -> anyhow::Result<()> {
+    let registry = open_registry(&a.q, &redis).await?;
     let done = registry.rollback(a.to.as_deref()).await?;
     if done.previous.as_deref() == Some(done.current.as_str()) {
         info!(queue = %a.q.queue, digest = %done.current, "already current; nothing changed");
@@ -462,8 +569,8 @@ async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
-    let registry = open_registry(&a.q).await?;
+async fn plugins(a: PluginsArgs, redis: RedisTarget) -> anyhow::Result<()> {
+    let registry = open_registry(&a.q, &redis).await?;
     let versions = registry.versions().await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&versions)?);
@@ -479,15 +586,14 @@ async fn plugins(a: PluginsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let view = crate::ops::admin::inspect_job(&a.q.target()?, &a.q.prefix, &a.q.queue, &a.job_id).await?;
+async fn inspect(a: InspectArgs, redis: RedisTarget) -> anyhow::Result<()> {
+    let view = crate::ops::admin::inspect_job(&redis, &a.q.prefix, &a.q.queue, &a.job_id).await?;
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }
 
-async fn stats(a: StatsArgs) -> anyhow::Result<()> {
+async fn stats(a: StatsArgs, target: RedisTarget) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
-    let target = a.q.target()?;
     let mut conn = target.connect().await.with_context(|| format!("cannot connect to {target}"))?;
     let in_place = a.watch && !a.json && std::io::stdout().is_terminal();
     loop {
