@@ -51,3 +51,29 @@ pub enum InputError {
     #[error("job data is {bytes} bytes; the limit is {limit}")]
     DataTooLarge { bytes: usize, limit: usize },
 }
+
+/// A binding's grants (outbound HTTP, variables) cannot be set up: the
+/// worker stops at start, naming the flag or key. No variant carries a
+/// variable's value.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// An `--allow-outbound` / `allowed_outbound_hosts` pattern that does not parse.
+    #[error(
+        "--allow-outbound {pattern:?} is not a valid pattern: {why} \
+         (examples: https://api.example.com, https://*.example.com, http://127.0.0.1:8080)"
+    )]
+    Pattern { pattern: String, why: String },
+    /// An `--http-ca` file that cannot be read.
+    #[error("cannot read --http-ca {path}: {cause}")]
+    CaFile { path: PathBuf, cause: std::io::Error },
+    /// An `--http-ca` file with no PEM certificate in it.
+    #[error("--http-ca {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    CaEmpty { path: PathBuf },
+    /// A variable read from an environment variable that is not set.
+    #[error("variable `{key}`: the environment variable {env} is not set")]
+    VarEnv { key: String, env: String },
+    /// A variable read from a file that cannot be read (`cause`: the I/O
+    /// error's kind only, never text that could quote the file).
+    #[error("variable `{key}`: cannot read {path}: {cause}")]
+    VarFile { key: String, path: PathBuf, cause: String },
+}

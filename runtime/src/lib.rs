@@ -62,6 +62,15 @@ mod bindings {
         // tokio at every epoch tick instead of blocking a runtime thread.
         imports: { default: async },
         exports: { default: async },
+        // The world's wasi imports are wasmtime's own implementations
+        // (linked in `plugins::new_linker`); only wasi:config/store, whose
+        // bindings wasmtime-wasi-config keeps private, is generated here
+        // (and unused: its implementation is wasmtime-wasi-config's).
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
     });
 
     pub use bullpen::processor::types;

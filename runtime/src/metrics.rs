@@ -13,6 +13,8 @@
 //! | `bullpen_traps_total` | queue, kind | guest traps: `unreachable` (incl. panics), `stack_overflow`, `out_of_bounds`, `division_by_zero`, `interrupt`, `other` |
 //! | `bullpen_limit_kills_total` | queue, limit | attempts stopped by a limit: `timeout`, `memory`, `fuel` |
 //! | `bullpen_attempt_memory_peak_bytes` | queue | largest linear memory an attempt's instance reached |
+//! | `bullpen_http_requests_total` | queue, host, outcome | guests' outbound HTTP requests: `2xx` .. `5xx` (response status class), `denied` (allow-list or SSRF rule), `error` (DNS, connect, TLS, timeout, in-flight limit) |
+//! | `bullpen_http_request_duration_seconds` | queue | request sent to response head (or to the error) |
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -50,6 +52,13 @@ pub(crate) struct LimitLabels {
     pub(crate) limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HttpLabels {
+    pub(crate) queue: String,
+    pub(crate) host: String,
+    pub(crate) outcome: &'static str,
+}
+
 type HistogramFamily = Family<QueueLabels, Histogram, fn() -> Histogram>;
 
 pub(crate) struct Metrics {
@@ -60,6 +69,8 @@ pub(crate) struct Metrics {
     pub(crate) traps: Family<TrapLabels, Counter>,
     pub(crate) limit_kills: Family<LimitLabels, Counter>,
     pub(crate) memory_peak_bytes: HistogramFamily,
+    pub(crate) http_requests: Family<HttpLabels, Counter>,
+    pub(crate) http_seconds: HistogramFamily,
 }
 
 // Buckets: attempts from 50 µs to ~50 s; instantiation from 5 µs to ~5 ms
@@ -73,6 +84,10 @@ fn instantiate_buckets() -> Histogram {
 }
 fn memory_buckets() -> Histogram {
     Histogram::new(exponential_buckets(65_536.0, 2.0, 15))
+}
+// HTTP requests: 1 ms (loopback) to ~65 s (past the default attempt timeout).
+fn http_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1e-3, 2.0, 17))
 }
 
 /// One queue's per-attempt histograms, looked up once per binding: an
@@ -96,6 +111,15 @@ impl Metrics {
         }
     }
 
+    /// One outbound HTTP request of a guest, by how it ended.
+    pub(crate) fn http_request(&self, queue: &str, host: &str, outcome: &'static str) {
+        self.http_requests.get_or_create(&HttpLabels { queue: queue.into(), host: host.into(), outcome }).inc();
+    }
+
+    pub(crate) fn http_seconds(&self, queue: &str, took: std::time::Duration) {
+        self.http_seconds.get_or_create(&QueueLabels { queue: queue.into() }).observe(took.as_secs_f64());
+    }
+
     fn new() -> Metrics {
         let mut registry = Registry::default();
         let jobs = Family::<JobLabels, Counter>::default();
@@ -104,6 +128,8 @@ impl Metrics {
         let traps = Family::<TrapLabels, Counter>::default();
         let limit_kills = Family::<LimitLabels, Counter>::default();
         let memory_peak_bytes: HistogramFamily = Family::new_with_constructor(memory_buckets);
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_seconds: HistogramFamily = Family::new_with_constructor(http_buckets);
         registry.register("bullpen_jobs", "Attempts by queue, plugin digest and how they ended", jobs.clone());
         registry.register(
             "bullpen_attempt_duration_seconds",
@@ -122,7 +148,27 @@ impl Metrics {
             "Largest linear memory an attempt's instance reached",
             memory_peak_bytes.clone(),
         );
-        Metrics { registry, jobs, attempt_seconds, instantiate_seconds, traps, limit_kills, memory_peak_bytes }
+        registry.register(
+            "bullpen_http_requests",
+            "Guests' outbound HTTP requests by queue, host and outcome",
+            http_requests.clone(),
+        );
+        registry.register(
+            "bullpen_http_request_duration_seconds",
+            "Outbound HTTP request sent to response head",
+            http_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            jobs,
+            attempt_seconds,
+            instantiate_seconds,
+            traps,
+            limit_kills,
+            memory_peak_bytes,
+            http_requests,
+            http_seconds,
+        }
     }
 
     /// The OpenMetrics text of every metric.

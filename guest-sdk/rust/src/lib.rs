@@ -45,6 +45,11 @@ pub mod bindings {
         export_macro_name: "__export_processor_world",
         default_bindings_module: "bullpen_guest::bindings",
         additional_derives: [PartialEq, Eq],
+        // Types holding resource handles cannot compare.
+        additional_derives_ignore: ["stream-error"],
+        // wasi:http and wasi:config (imported by the world) from the same
+        // WIT: one copy of their bindings, the versions the host links.
+        generate_all,
     });
 }
 
@@ -60,9 +65,18 @@ pub mod backoff_bindings {
         with: {
             "bullpen:processor/types@0.1.0": crate::bindings::bullpen::processor::types,
             "bullpen:processor/job-context@0.1.0": crate::bindings::bullpen::processor::job_context,
+            "wasi:http/types@0.2.12": crate::bindings::wasi::http::types,
+            "wasi:http/outgoing-handler@0.2.12": crate::bindings::wasi::http::outgoing_handler,
+            "wasi:io/error@0.2.12": crate::bindings::wasi::io::error,
+            "wasi:io/poll@0.2.12": crate::bindings::wasi::io::poll,
+            "wasi:io/streams@0.2.12": crate::bindings::wasi::io::streams,
+            "wasi:clocks/monotonic-clock@0.2.12": crate::bindings::wasi::clocks::monotonic_clock,
+            "wasi:config/store@0.2.0-rc.1": crate::bindings::wasi::config::store,
         },
     });
 }
+
+pub mod http;
 
 use bindings::bullpen::processor::job_context as host;
 use bindings::bullpen::processor::types as wit;
@@ -278,6 +292,24 @@ impl Job {
             .into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_str::<serde_json::Value>(&v)?)))
             .collect()
+    }
+}
+
+/// The queue's variable `name` (`--var`, `[queues.variables]` in
+/// bullpen.toml): configuration and secrets. A guest reads only its own
+/// queue's. Missing, it is an unrecoverable error naming the variable and
+/// how to set it (retrying would not make it appear).
+pub fn variable(name: &str) -> Result<String, Error> {
+    use bindings::wasi::config::store;
+    match store::get(name) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(Error::Unrecoverable(format!(
+            "variable `{name}` is not set for this queue (set it with --var {name}=... / --var-env {name}=ENVNAME, \
+             or in [queues.variables] of bullpen.toml)"
+        ))),
+        Err(store::Error::Upstream(e)) | Err(store::Error::Io(e)) => {
+            Err(Error::Retry(format!("variable `{name}` could not be read: {e}")))
+        }
     }
 }
 

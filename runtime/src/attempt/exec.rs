@@ -89,7 +89,7 @@ pub(crate) fn prepare(
     }
 }
 
-/// Fuel for this call (`--fuel`), and a yield to tokio at every epoch tick.
+/// The HTTP deadline, fuel for this call (`--fuel`), and a yield to tokio at every epoch tick.
 ///
 /// The yield goes through `tokio::task::yield_now`, which wakes the task
 /// only after the runtime has polled its I/O driver. wasmtime's plain
@@ -99,6 +99,8 @@ pub(crate) fn prepare(
 /// enforced here but by the timeout around the call, which drops (and so
 /// stops) the guest.
 fn arm(store: &mut Store<HostState>, limits: &Limits) -> wasmtime::Result<()> {
+    // Outbound HTTP waits are clipped to what is left of this call.
+    store.data_mut().http.deadline = Instant::now() + limits.timeout;
     if let Some(fuel) = limits.fuel {
         store.set_fuel(fuel)?;
     }

@@ -8,13 +8,16 @@
 //! file's `[defaults]`, bullpen's built-in default (BullMQ's where BullMQ
 //! has one; see `BindingConfig::new` and `Limits::default`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::conn::RedisTarget;
-use crate::host::ChildQueues;
+use crate::host::config::{parse_var, parse_var_env, VarSource, Variables};
+use crate::host::http::{Outbound, OutboundConfig};
+use crate::host::{ChildQueues, Grants, Report};
 use crate::process::QueuePlan;
 use crate::queue::BindingConfig;
 
@@ -120,6 +123,41 @@ pub(crate) struct Settings {
     /// EVALSHA only, as BullMQ's own workers.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub(crate) redis_functions: Option<bool>,
+    /// An origin guests may call over HTTP(S) (repeatable): scheme, host and
+    /// port, e.g. https://api.example.com, https://*.example.com (any
+    /// subdomain), http://127.0.0.1:8080 (default ports implied; ':*' any
+    /// port). Default: none, every request is refused. A host allowed by
+    /// name that resolves to a loopback, link-local, private or unspecified
+    /// address is refused unless a pattern names that IP. (bullpen.toml:
+    /// `allowed_outbound_hosts`.)
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub(crate) allowed_outbound_hosts: Option<Vec<String>>,
+    /// A PEM file of CA certificates trusted for guests' HTTPS besides the
+    /// public (webpki) roots (repeatable). (bullpen.toml: `http_ca`.)
+    #[arg(long = "http-ca", value_name = "FILE")]
+    pub(crate) http_ca: Option<Vec<PathBuf>>,
+    /// Largest HTTP response body a guest may read, in MiB [default: 16];
+    /// reading past it fails the read.
+    #[arg(long)]
+    pub(crate) max_http_response_mb: Option<u64>,
+    /// Outbound HTTP requests one attempt may have in flight [default: 16];
+    /// one more fails with connection-limit-reached.
+    #[arg(long)]
+    pub(crate) max_http_in_flight: Option<usize>,
+    /// The queue's variables (bullpen.toml `[queues.variables]` /
+    /// `[defaults.variables]`): `key = "value"`, `key = { env = "NAME" }`
+    /// or `key = { file = "path" }`, read at start.
+    #[arg(skip)]
+    pub(crate) variables: Option<BTreeMap<String, VarSource>>,
+    /// A variable guests read with `variable("KEY")` (repeatable). Visible
+    /// in `ps`: prefer --var-env for secrets.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    #[serde(skip)]
+    pub(crate) var: Option<Vec<(String, VarSource)>>,
+    /// A variable read from an environment variable at start (repeatable).
+    #[arg(long = "var-env", value_name = "KEY=ENVNAME", value_parser = parse_var_env)]
+    #[serde(skip)]
+    pub(crate) var_env: Option<Vec<(String, VarSource)>>,
     /// Watch `plugin` and swap on change (default true; the flag is `--no-watch`).
     #[arg(skip)]
     pub(crate) watch: Option<bool>,
@@ -173,8 +211,51 @@ impl Settings {
             child_queues: self.child_queues.clone().or_else(|| lower.child_queues.clone()),
             instance_reuse: self.instance_reuse.or(lower.instance_reuse),
             redis_functions: self.redis_functions.or(lower.redis_functions),
+            allowed_outbound_hosts: self
+                .allowed_outbound_hosts
+                .clone()
+                .or_else(|| lower.allowed_outbound_hosts.clone()),
+            http_ca: self.http_ca.clone().or_else(|| lower.http_ca.clone()),
+            max_http_response_mb: self.max_http_response_mb.or(lower.max_http_response_mb),
+            max_http_in_flight: self.max_http_in_flight.or(lower.max_http_in_flight),
+            // Variables merge key by key: a queue adds to [defaults.variables]
+            // and overrides the keys it names.
+            variables: match (&lower.variables, &self.variables) {
+                (None, None) => None,
+                (l, s) => Some(l.iter().chain(s.iter()).flat_map(|m| m.clone()).collect()),
+            },
+            var: self.var.clone().or_else(|| lower.var.clone()),
+            var_env: self.var_env.clone().or_else(|| lower.var_env.clone()),
             watch: self.watch.or(lower.watch),
         }
+    }
+
+    /// The outbound HTTP grants and variables these settings give `queue`
+    /// (flags' `--var`/`--var-env` over the file's variables).
+    pub(crate) fn grants(&self, queue: &str, report: Option<Report>) -> anyhow::Result<Grants> {
+        let mut outbound = OutboundConfig::default();
+        if let Some(a) = &self.allowed_outbound_hosts {
+            outbound.allow = a.clone();
+        }
+        if let Some(c) = &self.http_ca {
+            outbound.ca_files = c.clone();
+        }
+        if let Some(mb) = self.max_http_response_mb {
+            outbound.max_response_bytes = mb << 20;
+        }
+        if let Some(n) = self.max_http_in_flight {
+            if n == 0 {
+                bail!("queue `{queue}`: max_http_in_flight must be at least 1");
+            }
+            outbound.max_in_flight = n;
+        }
+        let mut specs = self.variables.clone().unwrap_or_default();
+        specs.extend(self.var.iter().flatten().chain(self.var_env.iter().flatten()).cloned());
+        let grants = Grants {
+            outbound: Outbound::new(queue, &outbound, report).with_context(|| format!("queue `{queue}`"))?,
+            variables: Variables::resolve(&specs).with_context(|| format!("queue `{queue}`"))?,
+        };
+        Ok(grants)
     }
 
     /// Apply the set fields to a binding config that holds the built-in defaults.
@@ -218,6 +299,7 @@ impl Settings {
         if let Some(qs) = &self.child_queues {
             c.child_queues = ChildQueues::from_flags(&c.queue, qs);
         }
+        c.grants = std::sync::Arc::new(self.grants(&c.queue, None)?);
         Ok(())
     }
 }
@@ -240,20 +322,28 @@ impl WorkerFile {
     pub(crate) fn load(path: &Path) -> anyhow::Result<WorkerFile> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut f = Self::parse(&text).with_context(|| format!("config {} is not valid", path.display()))?;
-        // Plugin and certificate paths are relative to the file, not to
-        // where bullpen runs.
+        // Plugin, certificate, CA and variable file paths are relative to
+        // the file, not to where bullpen runs.
         let dir = path.parent().unwrap_or(Path::new("."));
-        for p in
-            [&mut f.redis_ca, &mut f.redis_cert, &mut f.redis_key, &mut f.redis_password_file].into_iter().flatten()
-        {
+        let rel = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
-        }
+        };
+        [&mut f.redis_ca, &mut f.redis_cert, &mut f.redis_key, &mut f.redis_password_file]
+            .into_iter()
+            .flatten()
+            .for_each(rel);
         for q in &mut f.queues {
-            if let Some(p) = &q.plugin {
-                if p.is_relative() {
-                    q.plugin = Some(dir.join(p));
+            if let Some(p) = &mut q.plugin {
+                rel(p);
+            }
+        }
+        for s in std::iter::once(&mut f.defaults).chain(f.queues.iter_mut().map(|q| &mut q.settings)) {
+            s.http_ca.iter_mut().flatten().for_each(rel);
+            for v in s.variables.iter_mut().flat_map(|m| m.values_mut()) {
+                if let VarSource::File(p) = v {
+                    rel(p);
                 }
             }
         }
@@ -326,6 +416,10 @@ mod tests {
         assert_eq!(names, ["emails", "thumbnails", "reports"]);
         let (emails, thumbs, reports) = (&plans[0], &plans[1], &plans[2]);
         assert_eq!(emails.binding.concurrency, 8);
+        let grants = format!("{:?}", emails.binding.grants);
+        assert!(grants.contains("https://api.sendgrid.com") && grants.contains("\"sender\""), "{grants}");
+        assert!(!grants.contains("noreply@example.com"), "values are not printed: {grants}");
+        assert!(!format!("{:?}", thumbs.binding.grants).contains("sendgrid"), "grants are per queue");
         assert_eq!(emails.binding.limits.timeout, std::time::Duration::from_millis(10_000), "from [defaults]");
         assert!(emails.plugin.is_some() && emails.watch);
         assert_eq!(thumbs.binding.limits.max_memory_bytes, 512 << 20);
@@ -393,6 +487,32 @@ mod tests {
         assert_eq!(total(&f, &flags, None), 3, "a flag applies to every queue");
         let f = WorkerFile::parse("[[queues]]\nname = \"a\"\n").unwrap();
         assert_eq!(total(&f, &Settings::default(), None), 1, "BullMQ's default concurrency");
+    }
+
+    #[test]
+    fn variables_merge_key_by_key_and_flags_win() {
+        let f = WorkerFile::parse(
+            "[defaults]\nallowed_outbound_hosts = [\"https://a.example\"]\n[defaults.variables]\nx = \"1\"\ny = \"2\"\n\
+             [[queues]]\nname = \"a\"\n[queues.variables]\ny = \"3\"\n[[queues]]\nname = \"b\"\n\
+             allowed_outbound_hosts = []\n",
+        )
+        .unwrap();
+        let flags =
+            Settings { var: Some(vec![parse_var("z=4").unwrap(), parse_var("x=5").unwrap()]), ..Settings::default() };
+        let p = f.plan(&r(), "bull", &flags, None).unwrap();
+        let get = |i: usize| format!("{:?}", p[i].binding.grants.variables);
+        assert!(get(0).contains("[\"x\", \"y\", \"z\"]"), "{}", get(0));
+        assert!(format!("{:?}", p[0].binding.grants.outbound).contains("https://a.example"));
+        assert!(!format!("{:?}", p[1].binding.grants.outbound).contains("https://a.example"), "the entry wins");
+        let bad = WorkerFile::parse("[[queues]]\nname = \"a\"\nallowed_outbound_hosts = [\"a.example\"]\n").unwrap();
+        let e = format!("{:#}", bad.plan(&r(), "bull", &Settings::default(), None).unwrap_err());
+        assert!(e.contains("queue `a`") && e.contains("not a valid pattern"), "{e}");
+        let missing = WorkerFile::parse(
+            "[[queues]]\nname = \"a\"\n[queues.variables]\nk = { env = \"BULLPEN_TEST_UNSET_VAR\" }\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", missing.plan(&r(), "bull", &Settings::default(), None).unwrap_err());
+        assert!(e.contains("BULLPEN_TEST_UNSET_VAR") && e.contains("`k`"), "{e}");
     }
 
     #[test]

@@ -4,18 +4,21 @@
 //! printed as it happens, then the outcome.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::config::Settings;
 use super::{ExitStatus, LimitArgs};
 use crate::attempt::exec::{self, Kept};
 use crate::attempt::verdict::{verdict, Ended};
 use crate::attempt::{LimitKind, Verdict};
 use crate::bindings::types as wit;
 use crate::error::InputError;
-use crate::host::{Backend, ChildQueues, LocalJob, Moved, Report};
+use crate::host::config::{parse_var, parse_var_env, VarSource};
+use crate::host::{Backend, ChildQueues, Grants, LocalJob, Moved, Report};
 use crate::now_ms;
 use crate::plugins::{new_linker, Plugin};
 use crate::sandbox::engine::{new_engine_with, EngineOptions};
@@ -32,6 +35,10 @@ Output: one line per event on stdout, in order:
   move-to-delayed <ts> (in <n> ms)  wait-for-children -> true   children-values -> {...}
   add-child queue=<q> name=<n> data={...} opts={...} -> <child id>
   <call> ... -> refused (<job-error>): <why>     (the guest got that error)
+  http POST https://host/path -> 200 (342 B, 12 ms)      (when the body is read or dropped)
+  http GET https://host/path -> denied (not in --allow-outbound)
+  http GET https://host/path -> error (<why>)    (no response: DNS, connect, TLS, timeout)
+  (the query string is never printed: it may carry a key)
 then the outcome:
   completed <return value>
   moved (delayed) | moved (waiting-children)
@@ -84,6 +91,8 @@ pub(crate) struct RunArgs {
     pub(crate) child_queues: Vec<String>,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    #[command(flatten)]
+    pub(crate) grants: GrantArgs,
     /// Run attempts as a worker would until the job completes or fails for
     /// good: again after a move, or after a failure while --opts `attempts`
     /// allow one more (without waiting for delays).
@@ -92,6 +101,42 @@ pub(crate) struct RunArgs {
     /// One JSON object per event instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// What the guest may reach and read: the worker's grants, for one run.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct GrantArgs {
+    /// An origin the guest may call over HTTP(S) (repeatable), as for
+    /// `worker`: https://api.example.com, https://*.example.com,
+    /// http://127.0.0.1:8080. Default: none.
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub(crate) allow_outbound: Vec<String>,
+    /// A PEM file of CA certificates trusted for HTTPS besides the public roots (repeatable).
+    #[arg(long = "http-ca", value_name = "FILE")]
+    pub(crate) http_ca: Vec<PathBuf>,
+    /// Largest HTTP response body the guest may read, in MiB [default: 16].
+    #[arg(long)]
+    pub(crate) max_http_response_mb: Option<u64>,
+    /// A variable the guest reads with `variable("KEY")` (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub(crate) var: Vec<(String, VarSource)>,
+    /// A variable read from an environment variable (repeatable).
+    #[arg(long = "var-env", value_name = "KEY=ENVNAME", value_parser = parse_var_env)]
+    pub(crate) var_env: Vec<(String, VarSource)>,
+}
+
+impl GrantArgs {
+    fn grants(&self, queue: &str, report: Report) -> anyhow::Result<Grants> {
+        Settings {
+            allowed_outbound_hosts: Some(self.allow_outbound.clone()),
+            http_ca: Some(self.http_ca.clone()),
+            max_http_response_mb: self.max_http_response_mb,
+            var: Some(self.var.clone()),
+            var_env: Some(self.var_env.clone()),
+            ..Settings::default()
+        }
+        .grants(queue, Some(report))
+    }
 }
 
 /// Print an attempt's verdict as `bullpen run`'s last line for it.
@@ -140,6 +185,7 @@ struct Setup {
     job: wit::Job,
     /// `opts.attempts` (0 = one attempt, as in BullMQ).
     attempts: u32,
+    grants: Arc<Grants>,
 }
 
 pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -211,6 +257,7 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
     if data.len() > limits.max_payload_bytes {
         return Err(InputError::DataTooLarge { bytes: data.len(), limit: limits.max_payload_bytes }.into());
     }
+    let grants = Arc::new(a.grants.grants(&a.queue, report)?);
     let engine = new_engine_with(EngineOptions { fuel: limits.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
     let plugin = Plugin::from_file(&engine, &linker, &a.file)?;
@@ -232,8 +279,9 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
         limits.clone(),
         ChildQueues::from_flags(&a.queue, &a.child_queues),
         report,
+        grants.clone(),
     );
-    Ok((Setup { plugin, engine, attempts: opts.attempts.unwrap_or(0), limits, job }, local))
+    Ok((Setup { plugin, engine, attempts: opts.attempts.unwrap_or(0), limits, job, grants }, local))
 }
 
 /// One attempt through the worker's execution core and verdict; returns
@@ -286,7 +334,8 @@ impl BenchAttempt {
             progress: "0".into(),
             parent: None,
         };
-        Ok(BenchAttempt { setup: Setup { plugin, engine, attempts: 0, limits, job } })
+        let grants = Arc::new(Grants::none("bench"));
+        Ok(BenchAttempt { setup: Setup { plugin, engine, attempts: 0, limits, job, grants } })
     }
 
     /// Run one attempt in the instance `warm` holds, or a fresh one (kept
@@ -301,6 +350,7 @@ impl BenchAttempt {
                 s.limits.clone(),
                 ChildQueues::Any,
                 Report { json: false, quiet: true },
+                s.grants.clone(),
             );
             local.next_attempt(out.clone());
             Backend::Local(local)

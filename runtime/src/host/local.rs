@@ -3,10 +3,11 @@
 //! Redis, and printing every call (and the guest's output) as it happens.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::{check_child, check_json_arg, check_log_line, ChildQueues, Moved};
+use super::{check_child, check_json_arg, check_log_line, ChildQueues, Grants, Moved};
 use crate::bindings::types::JobError;
 use crate::sandbox::{truncate_utf8, CapturedOutput, Limits};
 
@@ -38,6 +39,8 @@ impl Report {
 
 /// One job in memory, for one attempt.
 pub(crate) struct LocalJob {
+    /// `bullpen run`'s `--allow-outbound`, `--var`, `--http-ca`.
+    pub(crate) grants: Arc<Grants>,
     limits: Limits,
     child_queues: ChildQueues,
     output: CapturedOutput,
@@ -62,8 +65,10 @@ impl LocalJob {
         limits: Limits,
         child_queues: ChildQueues,
         report: Report,
+        grants: Arc<Grants>,
     ) -> Self {
         LocalJob {
+            grants,
             limits,
             child_queues,
             // Each attempt brings its own (`next_attempt`).

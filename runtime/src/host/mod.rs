@@ -9,15 +9,21 @@
 //! This layer never imports the worker: what an attempt's outcome means for
 //! BullMQ is decided above it (`attempt`, `queue`).
 
+use std::sync::Arc;
+
 use bullmq::JobOptions;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfig;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::bullpen::processor::job_context;
 use crate::bindings::types::{self, JobError};
 use crate::sandbox::{wasi_ctx, CapturedOutput, Limits, MemoryLimiter};
 
 pub(crate) mod codes;
+pub(crate) mod config;
+pub(crate) mod http;
 pub(crate) mod local;
 pub(crate) mod redis_job;
 pub(crate) mod retry;
@@ -31,15 +37,35 @@ pub(crate) use redis_job::{JobContext, Shared};
 /// with the attempt's first flush of its log (see [`write_behind`]).
 pub(crate) const DIGEST_LOG_PREFIX: &str = "bullpen: plugin sha256:";
 
+/// What a binding grants its guests beyond the deny-by-default sandbox:
+/// the hosts they may call over HTTP, and the queue's variables.
+#[derive(Debug)]
+pub(crate) struct Grants {
+    pub(crate) outbound: http::Outbound,
+    pub(crate) variables: config::Variables,
+}
+
+impl Grants {
+    /// Nothing: no outbound HTTP, no variables.
+    pub(crate) fn none(queue: &str) -> Self {
+        Grants { outbound: http::Outbound::deny_all(queue), variables: config::Variables::default() }
+    }
+}
+
 /// Store data for one attempt: the job its host calls act on, its WASI
-/// context, its memory cap.
+/// context, its memory cap, its outbound HTTP hooks.
 pub(crate) struct HostState {
     /// Built the first time the guest calls a WASI function: a guest that
     /// never does (an echo in Rust) skips building it, ~0.7 µs of the
     /// worker's CPU per job.
     wasi: Option<WasiCtx>,
     out: CapturedOutput,
+    /// Shared by WASI and wasi:http: their streams and pollables are the
+    /// same resources.
     table: ResourceTable,
+    http_ctx: WasiHttpCtx,
+    /// The binding's grants, the attempt's deadline and in-flight permits.
+    pub(crate) http: http::Hooks,
     pub(crate) memory: MemoryLimiter,
     pub(crate) job: Backend,
 }
@@ -48,14 +74,28 @@ impl HostState {
     /// stdout/stderr go to `out`, which ends up in the job's log (or, for
     /// `bullpen run`, on stdout). WASI: see [`crate::sandbox::wasi_ctx`].
     pub(crate) fn new(job: impl Into<Backend>, limits: &Limits, out: &CapturedOutput) -> Self {
+        let job = job.into();
         HostState {
             wasi: None,
             out: out.clone(),
             table: ResourceTable::new(),
+            http_ctx: WasiHttpCtx::new(),
+            http: http::Hooks::new(job.grants().clone()),
             memory: MemoryLimiter::new(limits),
-            job: job.into(),
+            job,
         }
     }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
+    }
+}
+
+/// `wasi:config/store` answers from the binding's variables only.
+pub(crate) fn wasi_config(state: &mut HostState) -> WasiConfig<'_> {
+    WasiConfig::new(&state.http.grants.variables.values)
 }
 
 impl WasiView for HostState {
@@ -75,6 +115,16 @@ impl WasiView for HostState {
 pub(crate) enum Backend {
     Redis(JobContext),
     Local(LocalJob),
+}
+
+impl Backend {
+    /// The binding's grants (the worker's `Shared`, or `bullpen run`'s flags).
+    pub(crate) fn grants(&self) -> &Arc<Grants> {
+        match self {
+            Backend::Redis(j) => &j.shared.grants,
+            Backend::Local(l) => &l.grants,
+        }
+    }
 }
 
 impl From<JobContext> for Backend {

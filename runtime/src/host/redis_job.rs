@@ -22,7 +22,7 @@ use crate::conn::RedisTarget;
 use crate::sandbox::{CapturedOutput, Limits};
 use crate::span::in_attempt;
 
-use super::ChildQueues;
+use super::{ChildQueues, Grants};
 
 const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 
@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) lock_duration_ms: u64,
     /// Queues this binding's guests may add children to.
     pub(crate) child_queues: ChildQueues,
+    /// Outbound HTTP and variables granted to this binding's guests.
+    pub(crate) grants: Arc<Grants>,
     /// One `Queue` handle per child queue, created on first use.
     queues: Mutex<HashMap<String, Arc<Queue>>>,
 }
@@ -85,6 +87,7 @@ pub(crate) struct SharedConfig {
     pub(crate) limits: Limits,
     pub(crate) lock_duration_ms: u64,
     pub(crate) child_queues: ChildQueues,
+    pub(crate) grants: Arc<Grants>,
 }
 
 impl Shared {
@@ -101,6 +104,7 @@ impl Shared {
             limits: c.limits,
             lock_duration_ms: c.lock_duration_ms,
             child_queues: c.child_queues,
+            grants: c.grants,
             queues: Mutex::new(HashMap::new()),
         }
     }

@@ -11,9 +11,13 @@ use tracing::{debug, warn};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::{Processor, ProcessorPre};
+use crate::bindings::bullpen::processor::job_context;
+use crate::bindings::ProcessorPre;
 use crate::error::PluginError;
+use crate::host::http::DenyAll;
 use crate::host::HostState;
 
 /// One version of a processor: its digest and its ready-to-instantiate form.
@@ -38,11 +42,18 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// The linker every plugin is checked against: WASI p2 (deny-by-default
-/// context, see `sandbox`) plus bullpen's `job-context`.
+/// context, see `sandbox`), wasi:http's outgoing-handler (deny by default:
+/// the binding's allow-list, `host::http`), wasi:config/store (the
+/// binding's variables) and bullpen's `job-context`. Components that import
+/// neither wasi:http nor wasi:config link as before.
 pub(crate) fn new_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Processor::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, crate::host::wasi_config)?;
+    // Not `Processor::add_to_linker`: that would add the wasi imports of
+    // the world a second time, with host traits of bindgen's own.
+    job_context::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
@@ -204,10 +215,13 @@ fn write_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Res
     Ok(())
 }
 
-/// Store data for the probe: WASI only, nothing granted.
+/// Store data for the probe: WASI, wasi:http and wasi:config, nothing granted.
 struct ProbeState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    deny: DenyAll,
+    vars: WasiConfigVariables,
 }
 
 impl WasiView for ProbeState {
@@ -216,11 +230,22 @@ impl WasiView for ProbeState {
     }
 }
 
+impl WasiHttpView for ProbeState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.deny }
+    }
+}
+
+fn probe_config(s: &mut ProbeState) -> WasiConfig<'_> {
+    WasiConfig::new(&s.vars)
+}
+
 /// The functions of `job-context`; the probe defines each as a trap.
 const JOB_CONTEXT_FUNCS: [&str; 7] =
     ["update-data", "update-progress", "log", "move-to-delayed", "add-child", "wait-for-children", "children-values"];
 
-/// Instantiate once, with WASI (nothing granted) and every `job-context`
+/// Instantiate once, with WASI, wasi:http and wasi:config (nothing
+/// granted: every request refused, no variables) and every `job-context`
 /// function trapping, under a 1 s epoch deadline, so a component whose start
 /// code traps (or spins) is refused at load instead of failing every job.
 /// Start code may use WASI (Go's runtime reads the clock and randomness).
@@ -229,13 +254,22 @@ const JOB_CONTEXT_FUNCS: [&str; 7] =
 fn probe_instantiation(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
     let mut linker: Linker<ProbeState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, probe_config)?;
     linker.instance("bullpen:processor/types@0.1.0")?;
     let mut job_context = linker.instance("bullpen:processor/job-context@0.1.0")?;
     for name in JOB_CONTEXT_FUNCS {
         job_context
             .func_new(name, |_, _, _, _| Err(wasmtime::Error::msg("job-context called during the load-time probe")))?;
     }
-    let mut store = Store::new(engine, ProbeState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+    let state = ProbeState {
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+        http: WasiHttpCtx::new(),
+        deny: DenyAll,
+        vars: WasiConfigVariables::new(),
+    };
+    let mut store = Store::new(engine, state);
     store.set_epoch_deadline((1000 / crate::sandbox::engine::EPOCH_TICK.as_millis()) as u64);
     store.epoch_deadline_trap();
     // Engines built with fuel metering need fuel in every store (errors when off).

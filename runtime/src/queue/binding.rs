@@ -16,7 +16,7 @@ use super::shards::Shards;
 use super::trigger::Trigger;
 use crate::conn::RedisTarget;
 use crate::host::redis_job::SharedConfig;
-use crate::host::{ChildQueues, Shared};
+use crate::host::{ChildQueues, Grants, Shared};
 use crate::metrics;
 use crate::plugins::PluginSlot;
 use crate::sandbox::Limits;
@@ -73,11 +73,15 @@ pub(crate) struct BindingConfig {
     /// library (`bullpen_moveToFinished_<sha>`) kept on the server. Redis < 7
     /// or an ACL without FUNCTION/FCALL falls back to EVALSHA by itself.
     pub(crate) redis_functions: bool,
+    /// Outbound HTTP hosts and variables granted to the guests. Default:
+    /// none (deny by default, as the rest of the sandbox).
+    pub(crate) grants: Arc<Grants>,
 }
 
 impl BindingConfig {
     pub(crate) fn new(redis: RedisTarget, queue: impl Into<String>) -> Self {
         let queue = queue.into();
+        let grants = Arc::new(Grants::none(&queue));
         BindingConfig {
             redis,
             child_queues: ChildQueues::default_for(&queue),
@@ -92,6 +96,7 @@ impl BindingConfig {
             name: None,
             instance_reuse: 1,
             redis_functions: true,
+            grants,
         }
     }
 }
@@ -200,6 +205,7 @@ async fn start_part(
             limits: config.limits.clone(),
             lock_duration_ms: config.lock_duration_ms,
             child_queues: config.child_queues.clone(),
+            grants: config.grants.clone(),
         },
     ));
     let trigger = Arc::new(Trigger {
