@@ -39,6 +39,8 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process; boxing the worker's arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     /// Process jobs of a BullMQ queue with a Wasm component, until SIGINT/SIGTERM.
     Worker(WorkerArgs),
