@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -303,69 +301,32 @@ fn requests_outside_the_allow_list_never_leave_the_host() {
     assert!(r.stderr.contains("not a valid pattern"), "{}", r.stderr);
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it (openssl).
-fn make_ca(dir: &Path) -> Arc<rustls::ServerConfig> {
-    let sh = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    sh(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=bullpen test CA",
-    ]);
-    sh(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    sh(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
+/// A TLS server config with the harness's certificate for 127.0.0.1,
+/// signed by its test CA (`certs.path("ca.pem")`).
+fn server_tls(certs: &Certs) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(dir.join("srv.pem")).unwrap().map(|c| c.unwrap()).collect();
-    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.path("server.pem")).unwrap().map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_file(certs.path("server.key")).unwrap();
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(chain, key)
         .unwrap();
     Arc::new(cfg)
 }
 
 #[test]
 fn https_with_the_tests_ca_and_refused_without_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(Some(make_ca(dir.path())));
+    let certs = Certs::make();
+    let s = Server::start(Some(server_tls(&certs)));
     let origin = format!("https://{}", s.addr);
     let wasm = plugin("webhook", "rust");
     let data = json!({ "url": format!("{origin}/hook"), "payload": {"x": 1} }).to_string();
     let secret = format!("webhook_secret={SECRET}");
-    let ca = dir.path().join("ca.pem");
+    let ca = certs.path("ca.pem");
     let base = [wasm.to_str().unwrap(), "--data", &data, "--allow-outbound", &origin, "--var", &secret];
     let r = run(&[&base[..], &["--http-ca", ca.to_str().unwrap()]].concat());
     assert_eq!(last_line(&r), r#"completed {"status":200,"body":"ok"}"#, "{}", r.stdout);

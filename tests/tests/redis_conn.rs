@@ -98,22 +98,16 @@ fn tls_with_the_wrong_ca_is_refused_as_not_trusted() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A default password and an ACL user `app` with its own.
+const WITH_ACL_USER: [&str; 9] =
+    ["--requirepass", "default-Secret-1", "--user", "app", "on", ">app-Secret-2", "~*", "&*", "+@all"];
+
 /// An ACL user and password in the URL, a password from a file, and one
 /// from $REDIS_PASSWORD all authenticate; no log line of the worker (at
 /// debug level) or of a command shows a password.
 #[test]
 fn auth_from_the_url_a_file_or_the_environment_and_never_logged() {
-    let redis = Redis::start_with(&[
-        "--requirepass",
-        "default-Secret-1",
-        "--user",
-        "app",
-        "on",
-        ">app-Secret-2",
-        "~*",
-        "&*",
-        "+@all",
-    ]);
+    let redis = Redis::start_with(&WITH_ACL_USER);
     let secrets = ["default-Secret-1", "app-Secret-2"];
     let port = redis.port;
     let user_url = format!("redis://app:app-Secret-2@127.0.0.1:{port}");
@@ -263,17 +257,7 @@ fn run_one(row: &str, cmd: &str, a: &[String], bound: Duration, expect: Expect) 
 /// names WRONGPASS or NOAUTH and shows the URL with its password masked.
 #[test]
 fn auth_wrong_credentials_fail_fast_in_one_line() {
-    let redis = Redis::start_with(&[
-        "--requirepass",
-        "default-Secret-1",
-        "--user",
-        "app",
-        "on",
-        ">app-Secret-2",
-        "~*",
-        "&*",
-        "+@all",
-    ]);
+    let redis = Redis::start_with(&WITH_ACL_USER);
     let port = redis.port;
     let five = Duration::from_secs(5);
     let wrong = ["--redis".to_string(), format!("redis://app:not-the-Secret@127.0.0.1:{port}")];

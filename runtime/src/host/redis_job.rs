@@ -16,13 +16,11 @@ use tokio::sync::Mutex;
 
 use super::codes::{self, JOB_MISSING, NOT_IN_STATE};
 use super::write_behind::WriteBehind;
-use super::{Moved, DIGEST_LOG_PREFIX};
+use super::{ChildQueues, Grants, Moved, DIGEST_LOG_PREFIX};
 use crate::bindings::types::JobError;
 use crate::conn::RedisTarget;
 use crate::sandbox::{CapturedOutput, Limits};
 use crate::span::in_attempt;
-
-use super::{ChildQueues, Grants};
 
 const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 

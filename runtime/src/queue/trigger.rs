@@ -163,7 +163,7 @@ impl Trigger {
     async fn attempt(&self, plugin: Arc<Plugin>, job: bullmq::Job, cancel: CancellationToken) -> Finished {
         let will_retry = attempts_remain(&job);
         let wit_job = to_wit_job(&job, &self.queue);
-        if let Err(v) = self.check_input(&job, &wit_job) {
+        if let Err(v) = self.check_input(&wit_job) {
             return Finished::early(settle(v, will_retry));
         }
         if job.data().is_null() {
@@ -258,7 +258,7 @@ impl Trigger {
 
     /// A job that cannot be given to a guest fails before any instance is
     /// made: `Unrecoverable` when no attempt could do better.
-    fn check_input(&self, _job: &bullmq::Job, wit_job: &wit::Job) -> Result<(), Verdict> {
+    fn check_input(&self, wit_job: &wit::Job) -> Result<(), Verdict> {
         input::check_size(wit_job, &self.shared.limits).map_err(|e| Verdict::Unrecoverable(e.to_string()))
     }
 
