@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("span", 0),
     ("bindings", 0),
     ("now_ms", 0),
+    ("json", 0),
     ("sandbox", 1),
     ("host", 2),
     ("plugins", 3),

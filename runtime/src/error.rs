@@ -44,6 +44,10 @@ pub enum InputError {
     /// than a BullMQ producer); `start` is its first 40 bytes.
     #[error("job data is not valid JSON: {cause} (data starts with {start:?})")]
     BadData { cause: serde_json::Error, start: String },
+    /// The job's data is valid JSON nested deeper than bullpen reads
+    /// (`json::MAX_DEPTH`); a Node producer adds such data without complaint.
+    #[error("job data {}", crate::json::JsonProblem::TooDeep)]
+    TooDeep,
     /// The job hash has no `data` field at all.
     #[error("job data is missing: the job hash has no `data` field")]
     MissingData,

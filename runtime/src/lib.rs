@@ -27,6 +27,7 @@ pub mod cli;
 mod conn;
 pub mod error;
 mod host;
+mod json;
 mod metrics;
 mod ops;
 mod plugins;

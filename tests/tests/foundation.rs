@@ -153,6 +153,50 @@ fn job_data_not_json_fails_clearly_and_worker_goes_on() {
     assert_eq!(atm, "1");
 }
 
+/// JSON depth, one rule (README "Job data"): data nested 127 levels reaches
+/// every SDK's guest and comes back as the return value; 128 levels, which
+/// Node adds without complaint, fails that job for good with a reason
+/// saying so (not `null`), and `bullpen add` / `bullpen run` refuse it alike.
+#[test]
+fn json_deeper_than_the_rule_fails_clearly_everywhere() {
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!(1), |v, _| json!([v]))
+    }
+    const TOO_DEEP: &str = "nested more than 127 levels deep (bullpen's limit for JSON)";
+    let redis = Redis::start();
+    for lang in ["rust", "go", "js"] {
+        let q = format!("deep-{lang}");
+        let ids = node_add(
+            &redis,
+            &q,
+            json!([{"name": "deepest", "data": nested(127)}, {"name": "deeper", "data": nested(128)}]),
+        );
+        let _w = Worker::start(&redis, &q, &plugin("echo", lang), &[]);
+        // Read raw: the harness's own JSON parser has serde_json's limit too.
+        let mut c = redis.conn();
+        let field = |c: &mut redis::Connection, id: &str, f: &str| -> Option<String> {
+            redis::cmd("HGET").arg(format!("bull:{q}:{id}")).arg(f).query(c).unwrap()
+        };
+        wait_until(T, Duration::from_millis(50), "both jobs finished", || {
+            field(&mut c, &ids[1], "finishedOn").and(field(&mut c, &ids[0], "finishedOn"))
+        });
+        assert_eq!(field(&mut c, &ids[0], "returnvalue"), Some(nested(127).to_string()), "{lang}");
+        assert_eq!(field(&mut c, &ids[1], "failedReason"), Some(format!("job data is {TOO_DEEP}")), "{lang}");
+        assert_eq!(field(&mut c, &ids[1], "atm").as_deref(), Some("1"), "{lang}");
+        let failed: Vec<String> =
+            redis::cmd("ZRANGE").arg(format!("bull:{q}:failed")).arg(0).arg(-1).query(&mut c).unwrap();
+        assert_eq!(failed, vec![ids[1].clone()], "{lang}");
+    }
+    let deep = nested(128).to_string();
+    let out = bullpen(&["add", "--redis", &redis.url(), "--queue", "q", "n", &deep]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error: job data is {TOO_DEEP}")));
+    assert_eq!(node(&["counts", &redis.url(), "q"])["waiting"], 0);
+    let out = bullpen(&["run", plugin("echo", "rust").to_str().unwrap(), "--data", &deep]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error: --data is {TOO_DEEP}")));
+}
+
 /// Job data that is missing, or larger than the payload limit (16 MiB),
 /// fails that job with a reason saying so; nothing reaches the guest.
 #[test]

@@ -3,6 +3,7 @@
 
 use crate::bindings::types as wit;
 use crate::error::InputError;
+use crate::json::{self, JsonProblem};
 use crate::sandbox::{truncate_utf8, Limits};
 
 /// The guest's read-only view of the job. Total: never panics, whatever the hash held.
@@ -24,15 +25,17 @@ pub(crate) fn to_wit_job(job: &bullmq::Job, queue: &str) -> wit::Job {
     }
 }
 
-/// bullmq-official turns data that is not JSON into `null`. When a job's
-/// data is `null`, `raw` is its `data` field as stored: a job whose field is
-/// missing or not JSON fails with a reason instead of running on made-up input.
+/// bullmq-official turns data it cannot parse (not JSON, or deeper than
+/// serde_json reads) into `null`. When a job's data is `null`, `raw` is its
+/// `data` field as stored: a job whose field is missing, not JSON or too deep
+/// fails with a reason instead of running on made-up input.
 pub(crate) fn check_raw_data(raw: Option<&str>) -> Result<(), InputError> {
     match raw {
         None => Err(InputError::MissingData),
-        Some(raw) => serde_json::from_str::<serde::de::IgnoredAny>(raw)
-            .map(|_| ())
-            .map_err(|cause| InputError::BadData { cause, start: truncate_utf8(raw, 40).to_string() }),
+        Some(raw) => json::check(raw).map_err(|problem| match problem {
+            JsonProblem::TooDeep => InputError::TooDeep,
+            JsonProblem::Invalid(cause) => InputError::BadData { cause, start: truncate_utf8(raw, 40).to_string() },
+        }),
     }
 }
 
@@ -51,6 +54,11 @@ mod tests {
     #[test]
     fn raw_data_checks_name_the_cause() {
         assert!(check_raw_data(Some("null")).is_ok());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            check_raw_data(Some(&deep)).unwrap_err().to_string(),
+            "job data is nested more than 127 levels deep (bullpen's limit for JSON)"
+        );
         assert_eq!(
             check_raw_data(None).unwrap_err().to_string(),
             "job data is missing: the job hash has no `data` field"

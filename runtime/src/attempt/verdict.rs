@@ -181,9 +181,9 @@ fn completed(json: String, limits: &Limits) -> Verdict {
             limits.max_payload_bytes
         ));
     }
-    match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
-        Ok(_) => Verdict::Completed(json),
-        Err(e) => Verdict::Unrecoverable(format!("return value is not valid JSON: {e}")),
+    match crate::json::check(&json) {
+        Ok(()) => Verdict::Completed(json),
+        Err(problem) => Verdict::Unrecoverable(format!("return value {problem}")),
     }
 }
 
@@ -287,6 +287,16 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let too_deep = Verdict::Unrecoverable(
+            "return value is nested more than 127 levels deep (bullpen's limit for JSON)".into(),
+        );
+        let called = Ok(Ok(Outcome::Completed(deep)));
+        let big = Limits::default();
+        assert_eq!(
+            verdict(Ended { called, memory_hit: None, moved: None, lock_lost: false, output: &[], limits: &big }),
+            too_deep
+        );
         assert_eq!(
             of(Ok(Ok(Outcome::Completed("[1,2,3,4,5,6,7,8,9]".into())))),
             Verdict::Error("return value is 19 bytes; the limit is 16".into())

@@ -497,6 +497,16 @@ fn worker_plan(a: WorkerArgs) -> anyhow::Result<WorkerPlan> {
     })
 }
 
+/// A JSON argument by bullpen's rule (`json::check`), its error naming it.
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> anyhow::Result<T> {
+    serde_json::from_str(text).map_err(|e| match crate::json::JsonProblem::from(e) {
+        crate::json::JsonProblem::Invalid(e) => {
+            anyhow::Error::new(e).context(format!("{what} is not valid JSON: {text:?}"))
+        }
+        too_deep => anyhow::anyhow!("{what} {too_deep}"),
+    })
+}
+
 async fn add(a: AddArgs, redis: RedisTarget) -> anyhow::Result<()> {
     let opts: bullmq::JobOptions = match &a.opts {
         Some(o) => serde_json::from_str(o).with_context(|| format!("--opts is not valid BullMQ job options: {o:?}"))?,
@@ -506,8 +516,7 @@ async fn add(a: AddArgs, redis: RedisTarget) -> anyhow::Result<()> {
         return crate::ops::bulk::add_file(&redis, &a.q.prefix, &a.q.queue, file, &opts).await;
     }
     let (name, data) = (a.name.unwrap_or_default(), a.data.unwrap_or_default());
-    let data: serde_json::Value =
-        serde_json::from_str(&data).with_context(|| format!("job data is not valid JSON: {data:?}"))?;
+    let data: serde_json::Value = parse_json("job data", &data)?;
     let qopts =
         bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: a.q.prefix.clone(), ..Default::default() };
     let queue = bullmq::Queue::with_options(&a.q.queue, qopts)

@@ -237,8 +237,7 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
 
 /// Check the arguments and load the plugin, as a worker would.
 fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
-    let data: Value =
-        serde_json::from_str(&a.data).with_context(|| format!("--data is not valid JSON: {:?}", a.data))?;
+    let data: Value = super::parse_json("--data", &a.data)?;
     let opts: bullmq::JobOptions = serde_json::from_str(&a.opts)
         .with_context(|| format!("--opts is not valid BullMQ job options: {:?}", a.opts))?;
     let children_values: Vec<(String, String)> = match &a.children_values {

@@ -238,14 +238,13 @@ impl job_context::Host for HostState {
 }
 
 /// The check every JSON argument of a host call passes: at most `max`
-/// bytes, and valid JSON. Checked before anything touches Redis.
+/// bytes, and JSON by bullpen's rule (`json::check`). Checked before
+/// anything touches Redis.
 pub(crate) fn check_json_arg(what: &str, json: &str, max: usize) -> Result<(), JobError> {
     if json.len() > max {
         return Err(JobError::Invalid(format!("{what} is {} bytes; the limit is {max}", json.len())));
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(json)
-        .map(|_| ())
-        .map_err(|e| JobError::Invalid(format!("{what} is not valid JSON: {e}")))
+    crate::json::check(json).map_err(|problem| JobError::Invalid(format!("{what} {problem}")))
 }
 
 /// The check of a `log` line: at most `max_log_line_bytes`.

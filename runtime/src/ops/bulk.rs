@@ -14,6 +14,7 @@ use bullmq::{BulkJob, JobOptions};
 use serde::Deserialize;
 
 use crate::conn::RedisTarget;
+use crate::json::JsonProblem;
 
 /// Jobs per batch: large enough to keep the connection busy, small enough
 /// that progress moves and a failure loses little.
@@ -38,12 +39,16 @@ pub(crate) fn parse_ndjson(reader: impl BufRead, default_opts: &JobOptions) -> a
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "line {n} is not a job object {{\"name\", \"data\", \"opts\"}}: {}",
-                crate::sandbox::truncate_utf8(&line, 80)
-            )
-        })?;
+        let parsed: Line = match serde_json::from_str(&line).map_err(JsonProblem::from) {
+            Ok(parsed) => parsed,
+            Err(JsonProblem::TooDeep) => anyhow::bail!("line {n} {}", JsonProblem::TooDeep),
+            Err(JsonProblem::Invalid(e)) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "line {n} is not a job object {{\"name\", \"data\", \"opts\"}}: {}",
+                    crate::sandbox::truncate_utf8(&line, 80)
+                )))
+            }
+        };
         let opts = match parsed.opts {
             Some(o) => serde_json::from_value(o)
                 .with_context(|| format!("line {n}: `opts` are not valid BullMQ job options"))?,
