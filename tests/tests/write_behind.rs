@@ -282,7 +282,7 @@ fn a_flush_of_more_lines_than_a_batch_keeps_them_all_in_order() {
         ] {
             inv.key(k);
         }
-        inv.arg("tok").arg(keep_logs).arg("1").arg(lines.len()).arg(&lines).arg("100");
+        inv.arg("tok").arg("1").arg(keep_logs).arg("1").arg(lines.len()).arg(&lines).arg("100");
         let count: i64 = inv.invoke(&mut c).unwrap();
         assert_eq!(count, kept as i64, "{queue}: the script's log count");
         let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("{job}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
@@ -290,4 +290,73 @@ fn a_flush_of_more_lines_than_a_batch_keeps_them_all_in_order() {
         let progress: String = redis::cmd("HGET").arg(&job).arg("progress").query(&mut c).unwrap();
         assert_eq!(progress, "100", "{queue}: the progress after the lines");
     }
+}
+
+/// Redis stopped (SIGSTOP) for longer than the client's response timeout
+/// while a flush is on its way: the client sends the flush again, and when
+/// Redis wakes up it runs every copy. Each line and progress event must
+/// still be written once (the flush carries the attempt's write sequence
+/// number, applied at most once: `host/lua/check_lock.lua`).
+#[test]
+fn a_flush_retried_while_redis_is_stopped_is_written_once() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "stall", &plugin("hog", "rust"), &[]);
+    let events = NodeEvents::listen(&redis, "stall", 1, T);
+    let ids = node_add(&redis, "stall", json!([{"name": "slow", "data": {"mode": "slow"}}]));
+    let id = &ids[0];
+    let mut c = redis.conn();
+    wait_until(T, Duration::from_millis(5), "step 1 reached Redis", || {
+        let logs: Vec<String> =
+            redis::cmd("LRANGE").arg(format!("bull:stall:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+        logs.contains(&"hog: step 1".to_string()).then_some(())
+    });
+    // Step 2's line is queued ~400 ms after step 1's and flushed 100 ms
+    // later; stopped for 1.5 s, Redis misses that flush and its retries.
+    let pid = redis.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let v = wait_finished(&redis, "stall", &ids, T);
+    let j = &v["jobs"][0];
+    assert_eq!(j["state"], "completed", "{j:#}");
+    assert!(w.log().contains("retrying"), "the flush was not retried; the test proves nothing:\n{}", w.log());
+    let logs: Vec<&str> = j["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(logs[1..], ["hog: step 1", "hog: step 2", "hog: step 3"], "{logs:?}");
+    let progress: Vec<Value> =
+        events.finish().into_iter().filter(|e| e["event"] == "progress").map(|e| e["data"].clone()).collect();
+    assert_eq!(progress, [json!(10), json!(20), json!(30)], "each progress event once, in order");
+}
+
+/// The flush script applies each write sequence number of an attempt at
+/// most once: a second copy, or an older write arriving after a newer one,
+/// changes nothing; the next attempt (a new lock token) starts again at 1.
+#[test]
+fn a_write_sequence_number_is_applied_at_most_once() {
+    let redis = Redis::start();
+    let lua = |f: &str| std::fs::read_to_string(root().join("runtime/src/host/lua").join(f)).unwrap();
+    let script = redis::Script::new(&format!("{}\n{}", lua("check_lock.lua"), lua("flush.lua")));
+    let mut c = redis.conn();
+    let job = "bull:seq:1";
+    let _: () = redis::cmd("HSET").arg(job).arg("data").arg("{}").query(&mut c).unwrap();
+    let flush = |c: &mut redis::Connection, token: &str, seq: u64, line: &str| -> i64 {
+        let _: () = redis::cmd("SET").arg(format!("{job}:lock")).arg(token).query(c).unwrap();
+        let mut inv = script.prepare_invoke();
+        for k in
+            [job.into(), format!("{job}:lock"), format!("{job}:logs"), "bull:seq:events".into(), "bull:seq:meta".into()]
+        {
+            inv.key(k);
+        }
+        inv.arg(token).arg(seq).arg("").arg("1").arg(1).arg(line).arg(seq);
+        inv.invoke(c).unwrap()
+    };
+    assert_eq!(flush(&mut c, "a", 1, "a1"), 1);
+    assert_eq!(flush(&mut c, "a", 1, "a1"), 0, "a second copy is not applied");
+    assert_eq!(flush(&mut c, "a", 2, "a2"), 2);
+    assert_eq!(flush(&mut c, "a", 1, "a1"), 0, "an older write arriving late is not applied");
+    assert_eq!(flush(&mut c, "b", 1, "b1"), 3, "a new attempt's first write is");
+    let logs: Vec<String> = redis::cmd("LRANGE").arg(format!("{job}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+    assert_eq!(logs, ["a1", "a2", "b1"]);
+    let progress: Vec<Vec<(String, Vec<String>)>> =
+        redis::cmd("XRANGE").arg("bull:seq:events").arg("-").arg("+").query(&mut c).unwrap();
+    assert_eq!(progress.len(), 3, "one progress event per applied write");
 }

@@ -212,14 +212,23 @@ impl JobContext {
     }
 
     /// Run one of bullpen's lock-checked scripts with KEYS = [job, lock]
-    /// and ARGV = [token, args...].
-    async fn run_checked(&mut self, script: fn(&Scripts) -> &redis::Script, args: &[&str]) -> Result<i64, JobError> {
+    /// and ARGV = [token, write sequence number (0: writes nothing), args...].
+    async fn run_checked(
+        &mut self,
+        script: fn(&Scripts) -> &redis::Script,
+        kind: Checked,
+        args: &[&str],
+    ) -> Result<i64, JobError> {
         self.lock_held()?;
         let shared = self.shared.clone();
         let mut inv = script(&shared.scripts).prepare_invoke();
         let (job_key, lock_key) = self.pending.checked_keys();
         inv.key(job_key).key(lock_key);
         inv.arg(&self.token);
+        match kind {
+            Checked::Write => inv.arg(self.pending.next_seq()),
+            Checked::ReadOnly => inv.arg("0"),
+        };
         for a in args {
             inv.arg(*a);
         }
@@ -293,7 +302,7 @@ impl JobContext {
         if !self.pending.is_empty() {
             return self.flush(Vec::new()).await;
         }
-        self.run_checked(|s| &s.check_lock, &[]).await.map(|_| ())
+        self.run_checked(|s| &s.check_lock, Checked::ReadOnly, &[]).await.map(|_| ())
     }
 
     /// `log`/`update-progress` after a move or a lost lock get what a
@@ -320,7 +329,7 @@ impl JobContext {
 
     pub(crate) async fn update_data(&mut self, data: &str) -> Result<(), JobError> {
         self.flush_pending().await?;
-        self.run_checked(|s| &s.update_data, &[data]).await.map(|_| ())
+        self.run_checked(|s| &s.update_data, Checked::Write, &[data]).await.map(|_| ())
     }
 
     pub(crate) async fn update_progress(&mut self, progress: String) -> Result<(), JobError> {
@@ -396,6 +405,15 @@ impl JobContext {
         .await
         .map_err(unavailable)
     }
+}
+
+/// What a lock-checked script does, for its write sequence number.
+#[derive(Clone, Copy)]
+enum Checked {
+    /// Writes job state: numbered, applied at most once.
+    Write,
+    /// Only checks the lock.
+    ReadOnly,
 }
 
 /// Redis trouble as the guest sees it: the attempt may be retried.

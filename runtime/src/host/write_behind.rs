@@ -6,7 +6,9 @@
 //! Redis scripts besides its finish, and Redis CPU per script is what caps a
 //! worker's jobs/s (bench/README.md). With write-behind the same job costs
 //! one script plus the finish, and Redis receives exactly the writes BullMQ's
-//! `addLog` and `updateProgress` scripts make, in call order.
+//! `addLog` and `updateProgress` scripts make, in call order (plus the
+//! attempt's write sequence number, which makes a retried flush apply once:
+//! [`WriteBehind::next_seq`]).
 //!
 //! When pending writes reach Redis, whichever comes first:
 //! - before any other host call that writes or moves the job (`update-data`,
@@ -27,6 +29,7 @@
 //! the attempt's next host call gets `lock-lost`, and the worker leaves the
 //! job to its new owner, as it does for a write-through call.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +57,8 @@ pub(crate) struct WriteBehind {
     id: String,
     keep_logs: String,
     pending: Mutex<Pending>,
+    /// The last write sequence number handed out (see [`next_seq`](Self::next_seq)).
+    seq: AtomicU64,
     /// Wakes `attempt::exec::call` when the first write of a batch is queued, so it
     /// can arm the [`WRITE_BEHIND`] timer.
     pub(crate) queued: Notify,
@@ -88,6 +93,7 @@ impl WriteBehind {
             id: id.to_string(),
             keep_logs,
             pending: Mutex::new(Pending::default()),
+            seq: AtomicU64::new(0),
             queued: Notify::new(),
         }
     }
@@ -96,6 +102,15 @@ impl WriteBehind {
     /// lock-checked script of this attempt.
     pub(crate) fn checked_keys(&self) -> (&str, &str) {
         (&self.keys[0], &self.keys[1])
+    }
+
+    /// The next sequence number of this attempt's lock-checked writes
+    /// (flushes and `update-data`), ARGV[2] of each: the script applies a
+    /// number at most once (`lua/check_lock.lua`), so a write the client
+    /// sends again after a timeout cannot be applied twice, nor an old copy
+    /// arriving after a newer write undo it.
+    pub(crate) fn next_seq(&self) -> String {
+        (self.seq.fetch_add(1, Ordering::Relaxed) + 1).to_string()
     }
 
     /// Write `line` ahead of the attempt's first flush (the plugin digest).
@@ -143,7 +158,7 @@ impl WriteBehind {
     }
 
     /// Take everything pending, then `extra`, as `flush.lua`'s ARGV: token,
-    /// keepLogs, job id, the number of log lines, the lines (the digest line
+    /// write sequence number, keepLogs, job id, the number of log lines, the lines (the digest line
     /// first, with the attempt's first batch), the progress values.
     fn take(&self, extra: Vec<String>) -> Option<Vec<String>> {
         let mut p = self.pending.lock().unwrap();
@@ -151,8 +166,8 @@ impl WriteBehind {
             return None;
         }
         let n = usize::from(p.digest_line.is_some()) + p.logs.len() + extra.len();
-        let mut argv = Vec::with_capacity(4 + n + p.progress.len());
-        argv.extend([self.token.clone(), self.keep_logs.clone(), self.id.clone(), n.to_string()]);
+        let mut argv = Vec::with_capacity(5 + n + p.progress.len());
+        argv.extend([self.token.clone(), self.next_seq(), self.keep_logs.clone(), self.id.clone(), n.to_string()]);
         // The digest line goes with the attempt's first flush, even an
         // empty one, so every attempt records the version that ran it.
         argv.extend(p.digest_line.take());
