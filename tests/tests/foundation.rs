@@ -197,6 +197,57 @@ fn json_deeper_than_the_rule_fails_clearly_everywhere() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error: --data is {TOO_DEEP}")));
 }
 
+/// Job hashes corrupted by something other than BullMQ: BullMQ's scripts
+/// stop half-way on them (`atm` not an integer: moveToFinished fails after
+/// taking the job out of active; a job key that is a string: moveToActive
+/// fails after moving its id to active). Node's worker leaves such a job in
+/// no state at all; bullpen fails it with a reason a BullMQ client reads,
+/// and goes on with the next job.
+#[test]
+fn corrupt_job_hashes_end_failed_with_a_reason() {
+    let redis = Redis::start();
+    let ids = node_add(
+        &redis,
+        "corrupt",
+        json!([{"name": "atm", "data": {"a": 1}}, {"name": "string", "data": {"a": 2}}, {"name": "fine", "data": {"a": 3}}]),
+    );
+    let mut c = redis.conn();
+    let key = |id: &str| format!("bull:corrupt:{id}");
+    let _: () = redis::cmd("HSET").arg(key(&ids[0])).arg("atm").arg("99999999999999999999").query(&mut c).unwrap();
+    let _: () = redis::cmd("DEL").arg(key(&ids[1])).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET").arg(key(&ids[1])).arg("junk").query(&mut c).unwrap();
+    let w = Worker::start(&redis, "corrupt", &plugin("echo", "rust"), &[]);
+    let counts = wait_until(T, Duration::from_millis(50), "all three jobs finished", || {
+        let counts = node(&["counts", &redis.url(), "corrupt"]);
+        (counts["completed"].as_u64().unwrap() + counts["failed"].as_u64().unwrap() == 3).then_some(counts)
+    });
+    assert_eq!(
+        (counts["completed"].as_u64(), counts["failed"].as_u64(), counts["active"].as_u64()),
+        (Some(1), Some(2), Some(0))
+    );
+    let v = inspect(&redis, "corrupt", &[ids[0].clone(), ids[2].clone()]);
+    assert_eq!(v["jobs"][0]["state"], "failed", "{v:#}");
+    let reason = v["jobs"][0]["failedReason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the job could not be finished:") && reason.contains("hash value is not an integer"),
+        "{reason}"
+    );
+    assert_eq!(v["jobs"][1]["state"], "completed");
+    // Node's Job cannot read a job with no name or data: read it raw.
+    let reason: String = redis::cmd("HGET").arg(key(&ids[1])).arg("failedReason").query(&mut c).unwrap();
+    assert!(
+        reason.contains("WRONGTYPE")
+            && reason
+                .ends_with(&format!("(the job key held a string, not a hash; it is kept as {}:corrupt)", key(&ids[1]))),
+        "{reason}"
+    );
+    let kept: String = redis::cmd("GET").arg(format!("{}:corrupt", key(&ids[1]))).query(&mut c).unwrap();
+    assert_eq!(kept, "junk");
+    let failed: Vec<String> = redis::cmd("ZRANGE").arg("bull:corrupt:failed").arg(0).arg(-1).query(&mut c).unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(!w.log().contains("ERROR"), "{}", w.log());
+}
+
 /// Job data that is missing, or larger than the payload limit (16 MiB),
 /// fails that job with a reason saying so; nothing reaches the guest.
 #[test]

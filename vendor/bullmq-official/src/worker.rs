@@ -16,6 +16,59 @@ use crate::options::{FinishPrelude, JobOptions, WorkerOptions};
 use crate::redis_connection::{BlockingRedisConnection, RedisConnection};
 use crate::types::RemoveOnFinish;
 
+/// bullpen patch 11 ([`Worker::fail_unfinishable`]). KEYS: job, lock, active,
+/// stalled, failed, events, wait, paused, delayed, prioritized,
+/// waiting-children, completed. ARGV: job id, token, reason, now (ms).
+/// bullpen patch 11 ([`Worker::fail_unfetchable`]). KEYS: active, stalled,
+/// failed, events. ARGV: job key prefix, now (ms), reason.
+const FAIL_UNFETCHABLE: &str = r#"
+local rcall = redis.call
+local failed = 0
+for _, id in ipairs(rcall("LRANGE", KEYS[1], 0, 15)) do
+  local jobKey = ARGV[1] .. id
+  local t = rcall("TYPE", jobKey)["ok"]
+  if t ~= "hash" and t ~= "none" then
+    rcall("RENAME", jobKey, jobKey .. ":corrupt")
+    local reason = ARGV[3] .. " (the job key held a " .. t .. ", not a hash; it is kept as " .. jobKey .. ":corrupt)"
+    rcall("LREM", KEYS[1], 0, id)
+    rcall("DEL", jobKey .. ":lock")
+    rcall("SREM", KEYS[2], id)
+    rcall("HSET", jobKey, "failedReason", reason, "finishedOn", ARGV[2])
+    rcall("ZADD", KEYS[3], ARGV[2], id)
+    rcall("XADD", KEYS[4], "*", "event", "failed", "jobId", id, "failedReason", reason, "prev", "active")
+    failed = failed + 1
+  end
+end
+return failed
+"#;
+
+const FAIL_UNFINISHABLE: &str = r#"
+local rcall = redis.call
+local t = rcall("TYPE", KEYS[1])["ok"]
+if t == "none" then return 0 end
+local lock = rcall("GET", KEYS[2])
+if lock and lock ~= ARGV[2] then return 0 end
+local id = ARGV[1]
+for _, k in ipairs({KEYS[5], KEYS[9], KEYS[10], KEYS[11], KEYS[12]}) do
+  if rcall("ZSCORE", k, id) then return 0 end
+end
+for _, k in ipairs({KEYS[7], KEYS[8]}) do
+  if rcall("LPOS", k, id) then return 0 end
+end
+local reason = ARGV[3]
+if t ~= "hash" then
+  rcall("RENAME", KEYS[1], KEYS[1] .. ":corrupt")
+  reason = reason .. " (the job key held a " .. t .. ", not a hash; it is kept as " .. KEYS[1] .. ":corrupt)"
+end
+rcall("LREM", KEYS[3], 0, id)
+if lock then rcall("DEL", KEYS[2]) end
+rcall("SREM", KEYS[4], id)
+rcall("HSET", KEYS[1], "failedReason", reason, "finishedOn", ARGV[4])
+rcall("ZADD", KEYS[5], ARGV[4], id)
+rcall("XADD", KEYS[6], "*", "event", "failed", "jobId", id, "failedReason", reason, "prev", "active")
+return 1
+"#;
+
 /// Type alias for the processor function.
 ///
 /// The processor receives a reference to the job and a cancellation token,
@@ -1061,6 +1114,9 @@ impl Worker {
                     // succeeds. Log as well as emit the event, otherwise a
                     // worker with no `WorkerEvent` subscriber looks like it
                     // stopped for no reason.
+                    if Self::fail_unfetchable(&ctx, &e).await {
+                        continue;
+                    }
                     warn!(error = %e, "failed to fetch job, retrying");
                     let _ = ctx.event_tx.send(WorkerEvent::Error(e.to_string()));
                     tokio::time::sleep(Duration::from_millis(ctx.opts.run_retry_delay)).await;
@@ -1340,6 +1396,92 @@ impl Worker {
         next_job
     }
 
+    /// bullpen patch 11: a job BullMQ's `moveToFinished` cannot finish because
+    /// of what is stored for it (a counter field that is not an integer, a job
+    /// key that is not a hash) fails with `reason` instead of being left in no
+    /// state (the script stops half-way, after taking the job out of active).
+    /// Only for Redis's own answers: a connection that failed leaves the job
+    /// locked, for the stalled check. The script changes nothing when the job
+    /// is gone, is in a state, or another worker holds its lock. True when
+    /// the job was failed here.
+    async fn fail_unfinishable(ctx: &LoopContext, job_id: &str, token: &str, reason: &str, e: &Error) -> bool {
+        let server_said = match e {
+            Error::Redis(r) => {
+                r.code().is_some()
+                    && !(r.is_io_error() || r.is_timeout() || r.is_connection_dropped() || r.is_connection_refusal())
+            }
+            Error::JobNotFound(_) => true,
+            Error::Script { code, .. } => *code == -1,
+            _ => false,
+        };
+        if !server_said {
+            return false;
+        }
+        let k = &ctx.keys;
+        let job_key = k.job_key(job_id);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis().to_string();
+        let script = redis::Script::new(FAIL_UNFINISHABLE);
+        let mut inv = script.prepare_invoke();
+        inv.key(&job_key).key(format!("{job_key}:lock"));
+        for key in [
+            k.active(),
+            k.stalled(),
+            k.failed(),
+            k.events(),
+            k.wait(),
+            k.paused(),
+            k.delayed(),
+            k.prioritized(),
+            k.waiting_children(),
+            k.completed(),
+        ] {
+            inv.key(key);
+        }
+        inv.arg(job_id).arg(token).arg(reason).arg(now);
+        let mut conn = ctx.conn.connection();
+        match inv.invoke_async::<i64>(&mut conn).await {
+            Ok(1) => {
+                warn!(job_id = %job_id, reason = %reason, "BullMQ's script could not finish this job (its stored hash is not what BullMQ writes); failed it with the reason");
+                true
+            }
+            Ok(_) => false,
+            Err(fallback) => {
+                warn!(job_id = %job_id, error = %fallback, "could not fail an unfinishable job");
+                false
+            }
+        }
+    }
+
+    /// bullpen patch 11: `moveToActive` stops half-way on a job key that is
+    /// not a hash (WRONGTYPE), after moving the job's id to active. Such jobs
+    /// among the newest in active fail with a reason (the key kept as
+    /// `<key>:corrupt`) instead of staying active with no lock; true when
+    /// one did, and the fetch goes on at once.
+    async fn fail_unfetchable(ctx: &LoopContext, e: &Error) -> bool {
+        let Error::Redis(r) = e else { return false };
+        if r.code() != Some("WRONGTYPE") {
+            return false;
+        }
+        let k = &ctx.keys;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis().to_string();
+        let script = redis::Script::new(FAIL_UNFETCHABLE);
+        let mut inv = script.prepare_invoke();
+        inv.key(k.active()).key(k.stalled()).key(k.failed()).key(k.events());
+        inv.arg(k.job_key("")).arg(now).arg(format!("BullMQ's moveToActive could not read the job: {e}"));
+        let mut conn = ctx.conn.connection();
+        match inv.invoke_async::<i64>(&mut conn).await {
+            Ok(n) if n > 0 => {
+                warn!(jobs = n, error = %e, "jobs whose key is not a hash could not be fetched; failed them with the reason");
+                true
+            }
+            Ok(_) => false,
+            Err(fallback) => {
+                warn!(error = %fallback, "could not fail unfetchable jobs");
+                false
+            }
+        }
+    }
+
     /// Whether the finishing script should also fetch the next job in the same
     /// round-trip. Mirrors the Node.js `fetchNextCallback`.
     fn should_fetch_next(ctx: &LoopContext) -> bool {
@@ -1414,6 +1556,10 @@ impl Worker {
                     .await;
                 }
 
+                let reason = format!("the job could not be finished: {e}");
+                if Self::fail_unfinishable(ctx, job_id, token, &reason, &e).await {
+                    return None;
+                }
                 error!(job_id = %job_id, error = %e, "failed to move job to completed");
                 let _ = ctx.event_tx.send(WorkerEvent::Error(e.to_string()));
                 None
@@ -1847,6 +1993,10 @@ impl Worker {
         {
             Ok(next) => next,
             Err(move_err) => {
+                let reason = format!("{error}; then moving it to failed failed: {move_err}");
+                if Self::fail_unfinishable(ctx, job_id, token, &reason, &move_err).await {
+                    return None;
+                }
                 error!(job_id = %job_id, error = %move_err, "failed to move job to failed");
                 let _ = ctx.event_tx.send(WorkerEvent::Error(move_err.to_string()));
                 None
