@@ -360,3 +360,28 @@ fn a_write_sequence_number_is_applied_at_most_once() {
         redis::cmd("XRANGE").arg("bull:seq:events").arg("-").arg("+").query(&mut c).unwrap();
     assert_eq!(progress.len(), 3, "one progress event per applied write");
 }
+
+/// The lock is lost after the guest's last host call (step 3's line is in
+/// Redis; the guest then sleeps and returns): the finish is refused with
+/// BullMQ's lock error. That is an expected race after a stall, so the
+/// worker says so at info, in words, with no ERROR line; the stalled check
+/// hands the job back and it completes once.
+#[test]
+fn a_finish_refused_for_a_lost_lock_is_not_an_error() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "wf", &plugin("hog", "rust"), &["--stalled-interval-ms", "1000"]);
+    let ids = node_add(&redis, "wf", json!([{"name": "slow", "data": {"mode": "slow"}}]));
+    let id = &ids[0];
+    let mut c = redis.conn();
+    wait_until(T, Duration::from_millis(5), "step 3 reached Redis", || {
+        let logs: Vec<String> =
+            redis::cmd("LRANGE").arg(format!("bull:wf:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
+        logs.iter().any(|l| l == "hog: step 3").then_some(())
+    });
+    let _: () = redis::cmd("DEL").arg(format!("bull:wf:{id}:lock")).query(&mut c).unwrap();
+    w.wait_log("this worker lost the job's lock", T);
+    let v = wait_finished(&redis, "wf", &ids, T);
+    assert_eq!(v["jobs"][0]["state"], "completed", "{v:#}");
+    assert_eq!(v["jobs"][0]["attemptsMade"], 1);
+    assert!(!w.log().contains("ERROR"), "{}", w.log());
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, mpsc, Mutex, Notify, RwLock};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::error::Error;
@@ -19,6 +19,16 @@ use crate::types::RemoveOnFinish;
 /// bullpen patch 11 ([`Worker::fail_unfinishable`]). KEYS: job, lock, active,
 /// stalled, failed, events, wait, paused, delayed, prioritized,
 /// waiting-children, completed. ARGV: job id, token, reason, now (ms).
+/// bullpen patch 12: a finish or retry refused because this worker no longer
+/// holds the job's lock is an expected race after a stall (the lock
+/// expired and the stalled check gave the job to another worker), not an
+/// error a person must look at: said at info, in these words.
+const LOCK_LOST: &str = "this worker lost the job's lock (it expired and the stalled check gave the job to another worker); leaving the job to it, nothing written";
+
+fn lock_lost(e: &Error) -> bool {
+    matches!(e, Error::JobLockNotExist(_) | Error::Script { code: -2 | -6, .. })
+}
+
 /// bullpen patch 11 ([`Worker::fail_unfetchable`]). KEYS: active, stalled,
 /// failed, events. ARGV: job key prefix, now (ms), reason.
 const FAIL_UNFETCHABLE: &str = r#"
@@ -1560,6 +1570,10 @@ impl Worker {
                 if Self::fail_unfinishable(ctx, job_id, token, &reason, &e).await {
                     return None;
                 }
+                if lock_lost(&e) {
+                    info!(job_id = %job_id, "{LOCK_LOST}");
+                    return None;
+                }
                 error!(job_id = %job_id, error = %e, "failed to move job to completed");
                 let _ = ctx.event_tx.send(WorkerEvent::Error(e.to_string()));
                 None
@@ -1944,9 +1958,13 @@ impl Worker {
                 .await
         };
 
-        if let Err(retry_err) = retry_result {
-            error!(job_id = %job_id, error = %retry_err, "failed to retry job");
-            let _ = ctx.event_tx.send(WorkerEvent::Error(retry_err.to_string()));
+        match retry_result {
+            Err(e) if lock_lost(&e) => info!(job_id = %job_id, "{LOCK_LOST}"),
+            Err(retry_err) => {
+                error!(job_id = %job_id, error = %retry_err, "failed to retry job");
+                let _ = ctx.event_tx.send(WorkerEvent::Error(retry_err.to_string()));
+            }
+            Ok(()) => {}
         }
 
         // Emit Failed event for each attempt (matches Node.js behavior)
@@ -1992,6 +2010,10 @@ impl Worker {
         .await
         {
             Ok(next) => next,
+            Err(move_err) if lock_lost(&move_err) => {
+                info!(job_id = %job_id, "{LOCK_LOST}");
+                None
+            }
             Err(move_err) => {
                 let reason = format!("{error}; then moving it to failed failed: {move_err}");
                 if Self::fail_unfinishable(ctx, job_id, token, &reason, &move_err).await {
