@@ -155,13 +155,45 @@ export interface ProcessorWithBackoffExports extends ProcessorExports {
  *   export const { process, backoff } = exportProcessor(handle, { backoff: strategy });
  *
  * `process` fails the attempt by throwing: a `BullpenError` as it says, a
- * `HostError` retryably with its message. Anything else thrown is a bug, as a
+ * `HostError` or an `HttpError` (a failed `fetch`) retryably with its message.
+ * Anything else thrown is a bug, as a
  * Rust panic is: the attempt traps (retries apply), and the message and
  * stack go to the job log and the failedReason.
  */
 export function exportProcessor(process: ProcessFn): ProcessorExports;
 export function exportProcessor(process: ProcessFn, options: { backoff: BackoffFn }): ProcessorWithBackoffExports;
 export function exportProcessor(process: ProcessFn, options?: { backoff?: BackoffFn }): ProcessorExports;
+
+/**
+ * The queue's variable `name` (`--var`, `--var-env`, `[queues.variables]` in
+ * bullpen.toml): configuration and secrets; a guest reads only its own
+ * queue's. Missing, it throws an unrecoverable `BullpenError` naming the
+ * variable and how to set it; a store that cannot be read, a retryable one.
+ */
+export function variable(name: string): string;
+
+/**
+ * Why a `fetch` got no response: it rejects with one. The global `fetch` is
+ * the SDK's, over wasi:http: the host sends only to origins the queue grants
+ * (`--allow-outbound`), follows no redirects (a 3xx is returned), and bounds
+ * every wait by the attempt's `--timeout-ms`; `fetch` resolves once the whole
+ * body is read (capped by `--max-http-response-mb`). A `TypeError`, as fetch's
+ * network errors are; escaping `process`, it fails the attempt retryably
+ * with its message (the Rust SDK's `HttpError` texts).
+ */
+export class HttpError extends TypeError {
+  private constructor(message: string, origin?: string, denied?: boolean, code?: string);
+  readonly name: 'HttpError';
+  /** The request's `scheme://host[:port]` (never its path or query). */
+  readonly origin: string;
+  /**
+   * True when the host refused it before it left: not in the queue's
+   * `--allow-outbound`, or the SSRF rule (a name resolving to a private address).
+   */
+  readonly denied: boolean;
+  /** The wasi:http `error-code` tag (e.g. 'HTTP-request-denied', 'connection-refused'), when there was one. */
+  readonly code: string | undefined;
+}
 
 /**
  * For processors that must read and write JSON exactly as a Rust processor

@@ -22,6 +22,9 @@
 // lost lock the host writes nothing at all).
 
 import * as host from 'bullpen:processor/job-context@0.1.0';
+import { handle as sendRequest } from 'wasi:http/outgoing-handler@0.2.12';
+import { Fields, OutgoingRequest, OutgoingBody, httpErrorCode } from 'wasi:http/types@0.2.12';
+import { get as getVariable } from 'wasi:config/store@0.2.0-rc.1';
 
 const HOST_ERROR_KINDS = ['lock-lost', 'wrong-state', 'invalid', 'unavailable'];
 
@@ -312,20 +315,280 @@ export function exportProcessor(process, options = {}) {
   return exports;
 }
 
+/**
+ * The queue's variable `name` (`--var`, `--var-env`, `[queues.variables]` in
+ * bullpen.toml): configuration and secrets. A guest reads only its own
+ * queue's. Missing, it throws an unrecoverable `BullpenError` naming the
+ * variable and how to set it (a retry would not make it appear); a store
+ * that cannot be read throws a retryable one. The Rust SDK's `variable`.
+ */
+export function variable(name) {
+  const key = String(name);
+  let value;
+  try {
+    value = getVariable(key);
+  } catch (e) {
+    const p = e && typeof e === 'object' ? e.payload : undefined;
+    const why = p && typeof p.val === 'string' ? p.val : errorText(e);
+    throw BullpenError.retry(`variable \`${key}\` could not be read: ${why}`);
+  }
+  if (value === undefined || value === null) {
+    throw BullpenError.unrecoverable(
+      `variable \`${key}\` is not set for this queue (set it with --var ${key}=... / --var-env ${key}=ENVNAME, ` +
+        'or in [queues.variables] of bullpen.toml)',
+    );
+  }
+  return value;
+}
+
+/**
+ * Why a `fetch` got no response: it rejects with one. A `TypeError`, as
+ * fetch's network errors are; escaping `process`, it fails the attempt
+ * retryably with its message (network trouble may pass), as the Rust SDK's
+ * `HttpError` does with `?`.
+ */
+export class HttpError extends TypeError {
+  constructor(message, origin = '', denied = false, code = undefined) {
+    super(message);
+    this.name = 'HttpError';
+    /** The request's `scheme://host[:port]` (never its path or query). */
+    this.origin = origin;
+    /**
+     * True when the host refused it before it left: not in the queue's
+     * `--allow-outbound`, or the SSRF rule (a name resolving to a private address).
+     */
+    this.denied = denied;
+    /** The wasi:http `error-code` tag (e.g. 'connection-refused'), when there was one. */
+    this.code = code;
+  }
+}
+
 // --- internals -------------------------------------------------------------
 
-// StarlingMonkey defines a global `fetch`, but bullpen-build compiles
-// wasi:http out (guests get no network), and calling that `fetch` traps the
-// instance with a bare `unreachable instruction executed`. Importing the SDK
-// replaces it (bullpen-build evaluates the SDK before the processor and its
-// other imports, so a library that keeps a reference to `fetch` gets this
-// one): it rejects, as fetch does on a network error, with an unrecoverable
-// BullpenError (no retry can bring a network): awaited in `process`, it fails
-// the job with that reason; a guest may also catch it.
-const NO_FETCH = 'fetch is not available in the bullpen sandbox: guests have no network access';
-globalThis.fetch = function fetch() {
-  return Promise.reject(BullpenError.unrecoverable(NO_FETCH));
+// The global `fetch`, over wasi:http/outgoing-handler (the host sends only
+// to origins the queue grants). Not StarlingMonkey's own: componentize-js
+// 0.23's fetch turns every wasi:http error code into a bare "NetworkError
+// when attempting to fetch resource" (so a denial could not name the origin
+// and the flag), and traps the instance when a request with a body fails
+// (denied, connection refused). Measured, its http feature also costs every
+// attempt (bench/README.md). bullpen-build evaluates the SDK first, so a
+// library that keeps a reference to `fetch` gets this one.
+//
+// `new Request(input, init)` does the argument handling (URL, method, header
+// and body types) as the web platform does; the request is then sent with the
+// whole body, and `fetch` resolves once the whole response body is read (the
+// host caps it: --max-http-response-mb). Redirects are not followed (the
+// host never does): a 3xx is returned like any other response. While a
+// request waits, the guest blocks and the host runs other attempts; requests
+// started in the same tick (Promise.all) are in flight together.
+globalThis.fetch = async function fetch(input, init = undefined) {
+  const request = new Request(input, init);
+  if (request.signal && request.signal.aborted) throw request.signal.reason;
+  const url = new URL(request.url);
+  const scheme = url.protocol.slice(0, -1);
+  const origin = `${scheme}://${url.host}`;
+  if (scheme !== 'http' && scheme !== 'https') {
+    throw new HttpError(`invalid URL ${JSON.stringify(request.url)}: the scheme must be http or https`);
+  }
+  const method = request.method;
+  const body =
+    method === 'GET' || method === 'HEAD' || request.body === null ? null : new Uint8Array(await request.arrayBuffer());
+  const pending = send(origin, url, method, request.headers, body);
+  // Let requests started in the same tick be sent before this one blocks.
+  await null;
+  return receive(origin, request.url, pending);
 };
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
+const utf8 = new TextEncoder();
+const dispose = Symbol.dispose || Symbol.for('dispose');
+
+// Drop a wasi resource now, not at GC: wasi:http wants a child (a stream)
+// gone before its parent (a body) is finished.
+function drop(resource) {
+  if (resource && typeof resource[dispose] === 'function') resource[dispose]();
+}
+
+// Send the request and write its body; what `receive` needs.
+function send(origin, url, method, headers, body) {
+  const fields = new Fields();
+  let hasLength = false;
+  for (const [name, value] of headers) {
+    if (name === 'content-length') hasLength = true;
+    try {
+      fields.append(name, utf8.encode(value));
+    } catch (e) {
+      throw new HttpError(`header ${JSON.stringify(name)} refused: ${payloadText(e)}`, origin);
+    }
+  }
+  // The whole body is known: say its length (else it goes chunked, which
+  // some servers refuse).
+  if (!hasLength && (body !== null || method === 'POST' || method === 'PUT' || method === 'PATCH')) {
+    fields.append('content-length', utf8.encode(String(body === null ? 0 : body.length)));
+  }
+  const req = new OutgoingRequest(fields);
+  req.setMethod(METHODS.includes(method) ? { tag: method.toLowerCase() } : { tag: 'other', val: method });
+  req.setScheme({ tag: url.protocol === 'https:' ? 'HTTPS' : 'HTTP' });
+  req.setAuthority(url.host);
+  req.setPathWithQuery(`${url.pathname || '/'}${url.search}`);
+  const outBody = req.body();
+  let future;
+  try {
+    future = sendRequest(req, undefined);
+  } catch (e) {
+    if (!e || !e.payload) throw e;
+    throw describeCode(origin, e.payload);
+  }
+  // A body that cannot be sent is usually a request that failed (refused,
+  // denied): that error is the response's, so remember the write's and
+  // report the response's first.
+  let writeError;
+  if (body !== null && body.length > 0) {
+    const stream = outBody.write();
+    try {
+      for (let i = 0; i < body.length; i += 4096) {
+        stream.blockingWriteAndFlush(body.subarray(i, i + 4096));
+      }
+    } catch (e) {
+      writeError = streamError(origin, e, 'sending the body failed');
+    }
+    drop(stream);
+  }
+  if (!writeError) {
+    try {
+      OutgoingBody.finish(outBody, undefined);
+    } catch (e) {
+      writeError = describeCode(origin, e.payload);
+    }
+  }
+  return { future, writeError };
+}
+
+// Wait for the response and read its body: a Response, or an HttpError thrown.
+function receive(origin, requestUrl, { future, writeError }) {
+  let got = future.get();
+  if (got === undefined) {
+    const ready = future.subscribe();
+    ready.block();
+    drop(ready);
+    got = future.get();
+  }
+  drop(future);
+  if (got === undefined || got.tag === 'err') throw new HttpError(`request to ${origin} failed: the response was already taken`, origin);
+  if (got.val.tag === 'err') throw describeCode(origin, got.val.val);
+  if (writeError) throw writeError;
+  const response = got.val.val;
+  const status = response.status();
+  const headerFields = response.headers();
+  const headers = new Headers();
+  const text = new TextDecoder();
+  for (const [name, value] of headerFields.entries()) headers.append(name, text.decode(value));
+  drop(headerFields);
+  const incoming = response.consume();
+  const stream = incoming.stream();
+  const chunks = [];
+  let length = 0;
+  try {
+    for (;;) {
+      let chunk;
+      try {
+        chunk = stream.blockingRead(65536n);
+      } catch (e) {
+        if (e && e.payload && e.payload.tag === 'closed') break;
+        throw streamError(origin, e, `reading the response from ${origin} failed`);
+      }
+      chunks.push(chunk);
+      length += chunk.length;
+    }
+  } finally {
+    drop(stream);
+    drop(incoming);
+    drop(response);
+  }
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.length;
+  }
+  // A null-body status (204, 205, 304) cannot be constructed with a body.
+  const res = new Response([204, 205, 304].includes(status) ? null : bytes, { status, headers });
+  Object.defineProperty(res, 'url', { value: requestUrl, enumerable: true });
+  return res;
+}
+
+// A wasi:io stream error: its http error code when it has one, else its text.
+function streamError(origin, e, what) {
+  const p = e && typeof e === 'object' ? e.payload : undefined;
+  if (p && p.tag === 'closed') return new HttpError(`${what}: the connection closed`, origin);
+  if (p && p.tag === 'last-operation-failed') {
+    const code = httpErrorCode(p.val);
+    if (code !== undefined) return describeCode(origin, code);
+    // wasmtime-wasi-http 48 reports body errors as its own error type,
+    // which http-error-code does not recognise: the text is all there is.
+    const detail = p.val.toDebugString();
+    const hint = detail.includes('body size exceeds limit') ? ' (--max-http-response-mb)' : '';
+    return new HttpError(`${what}: ${detail}${hint}`, origin);
+  }
+  return new HttpError(`${what}: ${errorText(e)}`, origin);
+}
+
+// The text for a wasi:http error code: what happened, to which origin, and
+// for a refusal, the flag that grants it. The Rust SDK's texts (http.rs).
+function describeCode(origin, code) {
+  const tag = code && typeof code === 'object' ? code.tag : String(code);
+  const val = code && typeof code === 'object' ? code.val : undefined;
+  const fail = (what, denied = false) => new HttpError(what, origin, denied, tag);
+  switch (tag) {
+    case 'HTTP-request-denied':
+      return fail(
+        `request to ${origin} denied: not in this queue's allow-list ` +
+          `(grant it with --allow-outbound ${origin}, or allowed_outbound_hosts in bullpen.toml)`,
+        true,
+      );
+    case 'destination-IP-prohibited':
+      return fail(
+        `request to ${origin} refused: the host resolves to a loopback, link-local, private or ` +
+          'unspecified address; grant that IP itself with --allow-outbound to reach it',
+        true,
+      );
+    case 'connection-refused':
+      return fail(`request to ${origin} failed: connection refused`);
+    case 'connection-timeout':
+      return fail(`request to ${origin} failed: connect timed out`);
+    case 'connection-read-timeout':
+    case 'HTTP-response-timeout':
+      return fail(`request to ${origin} failed: timed out waiting for the response`);
+    case 'connection-limit-reached':
+      return fail(`request to ${origin} refused: too many requests in flight in this attempt (--max-http-in-flight)`);
+    case 'HTTP-response-body-size':
+      return fail(
+        `response from ${origin} is too large (${val === undefined ? 'over the limit' : String(val)} bytes read; --max-http-response-mb)`,
+      );
+    case 'TLS-certificate-error':
+    case 'TLS-protocol-error':
+    case 'TLS-alert-received':
+      return fail(`request to ${origin} failed: TLS error (${rustName(tag)}); a private CA needs --http-ca`);
+    case 'DNS-error':
+      return fail(`request to ${origin} failed: DNS error (${(val && val.rcode) || ''})`);
+    case 'internal-error':
+      if (typeof val === 'string') return fail(`request to ${origin} failed: ${val}`);
+  }
+  return fail(`request to ${origin} failed: ${rustName(tag)}`);
+}
+
+// 'TLS-certificate-error' -> 'TlsCertificateError', as Rust's Debug names it.
+function rustName(tag) {
+  return String(tag)
+    .split('-')
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1).toLowerCase())
+    .join('');
+}
+
+function payloadText(e) {
+  const p = e && typeof e === 'object' ? e.payload : undefined;
+  return p && p.tag ? p.tag : errorText(e);
+}
 
 // What `process` threw, as the WIT `failure` variant.
 function toFailure(e) {
@@ -342,6 +605,10 @@ function toFailure(e) {
   if (e instanceof HostError) {
     // As the Rust SDK: a host refusal fails the attempt retryably (and after
     // a lost lock the host ignores the failure and writes nothing).
+    return { tag: 'retry', val: e.message };
+  }
+  if (e instanceof HttpError) {
+    // As the Rust SDK's `?` on an HttpError: network trouble may pass.
     return { tag: 'retry', val: e.message };
   }
   panic('process', e);

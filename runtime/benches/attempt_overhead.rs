@@ -12,7 +12,8 @@
 //! over every timed iteration follow (criterion reports means and medians,
 //! the issue asks for tails too). Plugins come from `target/plugins/`
 //! (`bash scripts/build-plugins.sh`); a missing one is skipped, saying so.
-//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only. scripts/test.sh runs
+//! `BULLPEN_BENCH_QUICK=1` runs a few iterations only;
+//! `BULLPEN_BENCH_EXTRA=label=file.wasm,...` times more components (A/Bs). scripts/test.sh runs
 //! it with `cargo test --benches` (criterion's test mode: each variant once),
 //! so the benchmark cannot rot.
 
@@ -42,8 +43,14 @@ fn attempt_overhead(c: &mut Criterion) {
     if std::env::var_os("BULLPEN_BENCH_QUICK").is_some() {
         group.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_millis(300));
     }
-    for lang in ["rust", "go", "js"] {
-        let file = root.join(format!("target/plugins/echo-{lang}.wasm"));
+    // `BULLPEN_BENCH_EXTRA=label=file.wasm,...`: more components to time the
+    // same way (an A/B of two builds of one plugin, e.g. a guest SDK change).
+    let extra = std::env::var("BULLPEN_BENCH_EXTRA").unwrap_or_default();
+    let extra = extra.split(',').filter_map(|e| e.split_once('=')).map(|(l, f)| (l.to_string(), f.into()));
+    let plugins =
+        ["rust", "go", "js"].map(|lang| (lang.to_string(), root.join(format!("target/plugins/echo-{lang}.wasm"))));
+    for (lang, file) in plugins.into_iter().chain(extra) {
+        let file: std::path::PathBuf = file;
         if !file.exists() {
             eprintln!("attempt-overhead/{lang}: {} missing, skipped (scripts/build-plugins.sh)", file.display());
             continue;

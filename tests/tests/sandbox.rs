@@ -146,8 +146,8 @@ fn wasi_grants_no_files_network_or_environment(lang: &str) {
         }
         // JavaScript here has no file, socket, environment or argument API
         // at all; the plugin says so instead of trying. Its global `fetch`
-        // (StarlingMonkey's traps without wasi:http) is the SDK's, which
-        // rejects with a clear error: hog.js calls it and reports that.
+        // (the SDK's, over wasi:http) is refused by the allow-list, which
+        // grants nothing here: hog.js calls it and reports the error.
         "js" => {
             let no = "JavaScript in the bullpen sandbox (StarlingMonkey) has no";
             assert_eq!(r(0), json!({"file": {"Err": format!("{no} file system API: cannot read /etc/passwd")}}));
@@ -155,7 +155,8 @@ fn wasi_grants_no_files_network_or_environment(lang: &str) {
                 r(1),
                 json!({
                     "net": {"Err": format!("{no} socket API: cannot connect to 127.0.0.1:6379")},
-                    "fetch": {"Err": "fetch is not available in the bullpen sandbox: guests have no network access"},
+                    "fetch": {"Err": "request to http://127.0.0.1:6379 denied: not in this queue's allow-list \
+                        (grant it with --allow-outbound http://127.0.0.1:6379, or allowed_outbound_hosts in bullpen.toml)"},
                 })
             );
             assert_eq!(

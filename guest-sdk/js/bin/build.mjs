@@ -6,13 +6,15 @@
 // 1. esbuild bundles the entry with everything it imports (bullpen-guest,
 //    other npm packages, relative modules) into one ES module, because
 //    componentize-js takes a single source file. `bullpen-guest` always
-//    resolves to the SDK next to this script; the host interface
-//    `bullpen:processor/job-context@0.1.0` stays an import.
+//    resolves to the SDK next to this script; the host interfaces
+//    (`bullpen:processor/job-context@0.1.0`, `wasi:http/...`,
+//    `wasi:config/store`) stay imports.
 // 2. componentize-js (StarlingMonkey) makes the component for the world:
 //    `processor-with-backoff` when the entry exports `backoff`, else
-//    `processor`. The `http` and `fetch-event` features are disabled: the
-//    host links WASI p2 but not wasi:http (the SDK, evaluated first, replaces
-//    the global `fetch`, which would trap, by one that rejects saying so).
+//    `processor`. StarlingMonkey's `http` and `fetch-event` features stay
+//    disabled: the SDK, evaluated first, provides the global `fetch` over
+//    the world's wasi:http import itself (index.js says why; measured in
+//    bench/README.md, the feature would also cost every attempt).
 //    componentize-js is called directly (`jco componentize` cannot find the
 //    WIT here).
 import { build } from 'esbuild';
@@ -96,7 +98,7 @@ try {
   let result;
   try {
     result = await build({
-      // The SDK first, then the entry with its imports: the SDK replaces the
+      // The SDK first, then the entry with its imports: the SDK sets the
       // global `fetch` (index.js) before any other module can keep it.
       stdin: {
         contents: `import 'bullpen-guest';\nexport * from ${JSON.stringify(entry)};\n`,
@@ -108,7 +110,7 @@ try {
       mainFields: ['module', 'main'],
       target: 'es2022',
       alias: { 'bullpen-guest': join(sdkDir, 'index.js') },
-      external: ['bullpen:*'],
+      external: ['bullpen:*', 'wasi:*'],
       outfile: bundle,
       metafile: true,
       logLevel: 'silent',

@@ -15,7 +15,8 @@ const outfile = join(dir, 'sdk.mjs');
 await build({
   stdin: {
     contents: `export * from ${JSON.stringify(join(here, '..', 'index.js'))};
-      export * as host from ${JSON.stringify(join(here, 'host-mock.js'))};`,
+      export * as host from ${JSON.stringify(join(here, 'host-mock.js'))};
+      export { wasi } from ${JSON.stringify(join(here, 'wasi-mock.js'))};`,
     resolveDir: here,
   },
   bundle: true,
@@ -27,12 +28,13 @@ await build({
     name: 'mock-host',
     setup(b) {
       b.onResolve({ filter: /^bullpen:processor\/job-context@0\.1\.0$/ }, () => ({ path: join(here, 'host-mock.js') }));
+      b.onResolve({ filter: /^wasi:(config\/store@0\.2\.0-rc\.1|http\/(types|outgoing-handler)@0\.2\.12)$/ }, () => ({ path: join(here, 'wasi-mock.js') }));
     },
   }],
 });
 const sdk = await import(outfile);
 rmSync(dir, { recursive: true, force: true });
-const { exportProcessor, Outcome, BullpenError, HostError, Backoff, host } = sdk;
+const { exportProcessor, Outcome, BullpenError, HostError, HttpError, Backoff, variable, host, wasi } = sdk;
 
 const witJob = (over = {}) => ({
   id: '42', name: 'n', queue: 'q', data: '{"a":1}', opts: '{"attempts":3}',
@@ -41,6 +43,10 @@ const witJob = (over = {}) => ({
 const run = (f, job = witJob()) => exportProcessor(f).process(job);
 
 beforeEach(() => {
+  wasi.variables = {};
+  wasi.storeError = undefined;
+  wasi.reply = undefined;
+  wasi.sent.length = 0;
   host.calls.length = 0;
   for (const k of Object.keys(host.replies)) delete host.replies[k];
 });
@@ -167,13 +173,79 @@ test('any other exception is a panic: reported on stderr, then rethrown (the com
   assert.match(lines.at(-1), /panicked at process:\na string$/);
 });
 
-test('fetch rejects with an unrecoverable BullpenError: no network in the sandbox', async () => {
-  const text = 'fetch is not available in the bullpen sandbox: guests have no network access';
-  await assert.rejects(globalThis.fetch('http://127.0.0.1:6379/'), (e) => e instanceof BullpenError && e.kind === 'unrecoverable' && e.message === text);
-  assert.deepEqual(await run(async () => { await fetch('https://example.com/'); }), { tag: 'err', val: { tag: 'unrecoverable', val: text } });
+test('variable: the value; missing is unrecoverable, an unreadable store retries (the Rust SDK texts)', async () => {
+  wasi.variables = { api_key: 'k1', empty: '' };
+  assert.equal(variable('api_key'), 'k1');
+  assert.equal(variable('empty'), '');
+  const missing =
+    'variable `nope` is not set for this queue (set it with --var nope=... / --var-env nope=ENVNAME, or in [queues.variables] of bullpen.toml)';
+  assert.throws(() => variable('nope'), (e) => e instanceof BullpenError && e.kind === 'unrecoverable' && e.message === missing);
+  assert.deepEqual(await run(() => variable('nope')), { tag: 'err', val: { tag: 'unrecoverable', val: missing } });
+  wasi.storeError = { tag: 'io', val: 'disk on fire' };
+  assert.throws(() => variable('api_key'), (e) => e.kind === 'retry' && e.message === 'variable `api_key` could not be read: disk on fire');
+});
+
+test('fetch sends over wasi:http: method, scheme, authority, path, headers, body', async () => {
+  wasi.reply = { status: 201, headers: [['content-type', 'text/plain'], ['x-a', '1'], ['x-a', '2']], body: 'créé' };
+  const big = 'x'.repeat(10000);
+  const res = await fetch('https://api.example.com:8443/v1/things?a=1#frag', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-sig': 'sha256=ab' },
+    body: big,
+  });
+  assert.equal(wasi.sent.length, 1);
+  const req = wasi.sent[0];
+  assert.deepEqual([req.method, req.scheme, req.authority, req.path], [{ tag: 'post' }, { tag: 'HTTPS' }, 'api.example.com:8443', '/v1/things?a=1']);
+  const headers = Object.fromEntries(req.fields.list.map(([k, v]) => [k, new TextDecoder().decode(v)]));
+  assert.equal(headers['content-type'], 'application/json');
+  assert.equal(headers['x-sig'], 'sha256=ab');
+  assert.equal(headers['content-length'], '10000');
+  assert.equal(new TextDecoder().decode(Uint8Array.from(req.outBody.bytes)), big);
+  assert.equal(res.status, 201);
+  assert.equal(res.ok, true);
+  assert.equal(res.headers.get('x-a'), '1, 2');
+  assert.equal(res.url, 'https://api.example.com:8443/v1/things?a=1#frag');
+  assert.equal(await res.text(), 'créé');
+
+  wasi.reply = { status: 204, headers: [], body: '' };
+  const r204 = await fetch('http://h/', { method: 'DELETE' });
+  assert.deepEqual([r204.status, wasi.sent[1].method, wasi.sent[1].scheme, wasi.sent[1].path], [204, { tag: 'delete' }, { tag: 'HTTP' }, '/']);
+  wasi.reply = { status: 302, headers: [['location', '/next']], body: '' };
+  const r302 = await fetch('http://h/old');
+  assert.deepEqual([r302.status, r302.headers.get('location')], [302, '/next'], 'a redirect is returned, not followed');
+  assert.equal(wasi.sent.length, 3);
+  await fetch('http://h/', { method: 'PURGE' });
+  assert.deepEqual(wasi.sent[3].method, { tag: 'other', val: 'PURGE' });
+});
+
+test('fetch rejects with an HttpError naming a denied origin and the flag; escaping process, it retries', async () => {
+  const denied =
+    "request to http://127.0.0.1:6379 denied: not in this queue's allow-list (grant it with --allow-outbound http://127.0.0.1:6379, or allowed_outbound_hosts in bullpen.toml)";
+  for (const early of [false, true]) {
+    wasi.reply = { code: { tag: 'HTTP-request-denied' }, early };
+    await assert.rejects(fetch('http://127.0.0.1:6379/x?secret=1', { method: 'POST', body: 'b' }), (e) =>
+      e instanceof HttpError && e instanceof TypeError && e.denied && e.origin === 'http://127.0.0.1:6379' && e.code === 'HTTP-request-denied' && e.message === denied);
+  }
+  assert.deepEqual(await run(async () => { await fetch('http://127.0.0.1:6379/'); }), { tag: 'err', val: { tag: 'retry', val: denied } });
   let caught;
-  assert.deepEqual(await run(async () => { try { await fetch('https://example.com/'); } catch (e) { caught = e.message; } return 1; }), { tag: 'ok', val: { tag: 'completed', val: '1' } });
-  assert.equal(caught, text);
+  assert.deepEqual(await run(async () => { try { await fetch('http://127.0.0.1:6379/'); } catch (e) { caught = e.message; } return 1; }), { tag: 'ok', val: { tag: 'completed', val: '1' } });
+  assert.equal(caught, denied);
+
+  const texts = [
+    [{ tag: 'destination-IP-prohibited' }, 'request to https://a.example refused: the host resolves to a loopback, link-local, private or unspecified address; grant that IP itself with --allow-outbound to reach it'],
+    [{ tag: 'connection-refused' }, 'request to https://a.example failed: connection refused'],
+    [{ tag: 'HTTP-response-timeout' }, 'request to https://a.example failed: timed out waiting for the response'],
+    [{ tag: 'HTTP-response-body-size', val: 17n }, 'response from https://a.example is too large (17 bytes read; --max-http-response-mb)'],
+    [{ tag: 'TLS-certificate-error' }, 'request to https://a.example failed: TLS error (TlsCertificateError); a private CA needs --http-ca'],
+    [{ tag: 'DNS-error', val: { rcode: 'NXDOMAIN' } }, 'request to https://a.example failed: DNS error (NXDOMAIN)'],
+    [{ tag: 'internal-error', val: 'boom' }, 'request to https://a.example failed: boom'],
+    [{ tag: 'HTTP-protocol-error' }, 'request to https://a.example failed: HttpProtocolError'],
+  ];
+  for (const [code, text] of texts) {
+    wasi.reply = { code };
+    await assert.rejects(fetch('https://a.example/p'), (e) => e instanceof HttpError && e.message === text && e.denied === (code.tag === 'destination-IP-prohibited'));
+  }
+  await assert.rejects(fetch('ftp://a.example/'), TypeError);
 });
 
 test('backoff export', async () => {

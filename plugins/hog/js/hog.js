@@ -14,9 +14,10 @@
 //   the environment or the arguments (StarlingMonkey has none), so each
 //   completes with a value saying so, in the Rust plugin's shape of a failed
 //   Result: `{"file": {"Err": "..."}}`, `{"args": {"Err": "..."}, "env":
-//   {"Err": "..."}}`. `net` also calls the global `fetch` (bullpen-build
-//   compiles wasi:http out; the SDK's `fetch` rejects saying so) and reports
-//   its error too: `{"net": {"Err": "..."}, "fetch": {"Err": "<its message>"}}`
+//   {"Err": "..."}}`. `net` also calls the global `fetch` (the SDK's, over
+//   wasi:http: refused unless the queue grants the origin with
+//   --allow-outbound) and reports its error too:
+//   `{"net": {"Err": "..."}, "fetch": {"Err": "<its message>"}}`
 // - `biglog` / `bigprogress` / `bigdata`: a 100 KiB log line, a 100 KiB
 //   progress value, 17 MiB of data; completes with the host's answers
 // - `bigreturn`: returns 17 MiB (over the host's return-value limit)
