@@ -178,13 +178,34 @@ async fn start_queue(
     Ok(Running { binding, swapper })
 }
 
-/// SIGTERM or SIGINT, whichever comes first; the handlers are installed
-/// when this is called, not when the future is first polled.
+/// Set by a SIGTERM/SIGINT that came before tokio's handlers existed.
+static EARLY_SIGNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From here on, SIGTERM/SIGINT no longer kill `bullpen worker` by the
+/// default action (exit 143): the signal is recorded, and the worker stops
+/// cleanly once its runtime is up. Called first thing for `worker`; the
+/// other commands keep the default action.
+pub(crate) fn catch_early_signals() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the action only stores to an atomic (async-signal-safe).
+        let _ = unsafe {
+            signal_hook_registry::register(signal, || EARLY_SIGNAL.store(true, std::sync::atomic::Ordering::SeqCst))
+        };
+    }
+}
+
+/// SIGTERM or SIGINT, whichever comes first (or came before this was
+/// called); the handlers are installed when this is called, not when the
+/// future is first polled.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let early = EARLY_SIGNAL.load(std::sync::atomic::Ordering::SeqCst);
     Ok(async move {
+        if early {
+            return;
+        }
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

@@ -106,6 +106,44 @@ fn sigterm_on_an_idle_worker_exits_at_once() {
     assert!(took < Duration::from_millis(1500), "an idle worker took {took:?} to stop (the blocking wait is 5 s)");
 }
 
+/// SIGTERM at any moment of start-up (loading the plugin, connecting,
+/// opening the queue) exits 0, promptly, and leaves no job taken: each is
+/// still waiting or was completed, none left active for the stalled check.
+#[test]
+fn sigterm_during_start_up_exits_cleanly() {
+    let redis = Redis::start();
+    let jobs: Vec<Value> = (0..20).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+    let ids = node_add(&redis, "boot", json!(jobs));
+    // From 30 ms: earlier, a loaded machine may not have reached main() yet.
+    for delay_ms in [30, 60, 100, 200, 400] {
+        let mut args = vec!["worker".to_string()];
+        args.extend(redis.args());
+        args.extend(["--queue", "boot", "--plugin"].map(String::from));
+        args.push(plugin("echo", "js").to_str().unwrap().to_string());
+        let mut child = std::process::Command::new(bullpen_bin())
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let started = Instant::now();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "SIGTERM {delay_ms} ms into start-up: {status}\n{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM {delay_ms} ms into start-up took {:?}",
+            started.elapsed()
+        );
+        let v = inspect(&redis, "boot", &ids);
+        assert_eq!(v["counts"]["active"], 0, "SIGTERM {delay_ms} ms into start-up left a job active: {v:#}");
+    }
+}
+
 /// An attempt interrupted by shutdown writes what its guest queued
 /// (write-behind) and printed before its job is handed back. hog's `slow`
 /// mode logs step 1, prints a line, sets progress 10 and sleeps 400 ms;

@@ -405,7 +405,10 @@ pub(crate) struct StatsArgs {
 /// little work and get tokio's default runtime (one thread per core).
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Worker(a) => crate::process::run(worker_plan(a)?),
+        Command::Worker(a) => {
+            crate::process::catch_early_signals();
+            crate::process::run(worker_plan(a)?)
+        }
         command => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(one_shot(command)),
     }
 }
