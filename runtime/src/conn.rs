@@ -1,5 +1,6 @@
-//! Where Redis is and how to reach it: one server, or a Redis Cluster
-//! reached through seed nodes, with TLS, credentials and a connect timeout.
+//! Where Redis is and how to reach it: one server, a Redis Cluster reached
+//! through seed nodes, or the master of a Sentinel group, with TLS,
+//! credentials and a connect timeout.
 //! The one place that opens bullpen's own connections and builds
 //! bullmq-official's connection options, so every command and the worker
 //! treat every setup alike.
@@ -11,12 +12,21 @@
 //! pub/sub, which a Cluster broadcasts to every node, so subscribing on one
 //! seed node sees them all.
 //!
+//! With Sentinel, every connection (bullpen's and bullmq-official's, via
+//! the vendored `client_resolver` hook) asks the sentinels for the master
+//! before each connection attempt and checks its ROLE, so a reconnect after
+//! a failover reaches the new master; a READONLY reply (the master was
+//! demoted) makes the connection reconnect too.
+//!
 //! Before any command uses Redis, [`RedisTarget::check`] makes one
 //! connection and says in one line why Redis cannot be used (refused,
 //! unknown host, no answer, TLS, credentials, loading, replica): bullmq's
 //! own connections retry for tens of seconds before they give up.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use bullmq::options::RedisConnectionOptions;
 use bullmq::redis_connection::AnyConnection;
@@ -37,6 +47,59 @@ pub struct RedisTarget {
     tls: TlsFiles,
     /// Per connection attempt, and the preflight check's whole budget.
     pub connect_timeout: Duration,
+    /// Set: `urls[0]` is the master's template (scheme, credentials,
+    /// database; its host and port are replaced by the address the
+    /// sentinels give).
+    sentinel: Option<Sentinels>,
+}
+
+/// A Sentinel group, asked for the current master (`--sentinel`,
+/// `--sentinel-master`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sentinels {
+    /// `redis[s]://[user:password@]host:port` of each sentinel; the
+    /// credentials are the sentinel's own (often none), not the master's.
+    pub urls: Vec<String>,
+    /// The master's name in the sentinels' configuration (`sentinel monitor NAME ...`).
+    pub master: String,
+}
+
+impl Sentinels {
+    /// `HOST:PORT` or a `redis://` / `rediss://` URL per sentinel, checked.
+    pub fn new(addrs: &[String], master: &str, password: Option<&str>) -> anyhow::Result<Sentinels> {
+        if master.is_empty() {
+            anyhow::bail!(
+                "--sentinel needs --sentinel-master NAME (the name in the sentinels' `sentinel monitor NAME ...`)"
+            );
+        }
+        let mut urls = Vec::new();
+        for a in addrs {
+            let u = if a.contains("://") { a.clone() } else { format!("redis://{a}") };
+            let mut parsed = url::Url::parse(&u)
+                .map_err(|e| anyhow::anyhow!("--sentinel {}: not HOST:PORT or a URL ({e})", mask(&u)))?;
+            if !matches!(parsed.scheme(), "redis" | "rediss") || !parsed.has_host() {
+                anyhow::bail!("--sentinel {}: give HOST:PORT, redis://HOST:PORT or rediss://HOST:PORT", mask(&u));
+            }
+            if parsed.port().is_none() {
+                let _ = parsed.set_port(Some(26379));
+            }
+            if let (Some(p), None) = (password, parsed.password()) {
+                let _ = parsed.set_password(Some(p));
+            }
+            urls.push(parsed.to_string());
+        }
+        Ok(Sentinels { urls, master: master.to_string() })
+    }
+
+    fn list(&self) -> String {
+        self.urls.iter().map(|u| mask(u)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl std::fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinels").field("urls", &self.list()).field("master", &self.master).finish()
+    }
 }
 
 /// PEM bytes for TLS: the CA that signed the server's certificate (else the
@@ -75,7 +138,27 @@ impl RedisTarget {
     }
 
     fn new(urls: Vec<String>, cluster: bool) -> Self {
-        RedisTarget { urls, cluster, tls: TlsFiles::default(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
+        RedisTarget {
+            urls,
+            cluster,
+            tls: TlsFiles::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            sentinel: None,
+        }
+    }
+
+    /// Reach the master of this Sentinel group; the single URL becomes the
+    /// master's template (its scheme, user, password and database are used;
+    /// its host and port are not).
+    pub fn with_sentinels(mut self, s: Sentinels) -> anyhow::Result<Self> {
+        if self.cluster {
+            anyhow::bail!("--sentinel and --cluster do not go together: a Cluster fails over by itself");
+        }
+        if s.urls.is_empty() {
+            anyhow::bail!("--sentinel-master needs at least one --sentinel HOST:PORT");
+        }
+        self.sentinel = Some(s);
+        Ok(self)
     }
 
     /// What the command line gave, checked: several URLs only make sense
@@ -105,7 +188,8 @@ impl RedisTarget {
     /// `redis://` URLs become `rediss://`.
     pub fn with_tls(mut self, tls: TlsFiles) -> Self {
         if !tls.is_empty() {
-            for u in &mut self.urls {
+            let sentinels = self.sentinel.iter_mut().flat_map(|s| s.urls.iter_mut());
+            for u in self.urls.iter_mut().chain(sentinels) {
                 if let Some(rest) = u.strip_prefix("redis://") {
                     *u = format!("rediss://{rest}");
                 }
@@ -170,16 +254,51 @@ impl RedisTarget {
     }
 
     /// A connection that reconnects by itself: a `ConnectionManager` for a
-    /// single server, a cluster connection (routing by key, following
+    /// single server (with Sentinel: to the master found before each
+    /// connection attempt), a cluster connection (routing by key, following
     /// MOVED/ASK) for a Cluster.
     pub async fn connect(&self) -> redis::RedisResult<AnyConnection> {
         if self.cluster {
             Ok(AnyConnection::Cluster(self.cluster_client()?.get_async_connection().await?))
         } else {
-            let config = redis::aio::ConnectionManagerConfig::new().set_connection_timeout(Some(self.connect_timeout));
-            let client = self.client(&self.urls[0])?;
+            let mut config =
+                redis::aio::ConnectionManagerConfig::new().set_connection_timeout(Some(self.connect_timeout));
+            if let Some(r) = self.resolver() {
+                config = config.set_client_resolver(r);
+            }
+            let client = self.client(self.placeholder())?;
             Ok(AnyConnection::Single(redis::aio::ConnectionManager::new_with_config(client, config).await?))
         }
+    }
+
+    /// The URL a single-server client is built from. With Sentinel the
+    /// resolver says where to connect and this client is never connected;
+    /// it names the first sentinel, so that anything connecting without
+    /// the resolver fails loudly (a sentinel refuses BullMQ's commands)
+    /// instead of reaching some other Redis.
+    fn placeholder(&self) -> &str {
+        match &self.sentinel {
+            Some(s) => &s.urls[0],
+            None => &self.urls[0],
+        }
+    }
+
+    /// With Sentinel: what a `ConnectionManager` asks before each
+    /// connection attempt. Failures are I/O errors, so that the manager
+    /// keeps retrying through a failover.
+    fn resolver(&self) -> Option<redis::aio::ClientResolver> {
+        self.sentinel.as_ref()?;
+        let t = self.clone();
+        Some(Arc::new(move || {
+            let t = t.clone();
+            async move {
+                let as_io = |e: ConnectError| redis::RedisError::from(std::io::Error::other(e.to_string()));
+                let url = t.master_url().await.map_err(as_io)?;
+                t.check(&url, false).await.map_err(as_io)?;
+                t.client(&url)
+            }
+            .boxed()
+        }))
     }
 
     /// bullmq-official's connection options for the same target.
@@ -188,7 +307,10 @@ impl RedisTarget {
         if self.cluster {
             o = o.cluster_nodes(self.urls.clone()).tls(self.is_tls());
         } else {
-            o = o.url(self.urls[0].clone());
+            o = o.url(self.placeholder().to_string());
+            if let Some(r) = self.resolver() {
+                o = o.client_resolver(r);
+            }
         }
         if !self.tls.is_empty() {
             let (client_cert, client_key) = self.tls.client.clone().unzip();
@@ -200,6 +322,13 @@ impl RedisTarget {
     /// A pub/sub connection on the first reachable node. On a Cluster any
     /// node will do: classic PUBLISH reaches the subscribers of every node.
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        if let Some(resolve) = self.resolver() {
+            let c = resolve().await?;
+            return match tokio::time::timeout(self.connect_timeout, c.get_async_pubsub()).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+            };
+        }
         let mut last = None;
         for url in &self.urls {
             match self.client(url) {
@@ -254,12 +383,38 @@ pub enum ConnectError {
     /// `maxmemory` reached with the `noeviction` policy: writes are refused.
     #[error("cannot write to {target}: Redis is out of memory ({detail})")]
     OutOfMemory { target: String, detail: String },
+    /// No sentinel answered: each refused, timed out or is not a sentinel
+    /// (`cause`: the last one's line).
+    #[error("cannot reach any Sentinel of master `{master}` ({sentinels}): {cause}")]
+    NoSentinel { master: String, sentinels: String, cause: String },
+    /// The sentinels answered, and none monitors a master of that name.
+    #[error("no Sentinel knows a master named `{master}` (asked {sentinels}); check --sentinel-master")]
+    UnknownMaster { master: String, sentinels: String },
     /// Anything else the client or the server said.
     #[error("cannot use {target}: {detail}")]
     Other { target: String, detail: String },
 }
 
 impl ConnectError {
+    /// The same cause, said of `target`.
+    fn retarget(self, to: String) -> ConnectError {
+        use ConnectError::*;
+        match self {
+            Refused { .. } => Refused { target: to },
+            UnknownHost { host, .. } => UnknownHost { target: to, host },
+            Timeout { ms, .. } => Timeout { target: to, ms },
+            Untrusted { detail, .. } => Untrusted { target: to, detail },
+            Tls { detail, .. } => Tls { target: to, detail },
+            Closed { .. } => Closed { target: to },
+            Auth { detail, .. } => Auth { target: to, detail },
+            Loading { waited, .. } => Loading { target: to, waited },
+            ReadOnly { of, .. } => ReadOnly { target: to, of },
+            OutOfMemory { detail, .. } => OutOfMemory { target: to, detail },
+            Other { detail, .. } => Other { target: to, detail },
+            e @ (NoSentinel { .. } | UnknownMaster { .. }) => e,
+        }
+    }
+
     /// A failure that may pass by itself (a restart, a failover, a load):
     /// a worker waits it out; a wrong setting (credentials, TLS, a URL)
     /// will not change, so a worker stops on it at start.
@@ -273,6 +428,7 @@ impl ConnectError {
                 | ConnectError::Loading { .. }
                 | ConnectError::ReadOnly { .. }
                 | ConnectError::OutOfMemory { .. }
+                | ConnectError::NoSentinel { .. }
         )
     }
 }
@@ -283,10 +439,9 @@ impl RedisTarget {
     pub async fn ready(&self) -> Result<(), ConnectError> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        let url = self.urls.first().expect("a target has at least one URL");
         let still_loading = || {
             let waited = format!(" after {} ms", start.elapsed().as_millis());
-            Err(ConnectError::Loading { target: mask(url), waited })
+            Err(ConnectError::Loading { target: self.to_string(), waited })
         };
         let mut loading = false;
         loop {
@@ -309,7 +464,10 @@ impl RedisTarget {
                 Ok(r) => return r,
                 Err(_) if loading => return still_loading(),
                 Err(_) => {
-                    return Err(ConnectError::Timeout { target: mask(url), ms: self.connect_timeout.as_millis() })
+                    return Err(ConnectError::Timeout {
+                        target: self.to_string(),
+                        ms: self.connect_timeout.as_millis(),
+                    })
                 }
             }
         }
@@ -322,13 +480,17 @@ impl RedisTarget {
     pub async fn check_once(&self) -> Result<(), ConnectError> {
         match tokio::time::timeout(self.connect_timeout, self.check_all(true)).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout { target: mask(&self.urls[0]), ms: self.connect_timeout.as_millis() }),
+            Err(_) => Err(ConnectError::Timeout { target: self.to_string(), ms: self.connect_timeout.as_millis() }),
         }
     }
 
     /// [`Self::check`] on each URL: the first that works. A Cluster needs
     /// one reachable seed; its failure is the last seed's.
     async fn check_all(&self, writes: bool) -> Result<(), ConnectError> {
+        if self.sentinel.is_some() {
+            let url = self.master_url().await?;
+            return self.check(&url, writes).await;
+        }
         let mut last = None;
         for url in &self.urls {
             match self.check(url, writes).await {
@@ -337,6 +499,63 @@ impl RedisTarget {
             }
         }
         Err(last.expect("a target has at least one URL"))
+    }
+
+    /// The current master's URL, from the first sentinel that knows it
+    /// (each asked within its share of the connect timeout). The address is
+    /// not checked here: the caller's [`Self::check`] asks its ROLE.
+    async fn master_url(&self) -> Result<String, ConnectError> {
+        let s = self.sentinel.as_ref().expect("only with Sentinel");
+        let per = (self.connect_timeout / s.urls.len() as u32).max(Duration::from_millis(200));
+        let (mut answered, mut last, mut auth) = (0, None, None);
+        for url in &s.urls {
+            match tokio::time::timeout(per, self.ask_sentinel(url, &s.master, per)).await {
+                Ok(Ok(Some((host, port)))) => {
+                    let master = self.master_at(&host, port);
+                    note_master(&s.master, &mask(&master));
+                    return Ok(master);
+                }
+                Ok(Ok(None)) => answered += 1,
+                Ok(Err(e @ ConnectError::Auth { .. })) => auth = Some(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(ConnectError::Timeout { target: mask(url), ms: per.as_millis() }),
+            }
+        }
+        // A wrong setting first: it will not pass by itself.
+        if let Some(e) = auth {
+            return Err(e);
+        }
+        if answered > 0 {
+            return Err(ConnectError::UnknownMaster { master: s.master.clone(), sentinels: s.list() });
+        }
+        let cause = last.map(|e| e.to_string()).unwrap_or_default();
+        Err(ConnectError::NoSentinel { master: s.master.clone(), sentinels: s.list(), cause })
+    }
+
+    /// `SENTINEL get-master-addr-by-name` on one sentinel: `None` when it
+    /// does not know the name.
+    async fn ask_sentinel(
+        &self,
+        url: &str,
+        master: &str,
+        timeout: Duration,
+    ) -> Result<Option<(String, u16)>, ConnectError> {
+        let fail = |e: redis::RedisError| self.classify(url, &e);
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let client = self.client(url).map_err(fail)?;
+        let mut c = client.get_multiplexed_async_connection_with_config(&config).await.map_err(fail)?;
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query_async(&mut c).await.map_err(fail)
+    }
+
+    /// The master's template URL at `host:port`.
+    fn master_at(&self, host: &str, port: u16) -> String {
+        let mut u = url::Url::parse(&self.urls[0]).expect("checked in from_args");
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let _ = u.set_host(Some(&host));
+        let _ = u.set_port(Some(port));
+        u.to_string()
     }
 
     /// One connection to `url`: authenticate, PING, and (not on a
@@ -393,6 +612,8 @@ impl RedisTarget {
         let e = err.chain().find_map(|e| e.downcast_ref::<redis::RedisError>())?;
         match self.classify(url, e) {
             ConnectError::Other { .. } => None,
+            // With Sentinel the template URL names no server: name the group.
+            c if self.sentinel.is_some() => Some(c.retarget(self.to_string())),
             c => Some(c),
         }
     }
@@ -453,6 +674,19 @@ fn out_of_memory(info: &str) -> Option<String> {
         .then(|| format!("maxmemory {max} bytes reached under maxmemory-policy noeviction, so writes are refused"))
 }
 
+/// Log where a Sentinel group's master is, once per change (every
+/// connection resolves it; one line per failover is what an operator needs).
+fn note_master(name: &str, at: &str) {
+    static SEEN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    match seen.iter_mut().find(|(n, _)| n == name) {
+        Some((_, a)) if a == at => return,
+        Some((_, a)) => *a = at.to_string(),
+        None => seen.push((name.to_string(), at.to_string())),
+    }
+    tracing::info!("Sentinel: master `{name}` is at {at}");
+}
+
 /// `url` without its user and password, and those (percent-decoded).
 #[allow(clippy::type_complexity)]
 fn split_credentials(url: &str) -> (String, Option<(Option<String>, String)>) {
@@ -484,6 +718,7 @@ impl std::fmt::Debug for RedisTarget {
         f.debug_struct("RedisTarget")
             .field("urls", &self.urls.iter().map(|u| mask(u)).collect::<Vec<_>>())
             .field("cluster", &self.cluster)
+            .field("sentinel", &self.sentinel)
             .field("ca", &self.tls.ca.is_some())
             .field("client_cert", &self.tls.client.is_some())
             .field("connect_timeout", &self.connect_timeout)
@@ -506,7 +741,9 @@ impl From<String> for RedisTarget {
 impl std::fmt::Display for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let urls: Vec<String> = self.urls.iter().map(|u| mask(u)).collect();
-        if self.cluster {
+        if let Some(s) = &self.sentinel {
+            write!(f, "Sentinel master `{}` (sentinels {})", s.master, s.list())
+        } else if self.cluster {
             write!(f, "Redis Cluster (seeds {})", urls.join(", "))
         } else {
             f.write_str(&urls[0])
@@ -570,6 +807,28 @@ mod tests {
         assert!(out_of_memory(&info(900, "noeviction")).is_none());
         assert!(out_of_memory(&info(1200, "allkeys-lru")).is_none());
         assert!(out_of_memory("used_memory:5\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n").is_none());
+    }
+
+    #[test]
+    fn sentinels_are_addresses_or_urls_and_never_print_a_password() {
+        let s = Sentinels::new(&["10.0.0.1:26380".into(), "rediss://u:pw@s2".into()], "main", Some("sp")).unwrap();
+        assert_eq!(s.urls, ["redis://:sp@10.0.0.1:26380", "rediss://u:pw@s2:26379"]);
+        assert!(Sentinels::new(&["h:1".into()], "", None).unwrap_err().to_string().contains("--sentinel-master"));
+        assert!(Sentinels::new(&["http://h:1".into()], "m", None).is_err());
+        let t = RedisTarget::single("redis://app:secret@ignored:6379/2").with_sentinels(s.clone()).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "Sentinel master `main` (sentinels redis://:***@10.0.0.1:26380, rediss://u:***@s2:26379)"
+        );
+        assert!(!format!("{t:?}").contains("secret") && !format!("{t:?}").contains("sp@"));
+        assert_eq!(t.master_at("10.0.0.9", 7000), "redis://app:secret@10.0.0.9:7000/2");
+        assert_eq!(t.master_at("::1", 7000), "redis://app:secret@[::1]:7000/2");
+        assert_eq!(t.bullmq_options().url, "redis://:sp@10.0.0.1:26380", "never connected: the resolver says where");
+        assert!(t.bullmq_options().client_resolver.is_some());
+        let tls = TlsFiles { ca: Some(b"pem".to_vec()), client: None };
+        assert_eq!(t.with_tls(tls).sentinel.unwrap().urls[0], "rediss://:sp@10.0.0.1:26380");
+        let cluster = RedisTarget::cluster(["redis://a:1", "redis://b:1"]);
+        assert!(cluster.with_sentinels(s).unwrap_err().to_string().contains("--cluster"));
     }
 
     #[test]

@@ -708,3 +708,132 @@ pub fn wait_finished(redis: &Redis, queue: &str, ids: &[String], timeout: Durati
 pub fn bullpen(args: &[&str]) -> Output {
     Command::new(bullpen_bin()).args(args).env("NO_COLOR", "1").output().unwrap()
 }
+
+/// A Sentinel group for one test: a master, one replica of it, and
+/// `sentinels` `redis-server --sentinel` processes monitoring it as `name`
+/// with quorum 2 and short timers (1 s to call the master down, 3 s
+/// failover timeout); all killed on drop.
+pub struct SentinelGroup {
+    pub master: Redis,
+    pub replica: Redis,
+    pub name: String,
+    pub ports: Vec<u16>,
+    sentinels: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl SentinelGroup {
+    /// Started, and returned once the replica is in sync and every sentinel
+    /// sees it and the other sentinels. `extra`: redis-server arguments for
+    /// both servers.
+    pub fn start(name: &str, extra: &[&str]) -> SentinelGroup {
+        // The first sync at once (Redis waits 5 s by default for more replicas).
+        let extra: Vec<&str> = ["--repl-diskless-sync-delay", "0"].into_iter().chain(extra.iter().copied()).collect();
+        let master = Redis::start_with(&extra);
+        let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(String::from);
+        let args: Vec<&str> = extra.iter().copied().chain(replica_of.iter().map(String::as_str)).collect();
+        let replica = Redis::start_with(&args);
+        wait_until(Duration::from_secs(10), POLL, "the replica never synced", || {
+            replica.cli(&["INFO", "replication"]).contains("master_link_status:up").then_some(())
+        });
+        let mut g = SentinelGroup {
+            master,
+            replica,
+            name: name.to_string(),
+            ports: vec![],
+            sentinels: vec![],
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for _ in 0..3 {
+            g.spawn_sentinel();
+        }
+        wait_until_ok(Duration::from_secs(20), Duration::from_millis(100), "sentinels did not find each other", || {
+            let seen: Vec<String> = g.ports.iter().map(|&p| g.sentinel_cli(p, &["SENTINEL", "master", name])).collect();
+            let ready = seen.iter().all(|m| {
+                let field = |f: &str| m.lines().skip_while(|l| *l != f).nth(1).unwrap_or("").to_string();
+                field("num-slaves") == "1" && field("num-other-sentinels") == (g.ports.len() - 1).to_string()
+            });
+            if ready {
+                Ok(())
+            } else {
+                Err(seen.join("\n---\n"))
+            }
+        });
+        g
+    }
+
+    fn spawn_sentinel(&mut self) {
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = self.dir.path().join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor {name} 127.0.0.1 {m} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 3000\n",
+                    dir = self.dir.path().display(),
+                    name = self.name,
+                    m = self.master.port
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                if redis_ping(port) {
+                    self.ports.push(port);
+                    self.sentinels.push(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start redis-server --sentinel");
+    }
+
+    fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
+        let out = cli_command(port, None).args(args).output().expect("redis-cli not found");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `--sentinel 127.0.0.1:P` for each sentinel and `--sentinel-master NAME`.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> =
+            self.ports.iter().flat_map(|p| ["--sentinel".into(), format!("127.0.0.1:{p}")]).collect();
+        a.extend(["--sentinel-master".into(), self.name.clone()]);
+        a
+    }
+
+    /// `127.0.0.1:P,127.0.0.1:Q,...`: the sentinels for tests/node/sentinel.js.
+    pub fn node_list(&self) -> String {
+        self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The port of the master as the first answering sentinel says now.
+    pub fn master_port(&self) -> Option<u16> {
+        self.ports.iter().find_map(|&p| {
+            let reply = self.sentinel_cli(p, &["SENTINEL", "get-master-addr-by-name", &self.name]);
+            reply.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        for c in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

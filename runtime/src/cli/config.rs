@@ -39,6 +39,13 @@ pub(crate) struct WorkerFile {
     pub(crate) redis_password_file: Option<PathBuf>,
     /// Connect timeout, ms (`--connect-timeout-ms`; default 5000).
     pub(crate) connect_timeout_ms: Option<u64>,
+    /// Sentinels to ask for the master (`--sentinel`, each `host:port` or a URL).
+    #[serde(default)]
+    pub(crate) sentinel: Vec<String>,
+    /// The master's name in the sentinels' configuration (`--sentinel-master`).
+    pub(crate) sentinel_master: Option<String>,
+    /// File holding the sentinels' password (`--sentinel-password-file`).
+    pub(crate) sentinel_password_file: Option<PathBuf>,
     /// BullMQ key prefix for every queue (default `bull`).
     pub(crate) prefix: Option<String>,
     /// Serve Prometheus metrics here (`host:port`); off when absent.
@@ -330,10 +337,16 @@ impl WorkerFile {
                 *p = dir.join(&*p);
             }
         };
-        [&mut f.redis_ca, &mut f.redis_cert, &mut f.redis_key, &mut f.redis_password_file]
-            .into_iter()
-            .flatten()
-            .for_each(rel);
+        [
+            &mut f.redis_ca,
+            &mut f.redis_cert,
+            &mut f.redis_key,
+            &mut f.redis_password_file,
+            &mut f.sentinel_password_file,
+        ]
+        .into_iter()
+        .flatten()
+        .for_each(rel);
         for q in &mut f.queues {
             if let Some(p) = &mut q.plugin {
                 rel(p);
@@ -358,6 +371,9 @@ impl WorkerFile {
             redis_key: self.redis_key.clone(),
             redis_password_file: self.redis_password_file.clone(),
             connect_timeout_ms: self.connect_timeout_ms,
+            sentinel: self.sentinel.clone(),
+            sentinel_master: self.sentinel_master.clone(),
+            sentinel_password_file: self.sentinel_password_file.clone(),
         }
     }
 
@@ -457,6 +473,23 @@ mod tests {
         let f = WorkerFile::parse("redis = \"redis://a:6379\"\n").unwrap();
         assert_eq!(f.redis.unwrap().into_urls(), ["redis://a:6379"]);
         assert!(WorkerFile::parse("redis = 5\n").is_err());
+    }
+
+    #[test]
+    fn sentinel_keys_are_read_and_flags_win() {
+        let f = WorkerFile::parse(
+            "sentinel = [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]\nsentinel_master = \"main\"\nsentinel_password_file = \"spw\"\n",
+        )
+        .unwrap();
+        let file = f.conn();
+        assert_eq!(file.sentinel, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(file.sentinel_password_file.as_deref(), Some(Path::new("spw")));
+        let flags = super::super::ConnArgs { sentinel: vec!["h:1".into()], ..Default::default() };
+        let merged = flags.over(&file);
+        assert_eq!((merged.sentinel, merged.sentinel_master.as_deref()), (vec!["h:1".to_string()], Some("main")));
+        let t = super::super::ConnArgs { sentinel_master: Some("main".into()), ..Default::default() }
+            .apply(RedisTarget::single("redis://r"));
+        assert!(t.unwrap_err().to_string().contains("--sentinel HOST:PORT"));
     }
 
     #[test]

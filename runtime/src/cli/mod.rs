@@ -162,6 +162,20 @@ pub(crate) struct ConnArgs {
     /// that cannot reach Redis fails within it [default: 5000].
     #[arg(long, value_name = "MS")]
     pub(crate) connect_timeout_ms: Option<u64>,
+    /// A Sentinel to ask for the master (repeatable; HOST:PORT, or
+    /// redis[s]://[USER:PASSWORD@]HOST:PORT when the sentinels need their
+    /// own TLS or password). With it, --redis gives only the master's
+    /// scheme, user, password and database; its host and port are ignored.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) sentinel: Vec<String>,
+    /// The master's name in the sentinels' configuration (with --sentinel).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) sentinel_master: Option<String>,
+    /// File whose content (one trailing newline dropped) is the sentinels'
+    /// password, for --sentinel addresses without one (the master's is
+    /// --redis-password-file's).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) sentinel_password_file: Option<PathBuf>,
 }
 
 impl ConnArgs {
@@ -177,6 +191,12 @@ impl ConnArgs {
             redis_key,
             redis_password_file: self.redis_password_file.clone().or_else(|| lower.redis_password_file.clone()),
             connect_timeout_ms: self.connect_timeout_ms.or(lower.connect_timeout_ms),
+            sentinel: if self.sentinel.is_empty() { lower.sentinel.clone() } else { self.sentinel.clone() },
+            sentinel_master: self.sentinel_master.clone().or_else(|| lower.sentinel_master.clone()),
+            sentinel_password_file: self
+                .sentinel_password_file
+                .clone()
+                .or_else(|| lower.sentinel_password_file.clone()),
         }
     }
 
@@ -185,6 +205,24 @@ impl ConnArgs {
     fn apply(&self, mut t: RedisTarget) -> anyhow::Result<RedisTarget> {
         let read =
             |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()));
+        // Before the TLS files: they apply to the sentinels too.
+        match (self.sentinel.is_empty(), &self.sentinel_master) {
+            (true, None) => {}
+            (true, Some(_)) => bail!("--sentinel-master needs at least one --sentinel HOST:PORT"),
+            (false, master) => {
+                let password = self
+                    .sentinel_password_file
+                    .as_ref()
+                    .map(|p| password_file("--sentinel-password-file", p))
+                    .transpose()?;
+                let s = crate::conn::Sentinels::new(
+                    &self.sentinel,
+                    master.as_deref().unwrap_or_default(),
+                    password.as_deref(),
+                )?;
+                t = t.with_sentinels(s)?;
+            }
+        }
         let ca = self.redis_ca.as_ref().map(|p| read("--redis-ca", p)).transpose()?;
         let client = match (&self.redis_cert, &self.redis_key) {
             (Some(c), Some(k)) => Some((read("--redis-cert", c)?, read("--redis-key", k)?)),
@@ -193,15 +231,7 @@ impl ConnArgs {
         };
         t = t.with_tls(crate::conn::TlsFiles { ca, client });
         let password = match &self.redis_password_file {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read --redis-password-file {}", p.display()))?;
-                let pass = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
-                if pass.is_empty() {
-                    bail!("--redis-password-file {} is empty", p.display());
-                }
-                Some(pass.to_string())
-            }
+            Some(p) => Some(password_file("--redis-password-file", p)?),
             None => std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty()),
         };
         if let Some(p) = password {
@@ -215,6 +245,16 @@ impl ConnArgs {
         }
         Ok(t)
     }
+}
+
+/// A password file's content, one trailing newline dropped.
+fn password_file(flag: &str, p: &PathBuf) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {flag} {}", p.display()))?;
+    let pass = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
+    if pass.is_empty() {
+        bail!("{flag} {} is empty", p.display());
+    }
+    Ok(pass.to_string())
 }
 
 /// Where the queue lives.

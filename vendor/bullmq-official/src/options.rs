@@ -190,6 +190,13 @@ pub struct RedisConnectionOptions {
     /// `"{my-queue}"`). Flows spanning several queues require the hash tag in
     /// the shared prefix.
     pub cluster_nodes: Vec<String>,
+    /// Asked for the server to connect to before every connection attempt of
+    /// a standalone connection (first connect and every reconnect), e.g. the
+    /// current master of a Sentinel group; `url` and the typed fields are
+    /// then used only to build a client that is never connected. With it, a
+    /// `READONLY` reply also makes the connection reconnect (the server was
+    /// demoted by a failover). Ignored with [`cluster_nodes`](Self::cluster_nodes).
+    pub client_resolver: Option<redis::aio::ClientResolver>,
 }
 
 pub(crate) fn redact_url_userinfo(url: &str) -> String {
@@ -222,6 +229,7 @@ impl Default for RedisConnectionOptions {
             tls: false,
             tls_certs: None,
             cluster_nodes: Vec::new(),
+            client_resolver: None,
         }
     }
 }
@@ -298,6 +306,13 @@ impl RedisConnectionOptions {
     /// This implies a TLS (`rediss://`) connection.
     pub fn tls_certs(mut self, certs: TlsCerts) -> Self {
         self.tls_certs = Some(certs);
+        self
+    }
+
+    /// Resolve the server before every connection attempt; see
+    /// [`client_resolver`](Self::client_resolver).
+    pub fn client_resolver(mut self, resolver: redis::aio::ClientResolver) -> Self {
+        self.client_resolver = Some(resolver);
         self
     }
 
@@ -429,6 +444,7 @@ impl std::fmt::Debug for RedisConnectionOptions {
             .field("tls", &self.tls)
             .field("tls_certs", &self.tls_certs)
             .field("cluster_nodes", &redacted_cluster_nodes)
+            .field("client_resolver", &self.client_resolver.is_some())
             .finish()
     }
 }

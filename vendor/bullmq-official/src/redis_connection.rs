@@ -144,7 +144,8 @@ fn build_cluster_client(
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant)]
 enum BlockingConnector {
-    Single(Client),
+    /// The client, and the resolver asked instead of it when set.
+    Single(Client, Option<redis::aio::ClientResolver>),
     /// Cluster client built without a response timeout.
     Cluster(ClusterClient),
 }
@@ -152,8 +153,8 @@ enum BlockingConnector {
 impl BlockingConnector {
     async fn connect(&self) -> Result<AnyConnection, Error> {
         match self {
-            Self::Single(client) => {
-                let config = manager_config(None);
+            Self::Single(client, resolver) => {
+                let config = manager_config(resolver.as_ref(), None);
                 Ok(AnyConnection::Single(
                     ConnectionManager::new_with_config(client.clone(), config).await?,
                 ))
@@ -169,10 +170,18 @@ impl BlockingConnector {
 ///
 /// `response_timeout` is passed explicitly because blocking connections
 /// (`BZPOPMIN`, `XREAD`) must run without one — see
-/// [`BlockingRedisConnection::new`].
-fn manager_config(response_timeout: Option<std::time::Duration>) -> ConnectionManagerConfig {
+/// [`BlockingRedisConnection::new`]. `resolver`: the options'
+/// [`client_resolver`](RedisConnectionOptions::client_resolver).
+fn manager_config(
+    resolver: Option<&redis::aio::ClientResolver>,
+    response_timeout: Option<std::time::Duration>,
+) -> ConnectionManagerConfig {
     let reconnect = ReconnectOptions::default();
-    ConnectionManagerConfig::new()
+    let config = match resolver {
+        Some(resolver) => ConnectionManagerConfig::new().set_client_resolver(resolver.clone()),
+        None => ConnectionManagerConfig::new(),
+    };
+    config
         .set_number_of_retries(reconnect.max_retries)
         .set_min_delay(reconnect.min_delay)
         .set_max_delay(reconnect.max_delay)
@@ -239,7 +248,10 @@ impl RedisConnection {
         let url = opts.effective_url();
         let client = build_client(opts, &url)?;
         let scripts = ScriptRegistry::new();
-        let config = manager_config(ReconnectOptions::default().response_timeout);
+        let config = manager_config(
+            opts.client_resolver.as_ref(),
+            ReconnectOptions::default().response_timeout,
+        );
         let managed_conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         let legacy_conn = if with_legacy {
             Some(client.get_multiplexed_async_connection().await?)
@@ -249,7 +261,7 @@ impl RedisConnection {
 
         let inner = Arc::new(Inner {
             client: Some(client.clone()),
-            blocking: BlockingConnector::Single(client),
+            blocking: BlockingConnector::Single(client, opts.client_resolver.clone()),
             opts: opts.clone(),
             legacy_conn,
             connection: AnyConnection::Single(managed_conn),
@@ -415,7 +427,7 @@ impl RedisConnection {
     /// Returns [`Error::InvalidConfig`] on a Redis Cluster connection; use
     /// [`dedicated_any_connection`](Self::dedicated_any_connection) instead.
     pub async fn managed_dedicated_connection(&self) -> Result<ManagedConn, Error> {
-        let config = manager_config(None);
+        let config = manager_config(self.inner.opts.client_resolver.as_ref(), None);
         Ok(ConnectionManager::new_with_config(self.standalone_client()?.clone(), config).await?)
     }
 
@@ -654,13 +666,13 @@ impl BlockingRedisConnection {
     }
 
     async fn connect(client: &Client, with_legacy: bool) -> Result<Self, Error> {
-        Self::connect_with(BlockingConnector::Single(client.clone()), with_legacy).await
+        Self::connect_with(BlockingConnector::Single(client.clone(), None), with_legacy).await
     }
 
     async fn connect_with(connector: BlockingConnector, with_legacy: bool) -> Result<Self, Error> {
         let conn = connector.connect().await?;
         let compat_conn = match (&connector, with_legacy) {
-            (BlockingConnector::Single(client), true) => {
+            (BlockingConnector::Single(client, _), true) => {
                 let compat_config = AsyncConnectionConfig::new().set_response_timeout(None);
                 Some(Mutex::new(
                     client

@@ -23,6 +23,13 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 type OptionalPushSender = Option<Arc<dyn AsyncPushSender>>;
 
+/// Where to connect, asked before every connection attempt of a
+/// [ConnectionManager] (first connect and every reconnect): e.g. the current
+/// master of a Sentinel group. An error counts as a failed attempt (retried
+/// with the manager's backoff); return an I/O error to keep reconnecting
+/// after the retries run out, as for an unreachable server.
+pub type ClientResolver = Arc<dyn Fn() -> BoxFuture<'static, RedisResult<Client>> + Send + Sync>;
+
 /// The configuration for reconnect mechanism and request timing for the [ConnectionManager]
 #[derive(Clone)]
 pub struct ConnectionManagerConfig {
@@ -52,6 +59,8 @@ pub struct ConnectionManagerConfig {
     /// Optional credentials provider for dynamic authentication (e.g., token-based authentication)
     #[cfg(feature = "token-based-authentication")]
     credentials_provider: Option<std::sync::Arc<dyn crate::auth::StreamingCredentialsProvider>>,
+    /// Asked for the client to connect with, instead of the manager's own.
+    client_resolver: Option<ClientResolver>,
 }
 
 impl std::fmt::Debug for ConnectionManagerConfig {
@@ -72,6 +81,7 @@ impl std::fmt::Debug for ConnectionManagerConfig {
             write_backpressure_boundary,
             #[cfg(feature = "token-based-authentication")]
             credentials_provider,
+            client_resolver,
         } = &self;
         let mut str = f.debug_struct("ConnectionManagerConfig");
         str.field("exponent_base", &exponent_base)
@@ -100,6 +110,15 @@ impl std::fmt::Debug for ConnectionManagerConfig {
         str.field(
             "credentials_provider",
             if credentials_provider.is_some() {
+                &"set"
+            } else {
+                &"not set"
+            },
+        );
+
+        str.field(
+            "client_resolver",
+            if client_resolver.is_some() {
                 &"set"
             } else {
                 &"not set"
@@ -316,6 +335,17 @@ impl ConnectionManagerConfig {
         self.credentials_provider = Some(std::sync::Arc::new(provider));
         self
     }
+
+    /// Ask `resolver` for the client before every connection attempt, so a
+    /// reconnect goes where the resolver says now (a Sentinel group's
+    /// current master) rather than to the address first connected to. With
+    /// a resolver set, a `READONLY` error reply (the server was demoted to a
+    /// replica) also makes the manager reconnect, as a dropped connection
+    /// does.
+    pub fn set_client_resolver(mut self, resolver: ClientResolver) -> Self {
+        self.client_resolver = Some(resolver);
+        self
+    }
 }
 
 impl Default for ConnectionManagerConfig {
@@ -336,6 +366,7 @@ impl Default for ConnectionManagerConfig {
             write_backpressure_boundary: None,
             #[cfg(feature = "token-based-authentication")]
             credentials_provider: None,
+            client_resolver: None,
         }
     }
 }
@@ -343,6 +374,8 @@ impl Default for ConnectionManagerConfig {
 struct Internals {
     /// Information used for the connection. This is needed to be able to reconnect.
     client: Client,
+    /// When set, asked for the client before every connection attempt.
+    client_resolver: Option<ClientResolver>,
     /// The connection future.
     ///
     /// The `ArcSwap` is required to be able to replace the connection
@@ -549,11 +582,14 @@ impl ConnectionManager {
         let client_clone = client.clone();
         let retry_strategy_clone = retry_strategy;
         let connection_config_clone = connection_config.clone();
+        let client_resolver = config.client_resolver.clone();
+        let client_resolver_clone = client_resolver.clone();
 
         // Create a lazy connection future that will be resolved on first use
         let lazy_connection: SharedRedisFuture<MultiplexedConnection> = async move {
             Self::new_connection(
                 &client_clone,
+                client_resolver_clone.as_ref(),
                 retry_strategy_clone,
                 &connection_config_clone,
                 None,
@@ -565,6 +601,7 @@ impl ConnectionManager {
 
         let new_self = Self(Arc::new(Internals {
             client,
+            client_resolver,
             connection: ArcSwap::from_pointee(lazy_connection),
             runtime,
             retry_strategy,
@@ -595,15 +632,26 @@ impl ConnectionManager {
 
     async fn new_connection(
         client: &Client,
+        client_resolver: Option<&ClientResolver>,
         exponential_backoff: ExponentialBuilder,
         connection_config: &AsyncConnectionConfig,
         additional_commands: Option<Pipeline>,
     ) -> RedisResult<MultiplexedConnection> {
         let connection_config = connection_config.clone();
         let get_conn = || async {
-            client
-                .get_multiplexed_async_connection_with_config(&connection_config)
-                .await
+            match client_resolver {
+                Some(resolve) => {
+                    resolve()
+                        .await?
+                        .get_multiplexed_async_connection_with_config(&connection_config)
+                        .await
+                }
+                None => {
+                    client
+                        .get_multiplexed_async_connection_with_config(&connection_config)
+                        .await
+                }
+            }
         };
         let mut conn = get_conn
             .retry(exponential_backoff)
@@ -651,6 +699,7 @@ impl ConnectionManager {
 
             let con = Self::new_connection(
                 &internals_clone.client,
+                internals_clone.client_resolver.as_ref(),
                 internals_clone.retry_strategy,
                 &connection_config,
                 additional_commands,
@@ -705,7 +754,12 @@ impl ConnectionManager {
         let connection_result = (**guard).clone().await;
         reconnect_if_io_error!(self, connection_result, guard);
         let result = connection_result?.send_packed_command(cmd).await;
-        reconnect_if_dropped!(self, &result, guard);
+        // An error reply is a value here; READONLY means the server was demoted.
+        if matches!(&result, Ok(Value::ServerError(e)) if self.demoted(Some(e.code()))) {
+            Self::reconnect(Arc::downgrade(&self.0), guard);
+        } else {
+            reconnect_if_dropped!(self, &result, guard);
+        }
         result
     }
 
@@ -725,8 +779,24 @@ impl ConnectionManager {
         let result = connection_result?
             .send_packed_commands(cmd, offset, count)
             .await;
-        reconnect_if_dropped!(self, &result, guard);
+        // A pipeline's error replies are values: a READONLY among them means
+        // the server was demoted as surely as a single command's.
+        let demoted = matches!(&result, Ok(values) if values.iter().any(|v| match v {
+            Value::ServerError(e) => self.demoted(Some(e.code())),
+            _ => false,
+        }));
+        if demoted {
+            Self::reconnect(Arc::downgrade(&self.0), guard);
+        } else {
+            reconnect_if_dropped!(self, &result, guard);
+        }
         result
+    }
+
+    /// A reply with this error code says the server is a replica now (after
+    /// a failover): with a client resolver, the master is elsewhere.
+    fn demoted(&self, code: Option<&str>) -> bool {
+        self.0.client_resolver.is_some() && code == Some("READONLY")
     }
 
     /// Subscribes to a new channel(s).
