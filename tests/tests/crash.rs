@@ -195,6 +195,28 @@ fn redis_restart_under_a_running_worker_loses_nothing() {
     assert!(log.to_lowercase().contains("error") || log.contains("WARN"), "the outage is logged:\n{log}");
 }
 
+/// Redis away for 3 s under an idle worker: the failed fetches back off
+/// (100 ms doubling, not a flat 15 s), the outage is one warning and its
+/// end one info line, and a job added once Redis is back is taken within
+/// seconds.
+#[test]
+fn an_outage_is_said_once_and_fetching_resumes_promptly() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes"]);
+    let w = Worker::start(&redis, "out", &plugin("echo", "rust"), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    redis.restart(Duration::from_secs(3));
+    let back = Instant::now();
+    let ids = node_add(&redis, "out", json!([{"name": "after", "data": {}}]));
+    let v = wait_finished(&redis, "out", &ids, T);
+    assert_eq!(v["jobs"][0]["state"], "completed");
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(8), "the first job after the outage took {took:?}");
+    let log = w.log();
+    let warned = log.matches("cannot fetch jobs; retrying").count();
+    assert!(warned <= 1, "the outage was said {warned} times:\n{log}");
+    assert!(!log.contains("failed to fetch job, retrying") && !log.contains("blocking wait failed"), "{log}");
+}
+
 /// Lock renewal keeps attempts longer than the lock duration alive, even
 /// when the guest spins without yielding: no stall, no second run.
 #[test]

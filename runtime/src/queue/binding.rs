@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bullmq::worker::CancellationToken;
 use bullmq::{Worker, WorkerOptions};
-use tracing::warn;
+use tracing::{debug, warn};
 use wasmtime::Engine;
 
 use super::shards::Shards;
@@ -257,7 +257,9 @@ fn drain_worker_events(worker: Arc<Worker>, queue: String) {
     tokio::spawn(async move {
         while let Some(event) = worker.next_event().await {
             match event {
-                WorkerEvent::Error(e) => warn!(queue = %queue, error = %e, "worker error"),
+                // bullmq-official logged it already (once per outage for
+                // fetches): a second line would state the cause twice.
+                WorkerEvent::Error(e) => debug!(queue = %queue, error = %e, "worker error"),
                 WorkerEvent::Stalled { job_id } => warn!(queue = %queue, job = %job_id, "stalled job recovered"),
                 WorkerEvent::Closed => break,
                 _ => {}

@@ -388,6 +388,9 @@ struct LoopContext {
     // Token generation
     worker_id: String,
     token_counter: std::sync::atomic::AtomicU64,
+    /// bullpen patch 14: consecutive failed fetches of this outage (0: none);
+    /// the first is logged at warn, the rest at debug, and the end at info.
+    fetch_failures: std::sync::atomic::AtomicU32,
 }
 
 /// RAII guard for an acquired concurrency slot.
@@ -483,6 +486,7 @@ impl LoopContext {
             prefix_bytes,
             worker_id,
             token_counter: std::sync::atomic::AtomicU64::new(0),
+            fetch_failures: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -1069,6 +1073,12 @@ impl Worker {
             )
             .await;
 
+            if fetch_result.is_ok() {
+                let failed = ctx.fetch_failures.swap(0, Ordering::Relaxed);
+                if failed > 0 {
+                    info!(failed_fetches = failed, "Redis answers again; fetching jobs");
+                }
+            }
             match fetch_result {
                 Ok(FetchResult::Job(job)) => {
                     // Dispatch processing to its own task, moving the concurrency
@@ -1127,9 +1137,28 @@ impl Worker {
                     if Self::fail_unfetchable(&ctx, &e).await {
                         continue;
                     }
-                    warn!(error = %e, "failed to fetch job, retrying");
-                    let _ = ctx.event_tx.send(WorkerEvent::Error(e.to_string()));
-                    tokio::time::sleep(Duration::from_millis(ctx.opts.run_retry_delay)).await;
+                    // bullpen patch 14: back off from 100 ms, doubling up to
+                    // `run_retry_delay`, not a flat `run_retry_delay` (15 s):
+                    // a worker picks up work within a second or so of Redis
+                    // (or a new Sentinel master) answering again. One warning
+                    // per outage; a close ends the wait.
+                    let failures = ctx.fetch_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    let delay_ms = (100u64 << (failures - 1).min(16)).min(ctx.opts.run_retry_delay.max(100));
+                    if failures == 1 {
+                        warn!(error = %e, "cannot fetch jobs; retrying with backoff until Redis answers");
+                        let _ = ctx.event_tx.send(WorkerEvent::Error(e.to_string()));
+                    } else {
+                        debug!(error = %e, failures, retry_in_ms = delay_ms, "failed to fetch job, retrying");
+                    }
+                    let closed = ctx.closed.notified();
+                    tokio::pin!(closed);
+                    closed.as_mut().enable();
+                    if !ctx.closing.load(Ordering::Acquire) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                            _ = closed => {}
+                        }
+                    }
                 }
             };
         }
@@ -1168,8 +1197,8 @@ impl Worker {
             // blocking connection reconnects in the background, so the retry
             // lands on a healthy socket.
             if !ctx.closing.load(Ordering::Relaxed) {
-                warn!(error = %e, "blocking wait failed, retrying");
-                let _ = ctx.event_tx.send(WorkerEvent::Error(e.to_string()));
+                // bullpen patch 14: the fetch that follows says it once per outage.
+                debug!(error = %e, "blocking wait failed, retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
