@@ -75,28 +75,21 @@ func process(job *guest.Job) (guest.Outcome, error) {
 	req.Header.Set("x-bullpen-signature", signature)
 	res, err := client.Do(req)
 	if err != nil {
-		// The SDK's text (origin, and for a denial the flag), not
-		// net/http's wrapping with the whole URL.
-		var h *guest.HTTPError
-		if errors.As(err, &h) {
-			return guest.Outcome{}, guest.Retry(h.Error())
-		}
-		return guest.Outcome{}, guest.Retry(err.Error())
+		return guest.Outcome{}, networkError(err)
 	}
-	defer res.Body.Close()
+	// The whole body is read whatever the status, as the Rust plugin's
+	// client does (so an oversized one fails the read:
+	// --max-http-response-mb).
+	all, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		return guest.Outcome{}, networkError(err)
+	}
 	switch code := res.StatusCode; {
 	case code >= 200 && code <= 299:
-		head, err := io.ReadAll(io.LimitReader(res.Body, 1024))
-		if err != nil {
-			var h *guest.HTTPError
-			if errors.As(err, &h) {
-				return guest.Outcome{}, guest.Retry(h.Error())
-			}
-			return guest.Outcome{}, guest.Retry(err.Error())
-		}
 		text, err := serdejson.Marshal(serdejson.Object{
 			{Key: "status", Value: code},
-			{Key: "body", Value: lossy(head)},
+			{Key: "body", Value: lossy(all[:min(len(all), 1024)])},
 		})
 		if err != nil {
 			return guest.Outcome{}, err
@@ -114,6 +107,17 @@ func process(job *guest.Job) (guest.Outcome, error) {
 	default:
 		return guest.Outcome{}, guest.Unrecoverable(fmt.Sprintf("HTTP %d", code))
 	}
+}
+
+// networkError retries naming the error: the SDK's text (the origin, and
+// for a denial the flag that grants it), not net/http's wrapping of it with
+// the whole URL.
+func networkError(err error) error {
+	var h *guest.HTTPError
+	if errors.As(err, &h) {
+		return guest.Retry(h.Error())
+	}
+	return guest.Retry(err.Error())
 }
 
 // lossy is Rust's String::from_utf8_lossy: each maximal invalid subpart
