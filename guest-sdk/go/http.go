@@ -1,47 +1,28 @@
 package guest
 
+// Outbound HTTP's errors and the queue's variables. The net/http side
+// (Transport) is package bullpen.dev/guest/guesthttp, so that processors
+// that send no request do not link net/http (its initialisation would run
+// in every attempt's fresh instance).
+
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
+
+	"bullpen.dev/guest/internal/outbound"
 )
 
-// Transport sends HTTP(S) requests over wasi:http/outgoing-handler: use it
-// with ordinary net/http code.
-//
-//	client := &http.Client{Transport: guest.Transport, Timeout: 10 * time.Second}
-//	res, err := client.Post("https://api.example.com/v1/charges", "application/json", body)
-//
-// The host sends only to origins the queue's binding grants
-// (--allow-outbound); a refused request is an [*HTTPError] (Denied set)
-// whose text names the origin and the flag, as are network errors.
-// Returned from the processor, such an error retries the job.
-//
-// Redirects are not followed by the host; an http.Client follows them
-// itself (each new URL is checked again) unless its CheckRedirect says
-// otherwise. The request's context deadline (http.Client.Timeout, or
-// context.WithTimeout) bounds the wait for the response and for each read
-// of its body, and becomes the request's connect, first-byte and
-// between-bytes timeouts; the host also clips every wait to what is left of
-// the attempt's --timeout-ms. While a request waits, the host runs other
-// attempts; inside this instance, other goroutines do not run until it
-// returns (a cancellation without a deadline is seen between waits).
-//
-// The response body streams from the host (capped by
-// --max-http-response-mb); close it. No Accept-Encoding is added and no
-// body is decompressed; cookies, proxies and keep-alive are the host's
-// business, not the transport's.
-var Transport http.RoundTripper = transport{}
+// Outbound sends one request over wasi:http: package guesthttp's way in
+// (its argument types are internal). Processors use guesthttp.Transport.
+// It is a function, not a hook set at init, so that the linker drops the
+// wasi:http glue, and the component its imports, when guesthttp is unused.
+func Outbound(req *outbound.Request) (*outbound.Response, error) { return send(req) }
 
-type transport struct{}
-
-func (transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return roundTrip(req)
-}
-
-// HTTPError is why a request got no response (or its body could not be
-// read): the host refused it or the network failed.
+// HTTPError is why a request sent with guesthttp.Transport got no
+// response (or its body could not be read): the host refused it or the
+// network failed. net/http's Client wraps it in a *url.Error (whose text
+// adds the method and the whole URL); errors.As finds it.
 type HTTPError struct {
 	// Origin is the request's scheme://host[:port] (never its path or query).
 	Origin string

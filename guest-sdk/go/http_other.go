@@ -2,14 +2,11 @@
 
 package guest
 
-import "net/http"
+import "bullpen.dev/guest/internal/outbound"
 
 // Outside a bullpen host there is no wasi:http and no variable store.
 
-func roundTrip(req *http.Request) (*http.Response, error) {
-	if req.Body != nil {
-		req.Body.Close()
-	}
+func send(*outbound.Request) (*outbound.Response, error) {
 	return nil, &HTTPError{msg: errNoHost.Message}
 }
 

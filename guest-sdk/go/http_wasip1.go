@@ -4,15 +4,14 @@ package guest
 
 import (
 	"context"
-	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 	"unsafe"
+
+	"bullpen.dev/guest/internal/outbound"
 )
 
 // The wasi:http, wasi:io, wasi:clocks and wasi:config imports, lowered
@@ -200,95 +199,36 @@ func sdkError(origin string, err error) *HTTPError {
 	return &HTTPError{Origin: origin, msg: "bullpen guest SDK: " + err.Error()}
 }
 
-func roundTrip(req *http.Request) (*http.Response, error) {
-	// A RoundTripper closes the request body, whatever happens.
-	closeBody := func() {
-		if req.Body != nil {
-			req.Body.Close()
-		}
-	}
-	if req.URL == nil {
-		closeBody()
-		return nil, &HTTPError{msg: "invalid request: no URL"}
-	}
-	u := req.URL
-	scheme := strings.ToLower(u.Scheme)
-	if scheme != "http" && scheme != "https" {
-		closeBody()
-		return nil, &HTTPError{msg: fmt.Sprintf("invalid URL %q: the scheme must be http or https", u.Redacted())}
-	}
-	if u.Host == "" {
-		closeBody()
-		return nil, &HTTPError{msg: fmt.Sprintf("invalid URL %q: no host", u.Redacted())}
-	}
-	origin := scheme + "://" + u.Host
+func send(req *outbound.Request) (*outbound.Response, error) {
+	origin := req.Scheme + "://" + req.Authority
 	fail := func(msg string) *HTTPError { return &HTTPError{Origin: origin, msg: msg} }
-	ctx := req.Context()
+	ctx := req.Ctx
 	if err := ctx.Err(); err != nil {
-		closeBody()
 		return nil, deadlineError(origin, err)
 	}
 
-	method := strings.ToUpper(req.Method)
-	if method == "" {
-		method = "GET"
-	}
-	hasBody := req.Body != nil && req.Body != http.NoBody
-	length := req.ContentLength
-	if !hasBody {
-		length = 0
-	} else if length == 0 {
-		length = -1 // net/http: 0 with a body means unknown
-	}
-
 	headers := wasmFieldsNew()
-	appendHeader := func(name, value string) error {
+	for _, h := range req.Header {
+		name, value := h[0], h[1]
 		e, err := callArea(headerResultSize, 1, func(ret uint32) { wasmFieldsAppend(headers, name, value, ret) }, liftHeaderResult)
-		if err != nil {
-			return sdkError(origin, err)
-		}
-		if e != "" {
-			return fail(fmt.Sprintf("header %q refused: %s", name, e))
-		}
-		return nil
-	}
-	var err error
-	for name, values := range req.Header {
-		lower := strings.ToLower(name)
-		for _, v := range values {
-			if err = appendHeader(lower, v); err != nil {
-				break
+		if err != nil || e != "" {
+			wasmFieldsDrop(headers)
+			if err != nil {
+				return nil, sdkError(origin, err)
 			}
+			return nil, fail(fmt.Sprintf("header %q refused: %s", name, e))
 		}
-		if err != nil {
-			break
-		}
-	}
-	if err == nil && u.User != nil && req.Header.Get("Authorization") == "" {
-		p, _ := u.User.Password()
-		err = appendHeader("authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+p)))
-	}
-	// A known length is said (else the body goes chunked, which some
-	// servers refuse), as net/http does.
-	if err == nil && req.Header.Get("Content-Length") == "" && length >= 0 &&
-		(length > 0 || method == "POST" || method == "PUT" || method == "PATCH") {
-		err = appendHeader("content-length", strconv.FormatInt(length, 10))
-	}
-	if err != nil {
-		wasmFieldsDrop(headers)
-		closeBody()
-		return nil, err
 	}
 
 	request := wasmOutgoingRequestNew(headers) // takes the headers
-	tag, other := uint32(len(wasiMethods)), method
+	tag, other := uint32(len(wasiMethods)), req.Method
 	for i, m := range wasiMethods {
-		if m == method {
+		if m == req.Method {
 			tag, other = uint32(i), ""
 		}
 	}
 	schemeTag := uint32(0)
-	if scheme == "https" {
+	if req.Scheme == "https" {
 		schemeTag = 1
 	}
 	var why string
@@ -297,14 +237,13 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 		why = "invalid method"
 	case wasmOutgoingRequestSetScheme(request, 1, schemeTag, "") != 0:
 		why = "invalid scheme"
-	case wasmOutgoingRequestSetAuthority(request, 1, u.Host) != 0:
+	case wasmOutgoingRequestSetAuthority(request, 1, req.Authority) != 0:
 		why = "invalid host"
-	case wasmOutgoingRequestSetPathWithQuery(request, 1, u.RequestURI()) != 0:
+	case wasmOutgoingRequestSetPathWithQuery(request, 1, req.PathWithQuery) != 0:
 		why = "invalid path"
 	}
 	if why != "" {
 		wasmOutgoingRequestDrop(request)
-		closeBody()
 		return nil, fail(why)
 	}
 	options, someOptions := uint32(0), uint32(0)
@@ -312,7 +251,6 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 		left := time.Until(d)
 		if left <= 0 {
 			wasmOutgoingRequestDrop(request)
-			closeBody()
 			return nil, deadlineError(origin, context.DeadlineExceeded)
 		}
 		options, someOptions = wasmRequestOptionsNew(), 1
@@ -327,7 +265,6 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 			wasmRequestOptionsDrop(options)
 		}
 		wasmOutgoingRequestDrop(request)
-		closeBody()
 		return nil, fail("request body unavailable")
 	}
 	// Send first, then write the body: the host streams it as written.
@@ -336,7 +273,6 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 	}, liftHandled)
 	if err != nil || sent.code != nil {
 		wasmOutgoingBodyDrop(body.h)
-		closeBody()
 		if err != nil {
 			return nil, sdkError(origin, err)
 		}
@@ -347,8 +283,7 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 	// A body that cannot be sent is usually a request that failed (a
 	// refused connection, a denial): that error is the response's, so
 	// remember the write's and report the response's first.
-	writeErr := writeBody(origin, body.h, req.Body, hasBody)
-	closeBody()
+	writeErr := writeBody(origin, body.h, req.Body)
 	if writeErr == nil {
 		fin, err := callArea(handleResultSize, 8, func(ret uint32) { wasmOutgoingBodyFinish(body.h, 0, 0, ret) }, liftHandled)
 		switch {
@@ -365,7 +300,11 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 	var got futureGet
 	for {
 		got, err = callArea(futureGetSize, 8, func(ret uint32) { wasmFutureIncomingResponseGet(future, ret) }, liftFutureGet)
-		if err != nil || got.ready {
+		if err != nil {
+			err = sdkError(origin, err)
+			break
+		}
+		if got.ready {
 			break
 		}
 		if err = wait(ctx, pollable); err != nil {
@@ -377,10 +316,7 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 	wasmFutureIncomingResponseDrop(future)
 	switch {
 	case err != nil:
-		if _, ok := err.(*HTTPError); ok {
-			return nil, err
-		}
-		return nil, sdkError(origin, err)
+		return nil, err
 	case got.taken:
 		return nil, fail("the response was already taken")
 	case got.failed != nil:
@@ -389,13 +325,13 @@ func roundTrip(req *http.Request) (*http.Response, error) {
 		wasmIncomingResponseDrop(got.response)
 		return nil, writeErr
 	}
-	return response(req, ctx, origin, got.response)
+	return response(ctx, origin, got.response)
 }
 
 // writeBody writes the request body to the outgoing body's stream, 4096
 // bytes at a time (blocking-write-and-flush's limit).
-func writeBody(origin string, body uint32, r io.Reader, hasBody bool) error {
-	if !hasBody {
+func writeBody(origin string, body uint32, r io.Reader) error {
+	if r == nil {
 		return nil
 	}
 	stream, err := callArea(ownResultSize, 4, func(ret uint32) { wasmOutgoingBodyWrite(body, ret) }, liftOwn)
@@ -480,8 +416,9 @@ func wait(ctx context.Context, p uint32) error {
 	return context.DeadlineExceeded
 }
 
-// response makes the http.Response of an incoming-response.
-func response(req *http.Request, ctx context.Context, origin string, res uint32) (*http.Response, error) {
+// response lifts an incoming-response: status, headers, and its body as a
+// stream.
+func response(ctx context.Context, origin string, res uint32) (*outbound.Response, error) {
 	status := int(wasmIncomingResponseStatus(res))
 	fields := wasmIncomingResponseHeaders(res)
 	entries, err := callArea(listSize, 4, func(ret uint32) { wasmFieldsEntries(fields, ret) }, liftFieldsEntries)
@@ -490,9 +427,9 @@ func response(req *http.Request, ctx context.Context, origin string, res uint32)
 		wasmIncomingResponseDrop(res)
 		return nil, sdkError(origin, err)
 	}
-	header := make(http.Header, len(entries))
-	for _, e := range entries {
-		header.Add(e.name, e.value)
+	header := make([][2]string, len(entries))
+	for i, e := range entries {
+		header[i] = [2]string{e.name, e.value}
 	}
 	body, err := callArea(ownResultSize, 4, func(ret uint32) { wasmIncomingResponseConsume(res, ret) }, liftOwn)
 	if err != nil || !body.ok {
@@ -505,27 +442,8 @@ func response(req *http.Request, ctx context.Context, origin string, res uint32)
 		wasmIncomingResponseDrop(res)
 		return nil, &HTTPError{Origin: origin, msg: "response body unavailable"}
 	}
-	length := int64(-1)
-	if n, err := strconv.ParseInt(header.Get("Content-Length"), 10, 64); err == nil && n >= 0 {
-		length = n
-	}
 	rb := &responseBody{ctx: ctx, origin: origin, response: res, body: body.h, stream: stream.h}
-	out := &http.Response{
-		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
-		StatusCode:    status,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        header,
-		Body:          rb,
-		ContentLength: length,
-		Request:       req,
-	}
-	if req.Method == http.MethodHead || status == http.StatusNoContent || status == http.StatusNotModified {
-		rb.Close()
-		out.Body = http.NoBody
-	}
-	return out, nil
+	return &outbound.Response{Status: status, Header: header, Body: rb}, nil
 }
 
 // responseBody streams an incoming body; at its end or on Close it gives
@@ -591,7 +509,7 @@ func (b *responseBody) Close() error {
 	return nil
 }
 
-var errBodyClosed = fmt.Errorf("http: read on closed response body")
+var errBodyClosed = errors.New("http: read on closed response body")
 
 func (b *responseBody) release() {
 	if b.released {

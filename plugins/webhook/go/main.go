@@ -30,6 +30,7 @@ import (
 	"unicode/utf8"
 
 	"bullpen.dev/guest"
+	"bullpen.dev/guest/guesthttp"
 	"bullpen.dev/guest/serdejson"
 )
 
@@ -38,10 +39,10 @@ type data struct {
 	Payload json.RawMessage `json:"payload"`
 }
 
-// client sends through the host (guest.Transport) and leaves redirects to
+// client sends through the host (guesthttp.Transport) and leaves redirects to
 // the caller, as the contract says (a 3xx is a status like any other).
 var client = &http.Client{
-	Transport:     guest.Transport,
+	Transport:     guesthttp.Transport,
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
