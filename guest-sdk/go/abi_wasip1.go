@@ -109,10 +109,15 @@ var callMu sync.Mutex
 // area from scratch, the call, lifting (copying) its result, then the
 // arena reset for the next call.
 func call[T any](imp func(ret uint32), lift func(a *arena, ret uint32) (T, error)) (T, error) {
+	return callArea(importResultSize, 4, imp, lift)
+}
+
+// callArea is call with a return area of size bytes aligned to align.
+func callArea[T any](size, align uint32, imp func(ret uint32), lift func(a *arena, ret uint32) (T, error)) (T, error) {
 	callMu.Lock()
 	defer callMu.Unlock()
 	gc := stopGC()
-	ret := mem.scratchAlloc(importResultSize, 4)
+	ret := mem.scratchAlloc(size, align)
 	imp(ret)
 	v, err := lift(&mem, ret)
 	mem.reset()

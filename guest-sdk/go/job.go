@@ -34,6 +34,11 @@
 // worker lost the lock, calls return a [*HostError] of kind [LockLost];
 // return it and the host abandons the attempt without writing anything.
 //
+// Outbound HTTP(S) goes through package bullpen.dev/guest/guesthttp
+// (guesthttp.Transport, an http.RoundTripper over wasi:http; failures are
+// [*HTTPError]); [Variable] reads the queue's variables and secrets. Both
+// are denied unless the queue's binding grants them.
+//
 // The SDK stops Go's garbage collector while the host may write into the
 // instance (from its package initialisation, and from the moment `process`
 // returns, until the next job has been read; and for the length of each

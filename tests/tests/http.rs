@@ -172,13 +172,29 @@ fn run(args: &[&str]) -> Ran {
 /// `bullpen run webhook-<lang>` on `url` with `payload`, the server allowed
 /// and the secret granted, plus `extra` flags.
 fn webhook(lang: &str, s: &Server, url: &str, extra: &[&str]) -> Ran {
-    let wasm = plugin("webhook", lang);
+    let wasm = webhook_plugin(lang);
     let data = json!({ "url": url, "payload": {"b": 1, "a": [1, 2], "s": "é \"q\""} }).to_string();
     let secret = format!("webhook_secret={SECRET}");
     let origin = s.origin();
     let mut args = vec![wasm.to_str().unwrap(), "--data", &data, "--allow-outbound", &origin, "--var", &secret];
     args.extend_from_slice(extra);
     run(&args)
+}
+
+/// `target/plugins/webhook-<lang>.wasm`, compiled into the host's artifact
+/// cache before its first use. A Go webhook is about 11 MB (net/http's
+/// client), tens of seconds of compiling on a busy 2-core machine: once,
+/// not once per test running in parallel.
+fn webhook_plugin(lang: &str) -> std::path::PathBuf {
+    static WARM: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let wasm = plugin("webhook", lang);
+    let mut warm = WARM.lock().unwrap();
+    if !warm.iter().any(|l| l == lang) {
+        // Invalid data: the attempt fails at once, after the load compiled it.
+        run(&[wasm.to_str().unwrap(), "--data", "{}"]);
+        warm.push(lang.to_string());
+    }
+    wasm
 }
 
 fn last_line(r: &Ran) -> &str {
@@ -226,7 +242,7 @@ fn webhook_contract(lang: &str) {
     assert_eq!(s.seen().last().unwrap().path, "/redirect");
 
     // No secret: unrecoverable, saying so; nothing sent.
-    let wasm = plugin("webhook", lang);
+    let wasm = webhook_plugin(lang);
     let data = json!({ "url": s.url("/hook"), "payload": 1 }).to_string();
     let r = run(&[wasm.to_str().unwrap(), "--data", &data, "--allow-outbound", &o]);
     assert!(
@@ -294,16 +310,44 @@ fn js_fetch_names_denied_origins_and_network_errors() {
 }
 
 #[test]
+fn webhook_go_follows_the_contract() {
+    webhook_contract("go");
+}
+
+#[test]
 fn requests_outside_the_allow_list_never_leave_the_host() {
+    allow_list("rust");
+}
+
+#[test]
+fn requests_outside_the_allow_list_never_leave_the_host_go() {
+    allow_list("go");
+}
+
+#[test]
+fn requests_outside_the_allow_list_never_leave_the_host_js() {
+    allow_list("js");
+}
+
+/// Denials, the SSRF rule, a network error and the body cap, as `lang`'s
+/// SDK reports them: each text names the origin and what to do.
+fn allow_list(lang: &str) {
     let s = Server::start(None);
     let other = Server::start(None);
-    let wasm = plugin("webhook", "rust");
+    let wasm = webhook_plugin(lang);
     // Another port of the same host is another origin.
-    let r = webhook("rust", &s, &other.url("/hook"), &[]);
+    let r = webhook(lang, &s, &other.url("/hook"), &[]);
     let o = other.origin();
     assert!(r.stdout.contains(&format!("http POST {o}/hook -> denied (not in --allow-outbound)")), "{}", r.stdout);
     let last = last_line(&r);
-    assert!(last.starts_with("failed (retry): ") && last.contains(&o) && last.contains("--allow-outbound"), "{last}");
+    // The SDKs' one text for a denial.
+    assert_eq!(
+        last,
+        format!(
+            "failed (retry): request to {o} denied: not in this queue's allow-list \
+             (grant it with --allow-outbound {o}, or allowed_outbound_hosts in bullpen.toml)"
+        )
+    );
     assert!(other.seen().is_empty());
 
     // The SSRF rule: a name that resolves to loopback is refused unless the
@@ -339,7 +383,7 @@ fn requests_outside_the_allow_list_never_leave_the_host() {
     );
 
     // The body cap fails the read, naming the flag.
-    let r = webhook("rust", &s, &s.url("/huge"), &["--max-http-response-mb", "1"]);
+    let r = webhook(lang, &s, &s.url("/huge"), &["--max-http-response-mb", "1"]);
     assert!(
         last_line(&r).starts_with("failed (retry): ") && last_line(&r).contains("--max-http-response-mb"),
         "{}",
@@ -371,10 +415,24 @@ fn server_tls(certs: &Certs) -> Arc<rustls::ServerConfig> {
 
 #[test]
 fn https_with_the_tests_ca_and_refused_without_it() {
+    https("rust");
+}
+
+#[test]
+fn https_with_the_tests_ca_and_refused_without_it_go() {
+    https("go");
+}
+
+#[test]
+fn https_with_the_tests_ca_and_refused_without_it_js() {
+    https("js");
+}
+
+fn https(lang: &str) {
     let certs = Certs::make();
     let s = Server::start(Some(server_tls(&certs)));
     let origin = format!("https://{}", s.addr);
-    let wasm = plugin("webhook", "rust");
+    let wasm = webhook_plugin(lang);
     let data = json!({ "url": format!("{origin}/hook"), "payload": {"x": 1} }).to_string();
     let secret = format!("webhook_secret={SECRET}");
     let ca = certs.path("ca.pem");
@@ -407,6 +465,21 @@ fn scrape(port: u16) -> String {
 /// logged once, metrics, and the secret nowhere.
 #[test]
 fn a_worker_posts_webhooks_and_node_reads_every_outcome() {
+    worker_outcomes("rust");
+}
+
+#[test]
+fn a_worker_posts_webhooks_and_node_reads_every_outcome_go() {
+    worker_outcomes("go");
+}
+
+#[test]
+fn a_worker_posts_webhooks_and_node_reads_every_outcome_js() {
+    worker_outcomes("js");
+}
+
+fn worker_outcomes(lang: &str) {
+    let wasm = webhook_plugin(lang);
     let redis = Redis::start();
     let s = Server::start(None);
     let other = Server::start(None);
@@ -418,7 +491,7 @@ fn a_worker_posts_webhooks_and_node_reads_every_outcome() {
             "--queue",
             "hooks",
             "--plugin",
-            plugin("webhook", "rust").to_str().unwrap(),
+            wasm.to_str().unwrap(),
             "--concurrency",
             "8",
             "--timeout-ms",
@@ -483,6 +556,17 @@ fn a_worker_posts_webhooks_and_node_reads_every_outcome() {
 /// second, not a hundred.
 #[test]
 fn a_hundred_slow_requests_share_one_thread() {
+    slow_requests_on_one_thread("rust");
+}
+
+/// Go's Transport waits in the host (pollable.block), not in the guest.
+#[test]
+fn a_hundred_slow_requests_share_one_thread_go() {
+    slow_requests_on_one_thread("go");
+}
+
+fn slow_requests_on_one_thread(lang: &str) {
+    let wasm = webhook_plugin(lang);
     let redis = Redis::start();
     let s = Server::start(None);
     let _w = Worker::spawn(&[
@@ -491,7 +575,7 @@ fn a_hundred_slow_requests_share_one_thread() {
         "--queue",
         "slow",
         "--plugin",
-        plugin("webhook", "rust").to_str().unwrap(),
+        wasm.to_str().unwrap(),
         "--concurrency",
         "100",
         "--threads",
@@ -508,5 +592,5 @@ fn a_hundred_slow_requests_share_one_thread() {
     let v = wait_finished(&redis, "slow", &ids, T);
     let took = started.elapsed();
     assert!(v["jobs"].as_array().unwrap().iter().all(|j| j["state"] == "completed"), "{v}");
-    assert!(took < Duration::from_secs(15), "100 × 1 s took {took:?}: the waits did not overlap");
+    assert!(took < Duration::from_secs(15), "{lang}: 100 × 1 s took {took:?}: the waits did not overlap");
 }

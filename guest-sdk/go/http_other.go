@@ -1,0 +1,13 @@
+//go:build !wasip1
+
+package guest
+
+import "bullpen.dev/guest/internal/outbound"
+
+// Outside a bullpen host there is no wasi:http and no variable store.
+
+func send(*outbound.Request) (*outbound.Response, error) {
+	return nil, &HTTPError{msg: errNoHost.Message}
+}
+
+func storeGet(string) (configGet, error) { return configGet{}, errNoHost }

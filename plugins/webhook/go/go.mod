@@ -1,0 +1,7 @@
+module bullpen.dev/plugins/webhook
+
+go 1.24
+
+require bullpen.dev/guest v0.0.0
+
+replace bullpen.dev/guest => ../../../guest-sdk/go
