@@ -60,6 +60,8 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     // cleanly (exit 0), not by the default action.
     let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
+    // Also before start-up work: a SIGHUP then is kept for the loop below.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     if let Some(addr) = plan.metrics_addr {
         crate::metrics::serve(addr).await?;
     }
@@ -87,7 +89,12 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.to_string()).collect();
     let redis = redis.map(|r| r.to_string()).unwrap_or_default();
     info!(queues = %names.join(","), digest = %digests.join(","), threads = shards.len(), redis = %redis, "worker ready");
-    shutdown.await;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => reload_variables(&running),
+        }
+    }
     let grace = plan.grace;
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no new jobs; waiting for running attempts");
     futures_util::future::try_join_all(running.iter().map(|r| {
@@ -99,6 +106,23 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     .await?;
     info!("worker stopped");
     Ok(())
+}
+
+/// SIGHUP: every queue's variables read again from their sources (a
+/// rotated secret file needs no restart). Attempts already running keep
+/// what they read; a source that cannot be read keeps that queue's old values.
+fn reload_variables(running: &[Running]) {
+    for r in running {
+        let queue = &r.binding.config.queue;
+        let variables = &r.binding.config.grants.variables;
+        if variables.is_empty() {
+            continue;
+        }
+        match variables.reload() {
+            Ok(()) => info!(queue = %queue, variables = variables.len(), "variables read again (SIGHUP)"),
+            Err(e) => warn!(queue = %queue, "{e}; keeping the previous values"),
+        }
+    }
 }
 
 /// Wait until Redis is usable. A wrong setting (credentials, TLS, URL)

@@ -594,3 +594,51 @@ fn slow_requests_on_one_thread(lang: &str) {
     assert!(v["jobs"].as_array().unwrap().iter().all(|j| j["state"] == "completed"), "{v}");
     assert!(took < Duration::from_secs(15), "{lang}: 100 × 1 s took {took:?}: the waits did not overlap");
 }
+
+/// A secret read from a file (`{ file = "..." }` in bullpen.toml) is read
+/// again on SIGHUP: rotated, the next job signs with the new value (the
+/// test server, which knows only the old one, answers 401 → the webhook
+/// fails the job `HTTP 401`); a file that cannot be read keeps the values.
+#[test]
+fn sighup_reads_a_rotated_secret_file_again() {
+    let wasm = webhook_plugin("rust");
+    let redis = Redis::start();
+    let s = Server::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("webhook_secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let config = dir.path().join("bullpen.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "redis = \"{}\"\n\n[[queues]]\nname = \"rot\"\nplugin = \"{}\"\nallowed_outbound_hosts = [\"{}\"]\n\n\
+             [queues.variables]\nwebhook_secret = {{ file = \"{}\" }}\n",
+            redis.url(),
+            wasm.display(),
+            s.origin(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let w = Worker::spawn(&["--config", config.to_str().unwrap()]);
+    let hook = json!([{"name": "hook", "data": {"url": s.url("/hook"), "payload": 1}}]);
+    let first = node_add(&redis, "rot", hook.clone());
+    assert_eq!(wait_finished(&redis, "rot", &first, T)["jobs"][0]["state"], "completed");
+
+    std::fs::write(&secret, "rotated\n").unwrap();
+    let hup =
+        |w: &Worker| std::process::Command::new("kill").args(["-HUP", &w.child.id().to_string()]).status().unwrap();
+    assert!(hup(&w).success());
+    w.wait_log("variables read again (SIGHUP)", T);
+    let second = node_add(&redis, "rot", hook.clone());
+    let v = wait_finished(&redis, "rot", &second, T);
+    assert_eq!(
+        (v["jobs"][0]["state"].as_str(), v["jobs"][0]["failedReason"].as_str()),
+        (Some("failed"), Some("HTTP 401"))
+    );
+
+    std::fs::remove_file(&secret).unwrap();
+    assert!(hup(&w).success());
+    w.wait_log("keeping the previous values", T);
+    assert!(!w.log().contains("rotated") && !w.log().contains(SECRET), "no value in the log:\n{}", w.log());
+}

@@ -79,6 +79,7 @@ pub(crate) fn prepare(
             let state = store.data_mut();
             state.job = job(&out);
             state.memory.hit = None;
+            state.variables = None;
             Prepared { store, instance: Some(instance), out }
         }
         None => {

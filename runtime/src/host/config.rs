@@ -37,8 +37,9 @@ pub(crate) enum VarSource {
     Literal(Secret),
     /// `key = { env = "NAME" }` / `--var-env KEY=NAME`: read at start.
     Env(String),
-    /// `key = { file = "path" }`: read at start; one trailing newline is
-    /// dropped (`echo secret > file` writes one).
+    /// `key = { file = "path" }`: read at start and on SIGHUP (a rotated
+    /// secret needs no restart); one trailing newline is dropped (`echo
+    /// secret > file` writes one).
     File(PathBuf),
 }
 
@@ -89,7 +90,10 @@ pub(crate) fn parse_var_env(arg: &str) -> Result<(String, VarSource), String> {
 /// A binding's variables, resolved, in the form wasmtime-wasi-config serves.
 #[derive(Default)]
 pub(crate) struct Variables {
-    pub(crate) values: WasiConfigVariables,
+    /// Swapped whole by [`reload`](Self::reload); an attempt keeps the
+    /// snapshot it first read.
+    values: std::sync::RwLock<Arc<WasiConfigVariables>>,
+    specs: BTreeMap<String, VarSource>,
     names: Vec<String>,
 }
 
@@ -103,6 +107,36 @@ impl Variables {
     /// Read every source now (environment, files); a missing one stops the
     /// worker at start, naming the key and where it looked.
     pub(crate) fn resolve(specs: &BTreeMap<String, VarSource>) -> Result<Variables, GrantError> {
+        Ok(Variables {
+            values: std::sync::RwLock::new(Arc::new(Self::read(specs)?)),
+            specs: specs.clone(),
+            names: specs.keys().cloned().collect(),
+        })
+    }
+
+    /// The values now, for one attempt.
+    pub(crate) fn snapshot(&self) -> Arc<WasiConfigVariables> {
+        self.values.read().unwrap().clone()
+    }
+
+    /// Read every source again (SIGHUP). A source that cannot be read
+    /// keeps all the previous values and says which key.
+    pub(crate) fn reload(&self) -> Result<(), GrantError> {
+        let fresh = Self::read(&self.specs)?;
+        *self.values.write().unwrap() = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The number of variables.
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn read(specs: &BTreeMap<String, VarSource>) -> Result<WasiConfigVariables, GrantError> {
         let mut values = WasiConfigVariables::new();
         for (key, source) in specs {
             let value: String = match source {
@@ -128,7 +162,7 @@ impl Variables {
             };
             values.insert(key.clone(), value);
         }
-        Ok(Variables { values, names: specs.keys().cloned().collect() })
+        Ok(values)
     }
 }
 
@@ -151,5 +185,23 @@ mod tests {
         assert!(bad.is_err());
         let bad: Result<BTreeMap<String, VarSource>, _> = toml::from_str("a = { env = \"X\", file = \"y\" }\n");
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn reload_reads_files_again_and_keeps_old_values_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "one\n").unwrap();
+        let specs = BTreeMap::from([("s".to_string(), VarSource::File(file.clone()))]);
+        let v = Variables::resolve(&specs).unwrap();
+        let before = v.snapshot();
+        std::fs::write(&file, "two\n").unwrap();
+        v.reload().unwrap();
+        let after = v.snapshot();
+        assert!(!Arc::ptr_eq(&before, &after), "read again");
+        std::fs::remove_file(&file).unwrap();
+        let e = v.reload().unwrap_err().to_string();
+        assert!(e.contains("variable `s`") && !e.contains("two"), "{e}");
+        assert!(Arc::ptr_eq(&after, &v.snapshot()), "a failed reload keeps the previous values");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bullmq::JobOptions;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_config::WasiConfig;
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::bullpen::processor::job_context;
@@ -68,6 +68,9 @@ pub(crate) struct HostState {
     pub(crate) http: http::Hooks,
     pub(crate) memory: MemoryLimiter,
     pub(crate) job: Backend,
+    /// The binding's variables as this attempt first read them (a SIGHUP
+    /// reload does not change them under a running attempt).
+    pub(crate) variables: Option<Arc<WasiConfigVariables>>,
 }
 
 impl HostState {
@@ -83,6 +86,7 @@ impl HostState {
             http: http::Hooks::new(job.grants().clone()),
             memory: MemoryLimiter::new(limits),
             job,
+            variables: None,
         }
     }
 }
@@ -95,7 +99,8 @@ impl WasiHttpView for HostState {
 
 /// `wasi:config/store` answers from the binding's variables only.
 pub(crate) fn wasi_config(state: &mut HostState) -> WasiConfig<'_> {
-    WasiConfig::new(&state.http.grants.variables.values)
+    let grants = &state.http.grants;
+    WasiConfig::new(state.variables.get_or_insert_with(|| grants.variables.snapshot()))
 }
 
 impl WasiView for HostState {
