@@ -434,3 +434,35 @@ fn job_scheduler_iterations_run_with_the_template_data() {
         assert!(j["id"].as_str().unwrap().starts_with("repeat:tick:"), "{j:#}");
     }
 }
+
+/// BullMQ's worker rate limiter (`limiter: { max, duration }`):
+/// `--limiter-max 4 --limiter-duration-ms 1000` on two workers of one queue
+/// (concurrency 10 each) starts at most 4 jobs per second between them —
+/// the limit is counted in BullMQ's own `limiter` key, as for Node workers.
+#[test]
+fn the_rate_limiter_is_queue_wide() {
+    let redis = Redis::start();
+    let flags = ["--concurrency", "10", "--limiter-max", "4", "--limiter-duration-ms", "1000"];
+    let _a = Worker::start(&redis, "rl", &plugin("echo", "rust"), &flags);
+    let _b = Worker::start(&redis, "rl", &plugin("echo", "rust"), &flags);
+    let jobs: Vec<Value> = (0..12).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
+    let ids = node_add(&redis, "rl", Value::Array(jobs));
+    let v = wait_finished(&redis, "rl", &ids, T);
+    let mut started: Vec<u64> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            assert_eq!(j["state"], "completed", "{j:#}");
+            j["processedOn"].as_u64().unwrap()
+        })
+        .collect();
+    started.sort();
+    // Any 5 consecutive starts span a full window or more.
+    for w in started.windows(5) {
+        assert!(w[4] - w[0] >= 950, "5 jobs started within {} ms: {started:?}", w[4] - w[0]);
+    }
+    let out = bullpen(&["worker", "--redis", &redis.url(), "--queue", "rl", "--limiter-max", "4"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--limiter-duration-ms"), "names the missing flag");
+}

@@ -112,6 +112,14 @@ pub(crate) struct Settings {
     /// BullMQ `maxStartedAttempts` (unlimited when absent).
     #[arg(long)]
     pub(crate) max_started_attempts: Option<u32>,
+    /// BullMQ worker `limiter.max`: at most this many jobs of the queue
+    /// start per `--limiter-duration-ms`, counted in Redis for every worker
+    /// of the queue (Node's included) [default: no limit].
+    #[arg(long, requires = "limiter_duration_ms")]
+    pub(crate) limiter_max: Option<u64>,
+    /// BullMQ worker `limiter.duration`, in ms: the window of `--limiter-max`.
+    #[arg(long, requires = "limiter_max")]
+    pub(crate) limiter_duration_ms: Option<u64>,
     /// A queue guests may add children to (repeatable; '*' for any).
     /// Default: the worker's queue and '<queue>-children'.
     #[arg(long = "child-queue")]
@@ -215,6 +223,8 @@ impl Settings {
             stalled_interval_ms: self.stalled_interval_ms.or(lower.stalled_interval_ms),
             max_stalled_count: self.max_stalled_count.or(lower.max_stalled_count),
             max_started_attempts: self.max_started_attempts.or(lower.max_started_attempts),
+            limiter_max: self.limiter_max.or(lower.limiter_max),
+            limiter_duration_ms: self.limiter_duration_ms.or(lower.limiter_duration_ms),
             child_queues: self.child_queues.clone().or_else(|| lower.child_queues.clone()),
             instance_reuse: self.instance_reuse.or(lower.instance_reuse),
             redis_functions: self.redis_functions.or(lower.redis_functions),
@@ -293,6 +303,14 @@ impl Settings {
         }
         if self.max_started_attempts.is_some() {
             c.max_started_attempts = self.max_started_attempts;
+        }
+        match (self.limiter_max, self.limiter_duration_ms) {
+            (None, None) => {}
+            (Some(max), Some(ms)) if max > 0 && ms > 0 => c.limiter = Some((max, ms)),
+            _ => bail!(
+                "queue `{}`: the rate limiter needs both limiter_max and limiter_duration_ms, each above 0",
+                c.queue
+            ),
         }
         if let Some(n) = self.instance_reuse {
             if n == 0 {

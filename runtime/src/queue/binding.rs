@@ -53,6 +53,8 @@ pub(crate) struct BindingConfig {
     pub(crate) max_stalled_count: u32,
     /// BullMQ `maxStartedAttempts` (unlimited).
     pub(crate) max_started_attempts: Option<u32>,
+    /// BullMQ worker `limiter`: (max jobs, per duration in ms), queue-wide.
+    pub(crate) limiter: Option<(u64, u64)>,
     pub(crate) child_queues: ChildQueues,
     /// BullMQ worker `name`: stored on each job it takes (Node's
     /// `job.processedBy`) and as its Redis client name.
@@ -92,6 +94,7 @@ impl BindingConfig {
             lock_duration_ms: 30_000,
             stalled_interval_ms: 30_000,
             max_stalled_count: 1,
+            limiter: None,
             max_started_attempts: None,
             name: None,
             instance_reuse: 1,
@@ -230,6 +233,9 @@ async fn start_part(
         stalled_interval: config.stalled_interval_ms,
         max_stalled_count: config.max_stalled_count,
         max_started_attempts: config.max_started_attempts,
+        limiter: config
+            .limiter
+            .map(|(max, ms)| bullmq::options::RateLimiterOptions::new(max, std::time::Duration::from_millis(ms))),
         name: config.name.clone(),
         // The write-behind flush a completed attempt returns with its value
         // becomes a function of the same library as moveToFinished.
