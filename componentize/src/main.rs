@@ -77,12 +77,37 @@ fn has_component_type(module: &[u8]) -> Result<bool> {
     Ok(false)
 }
 
+/// A processor is a reactor: its exports are called, its `_start` never
+/// is. A command module (Go built without `-buildmode=c-shared`) would
+/// componentize, then fail every job with "cannot leave component instance".
+fn check_reactor(module: &[u8], input: &std::path::Path) -> Result<()> {
+    let mut exports = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        if let wasmparser::Payload::ExportSection(s) = payload? {
+            for e in s {
+                exports.push(e?.name.to_string());
+            }
+        }
+    }
+    let has = |name: &str| exports.iter().any(|e| e == name);
+    if has("_start") && !has("_initialize") {
+        bail!(
+            "{} is a command module (it exports `_start`), not a reactor: a processor's exports are called \
+             per job. For Go, build with `GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o {} .`",
+            input.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let args = parse_args()?;
     let mut module = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
     if module.get(0..4) != Some(b"\0asm") || module.get(4..8) != Some(&[1, 0, 0, 0]) {
         bail!("{} is not a core WebAssembly module", args.input.display());
     }
+    check_reactor(&module, &args.input)?;
     if !has_component_type(&module)? {
         let mut resolve = Resolve::default();
         let (pkg, _) =

@@ -17,7 +17,11 @@ pub enum PluginError {
     #[error("{0} is not a WebAssembly file (no `\\0asm` header)")]
     NotWasm(String),
     /// A core Wasm module, not a component.
-    #[error("{0} is a core WebAssembly module, not a component: build for wasm32-wasip2 or run `wasm-tools component new` on it")]
+    #[error(
+        "{0} is a core WebAssembly module, not a component: build Rust for wasm32-wasip2, JavaScript with \
+         bullpen-build, and make a Go module (-buildmode=c-shared) a component with \
+         `bullpen-componentize {0} --wit <bullpen>/wit -o <out>.wasm`"
+    )]
     CoreModule(String),
     /// wasmtime refused to compile the component (truncated, corrupt, or
     /// uses features the engine does not enable).

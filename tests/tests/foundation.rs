@@ -405,3 +405,30 @@ fn second_start_loads_the_precompiled_artifact() {
     assert_eq!(std::fs::read_dir(cache.path().join("artifacts")).unwrap().count(), 1, "one artifact written");
     assert!(start(2).contains("from_cache=true"));
 }
+
+/// Build-time refusals say how to fix the build: bullpen-componentize
+/// refuses a command module (Go built without `-buildmode=c-shared`, which
+/// would fail every job at run time), and a core module given to bullpen
+/// names the project's own tool.
+#[test]
+fn componentize_refuses_a_command_module_and_says_how_to_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = dir.path().join("cmd.core.wasm");
+    std::fs::write(&command, wat::parse_str(r#"(module (func (export "_start")) (func (export "process")))"#).unwrap())
+        .unwrap();
+    let tool = bullpen_bin().with_file_name("bullpen-componentize");
+    let out = std::process::Command::new(&tool)
+        .arg(&command)
+        .args(["--wit", root().join("wit").to_str().unwrap(), "-o"])
+        .arg(dir.path().join("out.wasm"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is a command module (it exports `_start`)") && err.contains("-buildmode=c-shared"), "{err}");
+    assert!(!dir.path().join("out.wasm").exists());
+
+    let out = bullpen(&["run", command.to_str().unwrap(), "--data", "{}"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bullpen-componentize") && err.contains("wasm32-wasip2"), "{err}");
+}
