@@ -664,7 +664,12 @@ impl RedisTarget {
             Some("WRONGPASS" | "NOAUTH" | "NOPERM") => return ConnectError::Auth { target, detail: server() },
             Some("LOADING") => return ConnectError::Loading { target, waited: String::new() },
             Some("READONLY") => return ConnectError::ReadOnly { target, of: String::new() },
-            Some("OOM") => return ConnectError::OutOfMemory { target, detail: server() },
+            // Refused inside a script, Redis appends `script: <sha>, on @user_script:<line>.`
+            Some("OOM") => {
+                let detail = server();
+                let detail = detail.split(" script: ").next().unwrap_or_default().to_string();
+                return ConnectError::OutOfMemory { target, detail };
+            }
             _ => {}
         }
         if e.kind() == redis::ErrorKind::AuthenticationFailed {

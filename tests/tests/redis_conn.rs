@@ -271,6 +271,7 @@ fn run_cell(row: &Row, cmd: &str, expect: Expect) -> Option<Waiting> {
         row.cause
     );
     assert_eq!(last.matches(row.cause).count(), 1, "{what}: cause repeated: {last}");
+    assert!(!last.contains(" script: "), "{what}: the line names a script sha instead of just the cause: {last}");
     match row.notice {
         Some(n) => assert!(lines.len() == 2 && lines[0].contains(n), "{what}: {n:?}, then the error:\n{err}"),
         None => assert_eq!(lines.len(), 1, "{what}: one line:\n{err}"),
