@@ -569,7 +569,12 @@ impl RedisTarget {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.connect_timeout));
         let client = self.client(&bare).map_err(fail)?;
-        let mut c = client.get_multiplexed_async_connection_with_config(&config).await.map_err(fail)?;
+        let connecting = client.get_multiplexed_async_connection_with_config(&config);
+        let mut c = if bare.starts_with("rediss://") {
+            self.tls_connect(url, connecting).await?
+        } else {
+            connecting.await.map_err(fail)?
+        };
         if let Some((user, pass)) = auth {
             let mut cmd = redis::cmd("AUTH");
             if let Some(user) = user {
@@ -604,6 +609,36 @@ impl RedisTarget {
         Ok(())
     }
 
+    /// A TLS connection, told apart from a silent server when it stalls: a
+    /// plaintext Redis port reads the ClientHello as the start of an inline
+    /// command and waits for its end, so the handshake never ends. Once half
+    /// the connect timeout has passed without a handshake, the port is asked
+    /// `PING` in plaintext on a second connection; a Redis reply there is
+    /// the cause, said at once. (A healthy TLS server has long answered by
+    /// then, so it never sees the probe.)
+    async fn tls_connect<T>(
+        &self,
+        url: &str,
+        connecting: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ConnectError> {
+        let fail = |e: redis::RedisError| self.classify(url, &e);
+        tokio::pin!(connecting);
+        let half = self.connect_timeout / 2;
+        tokio::select! {
+            r = &mut connecting => return r.map_err(fail),
+            () = tokio::time::sleep(half) => {}
+        }
+        tokio::select! {
+            r = &mut connecting => r.map_err(fail),
+            true = speaks_plaintext_redis(url, half) => Err(ConnectError::Tls {
+                target: mask(url),
+                detail: "no answer to it, and the port answers plaintext Redis: it is not a TLS port; \
+                         use redis:// without --redis-ca"
+                    .into(),
+            }),
+        }
+    }
+
     /// The one-line cause of a failed command, when `err` holds a Redis
     /// error that says Redis is unreachable or unusable (rather than that
     /// the command itself was wrong).
@@ -629,7 +664,12 @@ impl RedisTarget {
             Some("WRONGPASS" | "NOAUTH" | "NOPERM") => return ConnectError::Auth { target, detail: server() },
             Some("LOADING") => return ConnectError::Loading { target, waited: String::new() },
             Some("READONLY") => return ConnectError::ReadOnly { target, of: String::new() },
-            Some("OOM") => return ConnectError::OutOfMemory { target, detail: server() },
+            // Refused inside a script, Redis appends `script: <sha>, on @user_script:<line>.`
+            Some("OOM") => {
+                let detail = server();
+                let detail = detail.split(" script: ").next().unwrap_or_default().to_string();
+                return ConnectError::OutOfMemory { target, detail };
+            }
             _ => {}
         }
         if e.kind() == redis::ErrorKind::AuthenticationFailed {
@@ -661,6 +701,23 @@ impl RedisTarget {
         }
         ConnectError::Other { target, detail: text }
     }
+}
+
+/// Whether `url`'s host and port answer a plaintext `PING` as Redis does
+/// (`+PONG`, or an error such as `-NOAUTH`) within `within`.
+async fn speaks_plaintext_redis(url: &str, within: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((host, port)) = url::Url::parse(url).ok().and_then(|u| Some((u.host_str()?.to_string(), u.port()))) else {
+        return false;
+    };
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(format!("{host}:{}", port.unwrap_or(6379))).await.ok()?;
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").await.ok()?;
+        let mut buf = [0u8; 5];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG") || (n > 1 && buf[0] == b'-' && buf[1].is_ascii_uppercase()))
+    };
+    matches!(tokio::time::timeout(within, probe).await, Ok(Some(true)))
 }
 
 /// From `INFO memory`: why writes are refused, when `maxmemory` is reached

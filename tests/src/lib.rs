@@ -232,9 +232,19 @@ impl Redis {
     /// Kill the server (as a crash would) and start it again on the same
     /// port and directory: with `--appendonly yes` the data survives.
     pub fn restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.start_again();
+    }
+
+    /// Kill the server (as a crash would); its port then refuses connections.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(down_for);
+    }
+
+    /// Start the killed server again, on the same port and directory.
+    pub fn start_again(&mut self) {
         self.child = spawn_redis_tls(self.port, &self.extra, self.dir.path(), self.tls.as_ref())
             .expect("redis-server did not come back");
     }
@@ -243,6 +253,12 @@ impl Redis {
     /// server restarted with `key-load-delay` (µs per key), so it answers
     /// LOADING for about `keys` × `delay_us` after this returns.
     pub fn start_loading(keys: usize, delay_us: u64) -> Redis {
+        Self::start_loading_with(keys, delay_us, None)
+    }
+
+    /// [`Self::start_loading`], restarted with `--requirepass password`
+    /// when one is given (AUTH works while loading; PING says LOADING).
+    pub fn start_loading_with(keys: usize, delay_us: u64, password: Option<&str>) -> Redis {
         let mut r = Redis::start();
         let mut c = r.conn();
         let mut pipe = redis::pipe();
@@ -256,6 +272,9 @@ impl Redis {
         r.extra = ["--key-load-delay", &delay_us.to_string(), "--loading-process-events-interval-bytes", "1024"]
             .map(String::from)
             .to_vec();
+        if let Some(p) = password {
+            r.extra.extend(["--requirepass".to_string(), p.to_string()]);
+        }
         r.child = Command::new("redis-server")
             .args(["--port", &r.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&r.extra)
@@ -266,8 +285,12 @@ impl Redis {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
+        let url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", r.port),
+            None => r.url(),
+        };
         loop {
-            let reply = redis::Client::open(r.url())
+            let reply = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
             match reply {

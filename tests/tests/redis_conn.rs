@@ -8,11 +8,6 @@ use std::time::{Duration, Instant};
 use bullpen_tests::*;
 use serde_json::json;
 
-/// The lines of a command's stderr (the one-line error is the last).
-fn stderr_lines(out: &std::process::Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr).lines().map(String::from).collect()
-}
-
 /// `<command> <redis args> <rest>`.
 fn args<'a>(redis: &'a [String], command: &[&'a str]) -> Vec<&'a str> {
     let (cmd, rest) = command.split_first().unwrap();
@@ -64,38 +59,6 @@ fn tls_worker_and_every_command_over_mutual_tls() {
     let out = bullpen(&args(&r, &["deploy", "--queue", "tls-deploy", p.to_str().unwrap()]));
     assert!(out.status.success(), "deploy over TLS: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(worker.stop().code(), Some(0));
-}
-
-/// A server whose certificate no trusted CA signed is refused, in one line
-/// that says so, by one-shot commands and the worker alike.
-#[test]
-fn tls_with_the_wrong_ca_is_refused_as_not_trusted() {
-    let certs = Certs::make();
-    let redis = Redis::start_tls(&certs, false, &[]);
-    let url = redis.url();
-    let other = certs.arg("other-ca.pem");
-    let p = plugin("echo", "rust");
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("stats, another CA", vec!["stats", "--redis", &url, "--redis-ca", &other, "--queue", "q"]),
-        ("add, the webpki roots", vec!["add", "--redis", &url, "--queue", "q", "n", "{}"]),
-        (
-            "worker, another CA",
-            vec!["worker", "--redis", &url, "--redis-ca", &other, "--queue", "q", "--plugin", p.to_str().unwrap()],
-        ),
-    ];
-    for (what, a) in cases {
-        let t = Instant::now();
-        let out = bullpen(&a);
-        let lines = stderr_lines(&out);
-        assert_eq!(out.status.code(), Some(1), "{what}: {lines:?}");
-        assert!(t.elapsed() < Duration::from_secs(5), "{what}: took {:?}", t.elapsed());
-        assert_eq!(lines.len(), 1, "{what}: one line: {lines:?}");
-        assert!(lines[0].contains("certificate is not trusted") && lines[0].contains(&url), "{what}: {lines:?}");
-    }
-    // The right CA works (the same server, the same command).
-    let ca = certs.arg("ca.pem");
-    let out = bullpen(&["stats", "--redis", &url, "--redis-ca", &ca, "--queue", "q"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A default password and an ACL user `app` with its own.
@@ -152,80 +115,137 @@ fn auth_from_the_url_a_file_or_the_environment_and_never_logged() {
     }
 }
 
-/// What one command should do against a broken Redis.
-#[derive(Clone, Copy, Debug)]
+/// What one command does against a broken Redis (a cell of the table).
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Expect {
-    /// Exit 1 within the bound, the last stderr line naming the cause.
-    Fails(&'static str),
-    /// (worker) Keep running, having logged the cause once.
-    Waits(&'static str),
+    /// Exit 1 within [`BOUND`]; stderr is one `error:` line naming the
+    /// cause once (after the row's notice, if it has one); nothing on stdout.
+    Fails,
+    /// (worker) Keep running, having logged the cause once; once the outage
+    /// ends, serve the queue: every job completes.
+    Waits,
     /// Succeed (a read on a server that refuses only writes).
     Works,
 }
+use Expect::{Fails, Waits, Works};
 
+/// The table's columns.
 const COMMANDS: [&str; 5] = ["worker", "add", "stats", "deploy", "inspect"];
+/// `--connect-timeout-ms` of every run.
+const TIMEOUT_MS: u64 = 2000;
+/// The connect timeout plus slack for starting a process on a busy machine.
+const BOUND: Duration = Duration::from_secs(4);
+/// In every URL that has a password: no output may show it.
+const PASSWORD: &str = "Row-Secret-9";
 
-/// Run the five commands against `redis` (bullpen's connection args) at
-/// once and check each against `expect(command)`: exit code, elapsed time
-/// under `bound`, and one line that names the cause. Returns the stderr of
-/// each, for more checks.
-fn check_commands(row: &str, redis: &[String], bound: Duration, expect: impl Fn(&str) -> Expect) -> Vec<String> {
-    let p = plugin("echo", "rust");
-    let p = p.to_str().unwrap().to_string();
-    let runs: Vec<_> = COMMANDS
-        .iter()
-        .map(|&cmd| {
-            let mut a: Vec<String> = vec![cmd.to_string()];
-            a.extend(redis.iter().cloned());
-            a.extend(["--queue".to_string(), "q".to_string()]);
-            match cmd {
-                "worker" => a.extend(["--plugin".to_string(), p.clone()]),
-                "add" => a.extend(["n".to_string(), "{}".to_string()]),
-                "deploy" => a.push(p.clone()),
-                "inspect" => a.push("1".to_string()),
-                _ => {}
-            }
-            let e = expect(cmd);
-            let row = row.to_string();
-            std::thread::spawn(move || run_one(&row, cmd, &a, bound, e))
-        })
-        .collect();
-    runs.into_iter().map(|h| h.join().unwrap()).collect()
+/// A row of the table: one way Redis is unusable, and each command's cell.
+struct Row {
+    failure: &'static str,
+    /// `--redis`; its password (if any) is [`PASSWORD`] or `not-the-Secret`.
+    url: String,
+    /// More connection flags (`--redis-ca ...`).
+    flags: Vec<String>,
+    /// In the error line (and, for a waiting worker, its warning).
+    cause: &'static str,
+    /// worker, add, stats, deploy, inspect.
+    cells: [Expect; 5],
+    /// A line a failing one-shot command writes before its error (it waited, saying so).
+    notice: Option<&'static str>,
+    /// A failing command takes at least this long (it waits the connect timeout out).
+    at_least: Duration,
+    /// The server's data (an authenticated URL) and the jobs added to it
+    /// before the row: a refused `add` must have added none, and once the
+    /// outage ends the waiting worker must complete them all.
+    data: Option<(String, usize)>,
 }
 
-fn run_one(row: &str, cmd: &str, a: &[String], bound: Duration, expect: Expect) -> String {
+impl Row {
+    fn new(failure: &'static str, url: String, cause: &'static str, cells: [Expect; 5]) -> Self {
+        Row { failure, url, flags: vec![], cause, cells, notice: None, at_least: Duration::ZERO, data: None }
+    }
+}
+
+/// `url` as bullpen prints it.
+fn masked(url: &str) -> String {
+    url.replace(PASSWORD, "***").replace("not-the-Secret", "***")
+}
+
+/// `bullpen add` one job; its id.
+fn add_job(url: &str) -> String {
+    let out = bullpen(&["add", "--redis", url, "--queue", "q", "n", "{}"]);
+    assert!(out.status.success(), "add to {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn data_conn(url: &str) -> redis::Connection {
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// How many jobs queue `q` ever got (BullMQ's id counter), and how many completed.
+fn jobs(url: &str) -> (usize, usize) {
+    let mut c = data_conn(url);
+    let added: Option<usize> = redis::cmd("GET").arg("bull:q:id").query(&mut c).unwrap();
+    let completed: usize = redis::cmd("ZCARD").arg("bull:q:completed").query(&mut c).unwrap();
+    (added.unwrap_or(0), completed)
+}
+
+/// A worker that waits out an outage.
+struct Waiting {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Run one cell and check it: exit code, elapsed time, the one line. A
+/// waiting worker is returned still running.
+fn run_cell(row: &Row, cmd: &str, expect: Expect) -> Option<Waiting> {
+    let p = plugin("echo", "rust").to_str().unwrap().to_string();
+    let timeout = TIMEOUT_MS.to_string();
+    let mut a: Vec<&str> = vec![cmd, "--redis", &row.url, "--connect-timeout-ms", &timeout];
+    a.extend(row.flags.iter().map(String::as_str));
+    a.extend(["--queue", "q"]);
+    a.extend(match cmd {
+        "worker" => vec!["--plugin", &p],
+        "add" => vec!["n", "{}"],
+        "deploy" => vec![p.as_str()],
+        "inspect" => vec!["1"],
+        _ => vec![],
+    });
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr");
+    let (log, out) = (dir.path().join("stderr"), dir.path().join("stdout"));
     let t = Instant::now();
     let mut child = std::process::Command::new(bullpen_bin())
-        .args(a)
+        .args(&a)
         .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let what = format!("{row} / {cmd}");
+    let what = format!("{} / {cmd}", row.failure);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    if let Expect::Waits(cause) = expect {
-        let deadline = t + bound;
-        while !read().contains(cause) {
-            assert!(Instant::now() < deadline, "{what}: no {cause:?} within {bound:?}:\n{}", read());
+    let check_masked = |err: &str| {
+        assert!(!err.contains(PASSWORD) && !err.contains("not-the-Secret"), "{what}: a password shown:\n{err}");
+        assert!(err.contains(&masked(&row.url)), "{what}: the URL, masked, should be named:\n{err}");
+    };
+    if expect == Waits {
+        while !read().contains(row.cause) {
+            assert!(t.elapsed() < BOUND, "{what}: no {:?} within {BOUND:?}:\n{}", row.cause, read());
             assert!(child.try_wait().unwrap().is_none(), "{what}: exited, but should wait:\n{}", read());
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Still waiting a while later, and the outage told once.
-        std::thread::sleep(Duration::from_millis(2500));
+        check_masked(&read());
+        eprintln!("{what}: waits, saying so in {:.1?}", t.elapsed());
+        // Still waiting (several retries later), having said so once.
+        std::thread::sleep(Duration::from_millis(1500));
         assert!(child.try_wait().unwrap().is_none(), "{what}: exited, but should wait:\n{}", read());
-        terminate(&mut child);
-        let err = read();
-        assert_eq!(err.matches(cause).count(), 1, "{what}: the outage should be logged once:\n{err}");
-        return err;
+        assert_eq!(read().matches(row.cause).count(), 1, "{what}: the outage should be logged once:\n{}", read());
+        return Some(Waiting { child, log, _dir: dir });
     }
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if t.elapsed() > bound + Duration::from_secs(10) {
+        if t.elapsed() > BOUND + Duration::from_secs(10) {
             let _ = child.kill();
             panic!("{what}: still running after {:?}; stderr:\n{}", t.elapsed(), read());
         }
@@ -233,112 +253,200 @@ fn run_one(row: &str, cmd: &str, a: &[String], bound: Duration, expect: Expect) 
     };
     let elapsed = t.elapsed();
     let err = read();
+    eprintln!("{what}: exit {:?} in {elapsed:.1?}: {}", status.code(), err.lines().last().unwrap_or_default());
+    assert!(elapsed < BOUND, "{what}: took {elapsed:?} (bound {BOUND:?}); stderr:\n{err}");
+    if expect == Works {
+        assert!(status.success(), "{what}: should work:\n{err}");
+        return None;
+    }
+    assert_eq!(status.code(), Some(1), "{what}: exit code; stderr:\n{err}");
+    assert!(elapsed >= row.at_least, "{what}: took only {elapsed:?}, should wait {:?}:\n{err}", row.at_least);
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    assert!(stdout.is_empty(), "{what}: nothing on stdout (no job id), got {stdout:?}");
     let lines: Vec<&str> = err.lines().collect();
-    match expect {
-        Expect::Fails(cause) => {
-            assert_eq!(status.code(), Some(1), "{what}: exit code; stderr:\n{err}");
-            assert!(elapsed < bound, "{what}: took {elapsed:?} (bound {bound:?}); stderr:\n{err}");
-            let last = lines.last().copied().unwrap_or_default();
-            assert!(
-                last.starts_with("error: ") && last.contains(cause),
-                "{what}: want {cause:?} in the last line:\n{err}"
-            );
-            assert_eq!(lines.iter().filter(|l| l.starts_with("error:")).count(), 1, "{what}: one error line:\n{err}");
-            assert!(lines.len() <= 2, "{what}: at most a notice and the error:\n{err}");
-            // The cause is stated once (not repeated by a source chain).
-            assert_eq!(last.matches(cause).count(), 1, "{what}: cause repeated: {last}");
-        }
-        _ => assert!(status.success(), "{what}: should work:\n{err}"),
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(row.cause),
+        "{what}: want {:?} in the last line:\n{err}",
+        row.cause
+    );
+    assert_eq!(last.matches(row.cause).count(), 1, "{what}: cause repeated: {last}");
+    assert!(!last.contains(" script: "), "{what}: the line names a script sha instead of just the cause: {last}");
+    match row.notice {
+        Some(n) => assert!(lines.len() == 2 && lines[0].contains(n), "{what}: {n:?}, then the error:\n{err}"),
+        None => assert_eq!(lines.len(), 1, "{what}: one line:\n{err}"),
     }
-    err
+    check_masked(&err);
+    None
 }
 
-/// Wrong credentials: every command exits 1 within 5 s with one line that
-/// names WRONGPASS or NOAUTH and shows the URL with its password masked.
-#[test]
-fn auth_wrong_credentials_fail_fast_in_one_line() {
-    let redis = Redis::start_with(&WITH_ACL_USER);
-    let port = redis.port;
-    let five = Duration::from_secs(5);
-    let wrong = ["--redis".to_string(), format!("redis://app:not-the-Secret@127.0.0.1:{port}")];
-    for err in check_commands("wrong password", &wrong, five, |_| Expect::Fails("WRONGPASS")) {
-        assert!(err.contains(&format!("redis://app:***@127.0.0.1:{port}")), "masked URL: {err}");
-        assert!(!err.contains("not-the-Secret"), "a password in a log line: {err}");
+/// Run a row: its five commands at once, then (for a waiting worker)
+/// `heal` the outage and see the worker complete every job, none lost.
+fn run_row(row: Row, heal: Option<&mut dyn FnMut()>) {
+    let waiting = std::thread::scope(|s| {
+        let row = &row;
+        let runs: Vec<_> =
+            COMMANDS.iter().zip(row.cells).map(|(&cmd, e)| s.spawn(move || run_cell(row, cmd, e))).collect();
+        runs.into_iter().filter_map(|h| h.join().unwrap()).next()
+    });
+    let Some(mut w) = waiting else { return };
+    let what = row.failure;
+    if let (Some(heal), Some((url, seeded))) = (heal, &row.data) {
+        heal();
+        add_job(url);
+        // Exactly the jobs added before and this one: a refused `add`
+        // (which printed no id: run_cell) added none.
+        let all = seeded + 1;
+        wait_until(Duration::from_secs(30), POLL, &format!("{what}: the worker never completed {all} jobs"), || {
+            (jobs(url) == (all, all)).then_some(())
+        });
     }
-    let none = ["--redis".to_string(), format!("redis://127.0.0.1:{port}")];
-    check_commands("no password", &none, five, |_| Expect::Fails("NOAUTH"));
+    terminate(&mut w.child);
+    let log = std::fs::read_to_string(&w.log).unwrap();
+    assert_eq!(w.child.wait().unwrap().code(), Some(0), "{what}: worker exit:\n{log}");
+    assert_eq!(log.matches(row.cause).count(), 1, "{what}: the outage should be logged once:\n{log}");
 }
 
-/// Every way Redis can be unusable, for worker, add, stats, deploy and
-/// inspect: one-shot commands exit 1 in one line within the connect
-/// timeout; the worker stops on a wrong setting (TLS) and waits out an
-/// outage, logging it once.
+/// Issue 23 item 3: every way Redis can be unusable (rows) for `worker`,
+/// `add`, `stats`, `deploy` and `inspect` (columns). One-shot commands exit
+/// 1 within the connect timeout in one line naming the cause, the password
+/// masked, and `add` adds no job; the worker stops on a wrong setting and
+/// waits out an outage, said once, then completes every job.
 #[test]
-fn connection_failures_are_bounded_and_told_in_one_line() {
-    let five = Duration::from_secs(5);
-    let fast = ["--connect-timeout-ms".to_string(), "1500".to_string()];
-    let fast_bound = Duration::from_millis(2500);
-    let with = |url: String, extra: &[String]| {
-        let mut a = vec!["--redis".to_string(), url];
-        a.extend(extra.iter().cloned());
-        a
-    };
-    let outage = |cause: &'static str| {
-        move |cmd: &str| if cmd == "worker" { Expect::Waits(cause) } else { Expect::Fails(cause) }
-    };
+fn connection_failures_table() {
+    let pw = PASSWORD;
+    let with_pw = |port: u16| format!("redis://:{pw}@127.0.0.1:{port}");
+    let waits = [Waits, Fails, Fails, Fails, Fails];
+    let every_command_fails = [Fails; 5];
+    let two_s = Duration::from_millis(TIMEOUT_MS);
 
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    check_commands(
-        "refused",
-        &with(format!("redis://127.0.0.1:{closed_port}"), &[]),
-        five,
-        outage("connection refused"),
+    // Redis killed: its port refuses; started again to heal.
+    let mut down = Redis::start_with(&["--requirepass", pw]);
+    let down_url = with_pw(down.port);
+    down.kill();
+    let mut refused = Row::new("refused", down_url.clone(), "connection refused", waits);
+    refused.data = Some((down_url, 0));
+    run_row(refused, Some(&mut || down.start_again()));
+
+    run_row(
+        Row::new(
+            "unknown host",
+            format!("redis://:{pw}@nothing.invalid:6379"),
+            "unknown host `nothing.invalid`",
+            waits,
+        ),
+        None,
     );
 
-    check_commands(
-        "unknown host",
-        &with("redis://nothing.invalid:6379".into(), &[]),
-        five,
-        outage("unknown host `nothing.invalid`"),
-    );
+    // A hung server (SIGSTOP): the kernel accepts, nothing answers. A job waits in it.
+    let hung = Redis::start_with(&["--requirepass", pw]);
+    let hung_url = with_pw(hung.port);
+    add_job(&hung_url);
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &hung.pid().to_string()]).status().unwrap().success())
+    };
+    signal("-STOP");
+    let mut timeout = Row::new("timeout", hung_url.clone(), "no answer within 2000 ms", waits);
+    timeout.at_least = two_s;
+    timeout.data = Some((hung_url, 1));
+    run_row(timeout, Some(&mut || signal("-CONT")));
 
-    // Accepted by the kernel, never answered.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("redis://127.0.0.1:{}", silent.local_addr().unwrap().port());
-    check_commands("timeout", &with(url, &fast), fast_bound, outage("no answer within 1500 ms"));
-
-    // A server that requires a client certificate, reached without one.
     let certs = Certs::make();
+    let tls = Redis::start_tls(&certs, false, &[]);
+    let tls_url = format!("rediss://:{pw}@127.0.0.1:{}", tls.port);
+    let mut untrusted =
+        Row::new("TLS: CA not trusted", tls_url.clone(), "certificate is not trusted", every_command_fails);
+    untrusted.flags = vec!["--redis-ca".into(), certs.arg("other-ca.pem")];
+    run_row(untrusted, None);
+    run_row(
+        Row::new("TLS: webpki roots, private CA", tls_url, "certificate is not trusted", every_command_fails),
+        None,
+    );
     let mutual = Redis::start_tls(&certs, true, &[]);
-    let ca = certs.arg("ca.pem");
-    let no_cert = with(mutual.url(), &["--redis-ca".to_string(), ca]);
-    check_commands("TLS handshake", &no_cert, five, |_| Expect::Fails("TLS handshake failed"));
-    drop(mutual);
-
+    let mut no_cert = Row::new(
+        "TLS: no client certificate",
+        format!("rediss://:{pw}@127.0.0.1:{}", mutual.port),
+        "TLS handshake failed",
+        every_command_fails,
+    );
+    no_cert.flags = vec!["--redis-ca".into(), certs.arg("ca.pem")];
+    run_row(no_cert, None);
     let plain = Redis::start();
+    run_row(
+        Row::new(
+            "TLS: a plaintext port",
+            format!("rediss://:{pw}@127.0.0.1:{}", plain.port),
+            "TLS handshake failed (no answer to it, and the port answers plaintext Redis",
+            every_command_fails,
+        ),
+        None,
+    );
+    // The other way round: a TLS server just closes (as a proxy with no
+    // backend would, so the worker waits).
+    run_row(
+        Row::new(
+            "plaintext to a TLS port",
+            format!("redis://:{pw}@127.0.0.1:{}", mutual.port),
+            "closed the connection before answering (a TLS-only port? then use rediss://)",
+            waits,
+        ),
+        None,
+    );
+    drop((tls, mutual));
 
-    let loading = Redis::start_loading(40_000, 500);
-    check_commands("LOADING", &with(loading.url(), &fast), fast_bound, outage("still loading its dataset"));
+    let acl = Redis::start_with(&WITH_ACL_USER);
+    run_row(
+        Row::new(
+            "wrong password",
+            format!("redis://app:not-the-Secret@127.0.0.1:{}", acl.port),
+            "authentication failed: WRONGPASS",
+            every_command_fails,
+        ),
+        None,
+    );
+    run_row(Row::new("no password", acl.url(), "authentication failed: NOAUTH", every_command_fails), None);
+    drop(acl);
+
+    // Loading for longer than the one-shot commands wait; the outage ends by itself.
+    let loading = Redis::start_loading_with(12_000, 500, Some(pw));
+    let loading_url = with_pw(loading.port);
+    let mut row = Row::new("LOADING", loading_url.clone(), "still loading its dataset", waits);
+    row.notice = Some("Redis is loading its dataset into memory; waiting up to 2000 ms");
+    row.at_least = two_s;
+    row.data = Some((loading_url, 0));
+    run_row(row, Some(&mut || {}));
     drop(loading);
 
-    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &plain.port.to_string()]);
-    check_commands("READONLY", &with(replica.url(), &[]), five, outage("read-only replica of 127.0.0.1"));
+    // A replica holding a job of its master; promoted to heal.
+    let master = Redis::start();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string(), "--requirepass", pw]);
+    let replica_url = with_pw(replica.port);
+    add_job(&master.url());
+    wait_until(Duration::from_secs(10), POLL, "the replica never got the job", || {
+        (jobs(&replica_url).0 == 1).then_some(())
+    });
+    let mut readonly = Row::new("READONLY", replica_url.clone(), "read-only replica of 127.0.0.1", waits);
+    readonly.data = Some((replica_url.clone(), 1));
+    run_row(
+        readonly,
+        Some(&mut || redis::cmd("REPLICAOF").arg("NO").arg("ONE").query::<()>(&mut data_conn(&replica_url)).unwrap()),
+    );
+    drop((master, replica));
 
-    let full = Redis::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
-    let out = bullpen(&["add", "--redis", &full.url(), "--queue", "q", "n", "{}"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut c = full.conn();
+    // maxmemory reached under noeviction, with a job waiting; room made to heal.
+    let full = Redis::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction", "--requirepass", pw]);
+    let full_url = with_pw(full.port);
+    add_job(&full_url);
+    let mut c = data_conn(&full_url);
     let chunk = "x".repeat(64 << 10);
     for i in 0.. {
         if redis::cmd("SET").arg(format!("fill{i}")).arg(&chunk).query::<()>(&mut c).is_err() {
             break;
         }
     }
-    // `stats` only reads. `inspect` opens a bullmq-official Queue, which
+    // `stats` only reads; `inspect` opens a bullmq-official Queue, which
     // writes the queue's meta hash (HSET) first, so it is refused too.
-    check_commands("OOM", &with(full.url(), &[]), five, |cmd| match cmd {
-        "stats" => Expect::Works,
-        "worker" => Expect::Waits("out of memory"),
-        _ => Expect::Fails("out of memory"),
-    });
+    let mut oom = Row::new("OOM", full_url.clone(), "out of memory", [Waits, Fails, Works, Fails, Fails]);
+    oom.data = Some((full_url, 1));
+    run_row(oom, Some(&mut || redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query::<()>(&mut c).unwrap()));
 }
