@@ -170,9 +170,10 @@ fn masked(url: &str) -> String {
     url.replace(PASSWORD, "***").replace("not-the-Secret", "***")
 }
 
-/// `bullpen add` one job; its id.
+/// `bullpen add` one job once the outage is over; its id. (Waits up to
+/// 30 s: on a busy machine the LOADING row's load outlasts the default 5.)
 fn add_job(url: &str) -> String {
-    let out = bullpen(&["add", "--redis", url, "--queue", "q", "n", "{}"]);
+    let out = bullpen(&["add", "--redis", url, "--connect-timeout-ms", "30000", "--queue", "q", "n", "{}"]);
     assert!(out.status.success(), "add to {url}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
