@@ -2,7 +2,7 @@
 """bullpen benchmarks, side by side on one local redis-server.
 
     python3 bench/run.py --setup      # the one command: set-up + builds, then every scenario and the targets
-    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|job-latency|attempt-overhead|all]
+    python3 bench/run.py [--jobs 50000] [--scenario worker-concurrent|worker-generic|job-latency|webhook|attempt-overhead|all]
                          [--workers 1,2,4] [--concurrency 10,100,1000] [--rate 1000] [--repeat N] [--smoke]
 
 Scenarios (names from BullMQ's benchmark suite):
@@ -10,6 +10,12 @@ Scenarios (names from BullMQ's benchmark suite):
   worker-generic     the same at concurrency 1 (latency-bound; N/10 jobs)
   job-latency        Queue.add in Node -> `completed` seen by Node's QueueEvents, p50/p90/p99,
                      at a steady --rate jobs/s (N/5 jobs), worker concurrency 100
+  webhook            (issue 22) each job POSTs its payload, HMAC-SHA256-signed, to a local server
+                     (bench/node/hook-server.js; its CPU per job apart), concurrency 100: node is
+                     BullMQ's worker doing fetch + HMAC in-process (bench/node/webhook.js),
+                     bullpen-<lang> the webhook-<lang>.wasm plugin; --jobs jobs when named alone,
+                     N/10 in the full run (node and bullpen-rust: three interleaved rounds there).
+                     Every job must complete with {status: 200, body: "ok"}, rightly signed.
   attempt-overhead   one attempt's host cost without Redis, per language, p50/p90/p99
                      (`cargo bench -p bullpen --bench attempt_overhead`, criterion)
 `--concurrency 10,100,1000` runs worker-concurrent at each (RSS growth with concurrency); a full
@@ -75,29 +81,70 @@ def proc_rss_mb(pid):
     return 0.0
 
 
-def contenders(conc, extra_bins=()):
+def contenders(conc, extra_bins=(), hook=None):
+    """name -> command(redis url, queue). Echo's work per job; with `hook` (the webhook scenario's
+    Hook server) the webhook contract's instead: node runs bench/node/webhook.js, bullpen-<lang>
+    webhook-<lang>.wasm granted the server's origin and the secret, and there is no native."""
+    plugin, grants = "echo", []
     c = {"node": lambda url, q: ["node", f"{ROOT}/bench/node/worker.js", url, q, str(conc)]}
     native = f"{ROOT}/target/release/bullpen-bench-native"
-    if os.path.exists(native):
+    if hook:
+        plugin, grants = "webhook", ["--allow-outbound", hook.origin, "--var", f"webhook_secret={hook.secret}"]
+        c = {"node": lambda url, q: ["node", f"{ROOT}/bench/node/webhook.js", url, q, str(conc), hook.secret]}
+    elif os.path.exists(native):
         c["native"] = lambda url, q: [native, url, q, str(conc)]
     for lang in ("rust", "go", "js"):
-        p = f"{ROOT}/target/plugins/echo-{lang}.wasm"
+        p = f"{ROOT}/target/plugins/{plugin}-{lang}.wasm"
         if os.path.exists(p):
             c[f"bullpen-{lang}"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
-                                                        "--queue", q, "--plugin", p, "--concurrency", str(conc)]
+                                                        "--queue", q, "--plugin", p, "--concurrency", str(conc), *grants]
             # Opt-in instance reuse (an instance serves up to 1000 attempts): not in the default
             # set, whose point is a fresh instance per job; ask for it with --only (see chosen()).
             c[f"bullpen-{lang}-reuse"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
                                                               "--queue", q, "--plugin", p, "--concurrency", str(conc),
-                                                              "--instance-reuse", "1000"]
+                                                              *grants, "--instance-reuse", "1000"]
     # A/B of two host builds, or of worker flags, in one run: NAME=PATH [FLAGS...] runs PATH (a
-    # `bullpen` binary) with echo-rust.wasm, and FLAGS after the worker's own.
+    # `bullpen` binary) with echo-rust.wasm (webhook-rust.wasm in the webhook scenario), and FLAGS
+    # after the worker's own.
     for spec in extra_bins:
         name, rest = spec.split("=", 1)
         path, *flags = shlex.split(rest)
         c[name] = lambda url, q, b=path, f=flags: [b, "worker", "--redis", url, "--queue", q,
-                                                   "--plugin", f"{ROOT}/target/plugins/echo-rust.wasm", "--concurrency", str(conc), *f]
+                                                   "--plugin", f"{ROOT}/target/plugins/{plugin}-rust.wasm", "--concurrency", str(conc),
+                                                   *grants, *f]
     return c
+
+
+class Hook:
+    """The webhook scenario's receiver (bench/node/hook-server.js), one process for the scenario:
+    POST /hook -> 200 `ok`, the signature checked; its CPU is measured apart from the workers'."""
+    secret = "bench-webhook-secret"
+
+    def __init__(self):
+        self.proc = subprocess.Popen(["node", f"{ROOT}/bench/node/hook-server.js", self.secret], stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.origin}/hook"
+
+    def stats(self):
+        """{"ok": rightly signed POST /hook requests, "bad": other requests, "connections": accepted} since it started."""
+        import urllib.request
+        return json.load(urllib.request.urlopen(f"{self.origin}/stats", timeout=10))
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid)
+
+    def close(self):
+        self.proc.send_signal(signal.SIGTERM); self.proc.wait(timeout=10)
+
+
+# Completed jobs whose return value is not the webhook contract's `{"status": 200, "body": "ok"}`.
+NOT_200 = """local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local ok, v = pcall(cjson.decode, redis.call('HGET', ARGV[1] .. id, 'returnvalue') or '')
+  if not ok or type(v) ~= 'table' or v.status ~= 200 or v.body ~= 'ok' then n = n + 1 end
+end
+return n"""
 
 
 def chosen(only, name):
@@ -105,25 +152,31 @@ def chosen(only, name):
     return name in only.split(",") if only else not name.endswith("-reuse")
 
 
-def run_contenders(cmds, jobs, port, workers=1):
+def run_contenders(cmds, jobs, port, workers=1, hook=None):
     """Run the contenders `cmds` (name -> command) at once, each with `workers` processes on its
     own queue of `jobs`, until every queue is drained; a row per contender, measured from the
     first 1% of its jobs to its last. Alone, a contender also gets Redis's CPU and scripts per
     job over that window. Several at once (--together) share the machine's phase (a shared VM
     drifts ±30% over minutes, which interleaved rounds only average out), so their worker CPU per
-    job compares closely, but Redis is shared too: its columns are nan (printed "-")."""
+    job compares closely, but Redis is shared too: its columns are nan (printed "-").
+    With `hook` (the webhook scenario) the jobs are webhook jobs to its URL, the server's CPU per
+    job is measured over the same window (alone only), and each row says how many jobs did not
+    complete with the contract's `{"status": 200, "body": "ok"}` or reached the server with a
+    bad signature ("not_ok": such a row has no valid rate)."""
     url = f"redis://127.0.0.1:{port}"
     for name in cmds:
-        subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, f"bench-{name}", str(jobs)], check=True)
+        subprocess.run(["node", f"{ROOT}/bench/node/add.js", url, f"bench-{name}", str(jobs), *([hook.url] if hook else [])], check=True)
+    hook_before = hook.stats() if hook else None
     log = tempfile.TemporaryFile()
     procs = {name: [subprocess.Popen(cmd_for(url, f"bench-{name}"), stderr=log, stdout=subprocess.DEVNULL,
                                      env={**os.environ, "NO_COLOR": "1"}) for _ in range(workers)]
              for name, cmd_for in cmds.items()}
     cpu = lambda name: sum(proc_cpu(p.pid) for p in procs[name])
     alone, nan = len(cmds) == 1, float("nan")
+    side = lambda: hook.cpu() if hook and alone else nan  # the webhook server's CPU
     # Where a queue drains before its first 1% is seen (a smoke run's few jobs
     # on a fast worker), its window starts at the spawn instead.
-    spawned = (time.time(), 0.0, redis_cpu(port) if alone else nan, 0)
+    spawned = (time.time(), 0.0, redis_cpu(port) if alone else nan, 0, side())
     start_at, seen, done_at = max(1, jobs // 100), {}, {}
     deadline = time.time() + 600
     while len(done_at) < len(cmds):
@@ -135,12 +188,13 @@ def run_contenders(cmds, jobs, port, workers=1):
                 continue
             done = int(rcli(port, "ZCARD", f"bull:bench-{name}:completed"))
             if name not in seen and done >= start_at:
-                seen[name] = (time.time(), cpu(name), redis_cpu(port) if alone else nan, done)
+                seen[name] = (time.time(), cpu(name), redis_cpu(port) if alone else nan, done, side())
                 if alone:
                     rcli(port, "CONFIG", "RESETSTAT")
-            if done >= jobs:
+            # A failed job (one attempt) is final too: the queue is drained, and its row says so.
+            if done + int(rcli(port, "ZCARD", f"bull:bench-{name}:failed")) >= jobs:
                 done_at[name] = (time.time(), cpu(name), redis_cpu(port) if alone else nan,
-                                 script_calls(port) if alone else nan, sum(proc_rss_mb(p.pid) for p in procs[name]))
+                                 script_calls(port) if alone else nan, sum(proc_rss_mb(p.pid) for p in procs[name]), side())
         time.sleep(0.01)
     for p in (p for ps in procs.values() for p in ps):
         p.send_signal(signal.SIGTERM)
@@ -148,13 +202,30 @@ def run_contenders(cmds, jobs, port, workers=1):
     for name, ps in procs.items():
         for p in ps:
             p.wait(timeout=30)
-        (t0, c0, r0, n0), (t1, c1, r1, s1, rss) = seen[name], done_at[name]
+        if name not in seen:  # every job failed
+            seen[name] = spawned
+        (t0, c0, r0, n0, h0), (t1, c1, r1, s1, rss, h1) = seen[name], done_at[name]
         if n0 >= jobs:
-            (t0, c0, r0, n0) = spawned
+            (t0, c0, r0, n0, h0) = spawned
         n = jobs - n0
-        rows.append({"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
-                     "redis_cpu_us": (r1 - r0) / n * 1e6, "scripts_per_job": s1 / n, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100,
-                     "rss_mb": rss, "failed": int(rcli(port, "ZCARD", f"bull:bench-{name}:failed"))})
+        row = {"name": name, "workers": workers, "jobs_per_s": n / (t1 - t0), "worker_cpu_us": (c1 - c0) / n * 1e6,
+               "redis_cpu_us": (r1 - r0) / n * 1e6, "scripts_per_job": s1 / n, "redis_cpu_pct": (r1 - r0) / (t1 - t0) * 100,
+               "rss_mb": rss, "failed": int(rcli(port, "ZCARD", f"bull:bench-{name}:failed"))}
+        if hook:
+            row["server_cpu_us"] = (h1 - h0) / n * 1e6
+            row["not_200"] = int(rcli(port, "EVAL", NOT_200, "1", f"bull:bench-{name}:completed", f"bull:bench-{name}:"))
+        rows.append(row)
+    if hook:
+        # The server counts requests, not contenders: a bad signature, or fewer good requests
+        # than jobs completed, marks every row of this run.
+        after = hook.stats()
+        bad_sig = after["bad"] - hook_before["bad"]
+        missing = max(0, sum(jobs - r["failed"] for r in rows) - (after["ok"] - hook_before["ok"]))
+        conns = (after["connections"] - hook_before["connections"] - 1) / (len(rows) * jobs)  # - 1: the /stats request
+        for r in rows:
+            r["bad_requests"] = max(bad_sig, missing)
+            r["conns_per_job"] = conns if alone else float("nan")
+            r["not_ok"] = r["failed"] + r["not_200"] + r["bad_requests"]
     return rows
 
 
@@ -264,6 +335,16 @@ def print_targets(results, smoke, jobs):
             r, reuse = att[lang], att.get(f"{lang}-reuse")
             extra = f"; reused instance {reuse['p50_us']:.0f} µs" if reuse else ""
             add(f"attempt-overhead {lang} p50 (reported; plan in bench/README.md if > 500 µs)", f"{r['p50_us']:.0f} µs{extra}", None)
+    wh = [r for r in results.get("webhook", []) if not r["not_ok"]]
+    if "webhook" in results:
+        x = median_ratio(wh, "bullpen-rust", "node", "jobs_per_s")
+        add("webhook: webhook-rust jobs/s ≥ 1.3x node's (fetch + HMAC in-process)", f"{x:.2f}x" if x else "not measured",
+            None if x is None else x >= 1.3)
+        x = median_ratio(wh, "bullpen-rust", "node", "worker_cpu_us")
+        wmed = lambda name: statistics.median([r["worker_cpu_us"] for r in wh if r["name"] == name] or [float("nan")])
+        add("webhook: webhook-rust worker CPU per job ≤ 0.5 of node's",
+            f"{x:.2f} of node's ({wmed('bullpen-rust'):.0f} vs {wmed('node'):.0f} µs)" if x else "not measured",
+            None if x is None else x <= 0.5)
     rss = []
     for c in (10, 100, 1000):
         rs = [r["rss_mb"] for r in results.get("worker-concurrent" if c == 100 else f"worker-concurrent@{c}", [])
@@ -277,6 +358,74 @@ def print_targets(results, smoke, jobs):
     print("|---|---|---|")
     for t, v, ok in rows:
         print(f"| {t} | {v} | {ok} |")
+
+
+def run_webhook(a, conc, jobs, port, only, core_rounds):
+    """webhook (issue 22): each contender posts every job's payload, signed, to one local server
+    (bench/node/hook-server.js), at concurrency 100 on its own queue; node is BullMQ's worker doing
+    the same fetch + HMAC in-process (bench/node/webhook.js), bullpen-<lang> the webhook plugin.
+    Rounds (--repeat) interleave the contenders; the full run does node and bullpen-rust three times.
+    A contender with a job that failed, did not return {status: 200, body: "ok"} or reached the
+    server badly signed gets no rate: its row says FAILED."""
+    hook = Hook()
+    rows = []
+    try:
+        rounds = 3 if core_rounds else a.repeat
+        for rnd in range(rounds):
+            cmds = {n: c for n, c in contenders(conc, a.bin, hook).items() if chosen(only, n)}
+            if a.together:
+                if rnd % 2:
+                    cmds = dict(reversed(list(cmds.items())))
+                rows += [{**r, "round": rnd + 1} for r in run_contenders(cmds, jobs, port, hook=hook)]
+                rcli(port, "FLUSHALL")
+                continue
+            for name, cmd in cmds.items():
+                if rnd > 0 and core_rounds and name not in ("node", "bullpen-rust"):
+                    continue
+                rows += [{**r, "round": rnd + 1} for r in run_contenders({name: cmd}, jobs, port, hook=hook)]
+                rcli(port, "FLUSHALL")
+    finally:
+        hook.close()
+    rounds = max(r["round"] for r in rows) if rows else 1
+    num = lambda x, spec: "-" if x != x else format(x, spec)
+    print(f"\n## webhook: {jobs} jobs, concurrency {conc}, POST + HMAC-SHA256 to a local server (its CPU apart), one redis-server, {os.cpu_count()} cores")
+    print("| contender | jobs/s | vs node | worker CPU µs/job | CPU vs node | server CPU µs/job | server connections/job | Redis CPU µs/job | Redis scripts/job | worker RSS MB | failed | not 200 / bad requests |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        node = next((b for b in rows if b["name"] == "node" and b["round"] == r["round"]), None)
+        ok = not r["not_ok"] and node and not node["not_ok"]
+        r["vs_node"] = r["jobs_per_s"] / node["jobs_per_s"] if ok else None
+        r["cpu_vs_node"] = r["worker_cpu_us"] / node["worker_cpu_us"] if ok else None
+        label = r["name"] + (f" (round {r['round']})" if rounds > 1 else "")
+        rate = f"{r['jobs_per_s']:.0f}" if not r["not_ok"] else "FAILED (no rate)"
+        fmt = lambda x, spec: format(x, spec) if x is not None else "-"
+        print(f"| {label} | {rate} | {fmt(r['vs_node'], '.2f')}{'x' if r['vs_node'] else ''} | "
+              f"{r['worker_cpu_us']:.1f} | {fmt(r['cpu_vs_node'], '.2f')} | {num(r['server_cpu_us'], '.1f')} | {num(r['conns_per_job'], '.2f')} | "
+              f"{num(r['redis_cpu_us'], '.1f')} | {num(r['scripts_per_job'], '.2f')} | {r['rss_mb']:.0f} | {r['failed']} | {r['not_200']} / {r['bad_requests']} |")
+    if rounds > 1:
+        med = lambda xs: statistics.median(xs) if xs else float("nan")
+        print(f"\nMedians over {rounds} rounds (vs node: the median of each round's ratio; a contender that ran once: its round):")
+        print("| contender | jobs/s | vs node | worker CPU µs/job | CPU vs node | server CPU µs/job | Redis CPU µs/job | worker RSS MB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in dict.fromkeys(r["name"] for r in rows):
+            rs = [r for r in rows if r["name"] == name and not r["not_ok"]]
+            if not rs:
+                print(f"| {name} | FAILED | - | - | - | - | - | - |")
+                continue
+            vs = [r["vs_node"] for r in rs if r["vs_node"] is not None]
+            cn = [r["cpu_vs_node"] for r in rs if r["cpu_vs_node"] is not None]
+            print(f"| {name} | {med([r['jobs_per_s'] for r in rs]):.0f} | {f'{med(vs):.2f}x' if vs else '-'} | "
+                  f"{med([r['worker_cpu_us'] for r in rs]):.1f} | {f'{med(cn):.2f}' if cn else '-'} | "
+                  f"{num(med([r['server_cpu_us'] for r in rs]), '.1f')} | {num(med([r['redis_cpu_us'] for r in rs]), '.1f')} | "
+                  f"{med([r['rss_mb'] for r in rs]):.0f} |")
+    # Issue 22's target, on this scenario's own rows (the full run's targets table repeats it).
+    x = median_ratio([r for r in rows if not r["not_ok"]], "bullpen-rust", "node", "jobs_per_s")
+    y = median_ratio([r for r in rows if not r["not_ok"]], "bullpen-rust", "node", "worker_cpu_us")
+    if x and y:
+        verdict = ("not judged (smoke mode)" if a.smoke else f"not judged ({jobs} jobs: Node's JIT is still warming up; use 2000 or more)"
+                   if jobs < 2000 else "**met**" if x >= 1.3 and y <= 0.5 else "not met")
+        print(f"\nTarget (issue 22): bullpen-rust ≥ 1.3x node's jobs/s at ≤ 0.5 of its worker CPU per job: {x:.2f}x, {y:.2f} — {verdict}")
+    return rows
 
 
 def main():
@@ -318,6 +467,8 @@ def main():
         scen["worker-concurrent" if c == 100 else f"worker-concurrent@{c}"] = (c, a.jobs)
     scen["worker-generic"] = (1, a.jobs if a.smoke else max(1000, a.jobs // 10))
     scen["job-latency"] = (100, a.jobs if a.smoke else max(1000, a.jobs // 5))
+    # Named alone, webhook runs --jobs jobs; in the full run N/10 (each job is an HTTP request).
+    scen["webhook"] = (100, a.jobs if a.smoke or a.scenario == "webhook" else max(1000, a.jobs // 10))
     # In smoke mode CI runs the bench itself (`cargo test --benches`, criterion's test mode).
     if not a.smoke:
         scen["attempt-overhead"] = (0, 0)
@@ -362,6 +513,11 @@ def main():
                     if r["failed"] or r["n"] != jobs:
                         bad.append(f"{sname}/{r['name']}")
                 results[sname] = rows
+                continue
+            if sname == "webhook":
+                rows = run_webhook(a, conc, jobs, port, only, core_rounds)
+                results[sname] = rows
+                bad += [f"{sname}/{r['name']}" for r in rows if r["not_ok"]]
                 continue
             # Rounds interleave the contenders, so a machine that drifts
             # (shared VMs do, by ±20% within minutes) drifts for all of them.

@@ -10,7 +10,7 @@ use bullpen_tests::*;
 #[test]
 fn bench_run_smoke_mode_completes_every_scenario() {
     // The contenders it runs need these; the harness says what is missing.
-    let _ = (bullpen_bin(), plugin("echo", "rust"));
+    let _ = (bullpen_bin(), plugin("echo", "rust"), plugin("webhook", "rust"));
     let out = Command::new("python3").arg(root().join("bench/run.py")).arg("--smoke").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -19,7 +19,7 @@ fn bench_run_smoke_mode_completes_every_scenario() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    for scenario in ["## worker-concurrent:", "## worker-generic:", "## job-latency:"] {
+    for scenario in ["## worker-concurrent:", "## worker-generic:", "## job-latency:", "## webhook:"] {
         assert!(stdout.contains(scenario), "no {scenario} table:\n{stdout}");
     }
     assert!(stdout.starts_with("# bullpen benchmarks: "), "no machine line first:\n{stdout}");
@@ -27,8 +27,11 @@ fn bench_run_smoke_mode_completes_every_scenario() {
     // `print_targets` titles it as below), not judged in smoke mode.
     assert!(stdout.contains("## Targets (smoke mode"), "no targets table:\n{stdout}");
     assert!(stdout.contains("| worker CPU per job ≤ ½ node's |"), "no CPU target row:\n{stdout}");
+    assert!(stdout.contains("| webhook: webhook-rust jobs/s ≥ 1.3x node's"), "no webhook target row:\n{stdout}");
+    // The webhook scenario (issue 22) posts every job to a local server; its every job completed
+    // with {status: 200, body: "ok"} and reached the server rightly signed, or the run failed above.
     for contender in ["| node |", "| bullpen-rust |", "| bullpen-go |", "| bullpen-js |"] {
-        assert_eq!(stdout.matches(contender).count(), 3, "{contender} in every scenario:\n{stdout}");
+        assert_eq!(stdout.matches(contender).count(), 4, "{contender} in every scenario:\n{stdout}");
     }
 }
 
