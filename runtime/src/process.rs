@@ -35,6 +35,9 @@ pub(crate) struct WorkerPlan {
     pub(crate) grace: Duration,
     /// Serve Prometheus metrics here (`--metrics-addr`).
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// How often each queue's summary line is logged (`--summary-secs`);
+    /// `None`: never.
+    pub(crate) summary: Option<Duration>,
 }
 
 /// One thread per core, but no more than the attempts the queues may run
@@ -89,10 +92,14 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     let digests: Vec<String> = running.iter().map(|r| r.binding.slot.current().digest.to_string()).collect();
     let redis = redis.map(|r| r.to_string()).unwrap_or_default();
     info!(queues = %names.join(","), digest = %digests.join(","), threads = shards.len(), redis = %redis, "worker ready");
+    // Jobs finish too fast for a line each; one line per queue per
+    // interval says what the worker did (nothing when it did nothing).
+    let mut summary = plan.summary.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = hangup.recv() => reload_variables(&running),
+            _ = async { summary.as_mut().unwrap().tick().await }, if summary.is_some() => summarize(&running, plan.summary.unwrap()),
         }
     }
     let grace = plan.grace;
@@ -106,6 +113,20 @@ async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {
     .await?;
     info!("worker stopped");
     Ok(())
+}
+
+/// One info line per queue that ran attempts since the last one.
+fn summarize(running: &[Running], every: Duration) {
+    for r in running {
+        let [completed, failed, retried, other] = r.binding.tally.take();
+        if completed + failed + retried + other > 0 {
+            info!(
+                queue = %r.binding.config.queue,
+                completed, failed, retried, other,
+                "jobs in the last {} s", every.as_secs()
+            );
+        }
+    }
 }
 
 /// SIGHUP: every queue's variables read again from their sources (a

@@ -443,3 +443,39 @@ timeout_ms = 1500
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--threads") && err.contains("0"), "{err}");
 }
+
+/// Jobs finish too fast for a log line each: every `--summary-secs` the
+/// worker logs one line per queue that ran attempts (completed, failed,
+/// retried, other), and none while idle.
+#[test]
+fn the_worker_logs_a_summary_line_per_interval() {
+    let redis = Redis::start();
+    let w = Worker::start(&redis, "sum", &plugin("flaky", "rust"), &["--summary-secs", "1"]);
+    let jobs = json!([
+        {"name": "ok", "data": {}},
+        {"name": "ok", "data": {}},
+        {"name": "ok", "data": {}},
+        {"name": "bad", "data": {"fatal": true}},
+    ]);
+    let ids = node_add(&redis, "sum", jobs);
+    wait_finished(&redis, "sum", &ids, Duration::from_secs(60));
+    w.wait_log("jobs in the last 1 s", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = w.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("jobs in the last 1 s")).collect();
+    let total = |field: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!((total("completed"), total("failed")), (3, 1), "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("queue=sum")), "{lines:#?}");
+    assert!(lines.len() <= 2, "no line while idle: {lines:#?}");
+}

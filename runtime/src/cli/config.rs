@@ -52,6 +52,8 @@ pub(crate) struct WorkerFile {
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Shutdown grace period for running attempts, ms (default 10000).
     pub(crate) grace_ms: Option<u64>,
+    /// Seconds between each queue's summary line (default 60; 0: never).
+    pub(crate) summary_secs: Option<u64>,
     /// Threads that run attempts and Redis I/O, shared by every queue
     /// (default: one per CPU core, at most the queues' total concurrency;
     /// `--threads`).

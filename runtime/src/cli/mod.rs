@@ -329,6 +329,11 @@ pub(crate) struct WorkerArgs {
     /// port 0 picks a free port, logged at start). Off when absent.
     #[arg(long)]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Log one line per queue every N seconds saying how many attempts
+    /// completed, failed, were retried or moved (nothing when idle); 0: never
+    /// [default: 60].
+    #[arg(long)]
+    pub(crate) summary_secs: Option<u64>,
     /// BullMQ worker `name`: recorded on every job this worker takes
     /// (Node's `job.processedBy`), so a fleet's work can be told apart.
     #[arg(long)]
@@ -537,6 +542,10 @@ fn worker_plan(a: WorkerArgs) -> anyhow::Result<WorkerPlan> {
         threads,
         grace: Duration::from_millis(a.grace_ms.or_else(|| file.and_then(|f| f.grace_ms)).unwrap_or(10_000)),
         metrics_addr: a.metrics_addr.or_else(|| file.and_then(|f| f.metrics_addr)),
+        summary: match a.summary_secs.or_else(|| file.and_then(|f| f.summary_secs)).unwrap_or(60) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
     })
 }
 

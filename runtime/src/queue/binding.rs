@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use wasmtime::Engine;
 
 use super::shards::Shards;
-use super::trigger::Trigger;
+use super::trigger::{Tally, Trigger};
 use crate::conn::RedisTarget;
 use crate::host::redis_job::SharedConfig;
 use crate::host::{ChildQueues, Grants, Shared};
@@ -115,6 +115,8 @@ pub(crate) struct Binding {
     redis: bullmq::redis_connection::AnyConnection,
     pub(crate) slot: Arc<PluginSlot>,
     pub(crate) config: BindingConfig,
+    /// Attempts by outcome, shared by the parts' triggers.
+    pub(crate) tally: Arc<Tally>,
 }
 
 impl Binding {
@@ -130,8 +132,10 @@ impl Binding {
         config.redis.check_prefix(&config.prefix)?;
         let redis = config.redis.connect().await?;
         let mut parts: Vec<Part> = Vec::new();
+        let tally = Arc::new(Tally::default());
         for (shard, concurrency) in shards.place(config.concurrency) {
-            let started = shard.spawn(start_part(engine.clone(), slot.clone(), config.clone(), concurrency));
+            let started =
+                shard.spawn(start_part(engine.clone(), slot.clone(), config.clone(), concurrency, tally.clone()));
             match started.await.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(worker) => parts.push(Part { shard, worker }),
                 Err(e) => {
@@ -151,7 +155,7 @@ impl Binding {
             slot.clone(),
             config.concurrency,
         );
-        Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config })
+        Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config, tally })
     }
 
     /// Stop fetching; give running attempts `grace` to finish; then
@@ -197,6 +201,7 @@ async fn start_part(
     slot: Arc<PluginSlot>,
     config: BindingConfig,
     concurrency: usize,
+    tally: Arc<Tally>,
 ) -> anyhow::Result<Arc<Worker>> {
     let redis = config.redis.connect().await?;
     let shared = Arc::new(Shared::new(
@@ -219,6 +224,7 @@ async fn start_part(
         histograms: metrics::global().queue_histograms(&config.queue),
         reuse: config.instance_reuse,
         idle: Default::default(),
+        tally,
     });
     let flush_source = trigger.shared.scripts.flush_source.clone();
     let processor = move |job: bullmq::Job, cancel: CancellationToken| {

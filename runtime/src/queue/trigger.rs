@@ -11,6 +11,7 @@
 //! completed job, in the same round trip as its `moveToFinished`); the
 //! transition; metrics.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,39 @@ pub(crate) struct Trigger {
     /// Instances waiting for their next attempt (at most one per slot of
     /// concurrency: an instance is here only between two attempts).
     pub(crate) idle: Mutex<Vec<Warm>>,
+    /// The binding's attempts by outcome since the last summary line.
+    pub(crate) tally: Arc<Tally>,
+}
+
+/// Attempts by outcome, for the worker's periodic summary line (one line
+/// per queue per interval, instead of a line per job).
+#[derive(Default)]
+pub(crate) struct Tally {
+    completed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    /// Moved (delayed, waiting for children), lock lost, handed back.
+    other: AtomicU64,
+}
+
+/// What [`Tally::take`] returns: completed, failed, retried, other.
+pub(crate) type Counts = [u64; 4];
+
+impl Tally {
+    fn record(&self, outcome: JobOutcome) {
+        let c = match outcome {
+            JobOutcome::Completed => &self.completed,
+            JobOutcome::Failed => &self.failed,
+            JobOutcome::Retried => &self.retried,
+            _ => &self.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts since the last call, reset.
+    pub(crate) fn take(&self) -> Counts {
+        [&self.completed, &self.failed, &self.retried, &self.other].map(|c| c.swap(0, Ordering::Relaxed))
+    }
 }
 
 /// An instance of the binding's plugin kept for more attempts
@@ -432,6 +466,7 @@ impl Trigger {
         if let Some(limit) = f.limit {
             m.limit_kills.get_or_create(&LimitLabels { queue: self.queue.to_string(), limit: limit.label() }).inc();
         }
+        self.tally.record(f.outcome);
         let outcome = f.outcome.label();
         m.jobs
             .get_or_create(&JobLabels { queue: self.queue.to_string(), digest: span.digest().to_string(), outcome })
