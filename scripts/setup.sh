@@ -83,3 +83,14 @@ say "building bullpen (release)"
 cargo build --release --workspace --bins --tests --quiet
 say "building example plugins"
 bash scripts/build-plugins.sh >&2
+
+# `bullpen` and `bullpen-componentize` on PATH, as README's commands say
+# them: symlinks to this checkout's release build (a rebuild updates them)
+# where /usr/local/bin is writable, else the exact paths to add.
+bin_dir="${BULLPEN_BIN_DIR:-/usr/local/bin}"
+if [ -w "$bin_dir" ]; then
+  for b in bullpen bullpen-componentize; do ln -sf "$root/target/release/$b" "$bin_dir/$b"; done
+  say "bullpen and bullpen-componentize are on PATH ($bin_dir -> target/release)"
+else
+  say "bullpen is $root/target/release/bullpen (and bullpen-componentize beside it): add $root/target/release to PATH, or: cargo install --locked --path runtime && cargo install --locked --path componentize"
+fi
