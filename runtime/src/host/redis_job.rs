@@ -442,9 +442,15 @@ where
                         || e.is_timeout()) =>
             {
                 tries += 1;
-                in_attempt(
-                    || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying"),
-                );
+                // Said once per call: every running attempt retries at
+                // once in an outage, seven times each.
+                if tries == 1 {
+                    in_attempt(|| tracing::warn!(error = %e, "redis unavailable; retrying for up to ~3 s"));
+                } else {
+                    in_attempt(
+                        || tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying"),
+                    );
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(1));
             }
