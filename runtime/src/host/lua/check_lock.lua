@@ -16,13 +16,15 @@ if code ~= 0 then return code end
 -- At most once: a client that timed out waiting for Redis sends a write
 -- again, and a stopped server that wakes up runs every copy. The job hash
 -- remembers the last sequence number applied for this lock token; a copy
--- of it, or of an older write arriving late, changes nothing.
+-- of it, or of an older write arriving late, changes nothing. The script
+-- after this prelude stores `seqMark` in the same HSET as its own field.
 local seq = tonumber(ARGV[2])
+local seqMark = nil
 if seq > 0 then
   local last = rcall("HGET", KEYS[1], "bullpenSeq")
   if last then
     local token, n = string.match(last, "^(.*):(%d+)$")
     if token == ARGV[1] and tonumber(n) >= seq then return 0 end
   end
-  rcall("HSET", KEYS[1], "bullpenSeq", ARGV[1] .. ":" .. ARGV[2])
+  seqMark = ARGV[1] .. ":" .. ARGV[2]
 end

@@ -23,10 +23,16 @@ if #ARGV > 5 + n then
     maxEvents = 10000
     rcall("HSET", KEYS[5], "opts.maxLenEvents", maxEvents)
   end
-  rcall("HSET", KEYS[1], "progress", ARGV[#ARGV])
+  if seqMark then
+    rcall("HSET", KEYS[1], "progress", ARGV[#ARGV], "bullpenSeq", seqMark)
+    seqMark = nil
+  else
+    rcall("HSET", KEYS[1], "progress", ARGV[#ARGV])
+  end
   for i = 6 + n, #ARGV do
     rcall("XADD", KEYS[4], "MAXLEN", "~", maxEvents, "*", "event", "progress",
           "jobId", ARGV[4], "data", ARGV[i])
   end
 end
+if seqMark then rcall("HSET", KEYS[1], "bullpenSeq", seqMark) end
 return logCount
