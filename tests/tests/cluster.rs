@@ -265,12 +265,14 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
 
 /// TLS with `--cluster`: a 3-master Cluster whose nodes speak only TLS
 /// (clients, the cluster bus and replication) and require a client
-/// certificate. A registry worker given `--cluster rediss://... --redis-ca
-/// --redis-cert --redis-key` serves jobs Node's bullmq adds over an ioredis
-/// TLS Cluster connection; `deploy` (its notice reaching the worker over a
-/// TLS pub/sub connection), `add` (given one seed only: the others are
-/// found through the cluster, at their TLS ports), `stats` and `inspect`
-/// work; a CA that did not sign the nodes' certificate is refused in one line.
+/// certificate. A registry worker given the `rediss://` seeds, `cluster`,
+/// `redis_ca`, `redis_cert` and `redis_key` in bullpen.toml serves jobs
+/// Node's bullmq adds over an ioredis TLS Cluster connection; `deploy` (its
+/// notice reaching the worker over a TLS pub/sub connection), `add` (given
+/// one seed only: the others are found through the cluster, at their TLS
+/// ports), `stats` and `inspect` work with `--cluster --redis rediss://...
+/// --redis-ca --redis-cert --redis-key`; a CA that did not sign the nodes'
+/// certificate is refused in one line.
 #[test]
 fn tls_cluster_worker_and_every_command_over_mutual_tls() {
     let certs = Certs::make();
@@ -292,9 +294,23 @@ fn tls_cluster_worker_and_every_command_over_mutual_tls() {
     std::fs::write(&v2, with_custom_section(&bytes, "v2")).unwrap();
     let d1 = stdout_ok(&bin("deploy", &all, &[v1.to_str().unwrap()]));
 
-    let mut wargs = all.clone();
-    wargs.extend(["--prefix", prefix(q), "--queue", q, "--concurrency", "4"].map(String::from));
-    let worker = Worker::spawn(&wargs);
+    // The worker reads the same from bullpen.toml.
+    let config = dir.path().join("bullpen.toml");
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "redis = [{}]\ncluster = true\nprefix = \"{}\"\nredis_ca = {:?}\nredis_cert = {:?}\nredis_key = {:?}\n\
+             [[queues]]\nname = \"{q}\"\nconcurrency = 4\n",
+            seeds.join(", "),
+            prefix(q),
+            certs.arg("ca.pem"),
+            certs.arg("client.pem"),
+            certs.arg("client.key"),
+        ),
+    )
+    .unwrap();
+    let worker = Worker::spawn(&["--config", config.to_str().unwrap()]);
 
     let node = |args: &[&str]| {
         let out = Command::new("node")
