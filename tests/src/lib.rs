@@ -176,6 +176,58 @@ struct TlsClient {
     client: Option<(PathBuf, PathBuf)>,
 }
 
+/// How a test reaches a TLS server made with `certs`, and the
+/// `redis-server` arguments of one: `certs`' server certificate; `mutual`:
+/// a client certificate signed by `certs`' CA is required
+/// (`--tls-auth-clients yes`).
+fn tls_server(certs: &Certs, mutual: bool) -> (TlsClient, Vec<String>) {
+    let tls = TlsClient {
+        ca: certs.path("ca.pem"),
+        client: mutual.then(|| (certs.path("client.pem"), certs.path("client.key"))),
+    };
+    let args = vec![
+        "--tls-cert-file".into(),
+        certs.arg("server.pem"),
+        "--tls-key-file".into(),
+        certs.arg("server.key"),
+        "--tls-ca-cert-file".into(),
+        certs.arg("ca.pem"),
+        "--tls-auth-clients".into(),
+        if mutual { "yes" } else { "no" }.into(),
+    ];
+    (tls, args)
+}
+
+/// `--redis-ca` (and the client certificate) for bullpen.
+fn tls_args(tls: Option<&TlsClient>) -> Vec<String> {
+    let mut a = vec![];
+    if let Some(t) = tls {
+        a.extend(["--redis-ca".into(), t.ca.to_str().unwrap().into()]);
+        if let Some((c, k)) = &t.client {
+            a.extend([
+                "--redis-cert".into(),
+                c.to_str().unwrap().into(),
+                "--redis-key".into(),
+                k.to_str().unwrap().into(),
+            ]);
+        }
+    }
+    a
+}
+
+/// The environment tests/node/driver.js reads for TLS.
+fn tls_node_env(tls: Option<&TlsClient>) -> Vec<(&'static str, String)> {
+    let mut env = vec![];
+    if let Some(t) = tls {
+        env.push(("REDIS_TLS_CA", t.ca.to_str().unwrap().to_string()));
+        if let Some((c, k)) = &t.client {
+            env.push(("REDIS_TLS_CERT", c.to_str().unwrap().to_string()));
+            env.push(("REDIS_TLS_KEY", k.to_str().unwrap().to_string()));
+        }
+    }
+    env
+}
+
 /// A private redis-server for one test.
 pub struct Redis {
     child: Child,
@@ -199,20 +251,7 @@ impl Redis {
     /// certificate; `mutual`: it requires a client certificate signed by
     /// `certs`' CA (`--tls-auth-clients yes`).
     pub fn start_tls(certs: &Certs, mutual: bool, extra: &[&str]) -> Redis {
-        let tls = TlsClient {
-            ca: certs.path("ca.pem"),
-            client: mutual.then(|| (certs.path("client.pem"), certs.path("client.key"))),
-        };
-        let mut args: Vec<String> = vec![
-            "--tls-cert-file".into(),
-            certs.arg("server.pem"),
-            "--tls-key-file".into(),
-            certs.arg("server.key"),
-            "--tls-ca-cert-file".into(),
-            certs.arg("ca.pem"),
-            "--tls-auth-clients".into(),
-            if mutual { "yes" } else { "no" }.into(),
-        ];
+        let (tls, mut args) = tls_server(certs, mutual);
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start_inner(&args.iter().map(String::as_str).collect::<Vec<_>>(), Some(tls))
     }
@@ -315,31 +354,13 @@ impl Redis {
     /// certificate): how bullpen reaches this server.
     pub fn args(&self) -> Vec<String> {
         let mut a = vec!["--redis".to_string(), self.url()];
-        if let Some(t) = &self.tls {
-            a.extend(["--redis-ca".into(), t.ca.to_str().unwrap().into()]);
-            if let Some((c, k)) = &t.client {
-                a.extend([
-                    "--redis-cert".into(),
-                    c.to_str().unwrap().into(),
-                    "--redis-key".into(),
-                    k.to_str().unwrap().into(),
-                ]);
-            }
-        }
+        a.extend(tls_args(self.tls.as_ref()));
         a
     }
 
     /// The environment tests/node/driver.js reads for TLS.
     pub fn node_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![];
-        if let Some(t) = &self.tls {
-            env.push(("REDIS_TLS_CA", t.ca.to_str().unwrap().to_string()));
-            if let Some((c, k)) = &t.client {
-                env.push(("REDIS_TLS_CERT", c.to_str().unwrap().to_string()));
-                env.push(("REDIS_TLS_KEY", k.to_str().unwrap().to_string()));
-            }
-        }
-        env
+        tls_node_env(self.tls.as_ref())
     }
 
     /// `redis-cli` on this server (TLS included), one command; its output.
@@ -368,10 +389,6 @@ fn cli_command(port: u16, tls: Option<&TlsClient>) -> Command {
         }
     }
     c
-}
-
-fn spawn_redis(port: u16, extra: &[String], dir: &Path) -> Option<Child> {
-    spawn_redis_tls(port, extra, dir, None)
 }
 
 fn spawn_redis_tls(port: u16, extra: &[String], dir: &Path, tls: Option<&TlsClient>) -> Option<Child> {
@@ -429,64 +446,97 @@ impl Drop for Redis {
 
 /// A Redis Cluster for one test: `masters` redis-servers with
 /// `--cluster-enabled yes` (no replicas), joined by `redis-cli --cluster
-/// create`; all killed on drop.
+/// create`; all killed on drop. [`Cluster::start_tls`]: TLS-only nodes.
 pub struct Cluster {
     nodes: Vec<Child>,
     pub ports: Vec<u16>,
     dir: tempfile::TempDir,
+    tls: Option<TlsClient>,
 }
 
 impl Cluster {
     pub fn start(masters: usize) -> Cluster {
+        Self::start_inner(masters, None, vec![])
+    }
+
+    /// A TLS-only Cluster: every node `--port 0 --tls-port P` with `certs`'
+    /// server certificate, the cluster bus and replication over TLS too
+    /// (`--tls-cluster yes`, `--tls-replication yes`); `mutual`: clients
+    /// (and nodes, which present their server certificate) need a
+    /// certificate signed by `certs`' CA.
+    pub fn start_tls(masters: usize, certs: &Certs, mutual: bool) -> Cluster {
+        let (tls, mut args) = tls_server(certs, mutual);
+        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+        Self::start_inner(masters, Some(tls), args)
+    }
+
+    fn start_inner(masters: usize, tls: Option<TlsClient>, extra: Vec<String>) -> Cluster {
         // Built up node by node, so a failed start still kills the nodes already up.
-        let mut cluster = Cluster { nodes: vec![], ports: vec![], dir: tempfile::tempdir().unwrap() };
+        let mut cluster = Cluster { nodes: vec![], ports: vec![], dir: tempfile::tempdir().unwrap(), tls };
         for i in 0..masters {
             let ndir = cluster.dir.path().join(format!("node{i}"));
             std::fs::create_dir(&ndir).unwrap();
             // The bus port is set explicitly: the default (port + 10000) may be taken or out of range.
             let child = (0..5).find_map(|_| {
                 let (port, bus) = (free_port(), free_port());
-                let args = [
+                let mut args: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-port",
                     &bus.to_string(),
-                ];
-                spawn_redis(port, &args.map(String::from), &ndir).map(|c| (c, port))
+                ]
+                .map(String::from)
+                .to_vec();
+                args.extend(extra.iter().cloned());
+                spawn_redis_tls(port, &args, &ndir, cluster.tls.as_ref()).map(|c| (c, port))
             });
             let (c, port) = child.expect("could not start a cluster redis-server");
             cluster.nodes.push(c);
             cluster.ports.push(port);
         }
-        let out = Command::new("redis-cli")
+        let out = cli_command(cluster.ports[0], cluster.tls.as_ref())
             .args(["--cluster", "create"])
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli not found (it comes with redis-server)");
-        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Every node must agree the cluster is up (all slots covered) before clients connect.
         wait_until(
             Duration::from_secs(30),
             Duration::from_millis(100),
             "cluster never reached cluster_state:ok",
-            || cluster.ports.iter().all(|p| cluster_ok(*p)).then_some(()),
+            || {
+                cluster
+                    .ports
+                    .iter()
+                    .all(|p| cluster.cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                    .then_some(())
+            },
         );
         cluster
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        self.ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect()
     }
 
-    /// `--cluster --redis <url>...` for bullpen.
+    /// `--cluster --redis <url>...` for bullpen (and, for a TLS Cluster,
+    /// `--redis-ca` and the client certificate).
     pub fn args(&self) -> Vec<String> {
         let mut a = vec!["--cluster".to_string()];
         for u in self.urls() {
             a.extend(["--redis".to_string(), u]);
         }
+        a.extend(tls_args(self.tls.as_ref()));
         a
     }
 
@@ -495,16 +545,23 @@ impl Cluster {
         self.urls().join(",")
     }
 
+    /// The environment tests/node/driver.js reads for TLS.
+    pub fn node_env(&self) -> Vec<(&'static str, String)> {
+        tls_node_env(self.tls.as_ref())
+    }
+
+    /// `redis-cli` on the node at `port` (TLS included), one command; its
+    /// output (empty when it failed).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = cli_command(port, self.tls.as_ref()).args(args).output().expect("redis-cli not found");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A plaintext Cluster's connection (not for [`Cluster::start_tls`]).
     pub fn conn(&self) -> redis::cluster::ClusterConnection {
+        assert!(self.tls.is_none(), "Cluster::conn is plaintext only");
         redis::cluster::ClusterClient::new(self.urls()).unwrap().get_connection().unwrap()
     }
-}
-
-fn cluster_ok(port: u16) -> bool {
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .and_then(|c| c.get_connection())
-        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
-        .is_ok_and(|info| info.contains("cluster_state:ok"))
 }
 
 impl Drop for Cluster {

@@ -262,3 +262,121 @@ fn cluster_10k_jobs_two_queues_three_workers_deploy_mid_run() {
         assert!(w.stop().success(), "worker {name} did not stop cleanly");
     }
 }
+
+/// TLS with `--cluster`: a 3-master Cluster whose nodes speak only TLS
+/// (clients, the cluster bus and replication) and require a client
+/// certificate. A registry worker given the `rediss://` seeds, `cluster`,
+/// `redis_ca`, `redis_cert` and `redis_key` in bullpen.toml serves jobs
+/// Node's bullmq adds over an ioredis TLS Cluster connection; `deploy` (its
+/// notice reaching the worker over a TLS pub/sub connection), `add` (given
+/// one seed only: the others are found through the cluster, at their TLS
+/// ports), `stats` and `inspect` work with `--cluster --redis rediss://...
+/// --redis-ca --redis-cert --redis-key`; a CA that did not sign the nodes'
+/// certificate is refused in one line.
+#[test]
+fn tls_cluster_worker_and_every_command_over_mutual_tls() {
+    let certs = Certs::make();
+    let cluster = Cluster::start_tls(3, &certs, true);
+    let q = "orders";
+    let bin = |sub: &str, cluster_args: &[String], rest: &[&str]| {
+        let mut args = vec![sub.to_string()];
+        args.extend(cluster_args.iter().cloned());
+        args.extend(["--prefix", prefix(q), "--queue", q].map(String::from));
+        args.extend(rest.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bullpen(&args)
+    };
+    let all = cluster.args();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(plugin("echo", "rust")).unwrap();
+    let (v1, v2) = (dir.path().join("v1.wasm"), dir.path().join("v2.wasm"));
+    std::fs::write(&v1, &bytes).unwrap();
+    std::fs::write(&v2, with_custom_section(&bytes, "v2")).unwrap();
+    let d1 = stdout_ok(&bin("deploy", &all, &[v1.to_str().unwrap()]));
+
+    // The worker reads the same from bullpen.toml.
+    let config = dir.path().join("bullpen.toml");
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "redis = [{}]\ncluster = true\nprefix = \"{}\"\nredis_ca = {:?}\nredis_cert = {:?}\nredis_key = {:?}\n\
+             [[queues]]\nname = \"{q}\"\nconcurrency = 4\n",
+            seeds.join(", "),
+            prefix(q),
+            certs.arg("ca.pem"),
+            certs.arg("client.pem"),
+            certs.arg("client.key"),
+        ),
+    )
+    .unwrap();
+    let worker = Worker::spawn(&["--config", config.to_str().unwrap()]);
+
+    let node = |args: &[&str]| {
+        let out = Command::new("node")
+            .arg(root().join("tests/node/driver.js"))
+            .arg(args[0])
+            .arg(cluster.node_url())
+            .args(&args[1..])
+            .env("BULLMQ_PREFIX", prefix(q))
+            .envs(cluster.node_env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "node driver.js {}: {}", args[0], String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let mut added = ids(node(&["bulk", q, "20", "0"]));
+    // One seed node: the client learns the others (TLS ports) from it.
+    let mut one_seed = vec!["--cluster".to_string(), "--redis".to_string(), cluster.urls()[0].clone()];
+    one_seed.extend(all.iter().skip(1 + 2 * cluster.ports.len()).cloned());
+    let id = stdout_ok(&bin("add", &one_seed, &["late", r#"{"i":20}"#]));
+    added.push(id.clone());
+
+    let stats = || -> Value { serde_json::from_str(&stdout_ok(&bin("stats", &all, &["--json"]))).unwrap() };
+    wait_until_ok(Duration::from_secs(30), Duration::from_millis(200), "jobs not completed over TLS", || {
+        let s = stats();
+        if s["counts"]["completed"] == 21 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    let report = node(&["report", q]);
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 21, "{report}");
+    for j in jobs {
+        assert_eq!((j["state"].as_str(), j["attemptsMade"].as_u64()), (Some("completed"), Some(1)), "{j}");
+        assert_eq!(j["returnvalue"], j["data"], "{j}");
+        assert!(added.contains(&j["id"].as_str().unwrap().to_string()), "{j}");
+    }
+    let view: Value = serde_json::from_str(&stdout_ok(&bin("inspect", &all, &[&id]))).unwrap();
+    assert_eq!(
+        (view["state"].as_str(), view["pluginDigest"].as_str()),
+        (Some("completed"), Some(d1.as_str())),
+        "{view}"
+    );
+
+    // A deploy's notice reaches the worker over its TLS pub/sub connection.
+    let d2 = stdout_ok(&bin("deploy", &one_seed, &[v2.to_str().unwrap()]));
+    assert_ne!(d1, d2);
+    worker.wait_log("plugin switched", Duration::from_secs(20));
+    let log = worker.log();
+    let line = log.lines().find(|l| l.contains("plugin switched")).unwrap();
+    assert!(line.contains("trigger=\"deploy notification\""), "{line}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+
+    // A CA that did not sign the nodes' certificate: one line, exit 1.
+    let mut wrong_ca = all.clone();
+    let ca = wrong_ca.iter().position(|a| a == "--redis-ca").unwrap() + 1;
+    wrong_ca[ca] = certs.arg("other-ca.pem");
+    let started = Instant::now();
+    let out = bin("stats", &wrong_ca, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("certificate is not trusted") && err.contains("rediss://127.0.0.1:"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    println!("wrong CA: {}", err.trim());
+
+    assert!(worker.stop().success(), "worker did not stop cleanly");
+}
