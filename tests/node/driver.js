@@ -11,13 +11,15 @@
 //   node driver.js bulk    <redis-url> <queue> <n> [first-i]  (addBulk {i} jobs)  -> ids
 //   node driver.js report  <redis-url> <queue>  -> {counts, jobs: [every job, with logs and processedBy]}
 //   node driver.js scheduler <redis-url> <queue> <scheduler-id> <every-ms> '{"name":..,"data":..}'  (upsertJobScheduler)
+//   node driver.js worker  <redis-url> <queue> <run-ms> '<WorkerOptions JSON>'  (a Node worker named "node"
+//                           returning {"node": true} for run-ms; prints how many jobs it completed)
 // Several comma-separated URLs (<url>,<url>,...) are Redis Cluster seed nodes
 // (an ioredis Cluster connection; set BULLMQ_PREFIX to a hash tag such as '{bull}').
 // A rediss:// URL connects over TLS, trusting the CA in $REDIS_TLS_CA (with a
 // client certificate from $REDIS_TLS_CERT/$REDIS_TLS_KEY when set); a URL's
 // user and password are used.
 'use strict';
-const { Queue, QueueEvents, Job, FlowProducer } = require('bullmq');
+const { Queue, QueueEvents, Job, FlowProducer, Worker } = require('bullmq');
 const { Cluster } = require('ioredis');
 
 // process.exit() would cut a large pipe write short: wait for the flush.
@@ -120,6 +122,17 @@ async function main() {
     const counts = await queue.getJobCounts();
     await queue.close();
     await out(counts);
+  } else if (cmd === 'worker') {
+    const runMs = Number(rest[0]);
+    const opts = JSON.parse(rest[1] || '{}');
+    let done = 0;
+    const w = new Worker(queueName, async () => ({ node: true }), { connection: conn, prefix, name: 'node', ...opts });
+    w.on('completed', () => { done += 1; });
+    await w.waitUntilReady();
+    process.stderr.write('ready\n');
+    await new Promise((resolve) => setTimeout(resolve, runMs));
+    await w.close();
+    await out({ completed: done });
   } else if (cmd === 'events') {
     const want = Number(rest[0]);
     const timeout = Number(rest[1]);

@@ -436,15 +436,26 @@ fn job_scheduler_iterations_run_with_the_template_data() {
 }
 
 /// BullMQ's worker rate limiter (`limiter: { max, duration }`):
-/// `--limiter-max 4 --limiter-duration-ms 1000` on two workers of one queue
-/// (concurrency 10 each) starts at most 4 jobs per second between them —
-/// the limit is counted in BullMQ's own `limiter` key, as for Node workers.
+/// `--limiter-max 4 --limiter-duration-ms 1000` on a bullpen worker and the
+/// same limiter on a Node worker of one queue (concurrency 10 each): at most
+/// 4 jobs start per second between them — the limit is counted in BullMQ's
+/// own `limiter` key.
 #[test]
 fn the_rate_limiter_is_queue_wide() {
+    use std::io::BufRead;
     let redis = Redis::start();
+    let mut node_worker = std::process::Command::new("node")
+        .arg(root().join("tests/node/driver.js"))
+        .args(["worker", &redis.url(), "rl", "6000", r#"{"concurrency": 10, "limiter": {"max": 4, "duration": 1000}}"#])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(node_worker.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
     let flags = ["--concurrency", "10", "--limiter-max", "4", "--limiter-duration-ms", "1000"];
-    let _a = Worker::start(&redis, "rl", &plugin("echo", "rust"), &flags);
-    let _b = Worker::start(&redis, "rl", &plugin("echo", "rust"), &flags);
+    let _w = Worker::start(&redis, "rl", &plugin("echo", "rust"), &flags);
     let jobs: Vec<Value> = (0..12).map(|i| json!({"name": "e", "data": {"i": i}})).collect();
     let ids = node_add(&redis, "rl", Value::Array(jobs));
     let v = wait_finished(&redis, "rl", &ids, T);
@@ -462,6 +473,10 @@ fn the_rate_limiter_is_queue_wide() {
     for w in started.windows(5) {
         assert!(w[4] - w[0] >= 950, "5 jobs started within {} ms: {started:?}", w[4] - w[0]);
     }
+    let by_node = v["jobs"].as_array().unwrap().iter().filter(|j| j["returnvalue"] == json!({"node": true})).count();
+    let out = node_worker.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(by_node > 0 && by_node < 12, "both workers took jobs: Node {by_node} of 12");
     let out = bullpen(&["worker", "--redis", &redis.url(), "--queue", "rl", "--limiter-max", "4"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--limiter-duration-ms"), "names the missing flag");
