@@ -15,6 +15,8 @@ func (noHost) updateData(string) error                                 { return 
 func (noHost) updateProgress(string) error                             { return errNoHost }
 func (noHost) log(string) error                                        { return errNoHost }
 func (noHost) moveToDelayed(uint64) error                              { return errNoHost }
+func (noHost) rateLimit(uint64) error                                  { return errNoHost }
+func (noHost) moveToWait() error                                       { return errNoHost }
 func (noHost) addChild(string, string, string, string) (string, error) { return "", errNoHost }
 func (noHost) waitForChildren() (bool, error)                          { return false, errNoHost }
 func (noHost) childrenValues() ([]rawChild, error)                     { return nil, errNoHost }

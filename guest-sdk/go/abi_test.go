@@ -352,6 +352,8 @@ func (h *recordingHost) log(l string) error            { return h.rec("log " + l
 func (h *recordingHost) moveToDelayed(ts uint64) error {
 	return h.rec(fmt.Sprintf("move-to-delayed %d", ts))
 }
+func (h *recordingHost) rateLimit(ms uint64) error { return h.rec(fmt.Sprintf("rate-limit %d", ms)) }
+func (h *recordingHost) moveToWait() error         { return h.rec("move-to-wait") }
 func (h *recordingHost) addChild(q, n, d, o string) (string, error) {
 	return "child-id", h.rec(fmt.Sprintf("add-child %s %s %s %q", q, n, d, o))
 }
@@ -384,6 +386,12 @@ func TestJobCallsTheHost(t *testing.T) {
 	if !out.IsMoved() {
 		t.Error("DelayUntil should give Moved")
 	}
+	if out, err = j.RateLimit(500); err != nil || !out.IsMoved() {
+		t.Errorf("RateLimit should give Moved: %v", err)
+	}
+	if out, err = j.MoveToWait(); err != nil || !out.IsMoved() {
+		t.Errorf("MoveToWait should give Moved: %v", err)
+	}
 	id, err := j.AddChild("kids", "child", map[string]int{"child": 1}, map[string]string{"jobId": "42-child-1"})
 	must(err)
 	if id != "child-id" {
@@ -407,6 +415,8 @@ func TestJobCallsTheHost(t *testing.T) {
 		"update-progress 100",
 		"log hello",
 		"move-to-delayed 1234",
+		"rate-limit 500",
+		"move-to-wait",
 		`add-child kids child {"child":1} "{\"jobId\":\"42-child-1\"}"`,
 		`add-child kids child 1 ""`,
 		"wait-for-children",
@@ -447,6 +457,11 @@ func TestHostErrorsComeBackAndFailRetryably(t *testing.T) {
 	r = toResult(j.DelayUntil(5))
 	if r.ok || r.kind != failRetry {
 		t.Errorf("failed DelayUntil: %+v", r)
+	}
+	for name, r := range map[string]processResult{"RateLimit": toResult(j.RateLimit(5)), "MoveToWait": toResult(j.MoveToWait())} {
+		if r.ok || r.kind != failRetry {
+			t.Errorf("failed %s: %+v", name, r)
+		}
 	}
 	r = toResult(Outcome{}, fmt.Errorf("step 2: %w", &HostError{Kind: Unavailable, Message: "redis down"}))
 	if r.kind != failRetry || r.reason != "step 2: host unavailable: redis down" {

@@ -25,6 +25,12 @@ func wasmLog(line string, ret uint32)
 //go:wasmimport bullpen:processor/job-context@0.1.0 move-to-delayed
 func wasmMoveToDelayed(timestampMs uint64, ret uint32)
 
+//go:wasmimport bullpen:processor/job-context@0.1.0 rate-limit
+func wasmRateLimit(delayMs uint64, ret uint32)
+
+//go:wasmimport bullpen:processor/job-context@0.1.0 move-to-wait
+func wasmMoveToWait(ret uint32)
+
 //go:wasmimport bullpen:processor/job-context@0.1.0 add-child
 func wasmAddChild(queue, name, data, opts string, ret uint32)
 
@@ -144,6 +150,16 @@ func (wasmHost) log(line string) error {
 
 func (wasmHost) moveToDelayed(timestampMs uint64) error {
 	_, err := call(func(ret uint32) { wasmMoveToDelayed(timestampMs, ret) }, unit)
+	return err
+}
+
+func (wasmHost) rateLimit(delayMs uint64) error {
+	_, err := call(func(ret uint32) { wasmRateLimit(delayMs, ret) }, unit)
+	return err
+}
+
+func (wasmHost) moveToWait() error {
+	_, err := call(wasmMoveToWait, unit)
 	return err
 }
 

@@ -129,7 +129,7 @@ func toResult(out Outcome, err error) processResult {
 			return processResult{ok: true, moved: true}
 		}
 		if !out.set {
-			return processResult{kind: failUnrecoverable, reason: "processor returned neither an outcome nor an error (use guest.Complete, guest.CompleteJSON or the Outcome of DelayUntil/WaitForChildren)"}
+			return processResult{kind: failUnrecoverable, reason: "processor returned neither an outcome nor an error (use guest.Complete, guest.CompleteJSON or the Outcome of DelayUntil/RateLimit/MoveToWait/WaitForChildren)"}
 		}
 		return processResult{ok: true, json: out.json}
 	}

@@ -153,6 +153,27 @@ func (j *Job) DelayUntil(timestampMs uint64) (Outcome, error) {
 	return Moved, nil
 }
 
+// RateLimit rate-limits this job's queue for every worker for delayMs
+// (Node's worker.rateLimit(ms) + Worker.RateLimitError), puts the job back
+// in wait and ends the attempt: return the [Moved] outcome it gives.
+// attemptsMade does not grow. delayMs must be at least 1.
+func (j *Job) RateLimit(delayMs uint64) (Outcome, error) {
+	if err := callHost(func(h hostImports) error { return h.rateLimit(delayMs) }); err != nil {
+		return Outcome{}, err
+	}
+	return Moved, nil
+}
+
+// MoveToWait puts the job back in wait, without a delay (BullMQ's
+// job.moveToWait(token) + WaitingError), and ends the attempt: return the
+// [Moved] outcome it gives. attemptsMade does not grow.
+func (j *Job) MoveToWait() (Outcome, error) {
+	if err := callHost(func(h hostImports) error { return h.moveToWait() }); err != nil {
+		return Outcome{}, err
+	}
+	return Moved, nil
+}
+
 // AddChild adds a child job to queue whose parent is this job and returns
 // its id. data is encoded as JSON; opts are BullMQ job options (anything
 // that encodes as a JSON object, e.g. map[string]any{"jobId": "..."}; nil
@@ -279,6 +300,8 @@ type hostImports interface {
 	updateProgress(progress string) error
 	log(line string) error
 	moveToDelayed(timestampMs uint64) error
+	rateLimit(delayMs uint64) error
+	moveToWait() error
 	addChild(queue, name, data, opts string) (string, error)
 	waitForChildren() (bool, error)
 	childrenValues() ([]rawChild, error)

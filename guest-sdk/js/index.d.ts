@@ -55,7 +55,7 @@ export class Outcome {
   static complete(value: unknown): Outcome;
   /** Complete the job with a return value that is already JSON text. */
   static completeJson(text: string): Outcome;
-  /** A host call already moved the job (delayUntil, waitForChildren): return this. */
+  /** A host call already moved the job (delayUntil, rateLimit, moveToWait, waitForChildren): return this. */
   static readonly moved: Outcome;
 }
 
@@ -119,6 +119,19 @@ export class Job {
    * attempt: return the `Outcome.moved` this gives. `attemptsMade` does not grow.
    */
   delayUntil(timestampMs: number | bigint): Outcome;
+  /**
+   * Rate-limit this job's queue for every worker for `delayMs` (Node's
+   * `worker.rateLimit(ms)` + `Worker.RateLimitError`), put the job back in
+   * wait and end the attempt: return the `Outcome.moved` this gives.
+   * `attemptsMade` does not grow. `delayMs` must be at least 1.
+   */
+  rateLimit(delayMs: number | bigint): Outcome;
+  /**
+   * Put the job back in wait, without a delay (BullMQ's `job.moveToWait(token)`
+   * + `WaitingError`), and end the attempt: return the `Outcome.moved` this
+   * gives. `attemptsMade` does not grow.
+   */
+  moveToWait(): Outcome;
   /**
    * Add a child job to `queue` whose parent is this job; returns its id.
    * `opts` are BullMQ job options (e.g. `{ jobId: 'parent-step-1' }`).

@@ -233,6 +233,28 @@ export class Job {
   }
 
   /**
+   * Rate-limit this job's queue for every worker for `delayMs` (Node's
+   * `worker.rateLimit(ms)` + `Worker.RateLimitError`), put the job back in
+   * wait and end the attempt: return the `Outcome.moved` this gives.
+   * `attemptsMade` does not grow. `delayMs` must be at least 1.
+   */
+  rateLimit(delayMs) {
+    const ms = toU64(delayMs, 'rateLimit delayMs');
+    call(() => host.rateLimit(ms));
+    return Outcome.moved;
+  }
+
+  /**
+   * Put the job back in wait, without a delay (BullMQ's
+   * `job.moveToWait(token)` + `WaitingError`), and end the attempt: return
+   * the `Outcome.moved` this gives. `attemptsMade` does not grow.
+   */
+  moveToWait() {
+    call(() => host.moveToWait());
+    return Outcome.moved;
+  }
+
+  /**
    * Add a child job to `queue` whose parent is this job; returns its id.
    * `opts` are BullMQ job options (e.g. `{ jobId: '...' }`), or null/undefined.
    */

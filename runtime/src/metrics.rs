@@ -7,7 +7,7 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `bullpen_jobs_total` | queue, digest, outcome | attempts by how they ended: `completed`, `failed` (final), `retried` (another attempt follows), `delayed` (guest moved it), `waiting_children`, `lock_lost`, `handed_back` (shutdown) |
+//! | `bullpen_jobs_total` | queue, digest, outcome | attempts by how they ended: `completed`, `failed` (final), `retried` (another attempt follows), `delayed` (guest moved it), `waiting_children`, `rate_limited` (the guest rate-limited the queue; the job went back to wait), `waiting` (the guest moved it back to wait), `lock_lost`, `handed_back` (shutdown) |
 //! | `bullpen_attempt_duration_seconds` | queue | wall-clock time of an attempt, job fetched to result |
 //! | `bullpen_instantiation_duration_seconds` | queue | fresh instance creation per attempt |
 //! | `bullpen_traps_total` | queue, kind | guest traps: `unreachable` (incl. panics), `stack_overflow`, `out_of_bounds`, `division_by_zero`, `interrupt`, `other` |

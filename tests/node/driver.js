@@ -10,6 +10,8 @@
 //   node driver.js retry   <redis-url> <queue> <id>   (Node's Job.retry('failed'))
 //   node driver.js bulk    <redis-url> <queue> <n> [first-i]  (addBulk {i} jobs)  -> ids
 //   node driver.js report  <redis-url> <queue>  -> {counts, jobs: [every job, with logs and processedBy]}
+//   node driver.js ratelimit-ttl <redis-url> <queue> [maxJobs]  -> {ttl} (Queue.getRateLimitTtl)
+//   node driver.js global-rate-limit <redis-url> <queue> <max> <duration-ms>  (Queue.setGlobalRateLimit)
 //   node driver.js scheduler <redis-url> <queue> <scheduler-id> <every-ms> '{"name":..,"data":..}'  (upsertJobScheduler)
 //   node driver.js worker  <redis-url> <queue> <run-ms> '<WorkerOptions JSON>'  (a Node worker named "node"
 //                           returning {"node": true} for run-ms; prints how many jobs it completed)
@@ -117,6 +119,16 @@ async function main() {
     const job = await queue.upsertJobScheduler(id, { every }, template);
     await queue.close();
     await out({ id: job.id });
+  } else if (cmd === 'ratelimit-ttl') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    const ttl = await queue.getRateLimitTtl(rest[0] === undefined ? undefined : Number(rest[0]));
+    await queue.close();
+    await out({ ttl });
+  } else if (cmd === 'global-rate-limit') {
+    const queue = new Queue(queueName, { connection: conn, prefix });
+    await queue.setGlobalRateLimit(Number(rest[0]), Number(rest[1]));
+    await queue.close();
+    await out({ ok: true });
   } else if (cmd === 'counts') {
     const queue = new Queue(queueName, { connection: conn, prefix });
     const counts = await queue.getJobCounts();

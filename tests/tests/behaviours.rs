@@ -481,3 +481,49 @@ fn the_rate_limiter_is_queue_wide() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--limiter-duration-ms"), "names the missing flag");
 }
+
+/// `rate-limit` holds back the whole queue on a queue with a rate limit
+/// (here the global one Node sets with `setGlobalRateLimit`): the
+/// rate-limited job and a job added after it start again only once the
+/// limiter key set by the guest has expired, and the guest's attempt is not
+/// counted.
+#[test]
+fn rate_limit_holds_back_every_job_of_a_rate_limited_queue() {
+    const LIMIT_MS: u128 = 15_000;
+    let redis = Redis::start();
+    node(&["global-rate-limit", &redis.url(), "rl", "1000", "1000"]);
+    let _w = Worker::start(&redis, "rl", &plugin("steps", "rust"), &["--concurrency", "2"]);
+    let _k = Worker::start(&redis, "rl-children", &plugin("echo", "rust"), &["--concurrency", "2"]);
+    let started = Instant::now();
+    let first = node_add(&redis, "rl", json!([{"name": "limits", "data": {"rateLimitMs": LIMIT_MS as u64}}]));
+    // The key is set as Node's `worker.rateLimit` sets it; Node reads its TTL.
+    wait_until_ok(T, POLL, "the guest never rate-limited the queue", || {
+        let ttl = node(&["ratelimit-ttl", &redis.url(), "rl"])["ttl"].as_i64().unwrap();
+        if ttl > 0 {
+            Ok(ttl)
+        } else {
+            Err(ttl)
+        }
+    });
+    let second = node_add(&redis, "rl", json!([{"name": "after", "data": {}}]));
+    let ids = [first[0].clone(), second[0].clone()];
+    // While the key lives, neither job starts: both wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let held = node(&["inspect", &redis.url(), "rl", &json!(ids).to_string()]);
+    assert!(started.elapsed().as_millis() < LIMIT_MS, "too slow to observe the limit; {:?}", started.elapsed());
+    for j in held["jobs"].as_array().unwrap() {
+        assert_eq!(j["state"], "waiting", "held back while rate-limited: {j:#}");
+        assert_eq!(j["attemptsMade"], 0, "{j:#}");
+    }
+    let v = wait_finished(&redis, "rl", &ids, T);
+    for i in 0..2 {
+        let j = job(&v, i);
+        assert_eq!(j["state"], "completed", "{j:#}");
+        assert_eq!(j["attemptsMade"], 1, "{j:#}");
+    }
+    // Both jobs finished through Third/Finish after the key expired: the
+    // whole run took at least the limit.
+    assert!(started.elapsed().as_millis() >= LIMIT_MS, "finished after {:?}", started.elapsed());
+    let logs = guest_logs(job(&v, 0));
+    assert_eq!(logs, json!(["steps: Initial", "steps: Second", "steps: Second", "steps: Third", "steps: Finish"]));
+}

@@ -70,6 +70,50 @@ pub fn steps(lang: &str) {
     assert_eq!(v["jobs"][0]["data"], json!({"step": "Finish", "order": 1}), "{lang}: other data fields are kept");
 }
 
+/// `rate-limit` and `move-to-wait` (steps with `rateLimitMs` / `moveToWait`):
+/// the job goes back to wait once on entering Second, without counting an
+/// attempt, then carries on and completes; a rate-limit leaves the queue's
+/// limiter key with a TTL of about its delay, as Node's `getRateLimitTtl` reads it.
+pub fn moves(lang: &str) {
+    const LIMIT_MS: u64 = 30_000;
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "m", &plugin("steps", lang), &["--concurrency", "2"]);
+    let _k = Worker::start(&redis, "m-children", &plugin("echo", "rust"), &["--concurrency", "4"]);
+    let ttl = || node(&["ratelimit-ttl", &redis.url(), "m"])["ttl"].as_i64().unwrap();
+    assert!(ttl() <= 0, "{lang}: no rate limit before the job runs");
+    let started = std::time::Instant::now();
+    let jobs = json!([
+        {"name": "rate-limit", "data": {"rateLimitMs": LIMIT_MS, "keep": 1}},
+        {"name": "move-to-wait", "data": {"moveToWait": true, "keep": 2}},
+        {"name": "neither", "data": {"keep": 3}},
+    ]);
+    let ids = node_add(&redis, "m", jobs);
+    let v = wait_finished(&redis, "m", &ids, T);
+    let ttl = ttl();
+    let elapsed = started.elapsed().as_millis() as i64;
+    assert!(
+        ttl > LIMIT_MS as i64 - elapsed && ttl <= LIMIT_MS as i64,
+        "{lang}: the limiter key's TTL is {ttl} ms, {elapsed} ms after the job was added with rateLimitMs {LIMIT_MS}"
+    );
+    for (i, j) in v["jobs"].as_array().unwrap().iter().enumerate() {
+        let name = j["name"].as_str().unwrap();
+        assert_eq!(j["state"], "completed", "{lang}: {j:#}");
+        assert_eq!(j["attemptsMade"], 1, "{lang}: {name}: a move back to wait is not an attempt");
+        // Started: once more than without the move (Third and Finish share
+        // an attempt when the children finished before wait-for-children).
+        let (started, logs) = if i == 2 {
+            (2, json!(["steps: Initial", "steps: Second", "steps: Third", "steps: Finish"]))
+        } else {
+            (3, json!(["steps: Initial", "steps: Second", "steps: Second", "steps: Third", "steps: Finish"]))
+        };
+        let ats = j["attemptsStarted"].as_u64().unwrap();
+        assert!(ats == started || ats == started + 1, "{lang}: {name}: attemptsStarted {ats}");
+        assert_eq!(guest_logs(j), logs, "{lang}: {name}");
+        assert_eq!(j["data"], json!({"step": "Finish", "keep": i + 1}), "{lang}: {name}: the option was used once");
+        assert_eq!(j["returnvalue"]["step"], "Finish", "{lang}: {name}");
+    }
+}
+
 pub fn flaky(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "f", &plugin("flaky", lang), &["--concurrency", "8"]);
@@ -191,6 +235,11 @@ macro_rules! conformance {
             fn steps() {
                 $prepare(stringify!($lang));
                 super::steps(stringify!($lang));
+            }
+            #[test]
+            fn moves() {
+                $prepare(stringify!($lang));
+                super::moves(stringify!($lang));
             }
             #[test]
             fn flaky() {

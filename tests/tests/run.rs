@@ -86,6 +86,45 @@ fn echo_prints_its_host_calls_and_completes() {
 }
 
 #[test]
+fn rate_limit_and_move_to_wait_print_the_call_and_the_move_then_run_on() {
+    for lang in LANGS {
+        let wasm = plugin("steps", lang);
+        for (data, call, moved) in [
+            (
+                r#"{"rateLimitMs":1500}"#,
+                json!({"event": "rate-limit", "delayMs": 1500}),
+                json!({"event": "moved", "to": "wait", "rateLimited": true}),
+            ),
+            (r#"{"moveToWait":true}"#, json!({"event": "move-to-wait"}), json!({"event": "moved", "to": "wait"})),
+        ] {
+            let r = run_json(&wasm, &["--data", data, "--until-done"]);
+            assert_eq!(r.code, Some(0), "{lang} {data}: {}", r.stderr);
+            let events = without_delay(r.events());
+            assert_eq!(
+                events[..8],
+                vec![
+                    json!({"event": "log", "line": "steps: Initial"}),
+                    json!({"event": "update-data", "data": serde_json::from_str::<Value>(&data.replace('{', r#"{"step":"Second","#)).unwrap()}),
+                    json!({"event": "log", "line": "steps: Second"}),
+                    json!({"event": "update-data", "data": {"step": "Second"}}),
+                    call,
+                    moved,
+                    json!({"event": "next-attempt", "attemptsMade": 0, "attemptsStarted": 2}),
+                    json!({"event": "log", "line": "steps: Second"}),
+                ],
+                "{lang} {data}"
+            );
+            assert_eq!(events.last().unwrap()["event"], "completed", "{lang} {data}");
+        }
+        // A rate limit of 0 ms is refused as invalid, like Redis's PX 0.
+        let r = run_json(&wasm, &["--data", r#"{"rateLimitMs":0}"#]);
+        assert_eq!(r.code, Some(1), "{lang}");
+        let refused = r.events().into_iter().find(|e| e["event"] == "rate-limit").unwrap();
+        assert_eq!(refused["error"]["kind"], "invalid", "{lang}: {refused}");
+    }
+}
+
+#[test]
 fn steps_moves_and_runs_until_done_with_the_updated_data() {
     for lang in LANGS {
         let wasm = plugin("steps", lang);

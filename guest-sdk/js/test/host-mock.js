@@ -19,6 +19,8 @@ export const updateData = (data) => hostCall('updateData', [data]);
 export const updateProgress = (progress) => hostCall('updateProgress', [progress]);
 export const log = (line) => hostCall('log', [line]);
 export const moveToDelayed = (ts) => hostCall('moveToDelayed', [ts]);
+export const rateLimit = (ms) => hostCall('rateLimit', [ms]);
+export const moveToWait = () => hostCall('moveToWait', []);
 export const addChild = (queue, name, data, opts) => hostCall('addChild', [queue, name, data, opts]);
 export const waitForChildren = () => hostCall('waitForChildren', []);
 export const childrenValues = () => hostCall('childrenValues', []);

@@ -146,6 +146,15 @@ test('host calls send JSON text and u64 as BigInt', async () => {
   assert.deepEqual(await run((job) => job.waitForChildren() ?? 'not moved'), { tag: 'ok', val: { tag: 'moved' } });
 });
 
+test('rateLimit and moveToWait send their call and give Outcome.moved', async () => {
+  assert.deepEqual(await run((job) => job.rateLimit(1500)), { tag: 'ok', val: { tag: 'moved' } });
+  assert.deepEqual(await run((job) => job.moveToWait()), { tag: 'ok', val: { tag: 'moved' } });
+  assert.deepEqual(host.calls, [['rateLimit', 1500n], ['moveToWait']]);
+  // A bad argument is a programming error, as for delayUntil: it escapes (the component traps).
+  await assert.rejects(run((job) => job.rateLimit(-1)), /rateLimit delayMs must be a non-negative number/);
+  assert.equal(host.calls.length, 2, 'a refused argument never reaches the host');
+});
+
 test('JSON that does not fit is unrecoverable "invalid JSON: ..."', async () => {
   const bad = await run((job) => job.data(), witJob({ data: '{oops' }));
   assert.equal(bad.val.tag, 'unrecoverable');

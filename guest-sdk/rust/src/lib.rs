@@ -104,7 +104,8 @@ pub struct Job {
 pub enum Outcome {
     /// The job completed with this return value (JSON text).
     Completed(String),
-    /// A host call already moved the job (delayed, waiting for children).
+    /// A host call already moved the job (delayed, back to wait, waiting
+    /// for children).
     Moved,
 }
 
@@ -265,6 +266,21 @@ impl Job {
     /// `Outcome::Moved` this gives. `attemptsMade` does not grow.
     pub fn delay_until(&self, timestamp_ms: u64) -> Result<Outcome, Error> {
         host::move_to_delayed(timestamp_ms)?;
+        Ok(Outcome::Moved)
+    }
+    /// Rate-limit this job's queue for every worker for `delay_ms` (Node's
+    /// `worker.rateLimit(ms)` + `Worker.RateLimitError`) and put the job back
+    /// in wait; end the attempt: return the `Outcome::Moved` this gives.
+    /// `attemptsMade` does not grow. `delay_ms` must be at least 1.
+    pub fn rate_limit(&self, delay_ms: u64) -> Result<Outcome, Error> {
+        host::rate_limit(delay_ms)?;
+        Ok(Outcome::Moved)
+    }
+    /// Put the job back in wait, without a delay (BullMQ's
+    /// `job.moveToWait(token)` + `WaitingError`), and end the attempt:
+    /// return the `Outcome::Moved` this gives. `attemptsMade` does not grow.
+    pub fn move_to_wait(&self) -> Result<Outcome, Error> {
+        host::move_to_wait()?;
         Ok(Outcome::Moved)
     }
     /// Add a child job to `queue` whose parent is this job; returns its id.

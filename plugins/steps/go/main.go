@@ -10,6 +10,11 @@
 // `data.failAt = "<Step>"` injects one retryable failure on entering that
 // step (on the first attempt only), to show a retry resumes at that step.
 //
+// `data.rateLimitMs = N` makes the job, on entering Second, rate-limit its
+// queue for N ms (back to wait); `data.moveToWait = true` moves it back to
+// wait there. Each option is taken out of the data first, so it happens
+// once and the job then carries on from Second.
+//
 // JSON is read and written with serdejson, so data and return values are
 // the same text the Rust plugin (serde_json) writes.
 package main
@@ -18,6 +23,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"bullpen.dev/guest"
@@ -137,6 +143,25 @@ func process(job *guest.Job) (guest.Outcome, error) {
 				return guest.Outcome{}, err
 			}
 		case "Second":
+			if v, ok := d.rest["rateLimitMs"]; ok {
+				delete(d.rest, "rateLimitMs")
+				n, isNum := v.(json.Number)
+				ms, err := strconv.ParseUint(string(n), 10, 64)
+				if !isNum || err != nil {
+					return guest.Outcome{}, guest.Unrecoverable("invalid JSON: rateLimitMs is not a u64")
+				}
+				if err := job.UpdateData(json.RawMessage(d.json())); err != nil {
+					return guest.Outcome{}, err
+				}
+				return job.RateLimit(ms)
+			}
+			if _, ok := d.rest["moveToWait"]; ok {
+				delete(d.rest, "moveToWait")
+				if err := job.UpdateData(json.RawMessage(d.json())); err != nil {
+					return guest.Outcome{}, err
+				}
+				return job.MoveToWait()
+			}
 			d.step = "Third"
 			if err := job.UpdateData(json.RawMessage(d.json())); err != nil {
 				return guest.Outcome{}, err

@@ -11,6 +11,11 @@
 //
 // `data.failAt = "<Step>"` injects one retryable failure on entering that
 // step (on the first attempt only), to show a retry resumes at that step.
+//
+// `data.rateLimitMs = N` makes the job, on entering Second, rate-limit its
+// queue for N ms (back to wait); `data.moveToWait = true` moves it back to
+// wait there. Each option is taken out of the data first, so it happens
+// once and the job then carries on from Second.
 import { BullpenError, exportProcessor, Outcome, serdejson } from 'bullpen-guest';
 
 const STEPS = ['Initial', 'Second', 'Third', 'Finish'];
@@ -29,6 +34,18 @@ function handle(job) {
         job.updateData(toJson(data));
         break;
       case 'Second':
+        if ('rateLimitMs' in data.rest) {
+          const ms = data.rest.rateLimitMs;
+          delete data.rest.rateLimitMs;
+          if (!Number.isSafeInteger(ms) || ms < 0) throw invalid('rateLimitMs is not a u64');
+          job.updateData(toJson(data));
+          return job.rateLimit(ms);
+        }
+        if ('moveToWait' in data.rest) {
+          delete data.rest.moveToWait;
+          job.updateData(toJson(data));
+          return job.moveToWait();
+        }
         data.step = 'Third';
         job.updateData(toJson(data));
         return job.delayUntil(Date.now() + 200);

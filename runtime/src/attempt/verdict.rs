@@ -117,6 +117,8 @@ impl Verdict {
             Verdict::Completed(_) => "completed",
             Verdict::Moved(Moved::Delayed) => "delayed",
             Verdict::Moved(Moved::WaitingChildren) => "waiting_children",
+            Verdict::Moved(Moved::RateLimited) => "rate_limited",
+            Verdict::Moved(Moved::Waiting) => "waiting",
             Verdict::Retry(_) => "retry",
             Verdict::RetryAfter { .. } => "retry_after",
             Verdict::Unrecoverable(_) => "unrecoverable",
@@ -313,7 +315,7 @@ mod tests {
 
     #[test]
     fn moved_needs_a_move() {
-        for m in [Moved::Delayed, Moved::WaitingChildren] {
+        for m in [Moved::Delayed, Moved::WaitingChildren, Moved::RateLimited, Moved::Waiting] {
             let v = verdict(Ended {
                 called: Ok(Ok(Outcome::Moved)),
                 memory_hit: None,
@@ -430,6 +432,8 @@ mod tests {
     #[test]
     fn labels_and_reasons() {
         assert_eq!(Verdict::Moved(Moved::WaitingChildren).label(), "waiting_children");
+        assert_eq!(Verdict::Moved(Moved::RateLimited).label(), "rate_limited");
+        assert_eq!(Verdict::Moved(Moved::Waiting).label(), "waiting");
         assert_eq!(Verdict::Limit { which: LimitKind::Memory, trap: None, reason: "m".into() }.label(), "memory");
         assert_eq!(Verdict::Interrupted.label(), "interrupted");
     }

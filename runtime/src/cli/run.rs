@@ -158,11 +158,15 @@ fn print_verdict(v: &Verdict, report: Report) {
             report.event(&format!("completed {json}"), json!({ "event": "completed", "returnvalue": value }));
         }
         Verdict::Moved(m) => {
-            let to = match m {
-                Moved::Delayed => "delayed",
-                Moved::WaitingChildren => "waiting-children",
-            };
-            report.event(&format!("moved ({to})"), json!({ "event": "moved", "to": to }));
+            let to = m.to();
+            if *m == Moved::RateLimited {
+                report.event(
+                    &format!("moved ({to}, queue rate-limited)"),
+                    json!({ "event": "moved", "to": to, "rateLimited": true }),
+                );
+            } else {
+                report.event(&format!("moved ({to})"), json!({ "event": "moved", "to": to }));
+            }
         }
         Verdict::Retry(r) => failed("retry", r, None),
         Verdict::RetryAfter { reason, delay_ms } => failed("retry-after", reason, Some(*delay_ms)),
@@ -208,7 +212,12 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
                 s.job.attempts_started += 1;
                 format!(
                     "after {}",
-                    if *m == Moved::Delayed { "move-to-delayed, not waiting" } else { "the children finished" }
+                    match m {
+                        Moved::Delayed => "move-to-delayed, not waiting",
+                        Moved::WaitingChildren => "the children finished",
+                        Moved::RateLimited => "rate-limit, not waiting",
+                        Moved::Waiting => "move-to-wait",
+                    }
                 )
             }
             failed => {

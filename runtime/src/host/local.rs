@@ -54,7 +54,8 @@ pub(crate) struct LocalJob {
     done_children: Vec<String>,
     /// What `children-values` returns (`--children-values`).
     children_values: Vec<(String, String)>,
-    /// Set when `move-to-delayed` or `wait-for-children` moved the job.
+    /// Set when `move-to-delayed`, `rate-limit`, `move-to-wait` or
+    /// `wait-for-children` moved the job.
     pub(crate) moved: Option<Moved>,
 }
 
@@ -179,6 +180,23 @@ impl LocalJob {
             ("delayMs", Arg::Plain(format!("(in {delay} ms)"), delay.into())),
         ];
         self.record("move-to-delayed", &args, r, |_| None)
+    }
+
+    pub(crate) fn rate_limit(&mut self, delay_ms: u64) -> Result<(), JobError> {
+        let r = super::check_rate_limit(delay_ms).and_then(|()| self.moved_already());
+        if r.is_ok() {
+            self.moved = Some(Moved::RateLimited);
+        }
+        let args = [("delayMs", Arg::Plain(format!("{delay_ms} ms"), delay_ms.into()))];
+        self.record("rate-limit", &args, r, |_| None)
+    }
+
+    pub(crate) fn move_to_wait(&mut self) -> Result<(), JobError> {
+        let r = self.moved_already();
+        if r.is_ok() {
+            self.moved = Some(Moved::Waiting);
+        }
+        self.record("move-to-wait", &[], r, |_| None)
     }
 
     pub(crate) fn add_child(

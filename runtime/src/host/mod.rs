@@ -151,6 +151,21 @@ pub(crate) enum Moved {
     Delayed,
     /// `wait-for-children` returned true.
     WaitingChildren,
+    /// `rate-limit` succeeded: the queue is rate-limited, the job waits.
+    RateLimited,
+    /// `move-to-wait` succeeded.
+    Waiting,
+}
+
+impl Moved {
+    /// Where the job went, as `bullpen run` prints it (BullMQ's states).
+    pub(crate) fn to(self) -> &'static str {
+        match self {
+            Moved::Delayed => "delayed",
+            Moved::WaitingChildren => "waiting-children",
+            Moved::RateLimited | Moved::Waiting => "wait",
+        }
+    }
 }
 
 /// Which queues a guest may add children to.
@@ -225,6 +240,17 @@ impl job_context::Host for HostState {
         job.move_to_delayed(timestamp_ms).await
     }
 
+    async fn rate_limit(&mut self, delay_ms: u64) -> Result<(), JobError> {
+        let job = redis_or_local!(self, l => l.rate_limit(delay_ms));
+        check_rate_limit(delay_ms)?;
+        job.rate_limit(delay_ms).await
+    }
+
+    async fn move_to_wait(&mut self) -> Result<(), JobError> {
+        let job = redis_or_local!(self, l => l.move_to_wait());
+        job.move_to_wait().await
+    }
+
     async fn add_child(&mut self, queue: String, name: String, data: String, opts: String) -> Result<String, JobError> {
         let job = redis_or_local!(self, l => l.add_child(queue, name, data, opts));
         let (data, opts) = check_child(&job.shared.child_queues, &job.shared.limits, &queue, &data, &opts)?;
@@ -250,6 +276,22 @@ pub(crate) fn check_json_arg(what: &str, json: &str, max: usize) -> Result<(), J
         return Err(JobError::Invalid(format!("{what} is {} bytes; the limit is {max}", json.len())));
     }
     crate::json::check(json).map_err(|problem| JobError::Invalid(format!("{what} {problem}")))
+}
+
+/// The largest `rate-limit` delay: JavaScript's `Number.MAX_SAFE_INTEGER`,
+/// the value BullMQ writes into the limiter key (a Node worker reads the
+/// key's TTL as a JS number).
+pub(crate) const MAX_RATE_LIMIT_MS: u64 = (1 << 53) - 1;
+
+/// The check of a `rate-limit` delay: Redis refuses `PX 0`, and a queue
+/// limited for 0 ms is no limit at all.
+pub(crate) fn check_rate_limit(delay_ms: u64) -> Result<(), JobError> {
+    if delay_ms == 0 || delay_ms > MAX_RATE_LIMIT_MS {
+        return Err(JobError::Invalid(format!(
+            "rate-limit delay-ms is {delay_ms}; it must be at least 1 and at most {MAX_RATE_LIMIT_MS}"
+        )));
+    }
+    Ok(())
 }
 
 /// The check of a `log` line: at most `max_log_line_bytes`.
@@ -285,4 +327,29 @@ pub(crate) fn check_child(
             .map_err(|e| JobError::Invalid(format!("child opts are not valid job options: {e}")))?
     };
     Ok((data_value, child_opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_delays_between_1_ms_and_max_safe_integer_pass() {
+        for ok in [1, 1000, MAX_RATE_LIMIT_MS] {
+            assert!(check_rate_limit(ok).is_ok(), "{ok}");
+        }
+        for bad in [0, MAX_RATE_LIMIT_MS + 1, u64::MAX] {
+            match check_rate_limit(bad) {
+                Err(JobError::Invalid(m)) => assert!(m.contains(&bad.to_string()), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn moves_name_where_the_job_went() {
+        let all = [Moved::Delayed, Moved::WaitingChildren, Moved::RateLimited, Moved::Waiting];
+        let names: Vec<_> = all.iter().map(|m| m.to()).collect();
+        assert_eq!(names, ["delayed", "waiting-children", "wait", "wait"]);
+    }
 }

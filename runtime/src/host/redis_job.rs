@@ -4,7 +4,7 @@
 //! check the lock token, so bullpen runs its own scripts (`lua/`): the lock
 //! check followed by exactly the writes BullMQ's script makes, so Node
 //! clients see no difference. Moves (`moveToDelayed`,
-//! `moveToWaitingChildren`) use BullMQ's scripts through `bullmq-official`,
+//! `moveToWaitingChildren`, `moveJobFromActiveToWait`) use BullMQ's scripts through `bullmq-official`,
 //! which check the token themselves.
 
 use std::collections::HashMap;
@@ -354,6 +354,50 @@ impl JobContext {
         match self.job.move_to_delayed(timestamp_ms).await {
             Ok(()) => {
                 self.moved = Some(Moved::Delayed);
+                Ok(())
+            }
+            Err(e) => Err(self.bullmq_error(e)),
+        }
+    }
+
+    /// Node's `worker.rateLimit(ms)` then `Worker.RateLimitError`: the
+    /// queue's limiter key as BullMQ sets it (`SET <limiter>
+    /// 9007199254740991 PX ms`), then the job back to wait.
+    pub(crate) async fn rate_limit(&mut self, delay_ms: u64) -> Result<(), JobError> {
+        self.movable()?;
+        self.flush_output().await?;
+        let key = self.shared.keys.limiter();
+        with_reconnect(|| {
+            let mut conn = self.shared.redis.clone();
+            let key = &key;
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(super::MAX_RATE_LIMIT_MS)
+                    .arg("PX")
+                    .arg(delay_ms)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        })
+        .await
+        .map_err(unavailable)?;
+        self.back_to_wait(Moved::RateLimited).await
+    }
+
+    /// BullMQ's `job.moveToWait(token)`.
+    pub(crate) async fn move_to_wait(&mut self) -> Result<(), JobError> {
+        self.movable()?;
+        self.flush_output().await?;
+        self.back_to_wait(Moved::Waiting).await
+    }
+
+    /// BullMQ's `moveJobFromActiveToWait` (lock-checked by the script):
+    /// back to the front of wait (or prioritized), attemptsMade unchanged.
+    async fn back_to_wait(&mut self, how: Moved) -> Result<(), JobError> {
+        match self.job.move_to_wait(None).await {
+            Ok(_limiter_ttl) => {
+                self.moved = Some(how);
                 Ok(())
             }
             Err(e) => Err(self.bullmq_error(e)),

@@ -241,8 +241,17 @@ fn probe_config(s: &mut ProbeState) -> WasiConfig<'_> {
 }
 
 /// The functions of `job-context`; the probe defines each as a trap.
-const JOB_CONTEXT_FUNCS: [&str; 7] =
-    ["update-data", "update-progress", "log", "move-to-delayed", "add-child", "wait-for-children", "children-values"];
+const JOB_CONTEXT_FUNCS: [&str; 9] = [
+    "update-data",
+    "update-progress",
+    "log",
+    "move-to-delayed",
+    "rate-limit",
+    "move-to-wait",
+    "add-child",
+    "wait-for-children",
+    "children-values",
+];
 
 /// Instantiate once, with WASI, wasi:http and wasi:config (nothing
 /// granted: every request refused, no variables) and every `job-context`

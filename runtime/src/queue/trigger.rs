@@ -63,7 +63,7 @@ pub(crate) struct Tally {
     completed: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
-    /// Moved (delayed, waiting for children), lock lost, handed back.
+    /// Moved (delayed, waiting for children, back to wait), lock lost, handed back.
     other: AtomicU64,
 }
 
@@ -107,6 +107,10 @@ enum JobOutcome {
     /// The guest moved it to delayed.
     Delayed,
     WaitingChildren,
+    /// The guest rate-limited the queue; the job went back to wait.
+    RateLimited,
+    /// The guest moved it back to wait.
+    Waiting,
     LockLost,
     /// Shutdown handed it back to wait.
     HandedBack,
@@ -120,6 +124,8 @@ impl JobOutcome {
             JobOutcome::Retried => "retried",
             JobOutcome::Delayed => "delayed",
             JobOutcome::WaitingChildren => "waiting_children",
+            JobOutcome::RateLimited => "rate_limited",
+            JobOutcome::Waiting => "waiting",
             JobOutcome::LockLost => "lock_lost",
             JobOutcome::HandedBack => "handed_back",
         }
@@ -162,6 +168,10 @@ fn settle(verdict: Verdict, will_retry: bool) -> (BullResult, JobOutcome) {
     match verdict {
         Verdict::Moved(Moved::Delayed) => (Err(bullmq::Error::Delayed), JobOutcome::Delayed),
         Verdict::Moved(Moved::WaitingChildren) => (Err(bullmq::Error::WaitingChildren), JobOutcome::WaitingChildren),
+        // Already back in wait (`moveJobFromActiveToWait` ran in the host
+        // call): bullmq-official must write nothing more.
+        Verdict::Moved(Moved::RateLimited) => (Err(bullmq::Error::Delayed), JobOutcome::RateLimited),
+        Verdict::Moved(Moved::Waiting) => (Err(bullmq::Error::Delayed), JobOutcome::Waiting),
         Verdict::Unrecoverable(reason) => (Err(bullmq::Error::Unrecoverable(reason)), JobOutcome::Failed),
         Verdict::Error(reason) | Verdict::Trap { reason, .. } | Verdict::Limit { reason, .. } => {
             bullmq_retries(reason, will_retry)

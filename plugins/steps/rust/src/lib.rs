@@ -8,6 +8,11 @@
 //!
 //! `data.failAt = "<Step>"` injects one retryable failure on entering that
 //! step (on the first attempt only), to show a retry resumes at that step.
+//!
+//! `data.rateLimitMs = N` makes the job, on entering Second, rate-limit its
+//! queue for N ms (back to wait); `data.moveToWait = true` moves it back to
+//! wait there. Each option is taken out of the data first, so it happens
+//! once and the job then carries on from Second.
 use bullpen_guest::{Error, Job, Outcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -52,6 +57,15 @@ fn process(job: &Job) -> Result<Outcome, Error> {
                 job.update_data(&data)?;
             }
             Step::Second => {
+                if let Some(ms) = data.rest.remove("rateLimitMs") {
+                    let ms = ms.as_u64().ok_or_else(|| Error::unrecoverable("invalid JSON: rateLimitMs is not a u64"))?;
+                    job.update_data(&data)?;
+                    return job.rate_limit(ms);
+                }
+                if data.rest.remove("moveToWait").is_some() {
+                    job.update_data(&data)?;
+                    return job.move_to_wait();
+                }
                 data.step = Step::Third;
                 job.update_data(&data)?;
                 return job.delay_until(now_ms() + 200);
