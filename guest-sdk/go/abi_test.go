@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -479,8 +480,13 @@ func TestDataAndOutcomes(t *testing.T) {
 	}
 	j.data = `{"failTimes":-1}`
 	err := j.Data(&d)
-	if !isUnrecoverable(err) || err.Error()[:13] != "invalid JSON:" {
-		t.Errorf("bad data: %v", err)
+	if !isUnrecoverable(err) || !strings.HasPrefix(err.Error(), "unexpected JSON shape:") {
+		t.Errorf("data of another shape: %v", err)
+	}
+	j.data = `{"failTimes":`
+	err = j.Data(&d)
+	if !isUnrecoverable(err) || !strings.HasPrefix(err.Error(), "invalid JSON:") {
+		t.Errorf("data that is not JSON: %v", err)
 	}
 
 	cases := []struct {

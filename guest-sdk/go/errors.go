@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -117,8 +118,14 @@ func IsLockLost(err error) bool {
 
 // invalidJSON is what data that does not decode (or a value that does not
 // encode) becomes: it will not fit on a retry either, so it is
-// unrecoverable.
+// unrecoverable. Valid JSON of another shape (a string for a number) is
+// "unexpected JSON shape: ...", text that is not JSON "invalid JSON: ...",
+// as in every SDK.
 func invalidJSON(err error) *Failure {
+	var shape *json.UnmarshalTypeError
+	if errors.As(err, &shape) {
+		return Unrecoverable("unexpected JSON shape: " + err.Error())
+	}
 	return Unrecoverable("invalid JSON: " + err.Error())
 }
 

@@ -82,7 +82,8 @@ func (j *Job) Name() string { return j.name }
 func (j *Job) Queue() string { return j.queue }
 
 // Data decodes the job data into v (as json.Unmarshal). Data that does not
-// fit v is an unrecoverable failure ("invalid JSON: ..."): return the error.
+// fit v is an unrecoverable failure ("unexpected JSON shape: ..."; text
+// that is not JSON, "invalid JSON: ..."): return the error.
 func (j *Job) Data(v any) error {
 	if err := json.Unmarshal([]byte(j.data), v); err != nil {
 		return invalidJSON(err)

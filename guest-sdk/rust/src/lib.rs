@@ -193,9 +193,15 @@ impl From<HostError> for Error {
 
 impl From<serde_json::Error> for Error {
     /// JSON that does not fit the expected type will not fit on a retry
-    /// either, so it is unrecoverable.
+    /// either, so it is unrecoverable: "unexpected JSON shape: ..." for
+    /// valid JSON of another shape (a missing field, a string for a number),
+    /// "invalid JSON: ..." for text that is not JSON. Every SDK says the same.
     fn from(e: serde_json::Error) -> Self {
-        Error::Unrecoverable(format!("invalid JSON: {e}"))
+        if e.is_data() {
+            Error::Unrecoverable(format!("unexpected JSON shape: {e}"))
+        } else {
+            Error::Unrecoverable(format!("invalid JSON: {e}"))
+        }
     }
 }
 

@@ -113,7 +113,7 @@ func boolean(v any) (bool, error) {
 	return b, nil
 }
 
-func invalid(err error) error { return guest.Unrecoverable("invalid JSON: " + err.Error()) }
+func invalid(err error) error { return guest.Unrecoverable("unexpected JSON shape: " + err.Error()) }
 
 func process(job *guest.Job) (guest.Outcome, error) {
 	d, err := parseData(job.DataJSON())

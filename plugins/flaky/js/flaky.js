@@ -75,7 +75,7 @@ const FIELDS = /** @type {const} */ ({
 /**
  * The fields above with their defaults; other fields are ignored. Refuses
  * what serde refuses (a failTimes of "three", a negative sleepMs, ...), with
- * serde's words, as an unrecoverable "invalid JSON: ..." failure.
+ * serde's words, as an unrecoverable "unexpected JSON shape: ..." failure.
  * @returns {{ failTimes: number, retryAfterMs: number | null, fatal: boolean, panic: boolean, sleepMs: number, returnChildren: boolean }}
  */
 function parseData(raw) {
@@ -102,5 +102,5 @@ function parseData(raw) {
 }
 
 function invalid(msg) {
-  return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
+  return BullpenError.unrecoverable(`unexpected JSON shape: ${msg}`);
 }

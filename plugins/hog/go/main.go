@@ -24,7 +24,7 @@
 //   - anything else: completes with `{"ok": true}`
 //
 // Data without a string `mode` fails unrecoverably with serde's words
-// ("invalid JSON: missing field `mode`", without serde's line and column).
+// ("unexpected JSON shape: missing field `mode`", without serde's line and column).
 package main
 
 import (
@@ -99,7 +99,7 @@ func process(job *guest.Job) (guest.Outcome, error) {
 	n := processed
 	mode, err := parseMode(job.DataJSON())
 	if err != nil {
-		return guest.Outcome{}, guest.Unrecoverable("invalid JSON: " + err.Error())
+		return guest.Outcome{}, guest.Unrecoverable("unexpected JSON shape: " + err.Error())
 	}
 	switch mode {
 	case "loop":

@@ -34,7 +34,7 @@
 // - anything else: completes with `{"ok": true}`
 //
 // Data without a string `mode` fails unrecoverably with serde's words
-// ("invalid JSON: missing field `mode`", without serde's line and column).
+// ("unexpected JSON shape: missing field `mode`", without serde's line and column).
 import { BullpenError, exportProcessor, HostError, Outcome, serdejson } from 'bullpen-guest';
 
 const NO_API = 'JavaScript in the bullpen sandbox (StarlingMonkey) has no';
@@ -165,5 +165,5 @@ function parseMode(raw) {
 
 /** @param {string} msg */
 function invalid(msg) {
-  return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
+  return BullpenError.unrecoverable(`unexpected JSON shape: ${msg}`);
 }

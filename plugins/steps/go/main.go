@@ -127,7 +127,7 @@ func nowMs() uint64 { return uint64(time.Now().UnixMilli()) }
 func process(job *guest.Job) (guest.Outcome, error) {
 	d, err := parseData(job.DataJSON())
 	if err != nil {
-		return guest.Outcome{}, guest.Unrecoverable("invalid JSON: " + err.Error())
+		return guest.Outcome{}, guest.Unrecoverable("unexpected JSON shape: " + err.Error())
 	}
 	for {
 		if d.failAt != nil && *d.failAt == d.step && job.AttemptsMade() == 0 {
@@ -148,7 +148,7 @@ func process(job *guest.Job) (guest.Outcome, error) {
 				n, isNum := v.(json.Number)
 				ms, err := strconv.ParseUint(string(n), 10, 64)
 				if !isNum || err != nil {
-					return guest.Outcome{}, guest.Unrecoverable("invalid JSON: rateLimitMs is not a u64")
+					return guest.Outcome{}, guest.Unrecoverable("unexpected JSON shape: rateLimitMs is not a u64")
 				}
 				if err := job.UpdateData(json.RawMessage(d.json())); err != nil {
 					return guest.Outcome{}, err
@@ -198,7 +198,7 @@ func process(job *guest.Job) (guest.Outcome, error) {
 			for _, c := range kids {
 				v, err := serdejson.Parse(string(c.Value))
 				if err != nil {
-					return guest.Outcome{}, guest.Unrecoverable("invalid JSON: " + err.Error())
+					return guest.Outcome{}, guest.Unrecoverable("unexpected JSON shape: " + err.Error())
 				}
 				children[c.Key] = v
 			}

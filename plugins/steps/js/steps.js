@@ -117,5 +117,5 @@ function toJson(d) {
 }
 
 function invalid(msg) {
-  return BullpenError.unrecoverable(`invalid JSON: ${msg}`);
+  return BullpenError.unrecoverable(`unexpected JSON shape: ${msg}`);
 }

@@ -52,7 +52,7 @@ func process(job *guest.Job) (guest.Outcome, error) {
 		return guest.Outcome{}, err
 	}
 	if d.Payload == nil {
-		return guest.Outcome{}, guest.Unrecoverable("invalid JSON: missing field `payload`")
+		return guest.Outcome{}, guest.Unrecoverable("unexpected JSON shape: missing field `payload`")
 	}
 	secret, err := guest.Variable("webhook_secret")
 	if err != nil {
@@ -62,7 +62,7 @@ func process(job *guest.Job) (guest.Outcome, error) {
 	// JSON.stringify's output), whitespace removed: JSON.stringify(payload).
 	var body bytes.Buffer
 	if err := json.Compact(&body, d.Payload); err != nil {
-		return guest.Outcome{}, guest.Unrecoverable("invalid JSON: " + err.Error())
+		return guest.Outcome{}, guest.Unrecoverable("unexpected JSON shape: " + err.Error())
 	}
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write(body.Bytes())

@@ -44,13 +44,13 @@ async function handle(job) {
 /** @param {any} data @returns {{url: string, payload: any}} */
 function parseData(data) {
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
-    throw BullpenError.unrecoverable(`invalid JSON: invalid type: ${serdejson.describe(data)}, expected struct Data`);
+    throw BullpenError.unrecoverable(`unexpected JSON shape: invalid type: ${serdejson.describe(data)}, expected struct Data`);
   }
-  if (!('url' in data)) throw BullpenError.unrecoverable('invalid JSON: missing field `url`');
+  if (!('url' in data)) throw BullpenError.unrecoverable('unexpected JSON shape: missing field `url`');
   if (typeof data.url !== 'string') {
-    throw BullpenError.unrecoverable(`invalid JSON: invalid type: ${serdejson.describe(data.url)}, expected a string`);
+    throw BullpenError.unrecoverable(`unexpected JSON shape: invalid type: ${serdejson.describe(data.url)}, expected a string`);
   }
-  if (!('payload' in data)) throw BullpenError.unrecoverable('invalid JSON: missing field `payload`');
+  if (!('payload' in data)) throw BullpenError.unrecoverable('unexpected JSON shape: missing field `payload`');
   return { url: data.url, payload: data.payload };
 }
 

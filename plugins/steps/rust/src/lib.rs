@@ -58,7 +58,7 @@ fn process(job: &Job) -> Result<Outcome, Error> {
             }
             Step::Second => {
                 if let Some(ms) = data.rest.remove("rateLimitMs") {
-                    let ms = ms.as_u64().ok_or_else(|| Error::unrecoverable("invalid JSON: rateLimitMs is not a u64"))?;
+                    let ms = ms.as_u64().ok_or_else(|| Error::unrecoverable("unexpected JSON shape: rateLimitMs is not a u64"))?;
                     job.update_data(&data)?;
                     return job.rate_limit(ms);
                 }
