@@ -540,12 +540,40 @@ impl RedisTarget {
         master: &str,
         timeout: Duration,
     ) -> Result<Option<(String, u16)>, ConnectError> {
-        let fail = |e: redis::RedisError| self.classify(url, &e);
+        // A refused AUTH (or a NOAUTH) is the sentinels' password, not the
+        // master's: say which, and where it comes from.
+        let of_sentinel = |e: ConnectError| {
+            match e {
+            ConnectError::Auth { target, detail } => ConnectError::Auth {
+                target: format!("Sentinel {target}"),
+                detail: format!(
+                    "{detail} (the sentinels' own password: --sentinel-password-file or redis[s]://:PASSWORD@ in --sentinel)"
+                ),
+            },
+            other => other,
+        }
+        };
+        let fail = |e: redis::RedisError| of_sentinel(self.classify(url, &e));
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let client = self.client(url).map_err(fail)?;
+        // AUTH sent here, as in `check`: the client would replace the
+        // server's WRONGPASS with a message of its own.
+        let (bare, auth) = split_credentials(url);
+        let client = self.client(&bare).map_err(fail)?;
         let mut c = client.get_multiplexed_async_connection_with_config(&config).await.map_err(fail)?;
+        if let Some((user, pass)) = auth {
+            let mut cmd = redis::cmd("AUTH");
+            if let Some(user) = user {
+                cmd.arg(user);
+            }
+            cmd.arg(pass).query_async::<()>(&mut c).await.map_err(|e| {
+                of_sentinel(match self.classify(url, &e) {
+                    ConnectError::Other { target, detail } => ConnectError::Auth { target, detail },
+                    other => other,
+                })
+            })?;
+        }
         redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query_async(&mut c).await.map_err(fail)
     }
 

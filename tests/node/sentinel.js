@@ -7,7 +7,13 @@
 // sentinels for the master (and asks again after a failover). Commands wait
 // out a failover (maxRetriesPerRequest: null). Prints, as JSON, the ids whose
 // add Redis acknowledged and how long the slowest batch took.
+//
+// TLS and passwords, as ioredis takes them: $REDIS_TLS_CA set: sentinels and
+// master are TLS-only with that CA (sentinelTLS, tls, enableTLSForSentinelMode);
+// $SENTINEL_PASSWORD: the sentinels' (sentinelPassword); $REDIS_PASSWORD: the
+// master's (password).
 'use strict';
+const fs = require('fs');
 const { Queue } = require('bullmq');
 
 async function main() {
@@ -20,6 +26,12 @@ async function main() {
     sentinelRetryStrategy: () => 100,
     retryStrategy: () => 100,
   };
+  if (process.env.REDIS_TLS_CA) {
+    const tls = { ca: fs.readFileSync(process.env.REDIS_TLS_CA) };
+    Object.assign(connection, { tls, sentinelTLS: tls, enableTLSForSentinelMode: true });
+  }
+  if (process.env.SENTINEL_PASSWORD) connection.sentinelPassword = process.env.SENTINEL_PASSWORD;
+  if (process.env.REDIS_PASSWORD) connection.password = process.env.REDIS_PASSWORD;
   const queue = new Queue(queueName, { connection });
   const acked = [];
   let slowestMs = 0;

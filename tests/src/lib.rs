@@ -235,6 +235,8 @@ pub struct Redis {
     extra: Vec<String>,
     dir: tempfile::TempDir,
     tls: Option<TlsClient>,
+    /// Set by [`Redis::require_password`]: what [`Redis::cli`] authenticates with.
+    password: Option<String>,
 }
 
 impl Redis {
@@ -262,7 +264,7 @@ impl Redis {
         for _ in 0..5 {
             let port = free_port();
             if let Some(child) = spawn_redis_tls(port, &extra, dir.path(), tls.as_ref()) {
-                return Redis { child, port, extra, dir, tls };
+                return Redis { child, port, extra, dir, tls, password: None };
             }
         }
         panic!("could not start redis-server");
@@ -340,6 +342,16 @@ impl Redis {
         }
     }
 
+    /// From now on the server requires `password` (`requirepass`), and
+    /// authenticates with it to its master (`masterauth`), as a replica or
+    /// a master demoted by a failover; [`Redis::cli`] uses it. A replication
+    /// link already up stays up.
+    pub fn require_password(&mut self, password: &str) {
+        self.cli(&["CONFIG", "SET", "masterauth", password]);
+        self.cli(&["CONFIG", "SET", "requirepass", password]);
+        self.password = Some(password.to_string());
+    }
+
     /// The server's process (to stop or kill it).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -371,7 +383,11 @@ impl Redis {
     }
 
     fn cli_command(&self) -> Command {
-        cli_command(self.port, self.tls.as_ref())
+        let mut c = cli_command(self.port, self.tls.as_ref());
+        if let Some(p) = &self.password {
+            c.env("REDISCLI_AUTH", p);
+        }
+        c
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -800,6 +816,22 @@ pub struct SentinelGroup {
     pub ports: Vec<u16>,
     sentinels: Vec<Child>,
     dir: tempfile::TempDir,
+    secure: Secure,
+    tls: Option<TlsClient>,
+}
+
+/// TLS and passwords for a [`SentinelGroup`]; the default is neither.
+#[derive(Clone, Default)]
+pub struct Secure {
+    /// Every server and sentinel TLS-only (`port 0`, `tls-port`) with these
+    /// certificates' server certificate, replication and the sentinels'
+    /// links included (`tls-replication yes`); no client certificate needed.
+    pub certs: Option<std::sync::Arc<Certs>>,
+    /// Master and replica `requirepass` and `masterauth`; the sentinels'
+    /// `sentinel auth-pass`.
+    pub password: Option<String>,
+    /// The sentinels' own `requirepass` (they use it with each other too).
+    pub sentinel_password: Option<String>,
 }
 
 impl SentinelGroup {
@@ -807,15 +839,33 @@ impl SentinelGroup {
     /// sees it and the other sentinels. `extra`: redis-server arguments for
     /// both servers.
     pub fn start(name: &str, extra: &[&str]) -> SentinelGroup {
+        Self::start_secure(name, extra, Secure::default())
+    }
+
+    /// [`Self::start`] with TLS and passwords.
+    pub fn start_secure(name: &str, extra: &[&str], secure: Secure) -> SentinelGroup {
         // The first sync at once (Redis waits 5 s by default for more replicas).
-        let extra: Vec<&str> = ["--repl-diskless-sync-delay", "0"].into_iter().chain(extra.iter().copied()).collect();
-        let master = Redis::start_with(&extra);
+        let mut extra: Vec<&str> =
+            ["--repl-diskless-sync-delay", "0"].into_iter().chain(extra.iter().copied()).collect();
+        let start = |args: &[&str]| match &secure.certs {
+            Some(c) => Redis::start_tls(c, false, args),
+            None => Redis::start_with(args),
+        };
+        if secure.certs.is_some() {
+            extra.extend(["--tls-replication", "yes"]);
+        }
+        let mut master = start(&extra);
         let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(String::from);
         let args: Vec<&str> = extra.iter().copied().chain(replica_of.iter().map(String::as_str)).collect();
-        let replica = Redis::start_with(&args);
+        let mut replica = start(&args);
         wait_until(Duration::from_secs(10), POLL, "the replica never synced", || {
             replica.cli(&["INFO", "replication"]).contains("master_link_status:up").then_some(())
         });
+        if let Some(p) = &secure.password {
+            master.require_password(p);
+            replica.require_password(p);
+        }
+        let tls = secure.certs.as_ref().map(|c| tls_server(c, false).0);
         let mut g = SentinelGroup {
             master,
             replica,
@@ -823,6 +873,8 @@ impl SentinelGroup {
             ports: vec![],
             sentinels: vec![],
             dir: tempfile::tempdir().unwrap(),
+            secure,
+            tls,
         };
         for _ in 0..3 {
             g.spawn_sentinel();
@@ -846,17 +898,30 @@ impl SentinelGroup {
         for _ in 0..5 {
             let port = free_port();
             let conf = self.dir.path().join(format!("sentinel-{port}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor {name} 127.0.0.1 {m} 2\n\
-                     sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 3000\n",
-                    dir = self.dir.path().display(),
-                    name = self.name,
-                    m = self.master.port
+            let name = &self.name;
+            let mut text = match &self.secure.certs {
+                Some(c) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                     tls-auth-clients no\ntls-replication yes\n",
+                    c.arg("server.pem"),
+                    c.arg("server.key"),
+                    c.arg("ca.pem")
                 ),
-            )
-            .unwrap();
+                None => format!("port {port}\n"),
+            };
+            text += &format!(
+                "bind 127.0.0.1\ndir {dir}\nsentinel monitor {name} 127.0.0.1 {m} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 3000\n",
+                dir = self.dir.path().display(),
+                m = self.master.port
+            );
+            if let Some(p) = &self.secure.password {
+                text += &format!("sentinel auth-pass {name} {p}\n");
+            }
+            if let Some(p) = &self.secure.sentinel_password {
+                text += &format!("requirepass {p}\n");
+            }
+            std::fs::write(&conf, text).unwrap();
             let mut child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
@@ -869,7 +934,7 @@ impl SentinelGroup {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // port taken: try another
                 }
-                if redis_ping(port) {
+                if self.sentinel_command(port).arg("PING").output().is_ok_and(|o| o.stdout.starts_with(b"PONG")) {
                     self.ports.push(port);
                     self.sentinels.push(child);
                     return;
@@ -883,8 +948,31 @@ impl SentinelGroup {
     }
 
     fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
-        let out = cli_command(port, None).args(args).output().expect("redis-cli not found");
+        let out = self.sentinel_command(port).args(args).output().expect("redis-cli not found");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `redis-cli` for the sentinel at `port`, with its TLS and password.
+    fn sentinel_command(&self, port: u16) -> Command {
+        let mut c = cli_command(port, self.tls.as_ref());
+        if let Some(p) = &self.secure.sentinel_password {
+            c.env("REDISCLI_AUTH", p);
+        }
+        c
+    }
+
+    /// The environment tests/node/sentinel.js reads for TLS (`REDIS_TLS_CA`:
+    /// sentinels and master) and passwords (`REDIS_PASSWORD`: the master's,
+    /// `SENTINEL_PASSWORD`: the sentinels').
+    pub fn node_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = tls_node_env(self.tls.as_ref());
+        if let Some(p) = &self.secure.password {
+            env.push(("REDIS_PASSWORD", p.clone()));
+        }
+        if let Some(p) = &self.secure.sentinel_password {
+            env.push(("SENTINEL_PASSWORD", p.clone()));
+        }
+        env
     }
 
     /// `--sentinel 127.0.0.1:P` for each sentinel and `--sentinel-master NAME`.

@@ -302,3 +302,143 @@ fn a_readonly_reply_makes_the_connection_resolve_again() {
         assert_eq!(a.cli(&["GET", "k"]), "5");
     });
 }
+
+const MASTER_PW: &str = "master-secret";
+const SENTINEL_PW: &str = "sentinel-secret";
+
+/// Issue 23 item 4, "TLS/auth apply to sentinels and master": every server
+/// and sentinel TLS-only with the test's CA, master and replica behind one
+/// password, the sentinels behind another. Node (ioredis: `sentinelTLS`,
+/// `sentinelPassword`, `tls`, `password`) adds jobs, a worker runs them, and
+/// `add` and `stats` work with the sentinels' password from a file or in
+/// their URLs; a wrong or missing password is one line; after the master is
+/// killed the worker goes on with the promoted replica, over TLS.
+#[test]
+fn tls_and_passwords_apply_to_sentinels_and_master() {
+    let certs = Arc::new(Certs::make());
+    let secure = Secure {
+        certs: Some(certs.clone()),
+        password: Some(MASTER_PW.into()),
+        sentinel_password: Some(SENTINEL_PW.into()),
+    };
+    let g = SentinelGroup::start_secure("securemaster", &[], secure);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let ca = certs.arg("ca.pem");
+    // HOST:PORT sentinels, their password from a file, the master's in the
+    // --redis URL; --redis-ca makes both TLS.
+    let host_port = |sentinel_pw_file: Option<&str>, master_url: &str| -> Vec<String> {
+        let mut a: Vec<String> = g.ports.iter().flat_map(|p| ["--sentinel".into(), format!("127.0.0.1:{p}")]).collect();
+        if let Some(f) = sentinel_pw_file {
+            a.extend(["--sentinel-password-file".into(), f.into()]);
+        }
+        a.extend(["--sentinel-master", &g.name, "--redis", master_url, "--redis-ca", &ca].map(String::from));
+        a
+    };
+    let sentinel_pw_file = file("sentinel-pw", &format!("{SENTINEL_PW}\n"));
+    let master_url = format!("rediss://:{MASTER_PW}@ignored");
+    let by_file = host_port(Some(&sentinel_pw_file), &master_url);
+    // rediss:// sentinel URLs with their own password; the master's from
+    // --redis-password-file.
+    let mut by_url: Vec<String> =
+        g.ports.iter().flat_map(|p| ["--sentinel".into(), format!("rediss://:{SENTINEL_PW}@127.0.0.1:{p}")]).collect();
+    by_url.extend(
+        ["--sentinel-master", &g.name, "--redis", "rediss://ignored", "--redis-ca", &ca, "--redis-password-file"]
+            .map(String::from),
+    );
+    by_url.push(file("master-pw", MASTER_PW));
+    let run = |cmd: &str, conn: &[String], rest: &[&str]| {
+        let mut args: Vec<String> = vec![cmd.into(), "--queue".into(), "secure".into()];
+        args.extend(conn.iter().cloned());
+        args.extend(rest.iter().map(|s| s.to_string()));
+        bullpen(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let completed = || -> u64 {
+        let out = run("stats", &by_file, &["--json"]);
+        assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        s["counts"]["completed"].as_u64().unwrap()
+    };
+
+    let mut args = by_file.clone();
+    args.extend(["--queue", "secure", "--plugin", plugin("echo", "rust").to_str().unwrap()].map(String::from));
+    let w = Worker::spawn(&args);
+    let old_master = g.master.port;
+    assert!(w.log().contains(&format!("is at rediss://:***@127.0.0.1:{old_master}")), "{}", w.log());
+
+    // Node adds 20 jobs through the TLS, password-protected sentinels.
+    let out = Command::new("node")
+        .arg(root().join("tests/node/sentinel.js"))
+        .args(["add", &g.node_list(), &g.name, "secure", "20", "1000", "http://unused"])
+        .envs(g.node_env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "node sentinel.js: {}", String::from_utf8_lossy(&out.stderr));
+    // And bullpen one, the sentinels' password in their URLs.
+    let out = run("add", &by_url, &["bp", r#"{"i":20}"#]);
+    assert!(out.status.success(), "add: {}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), "jobs not completed over TLS", || {
+        (completed() == 21).then_some(())
+    });
+    // What the master itself has (redis-cli over TLS, with its password).
+    assert_eq!(g.master.cli(&["ZCARD", "bull:secure:completed"]), "21");
+
+    // Wrong credentials: one line, exit 1, at once, no password in it.
+    let wrong = file("wrong-pw", "not-the-password\n");
+    let cases = [
+        (
+            "wrong sentinel password",
+            host_port(Some(&wrong), &master_url),
+            &["Sentinel rediss://:***@127.0.0.1", "WRONGPASS", "--sentinel-password-file"][..],
+        ),
+        (
+            "no sentinel password",
+            host_port(None, &master_url),
+            &["Sentinel rediss://127.0.0.1", "NOAUTH", "--sentinel-password-file"],
+        ),
+        ("wrong master password", host_port(Some(&sentinel_pw_file), "rediss://:not-the-password@x"), &["WRONGPASS"]),
+    ];
+    for (what, conn, says) in cases {
+        let start = Instant::now();
+        let out = run("stats", &conn, &[]);
+        let took = start.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // The master's address, once found, is logged before its error.
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("INFO bullpen::conn: Sentinel: master"))
+            .collect();
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(took < Duration::from_secs(5), "{what} took {took:?}");
+        assert_eq!(lines.len(), 1, "{what}: one line: {err}");
+        assert!(
+            lines[0].contains("authentication failed") && says.iter().all(|s| lines[0].contains(s)),
+            "{what}: {err}"
+        );
+        for secret in [MASTER_PW, SENTINEL_PW, "not-the-password"] {
+            assert!(!err.contains(secret), "{what}: a password printed: {err}");
+        }
+        eprintln!("{what}: {}", lines[0]);
+    }
+
+    // Failover under TLS: the master killed, the replica promoted; a job
+    // added then runs on it.
+    let _ = Command::new("kill").args(["-9", &g.master.pid().to_string()]).status();
+    let new_master = wait_until(Duration::from_secs(20), Duration::from_millis(50), "no failover", || {
+        g.master_port().filter(|&p| p != old_master)
+    });
+    assert_eq!(new_master, g.replica.port);
+    let out = run("add", &by_url, &["after", r#"{"i":21}"#]);
+    assert!(out.status.success(), "add after the failover: {}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), "no job completed after the failover", || {
+        (completed() == 22).then_some(())
+    });
+    assert_eq!(g.replica.cli(&["ZCARD", "bull:secure:completed"]), "22");
+    let log = w.log();
+    assert!(log.contains(&format!("is at rediss://:***@127.0.0.1:{new_master}")), "{log}");
+    assert!(!log.contains(MASTER_PW) && !log.contains(SENTINEL_PW), "a password in the log: {log}");
+}
