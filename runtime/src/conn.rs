@@ -759,17 +759,36 @@ fn out_of_memory(info: &str) -> Option<String> {
         .then(|| format!("maxmemory {max} bytes reached under maxmemory-policy noeviction, so writes are refused"))
 }
 
+/// Set for the one-shot commands (`add`, `stats`, ...): where a Sentinel
+/// master is first found is not worth their one line.
+static ONE_SHOT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process runs a one-shot command (see [`ONE_SHOT`]).
+pub(crate) fn one_shot() {
+    ONE_SHOT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Log where a Sentinel group's master is, once per change (every
 /// connection resolves it; one line per failover is what an operator needs).
 fn note_master(name: &str, at: &str) {
     static SEEN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     match seen.iter_mut().find(|(n, _)| n == name) {
-        Some((_, a)) if a == at => return,
-        Some((_, a)) => *a = at.to_string(),
-        None => seen.push((name.to_string(), at.to_string())),
+        Some((_, a)) if a == at => {}
+        Some((_, a)) => {
+            *a = at.to_string();
+            tracing::info!("Sentinel: master `{name}` is at {at}");
+        }
+        None => {
+            seen.push((name.to_string(), at.to_string()));
+            // A one-shot command's only line is its result or its error.
+            if ONE_SHOT.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!("Sentinel: master `{name}` is at {at}");
+            } else {
+                tracing::info!("Sentinel: master `{name}` is at {at}");
+            }
+        }
     }
-    tracing::info!("Sentinel: master `{name}` is at {at}");
 }
 
 /// `url` without its user and password, and those (percent-decoded).

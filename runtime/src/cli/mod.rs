@@ -454,7 +454,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             crate::process::catch_early_signals();
             crate::process::run(worker_plan(a)?)
         }
-        command => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(one_shot(command)),
+        command => {
+            crate::conn::one_shot();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(one_shot(command))
+        }
     }
 }
 
