@@ -10,6 +10,15 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
+/// Wait until `line` is in job `id`'s log in Redis (written mid-attempt).
+fn wait_for_line(c: &mut redis::Connection, queue: &str, id: &str, line: &str) {
+    wait_until(T, Duration::from_millis(5), &format!("{line:?} reached Redis"), || {
+        let logs: Vec<String> =
+            redis::cmd("LRANGE").arg(format!("bull:{queue}:{id}:logs")).arg(0).arg(-1).query(c).unwrap();
+        logs.iter().any(|l| l == line).then_some(())
+    });
+}
+
 /// hog's `slow` mode: three steps of log + progress, each followed by 400 ms
 /// of sleeping (step 1, a WASI call) or spinning in wasm (step 2). Each
 /// step's line and progress must reach Redis while the job is still active,
@@ -95,11 +104,7 @@ fn a_lock_lost_under_pending_writes_fails_the_next_call_and_writes_nothing() {
     let ids = node_add(&redis, "wl", json!([{"name": "slow", "data": {"mode": "slow"}}]));
     let id = &ids[0];
     let mut c = redis.conn();
-    wait_until(T, Duration::from_millis(5), "step 1 never reached Redis", || {
-        let logs: Vec<String> =
-            redis::cmd("LRANGE").arg(format!("bull:wl:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
-        logs.iter().any(|l| l == "hog: step 1").then_some(())
-    });
+    wait_for_line(&mut c, "wl", id, "hog: step 1");
     let _: () = redis::cmd("DEL").arg(format!("bull:wl:{id}:lock")).query(&mut c).unwrap();
     w.wait_log("lock lost during the attempt", T);
     let v = wait_finished(&redis, "wl", &ids, T);
@@ -305,11 +310,7 @@ fn a_flush_retried_while_redis_is_stopped_is_written_once() {
     let ids = node_add(&redis, "stall", json!([{"name": "slow", "data": {"mode": "slow"}}]));
     let id = &ids[0];
     let mut c = redis.conn();
-    wait_until(T, Duration::from_millis(5), "step 1 reached Redis", || {
-        let logs: Vec<String> =
-            redis::cmd("LRANGE").arg(format!("bull:stall:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
-        logs.contains(&"hog: step 1".to_string()).then_some(())
-    });
+    wait_for_line(&mut c, "stall", id, "hog: step 1");
     // Step 2's line is queued ~400 ms after step 1's and flushed 100 ms
     // later; stopped for 1.5 s, Redis misses that flush and its retries.
     let pid = redis.pid().to_string();
@@ -373,11 +374,7 @@ fn a_finish_refused_for_a_lost_lock_is_not_an_error() {
     let ids = node_add(&redis, "wf", json!([{"name": "slow", "data": {"mode": "slow"}}]));
     let id = &ids[0];
     let mut c = redis.conn();
-    wait_until(T, Duration::from_millis(5), "step 3 reached Redis", || {
-        let logs: Vec<String> =
-            redis::cmd("LRANGE").arg(format!("bull:wf:{id}:logs")).arg(0).arg(-1).query(&mut c).unwrap();
-        logs.iter().any(|l| l == "hog: step 3").then_some(())
-    });
+    wait_for_line(&mut c, "wf", id, "hog: step 3");
     let _: () = redis::cmd("DEL").arg(format!("bull:wf:{id}:lock")).query(&mut c).unwrap();
     w.wait_log("this worker lost the job's lock", T);
     let v = wait_finished(&redis, "wf", &ids, T);
