@@ -12,6 +12,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The vendored crates are their published packages plus vendor/*/patches, and
 # the patches' own unit tests pass (vendor/*/PATCHES.md).
 bash scripts/vendor.sh check
+# Every relative link between the docs (README, docs/, SDK READMEs) resolves,
+# anchors included: sections move.
+python3 scripts/check-links.py
 # The Go guest SDK's unit tests (canonical-ABI layouts, serde_json-compatible JSON).
 (cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
 # Release: the tests run the same wasmtime host users run (a debug host is ~10x slower).

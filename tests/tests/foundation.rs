@@ -153,7 +153,7 @@ fn job_data_not_json_fails_clearly_and_worker_goes_on() {
     assert_eq!(atm, "1");
 }
 
-/// JSON depth, one rule (README "Job data"): data nested 127 levels reaches
+/// JSON depth, one rule (README "What a processor can do"): data nested 127 levels reaches
 /// every SDK's guest and comes back as the return value; 128 levels, which
 /// Node adds without complaint, fails that job for good with a reason
 /// saying so (not `null`), and `bullpen add` / `bullpen run` refuse it alike.
