@@ -149,6 +149,10 @@ async function main() {
     const want = Number(rest[0]);
     const timeout = Number(rest[1]);
     const qe = new QueueEvents(queueName, { connection: conn, prefix });
+    // A Redis restart (the chaos test) is an 'error' event on the listener;
+    // unhandled it would end the process: ioredis reconnects and QueueEvents
+    // reads on from the last event id.
+    qe.on('error', () => {});
     await qe.waitUntilReady();
     const events = [];
     let finished = 0;
