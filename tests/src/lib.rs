@@ -357,6 +357,24 @@ impl Redis {
         self.child.id()
     }
 
+    /// SIGSTOP: the server hangs (the kernel still accepts connections,
+    /// nothing answers), as in a long fsync or a paused VM, until [`resume`](Self::resume).
+    pub fn stop(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// SIGCONT after [`stop`](Self::stop): the server runs what it received meanwhile.
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
+    /// Hung for `d`, then running again.
+    pub fn pause(&self, d: Duration) {
+        self.stop();
+        std::thread::sleep(d);
+        self.resume();
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}", self.port)
@@ -658,6 +676,16 @@ impl Worker {
     fn sigterm(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
     }
+
+    /// Send `sig` (`-HUP`, ...) to the worker.
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+}
+
+/// `kill <sig> <pid>`, which must succeed.
+pub fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success(), "kill {sig} {pid}");
 }
 
 impl Drop for Worker {

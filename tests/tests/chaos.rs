@@ -16,7 +16,6 @@
 //!     BULLPEN_CHAOS_JOBS=5000 BULLPEN_CHAOS_ROUNDS=4 cargo test --release -p bullpen-tests --test chaos -- --nocapture
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bullpen_tests::*;
@@ -26,10 +25,6 @@ const Q: &str = "chaos";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
 
 fn start_worker(redis: &Redis) -> Worker {
@@ -109,18 +104,14 @@ fn chaos_loses_nothing_and_writes_nothing_twice() {
         workers[0] = Some(start_worker(&redis));
         at(t + 4.0);
         // Shorter than the lock: attempts go on, their writes wait.
-        signal(redis.pid(), "-STOP");
-        std::thread::sleep(Duration::from_millis(1500));
-        signal(redis.pid(), "-CONT");
+        redis.pause(Duration::from_millis(1500));
         at(t + 7.0);
         workers[1].take().unwrap().kill9();
         workers[1] = Some(start_worker(&redis));
         at(t + 9.0);
         // Longer than the lock: every lock expires; the stalled check hands
         // the jobs to whoever asks next, and the old attempts' writes are refused.
-        signal(redis.pid(), "-STOP");
-        std::thread::sleep(Duration::from_millis(4000));
-        signal(redis.pid(), "-CONT");
+        redis.pause(Duration::from_millis(4000));
         at(t + 15.0);
         redis.restart(Duration::from_millis(1000));
         at(t + 18.0);

@@ -580,9 +580,7 @@ fn sighup_reads_a_rotated_secret_file_again() {
     assert_eq!(wait_finished(&redis, "rot", &first, T)["jobs"][0]["state"], "completed");
 
     std::fs::write(&secret, "rotated\n").unwrap();
-    let hup =
-        |w: &Worker| std::process::Command::new("kill").args(["-HUP", &w.child.id().to_string()]).status().unwrap();
-    assert!(hup(&w).success());
+    w.signal("-HUP");
     w.wait_log("variables read again (SIGHUP)", T);
     let second = node_add(&redis, "rot", hook.clone());
     let v = wait_finished(&redis, "rot", &second, T);
@@ -592,7 +590,7 @@ fn sighup_reads_a_rotated_secret_file_again() {
     );
 
     std::fs::remove_file(&secret).unwrap();
-    assert!(hup(&w).success());
+    w.signal("-HUP");
     w.wait_log("keeping the previous values", T);
     assert!(!w.log().contains("rotated") && !w.log().contains(SECRET), "no value in the log:\n{}", w.log());
 }

@@ -343,14 +343,11 @@ fn connection_failures_table() {
     let hung = Redis::start_with(&["--requirepass", pw]);
     let hung_url = with_pw(hung.port);
     add_job(&hung_url);
-    let signal = |sig: &str| {
-        assert!(std::process::Command::new("kill").args([sig, &hung.pid().to_string()]).status().unwrap().success())
-    };
-    signal("-STOP");
+    hung.stop();
     let mut timeout = Row::new("timeout", hung_url.clone(), "no answer within 2000 ms", waits);
     timeout.at_least = two_s;
     timeout.data = Some((hung_url, 1));
-    run_row(timeout, Some(&mut || signal("-CONT")));
+    run_row(timeout, Some(&mut || hung.resume()));
 
     let certs = Certs::make();
     let tls = Redis::start_tls(&certs, false, &[]);

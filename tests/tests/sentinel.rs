@@ -92,6 +92,20 @@ fn counts(port: u16, q: &str) -> redis::RedisResult<(u64, u64, u64)> {
     Ok((wait + active + delayed + prio, done, failed))
 }
 
+/// `command` exits 1 within `bound` with exactly one stderr line: that
+/// line, and all of stderr (for messages).
+fn fails_in_one_line(what: &str, bound: Duration, command: impl FnOnce() -> std::process::Output) -> (String, String) {
+    let start = Instant::now();
+    let out = command();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+    assert!(took < bound, "{what} took {took:?}");
+    assert_eq!(lines.len(), 1, "{what}: one line: {err}");
+    (lines[0].to_string(), err)
+}
+
 #[test]
 fn a_worker_follows_a_failover_and_every_job_completes() {
     let n = jobs();
@@ -234,15 +248,10 @@ fn a_wrong_master_name_or_no_sentinel_is_one_line_within_the_timeout() {
                 vec![cmd[0].into(), "--queue".into(), "q".into(), "--connect-timeout-ms".into(), "2000".into()];
             args.extend(conn.iter().cloned());
             args.extend(cmd[1..].iter().map(|s| s.to_string()));
-            let start = Instant::now();
-            let out = bullpen(&args.iter().map(String::as_str).collect::<Vec<_>>());
-            let took = start.elapsed();
-            let err = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-            assert_eq!(out.status.code(), Some(1), "{what} {cmd:?}: {err}");
-            assert!(took < Duration::from_millis(2500), "{what} {cmd:?} took {took:?}");
-            assert_eq!(lines.len(), 1, "{what} {cmd:?}: one line: {err}");
-            assert!(lines[0].contains(expected), "{what} {cmd:?}: {err}");
+            let (line, err) = fails_in_one_line(&format!("{what} {cmd:?}"), Duration::from_millis(2500), || {
+                bullpen(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            });
+            assert!(line.contains(expected), "{what} {cmd:?}: {err}");
         }
     }
     // A worker stops on a wrong name (it will not fix itself)...
@@ -403,22 +412,12 @@ fn tls_and_passwords_apply_to_sentinels_and_master() {
         ("wrong master password", host_port(Some(&sentinel_pw_file), "rediss://:not-the-password@x"), &["WRONGPASS"]),
     ];
     for (what, conn, says) in cases {
-        let start = Instant::now();
-        let out = run("stats", &conn, &[]);
-        let took = start.elapsed();
-        let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(took < Duration::from_secs(5), "{what} took {took:?}");
-        assert_eq!(lines.len(), 1, "{what}: one line: {err}");
-        assert!(
-            lines[0].contains("authentication failed") && says.iter().all(|s| lines[0].contains(s)),
-            "{what}: {err}"
-        );
+        let (line, err) = fails_in_one_line(what, Duration::from_secs(5), || run("stats", &conn, &[]));
+        assert!(line.contains("authentication failed") && says.iter().all(|s| line.contains(s)), "{what}: {err}");
         for secret in [MASTER_PW, SENTINEL_PW, "not-the-password"] {
             assert!(!err.contains(secret), "{what}: a password printed: {err}");
         }
-        eprintln!("{what}: {}", lines[0]);
+        eprintln!("{what}: {line}");
     }
 
     // Failover under TLS: the master killed, the replica promoted; a job

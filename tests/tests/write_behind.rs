@@ -313,10 +313,7 @@ fn a_flush_retried_while_redis_is_stopped_is_written_once() {
     wait_for_line(&mut c, "stall", id, "hog: step 1");
     // Step 2's line is queued ~400 ms after step 1's and flushed 100 ms
     // later; stopped for 1.5 s, Redis misses that flush and its retries.
-    let pid = redis.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    redis.pause(Duration::from_millis(1500));
     let v = wait_finished(&redis, "stall", &ids, T);
     let j = &v["jobs"][0];
     assert_eq!(j["state"], "completed", "{j:#}");
