@@ -16,9 +16,6 @@ use crate::options::{FinishPrelude, JobOptions, WorkerOptions};
 use crate::redis_connection::{BlockingRedisConnection, RedisConnection};
 use crate::types::RemoveOnFinish;
 
-/// bullpen patch 11 ([`Worker::fail_unfinishable`]). KEYS: job, lock, active,
-/// stalled, failed, events, wait, paused, delayed, prioritized,
-/// waiting-children, completed. ARGV: job id, token, reason, now (ms).
 /// bullpen patch 12: a finish or retry refused because this worker no longer
 /// holds the job's lock is an expected race after a stall (the lock
 /// expired and the stalled check gave the job to another worker), not an
@@ -29,31 +26,54 @@ fn lock_lost(e: &Error) -> bool {
     matches!(e, Error::JobLockNotExist(_) | Error::Script { code: -2 | -6, .. })
 }
 
+/// bullpen patch 11: the Lua both scripts below share: fail job `id` (key
+/// `jobKey`, of Redis type `t`) with `reason`, as `moveToFinished` would
+/// have; a key that is not a hash is kept as `<key>:corrupt` first, so the
+/// reason has a hash to live in.
+macro_rules! fail_job_lua {
+    () => {
+        r#"
+local rcall = redis.call
+local function failJob(jobKey, id, t, reason, now, active, stalled, failed, events)
+  if t ~= "hash" then
+    rcall("RENAME", jobKey, jobKey .. ":corrupt")
+    reason = reason .. " (the job key held a " .. t .. ", not a hash; it is kept as " .. jobKey .. ":corrupt)"
+  end
+  rcall("LREM", active, 0, id)
+  rcall("DEL", jobKey .. ":lock")
+  rcall("SREM", stalled, id)
+  rcall("HSET", jobKey, "failedReason", reason, "finishedOn", now)
+  rcall("ZADD", failed, now, id)
+  rcall("XADD", events, "*", "event", "failed", "jobId", id, "failedReason", reason, "prev", "active")
+end
+"#
+    };
+}
+
 /// bullpen patch 11 ([`Worker::fail_unfetchable`]). KEYS: active, stalled,
 /// failed, events. ARGV: job key prefix, now (ms), reason.
-const FAIL_UNFETCHABLE: &str = r#"
-local rcall = redis.call
+const FAIL_UNFETCHABLE: &str = concat!(
+    fail_job_lua!(),
+    r#"
 local failed = 0
 for _, id in ipairs(rcall("LRANGE", KEYS[1], 0, 15)) do
   local jobKey = ARGV[1] .. id
   local t = rcall("TYPE", jobKey)["ok"]
   if t ~= "hash" and t ~= "none" then
-    rcall("RENAME", jobKey, jobKey .. ":corrupt")
-    local reason = ARGV[3] .. " (the job key held a " .. t .. ", not a hash; it is kept as " .. jobKey .. ":corrupt)"
-    rcall("LREM", KEYS[1], 0, id)
-    rcall("DEL", jobKey .. ":lock")
-    rcall("SREM", KEYS[2], id)
-    rcall("HSET", jobKey, "failedReason", reason, "finishedOn", ARGV[2])
-    rcall("ZADD", KEYS[3], ARGV[2], id)
-    rcall("XADD", KEYS[4], "*", "event", "failed", "jobId", id, "failedReason", reason, "prev", "active")
+    failJob(jobKey, id, t, ARGV[3], ARGV[2], KEYS[1], KEYS[2], KEYS[3], KEYS[4])
     failed = failed + 1
   end
 end
 return failed
-"#;
+"#
+);
 
-const FAIL_UNFINISHABLE: &str = r#"
-local rcall = redis.call
+/// bullpen patch 11 ([`Worker::fail_unfinishable`]). KEYS: job, lock, active,
+/// stalled, failed, events, wait, paused, delayed, prioritized,
+/// waiting-children, completed. ARGV: job id, token, reason, now (ms).
+const FAIL_UNFINISHABLE: &str = concat!(
+    fail_job_lua!(),
+    r#"
 local t = rcall("TYPE", KEYS[1])["ok"]
 if t == "none" then return 0 end
 local lock = rcall("GET", KEYS[2])
@@ -65,19 +85,10 @@ end
 for _, k in ipairs({KEYS[7], KEYS[8]}) do
   if rcall("LPOS", k, id) then return 0 end
 end
-local reason = ARGV[3]
-if t ~= "hash" then
-  rcall("RENAME", KEYS[1], KEYS[1] .. ":corrupt")
-  reason = reason .. " (the job key held a " .. t .. ", not a hash; it is kept as " .. KEYS[1] .. ":corrupt)"
-end
-rcall("LREM", KEYS[3], 0, id)
-if lock then rcall("DEL", KEYS[2]) end
-rcall("SREM", KEYS[4], id)
-rcall("HSET", KEYS[1], "failedReason", reason, "finishedOn", ARGV[4])
-rcall("ZADD", KEYS[5], ARGV[4], id)
-rcall("XADD", KEYS[6], "*", "event", "failed", "jobId", id, "failedReason", reason, "prev", "active")
+failJob(KEYS[1], id, t, ARGV[3], ARGV[4], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
-"#;
+"#
+);
 
 /// Type alias for the processor function.
 ///
