@@ -15,6 +15,8 @@
 //   node driver.js scheduler <redis-url> <queue> <scheduler-id> <every-ms> '{"name":..,"data":..}'  (upsertJobScheduler)
 //   node driver.js worker  <redis-url> <queue> <run-ms> '<WorkerOptions JSON>'  (a Node worker named "node"
 //                           returning {"node": true} for run-ms; prints how many jobs it completed)
+//   node driver.js cancel-request <redis-url> <queue> <id> <reason>  (README's "Cancelling a job
+//                           from Node" recipe, verbatim: asks the bullpen worker running job <id> to stop it)
 // Several comma-separated URLs (<url>,<url>,...) are Redis Cluster seed nodes
 // (an ioredis Cluster connection; set BULLMQ_PREFIX to a hash tag such as '{bull}').
 // A rediss:// URL connects over TLS, trusting the CA in $REDIS_TLS_CA (with a
@@ -128,6 +130,21 @@ async function main() {
     const queue = new Queue(queueName, { connection: conn, prefix });
     await queue.setGlobalRateLimit(Number(rest[0]), Number(rest[1]));
     await queue.close();
+    await out({ ok: true });
+  } else if (cmd === 'cancel-request') {
+    const [id, reason] = rest;
+    const IORedis = require('ioredis');
+    const jobId = id;
+    // -- README recipe starts
+    const redis = new IORedis(conn); // ioredis, as bullmq uses; prefix is 'bull' unless you set one
+    const key = `${prefix}:${queueName}:bullpen:cancels`;
+    await redis
+      .multi()
+      .hset(key, jobId, JSON.stringify({ failedReason: `cancelled: ${reason}`, retry: false }))
+      .publish(key, jobId)
+      .exec();
+    // -- README recipe ends
+    await redis.quit();
     await out({ ok: true });
   } else if (cmd === 'counts') {
     const queue = new Queue(queueName, { connection: conn, prefix });

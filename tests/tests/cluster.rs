@@ -380,3 +380,45 @@ fn tls_cluster_worker_and_every_command_over_mutual_tls() {
 
     assert!(worker.stop().success(), "worker did not stop cleanly");
 }
+
+/// `bullpen cancel` on a Cluster: the request and its notice live in the
+/// queue's hash slot (`{bull-b}`), the two workers' subscriptions sit on
+/// whichever nodes they reached; the worker running the spinning job stops
+/// it, the other keeps completing jobs.
+#[test]
+fn cluster_cancel_reaches_the_worker_running_the_job() {
+    let cluster = Cluster::start(3);
+    let q = "emails";
+    let worker = || {
+        let mut args = cluster.args();
+        args.extend(["--prefix", prefix(q), "--queue", q, "--plugin"].map(String::from));
+        args.push(plugin("hog", "rust").to_str().unwrap().to_string());
+        args.extend(["--timeout-ms", "600000"].map(String::from));
+        Worker::spawn(&args)
+    };
+    let (w1, w2) = (worker(), worker());
+    let id = stdout_ok(&bp(&cluster, "add", q, &["spin", r#"{"mode":"loop"}"#]));
+    wait_until_ok(Duration::from_secs(30), Duration::from_millis(20), "the job never became active", || {
+        let v = node_cluster(&cluster, &["inspect", q, &format!("[\"{id}\"]")]);
+        if v["jobs"][0]["state"] == "active" {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
+    let out = bp(&cluster, "cancel", q, &[&id, "--reason", "cluster", "--json"]);
+    let r: Value = serde_json::from_str(&stdout_ok(&out)).unwrap();
+    assert_eq!((r["state"].as_str(), r["failedReason"].as_str()), (Some("failed"), Some("cancelled: cluster")), "{r}");
+    eprintln!("cluster cancel latency: {} ms", r["waitedMs"]);
+    assert_eq!([&w1, &w2].iter().filter(|w| w.log().contains("attempt cancelled")).count(), 1);
+    let jobs: Vec<Value> = (0..10).map(|i| serde_json::json!({"name": "ok", "data": {"mode": "ok", "i": i}})).collect();
+    let more = ids(node_cluster(&cluster, &["add", q, &Value::Array(jobs).to_string()]));
+    wait_until_ok(Duration::from_secs(30), Duration::from_millis(100), "the others did not complete", || {
+        let v = node_cluster(&cluster, &["inspect", q, &serde_json::to_string(&more).unwrap()]);
+        if v["jobs"].as_array().unwrap().iter().all(|j| j["state"] == "completed") {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
+}

@@ -50,6 +50,12 @@ pub(crate) enum Command {
     Retry(RetryArgs),
     /// Print one job (data, state, attempts, result, logs) as JSON.
     Inspect(InspectArgs),
+    /// Cancel a job wherever it is: a running attempt is stopped on the
+    /// worker that runs it and the job failed (`cancelled: <reason>`); a
+    /// waiting, delayed or prioritized job is removed and failed. Prints
+    /// the job's resulting state. Exit status: 0 cancelled, 1 nothing to
+    /// cancel (missing, completed, failed), 2 still active after --wait-ms.
+    Cancel(CancelArgs),
     /// Validate a component and make it the queue's processor on every
     /// registry worker (`bullpen worker` without --plugin); prints its digest.
     Deploy(DeployArgs),
@@ -395,6 +401,27 @@ pub(crate) struct RetryArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct CancelArgs {
+    #[command(flatten)]
+    pub(crate) q: QueueArgs,
+    /// Job id.
+    pub(crate) job_id: String,
+    /// Said in the job's failedReason: `cancelled: <reason>`.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// A running attempt fails as a normal failed attempt, so the job's
+    /// `attempts` and `backoff` apply (default: an unrecoverable failure).
+    #[arg(long)]
+    pub(crate) retry: bool,
+    /// How long to wait for a running job to leave `active`.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) wait_ms: u64,
+    /// Print the result as JSON instead of the state alone.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct InspectArgs {
     #[command(flatten)]
     pub(crate) q: QueueArgs,
@@ -472,6 +499,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
         Command::Add(a) => Some(&a.q),
         Command::Retry(a) => Some(&a.q),
         Command::Inspect(a) => Some(&a.q),
+        Command::Cancel(a) => Some(&a.q),
         Command::Deploy(a) => Some(&a.q),
         Command::Rollback(a) => Some(&a.q),
         Command::Plugins(a) => Some(&a.q),
@@ -488,6 +516,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
         Command::Add(a) => add(a, t).await,
         Command::Retry(a) => retry(a, t).await,
         Command::Inspect(a) => inspect(a, t).await,
+        Command::Cancel(a) => cancel(a, t).await,
         Command::Deploy(a) => deploy(a, t).await,
         Command::Rollback(a) => rollback(a, t).await,
         Command::Plugins(a) => plugins(a, t).await,
@@ -590,6 +619,39 @@ async fn retry(a: RetryArgs, redis: RedisTarget) -> anyhow::Result<()> {
     crate::ops::admin::retry_job(&redis, &a.q.prefix, &a.q.queue, &a.job_id, a.state, opts).await?;
     info!(job = %a.job_id, queue = %a.q.queue, from = %a.state, "job moved back to wait");
     Ok(())
+}
+
+async fn cancel(a: CancelArgs, redis: RedisTarget) -> anyhow::Result<()> {
+    use crate::ops::admin::{cancel_job, CancelOptions, Cancelled};
+    let opts = CancelOptions { reason: a.reason.clone(), retry: a.retry, wait: Duration::from_millis(a.wait_ms) };
+    let done = cancel_job(&redis, &a.q.prefix, &a.q.queue, &a.job_id, opts).await?;
+    let (state, status) = match &done {
+        Cancelled::Removed { from, failed_reason } => {
+            info!(job = %a.job_id, queue = %a.q.queue, from = %from, failed_reason = %failed_reason, "job was not running: removed and failed");
+            ("failed", 0)
+        }
+        Cancelled::Stopped { state, failed_reason, waited_ms } if state == "completed" => {
+            tracing::warn!(job = %a.job_id, queue = %a.q.queue, waited_ms, failed_reason = failed_reason.as_deref().unwrap_or(""), "the job completed before its worker acted on the cancel");
+            (state.as_str(), 1)
+        }
+        Cancelled::Stopped { state, failed_reason, waited_ms } => {
+            info!(job = %a.job_id, queue = %a.q.queue, state = %state, waited_ms, failed_reason = failed_reason.as_deref().unwrap_or(""), "attempt stopped");
+            (state.as_str(), 0)
+        }
+        Cancelled::StillActive { waited_ms } => {
+            tracing::warn!(job = %a.job_id, queue = %a.q.queue, waited_ms, "still active: the request stays pending; its worker acts on it at its next check (every {}s), or the job's next attempt if that worker is gone", crate::queue::cancel::CHECK.as_secs());
+            ("active", 2)
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        println!("{state}");
+    }
+    match status {
+        0 => Ok(()),
+        code => Err(ExitStatus(code).into()),
+    }
 }
 
 /// Validate (as a worker would load it), store, make current, notify.

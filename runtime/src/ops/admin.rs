@@ -1,4 +1,5 @@
-//! Operator commands on single jobs: retry a finished job, inspect a job.
+//! Operator commands on single jobs: retry a finished job, inspect a job,
+//! cancel a job wherever it is ([`cancel_job`], in `super::cancel`).
 //!
 //! [`retry_job`] is BullMQ's `Job.retry(state, opts)`: the crate's
 //! [`bullmq::Job::retry`], which runs BullMQ's own `reprocessJob` script. It
@@ -20,6 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use bullmq::RetryOptions;
+
+pub use super::cancel::{cancel_job, CancelOptions, Cancelled};
 
 use crate::conn::RedisTarget;
 
@@ -74,6 +77,14 @@ pub enum AdminError {
     /// when looked up right after.
     #[error("job {id} is not in the {expected} state (BullMQ code -3); it is {actual}")]
     NotInState { id: String, expected: FinishedState, actual: String },
+    /// `bullpen cancel` found the job already completed or failed: there is
+    /// nothing to cancel, and nothing was written.
+    #[error("job {id} is already {state}; nothing to cancel")]
+    AlreadyFinished { id: String, state: String },
+    /// The job hash exists but the job is in none of BullMQ's state sets
+    /// (a job being added or removed at that moment, or a hand-made key).
+    #[error("job {id} exists but is in no BullMQ state (not waiting, active, delayed, prioritized, waiting-children, completed or failed); nothing was written")]
+    UnknownState { id: String },
     /// `reprocessJob` returned a code it is not documented to return.
     #[error("reprocessJob returned BullMQ code {code} for job {id}")]
     UnexpectedCode { id: String, code: i64 },
@@ -87,7 +98,7 @@ pub enum AdminError {
     Bullmq(#[from] bullmq::Error),
 }
 
-async fn open_queue(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<bullmq::Queue, AdminError> {
+pub(crate) async fn open_queue(redis: &RedisTarget, prefix: &str, queue: &str) -> Result<bullmq::Queue, AdminError> {
     let opts =
         bullmq::QueueOptions { connection: redis.bullmq_options(), prefix: prefix.to_string(), ..Default::default() };
     bullmq::Queue::with_options(queue, opts).await.map_err(|source| AdminError::Open {
@@ -153,7 +164,7 @@ fn reprocess_code(e: &bullmq::Error) -> Option<i64> {
 }
 
 /// Node's name for a state (`Job.getState()`): `waiting`, not the key suffix `wait`.
-fn state_name(s: bullmq::JobState) -> &'static str {
+pub(crate) fn state_name(s: bullmq::JobState) -> &'static str {
     match s {
         bullmq::JobState::Waiting => "waiting",
         other => other.as_str(),

@@ -12,6 +12,7 @@ use bullmq::{Worker, WorkerOptions};
 use tracing::{debug, warn};
 use wasmtime::Engine;
 
+use super::cancel::{self, Running};
 use super::shards::Shards;
 use super::trigger::{Tally, Trigger};
 use crate::conn::RedisTarget;
@@ -117,6 +118,8 @@ pub(crate) struct Binding {
     pub(crate) config: BindingConfig,
     /// Attempts by outcome, shared by the parts' triggers.
     pub(crate) tally: Arc<Tally>,
+    /// Delivers `bullpen cancel` requests to the parts' running attempts.
+    cancels: tokio::task::JoinHandle<()>,
 }
 
 impl Binding {
@@ -133,9 +136,10 @@ impl Binding {
         let redis = config.redis.connect().await?;
         let mut parts: Vec<Part> = Vec::new();
         let tally = Arc::new(Tally::default());
+        let running = Arc::new(Running::default());
         for (shard, concurrency) in shards.place(config.concurrency) {
-            let started =
-                shard.spawn(start_part(engine.clone(), slot.clone(), config.clone(), concurrency, tally.clone()));
+            let part = PartConfig { concurrency, tally: tally.clone(), running: running.clone() };
+            let started = shard.spawn(start_part(engine.clone(), slot.clone(), config.clone(), part));
             match started.await.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(worker) => parts.push(Part { shard, worker }),
                 Err(e) => {
@@ -155,7 +159,8 @@ impl Binding {
             slot.clone(),
             config.concurrency,
         );
-        Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config, tally })
+        let cancels = cancel::spawn_listener(config.redis.clone(), &config.prefix, &config.queue, running);
+        Ok(Binding { parts, heartbeat: tokio::sync::Mutex::new(Some(heartbeat)), redis, slot, config, tally, cancels })
     }
 
     /// Stop fetching; give running attempts `grace` to finish; then
@@ -187,11 +192,20 @@ impl Binding {
                 closing.await
             }
         };
+        self.cancels.abort();
         for r in closed {
             r??;
         }
         Ok(())
     }
+}
+
+/// What one shard's part shares with the binding.
+struct PartConfig {
+    /// The part's share of the binding's concurrency.
+    concurrency: usize,
+    tally: Arc<Tally>,
+    running: Arc<Running>,
 }
 
 /// One shard's share of a binding: its own Redis connection for host calls,
@@ -200,9 +214,9 @@ async fn start_part(
     engine: Engine,
     slot: Arc<PluginSlot>,
     config: BindingConfig,
-    concurrency: usize,
-    tally: Arc<Tally>,
+    part: PartConfig,
 ) -> anyhow::Result<Arc<Worker>> {
+    let PartConfig { concurrency, tally, running } = part;
     let redis = config.redis.connect().await?;
     let shared = Arc::new(Shared::new(
         redis,
@@ -225,6 +239,8 @@ async fn start_part(
         reuse: config.instance_reuse,
         idle: Default::default(),
         tally,
+        running,
+        cancel_key: crate::ops::cancel::requests_key(&config.prefix, &config.queue).into(),
     });
     let flush_source = trigger.shared.scripts.flush_source.clone();
     let processor = move |job: bullmq::Job, cancel: CancellationToken| {

@@ -31,6 +31,8 @@ use crate::plugins::{Plugin, PluginSlot};
 use crate::sandbox::CapturedOutput;
 use crate::span::{self, in_attempt, AttemptSpan};
 
+use super::cancel::{self, Running};
+
 /// How long an attempt interrupted by shutdown may take to write its
 /// pending log lines and progress (Redis may be what is going away).
 const INTERRUPT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
@@ -54,6 +56,10 @@ pub(crate) struct Trigger {
     pub(crate) idle: Mutex<Vec<Warm>>,
     /// The binding's attempts by outcome since the last summary line.
     pub(crate) tally: Arc<Tally>,
+    /// The binding's running attempts, for `bullpen cancel` (`super::cancel`).
+    pub(crate) running: Arc<Running>,
+    /// `ops::cancel::requests_key` of the queue.
+    pub(crate) cancel_key: Arc<str>,
 }
 
 /// Attempts by outcome, for the worker's periodic summary line (one line
@@ -74,7 +80,7 @@ impl Tally {
     fn record(&self, outcome: JobOutcome) {
         let c = match outcome {
             JobOutcome::Completed => &self.completed,
-            JobOutcome::Failed => &self.failed,
+            JobOutcome::Failed | JobOutcome::Cancelled => &self.failed,
             JobOutcome::Retried => &self.retried,
             _ => &self.other,
         };
@@ -114,6 +120,8 @@ enum JobOutcome {
     LockLost,
     /// Shutdown handed it back to wait.
     HandedBack,
+    /// `bullpen cancel` stopped it (failed, or retried with `--retry`).
+    Cancelled,
 }
 
 impl JobOutcome {
@@ -128,6 +136,7 @@ impl JobOutcome {
             JobOutcome::Waiting => "waiting",
             JobOutcome::LockLost => "lock_lost",
             JobOutcome::HandedBack => "handed_back",
+            JobOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -225,25 +234,45 @@ impl Trigger {
         });
         let pending = redis_ctx(&mut prepared.store.data_mut().job).pending.clone();
         let instance = prepared.instance.take();
+        let registration = self.running.register(&wit_job.id);
         let called = tokio::select! {
-            c = Box::pin(exec::call(&mut prepared.store, instance, &plugin, limits, &wit_job)) => Some(c),
-            _ = cancel.cancelled() => None,
+            c = Box::pin(exec::call(&mut prepared.store, instance, &plugin, limits, &wit_job)) => Ok(c),
+            _ = cancel.cancelled() => Err(None),
+            r = registration.cancelled() => Err(Some(r)),
         };
-        let Some(Called { result, instance, instantiated }) = called else {
-            // Shutdown past its grace period. The lock is still ours: what
-            // the guest queued in its last ≤100 ms, and what it printed, is
-            // written before the job goes back to wait (attemptsMade unchanged).
-            let printed = prepared.out.take_lines(limits.max_log_line_bytes);
-            let flush = Box::pin(tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, pending.flush(printed)));
-            match flush.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => in_attempt(
-                    || warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
-                ),
-                Err(_) => in_attempt(|| warn!("gave up writing the interrupted attempt's pending log lines/progress")),
+        drop(registration);
+        let Called { result, instance, instantiated } = match called {
+            Ok(c) => c,
+            Err(stop) => {
+                // The guest call is dropped (stopped at its epoch yield, its
+                // instance with it). The lock is still ours: what the guest
+                // queued in its last ≤100 ms, and what it printed, is written
+                // before the job moves on.
+                let printed = prepared.out.take_lines(limits.max_log_line_bytes);
+                let flush = Box::pin(tokio::time::timeout(INTERRUPT_FLUSH_LIMIT, pending.flush(printed)));
+                match flush.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => in_attempt(
+                        || warn!(error = ?e, "could not write the interrupted attempt's pending log lines/progress"),
+                    ),
+                    Err(_) => {
+                        in_attempt(|| warn!("gave up writing the interrupted attempt's pending log lines/progress"))
+                    }
+                }
+                let Some(request) = stop else {
+                    // Shutdown past its grace period: back to wait, attemptsMade unchanged.
+                    in_attempt(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
+                    return Finished::early(settle(Verdict::Interrupted, will_retry));
+                };
+                in_attempt(|| info!(reason = %request.failed_reason, retry = request.retry, "attempt cancelled"));
+                cancel::forget(self.shared.redis.clone(), &self.cancel_key, &wit_job.id).await;
+                let (result, _) = if request.retry {
+                    bullmq_retries(request.failed_reason, will_retry)
+                } else {
+                    settle(Verdict::Unrecoverable(request.failed_reason), will_retry)
+                };
+                return Finished::early((result, JobOutcome::Cancelled));
             }
-            in_attempt(|| warn!("attempt interrupted by shutdown; job handed back to wait"));
-            return Finished::early(settle(Verdict::Interrupted, will_retry));
         };
 
         let mut store = prepared.store;
