@@ -108,10 +108,27 @@ def build(entry: str, out: str, world: Optional[str] = None, wit: Optional[str] 
         for p in paths or []:
             cmd += ["-p", os.path.abspath(p)]
         cmd += ["-o", out]
-        r = subprocess.run(cmd)
+        # No Rust backtrace of componentize-py's own: the Python traceback
+        # (an import error, a missing export_processor) is what matters.
+        env = dict(os.environ, RUST_BACKTRACE="0", RUST_LIB_BACKTRACE="0")
+        r = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
+            sys.stderr.write(_trim(r.stderr))
             raise SystemExit(f"bullpen_guest.build: componentize-py failed building {entry} (exit {r.returncode})")
+        sys.stderr.write(r.stderr)
     return out
+
+
+def _trim(stderr: str) -> str:
+    """componentize-py's error without its wrapper's own traceback and the
+    repeated cause: from the component's traceback on."""
+    start = stderr.find("AssertionError: ")
+    if start != -1:
+        stderr = stderr[start + len("AssertionError: "):]
+    end = stderr.find("\n\nCaused by:")
+    if end != -1:
+        stderr = stderr[:end] + "\n"
+    return stderr
 
 
 def main(argv: Optional[List[str]] = None) -> None:
