@@ -29,6 +29,7 @@ Data without a string `mode` fails unrecoverably with serde's words
 ("unexpected JSON shape: missing field `mode`").
 """
 
+import encodings.idna  # noqa: F401  (socket's host names; imported now, as every module must be)
 import os
 import socket
 import sys
