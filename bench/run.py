@@ -93,7 +93,7 @@ def contenders(conc, extra_bins=(), hook=None):
         c = {"node": lambda url, q: ["node", f"{ROOT}/bench/node/webhook.js", url, q, str(conc), hook.secret]}
     elif os.path.exists(native):
         c["native"] = lambda url, q: [native, url, q, str(conc)]
-    for lang in ("rust", "go", "js"):
+    for lang in ("rust", "go", "js", "python"):
         p = f"{ROOT}/target/plugins/{plugin}-{lang}.wasm"
         if os.path.exists(p):
             c[f"bullpen-{lang}"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
@@ -330,7 +330,7 @@ def print_targets(results, smoke, jobs):
     rust = att.get("rust")
     add("attempt-overhead rust p50 ≤ 30 µs", f"{rust['p50_us']:.1f} µs (p99 {rust['p99_us']:.1f})" if rust else "not measured",
         None if rust is None else rust["p50_us"] <= 30)
-    for lang in ("go", "js"):
+    for lang in ("go", "js", "python"):
         if lang in att:
             r, reuse = att[lang], att.get(f"{lang}-reuse")
             extra = f"; reused instance {reuse['p50_us']:.0f} µs" if reuse else ""

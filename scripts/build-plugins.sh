@@ -4,7 +4,8 @@
 # Rust guests build for wasm32-wasip2 (a component straight out of cargo).
 # Where rustup cannot provide that target, scripts/setup.sh installs Debian's
 # rustc-web and this script uses build-std instead (DESIGN.md §6).
-# JavaScript guests build with guest-sdk/js's bullpen-build (see below).
+# JavaScript guests build with guest-sdk/js's bullpen-build, Python guests
+# with guest-sdk/python's bullpen_guest.build (see below).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/target/plugins"
@@ -72,4 +73,35 @@ for dir in "$root"/plugins/*/go; do
   (cd "$dir" && GOOS=wasip1 GOARCH=wasm GOFLAGS=-buildvcs=false "$go_bin" build -buildmode=c-shared -trimpath -o "$gotmp/$plugin.wasm" .)
   "$root/target/release/bullpen-componentize" "$gotmp/$plugin.wasm" --wit "$root/wit" --world "$world" -o "$out/$plugin-go.wasm"
   echo "built target/plugins/$plugin-go.wasm"
+done
+
+# Python guests: plugins/<name>/python/<name>.py, built by the Python SDK's
+# bullpen_guest.build (componentize-py 0.25.1 from guest-sdk/python/.venv:
+# CPython and its standard library, pre-initialised with the module
+# imported; about 19 MB and ~12 s of CPU each), so only when the source, the
+# SDK or the WIT changed. The world is processor-with-backoff when the
+# plugin passes backoff= to export_processor (flaky).
+py_sdk="$root/guest-sdk/python"
+if [ ! -x "$py_sdk/.venv/bin/componentize-py" ]; then
+  echo "build-plugins: guest-sdk/python/.venv missing; run scripts/setup.sh first" >&2
+  exit 1
+fi
+pids=()
+for dir in "$root"/plugins/*/python; do
+  plugin="$(basename "$(dirname "$dir")")"
+  wasm="$out/$plugin-python.wasm"
+  if [ -f "$wasm" ] && [ -z "$(find "$dir" "$py_sdk/bullpen_guest" "$py_sdk/requirements-dev.txt" "$root/wit" -name __pycache__ -prune -o -type f -newer "$wasm" -print 2>/dev/null)" ]; then
+    echo "up to date target/plugins/$plugin-python.wasm"
+    continue
+  fi
+  (cd "$py_sdk" && .venv/bin/python -m bullpen_guest.build "$dir/$plugin.py" -o "$wasm" >/dev/null && echo "built target/plugins/$plugin-python.wasm") &
+  pids+=($!)
+  # Two at a time: each componentize-py run takes a core.
+  if [ "${#pids[@]}" -ge 2 ]; then
+    wait "${pids[0]}" || { echo "build-plugins: a Python plugin failed to build" >&2; exit 1; }
+    pids=("${pids[@]:1}")
+  fi
+done
+for pid in "${pids[@]}"; do
+  wait "$pid" || { echo "build-plugins: a Python plugin failed to build" >&2; exit 1; }
 done

@@ -7,6 +7,8 @@
 # - the real bullmq npm package (tests/node) and PyPI package (tests/python/.venv)
 # - bull-board, express and puppeteer-core (tests/node) and Debian's chromium (dashboard test)
 # - componentize-js and esbuild (guest-sdk/js), which build JavaScript guests
+# - componentize-py, pytest and wheel (guest-sdk/python/.venv), which build and
+#   test Python guests and the Python SDK's wheel
 # - checks for Go >= 1.24 (Go guests; installed on the machine)
 # - the release bullpen binary and every example plugin (target/plugins/)
 set -euo pipefail
@@ -66,6 +68,17 @@ if [ ! -x tests/python/.venv/bin/python ] || ! tests/python/.venv/bin/python -c 
   say "installing bullmq (PyPI) into tests/python/.venv"
   python3 -m venv tests/python/.venv
   tests/python/.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+fi
+
+# Python guests: componentize-py (pinned; CPython for WASI is inside its
+# wheel), pytest for the SDK's tests, wheel for its offline wheel build.
+# Again whenever requirements-dev.txt is newer than the venv's record of it.
+py_venv=guest-sdk/python/.venv
+if [ ! -x "$py_venv/bin/componentize-py" ] || [ ! -f "$py_venv/.requirements-dev.txt" ] || [ guest-sdk/python/requirements-dev.txt -nt "$py_venv/.requirements-dev.txt" ]; then
+  say "installing componentize-py, pytest and wheel (PyPI) into $py_venv"
+  python3 -m venv "$py_venv"
+  "$py_venv/bin/pip" install -q --disable-pip-version-check -r guest-sdk/python/requirements-dev.txt
+  cp guest-sdk/python/requirements-dev.txt "$py_venv/.requirements-dev.txt"
 fi
 
 # Go guests need Go >= 1.24 (GOOS=wasip1 with //go:wasmexport); this

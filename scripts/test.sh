@@ -17,6 +17,14 @@ bash scripts/vendor.sh check
 python3 scripts/check-links.py
 # The Go guest SDK's unit tests (canonical-ABI layouts, serde_json-compatible JSON).
 (cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
+# The Python guest SDK: its unit tests (the example plugins through
+# bullpen_guest.testing, well under a second) and its wheel, built offline
+# from the package alone (no repository paths; the WIT is embedded).
+(cd guest-sdk/python && PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests)
+py_wheels="$(mktemp -d)"
+guest-sdk/python/.venv/bin/pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w "$py_wheels" ./guest-sdk/python
+python3 -c 'import sys, zipfile; n = zipfile.ZipFile(sys.argv[1]).namelist(); assert "bullpen_guest/wit/processor.wit" in n and "bullpen_guest/testing.py" in n, n' "$py_wheels"/bullpen_guest-*.whl
+rm -rf "$py_wheels" guest-sdk/python/build guest-sdk/python/bullpen_guest.egg-info
 # Release: the tests run the same wasmtime host users run (a debug host is ~10x slower).
 cargo test --release --workspace
 # The attempt-overhead benchmark once per variant (criterion's test mode), so

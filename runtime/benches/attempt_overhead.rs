@@ -47,8 +47,8 @@ fn attempt_overhead(c: &mut Criterion) {
     // same way (an A/B of two builds of one plugin, e.g. a guest SDK change).
     let extra = std::env::var("BULLPEN_BENCH_EXTRA").unwrap_or_default();
     let extra = extra.split(',').filter_map(|e| e.split_once('=')).map(|(l, f)| (l.to_string(), f.into()));
-    let plugins =
-        ["rust", "go", "js"].map(|lang| (lang.to_string(), root.join(format!("target/plugins/echo-{lang}.wasm"))));
+    let plugins = ["rust", "go", "js", "python"]
+        .map(|lang| (lang.to_string(), root.join(format!("target/plugins/echo-{lang}.wasm"))));
     for (lang, file) in plugins.into_iter().chain(extra) {
         let file: std::path::PathBuf = file;
         if !file.exists() {

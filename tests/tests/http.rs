@@ -269,6 +269,11 @@ fn webhook_go_follows_the_contract() {
 }
 
 #[test]
+fn webhook_python_follows_the_contract() {
+    webhook_contract("python");
+}
+
+#[test]
 fn requests_outside_the_allow_list_never_leave_the_host() {
     allow_list("rust");
 }
@@ -281,6 +286,11 @@ fn requests_outside_the_allow_list_never_leave_the_host_go() {
 #[test]
 fn requests_outside_the_allow_list_never_leave_the_host_js() {
     allow_list("js");
+}
+
+#[test]
+fn requests_outside_the_allow_list_never_leave_the_host_python() {
+    allow_list("python");
 }
 
 /// Denials, the SSRF rule, a network error and the body cap, as `lang`'s
@@ -382,6 +392,11 @@ fn https_with_the_tests_ca_and_refused_without_it_js() {
     https("js");
 }
 
+#[test]
+fn https_with_the_tests_ca_and_refused_without_it_python() {
+    https("python");
+}
+
 fn https(lang: &str) {
     let certs = Certs::make();
     let s = Server::start(Some(server_tls(&certs)));
@@ -430,6 +445,11 @@ fn a_worker_posts_webhooks_and_node_reads_every_outcome_go() {
 #[test]
 fn a_worker_posts_webhooks_and_node_reads_every_outcome_js() {
     worker_outcomes("js");
+}
+
+#[test]
+fn a_worker_posts_webhooks_and_node_reads_every_outcome_python() {
+    worker_outcomes("python");
 }
 
 fn worker_outcomes(lang: &str) {

@@ -5,7 +5,7 @@
 use bullpen_tests::*;
 use serde_json::{json, Value};
 
-const LANGS: [&str; 3] = ["rust", "go", "js"];
+const LANGS: [&str; 4] = ["rust", "go", "js", "python"];
 
 /// What `bullpen run` printed and how it exited.
 struct Ran {

@@ -2,7 +2,7 @@
 //! recurses fails only its own job, with a reason naming the limit; WASI
 //! grants no files, network or environment; other jobs keep completing.
 //! The same scenarios run against the `hog` plugin in each language (the
-//! `rust`, `go` and `js` modules at the bottom); where a language reaches a
+//! `rust`, `go`, `js` and `python` modules at the bottom); where a language reaches a
 //! limit differently, the expected reason says how.
 
 use std::path::PathBuf;
@@ -108,6 +108,9 @@ fn each_abuse_fails_only_its_own_job(lang: &str) {
             r.starts_with("wasm trap: unreachable instruction executed (guest panicked: too much recursion; JavaScript exception in process, panicked at hog.js:"),
             "{r}"
         ),
+        // CPython's own recursion limit: a RecursionError escapes `process`,
+        // a plain exception, so a retryable failure with its message.
+        "python" => assert_eq!(r, "maximum recursion depth exceeded"),
         _ => unreachable!(),
     }
 
@@ -141,7 +144,8 @@ fn wasi_grants_no_files_network_or_environment(lang: &str) {
     let v = wait_finished(&redis, "deny", &ids, T);
     let r = |i: usize| v["jobs"][i]["returnvalue"].clone();
     match lang {
-        "rust" | "go" => {
+        // Python's `open` and `socket` raise OSError, the plugin reports it.
+        "rust" | "go" | "python" => {
             assert!(r(0)["file"]["Err"].is_string(), "{lang}: reading /etc/passwd must fail: {}", r(0));
             assert!(r(1)["net"]["Err"].is_string(), "{lang}: connecting to Redis must fail: {}", r(1));
             assert_eq!(r(2), json!({"env": 0, "args": 0}), "{lang}");
@@ -264,3 +268,4 @@ per_language!(go, payload = &[]);
 // 17 MiB JSON before the host sees it (`invalid JSON: out of memory`);
 // 160 MiB is enough, 256 leaves room.
 per_language!(js, payload = &["--max-memory-mb", "256"]);
+per_language!(python, payload = &[]);
