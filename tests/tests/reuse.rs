@@ -70,14 +70,18 @@ fn fresh_instances_draw_their_own_randomness_and_read_the_time(lang: &str) {
     let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let r: Vec<&Value> = v["jobs"].as_array().unwrap().iter().map(|j| &j["returnvalue"]).collect();
     for key in ["crypto", "math"] {
-        let mut drawn: Vec<&str> = r.iter().map(|r| r[key].as_str().unwrap_or_else(|| panic!("{lang}: {v:#}"))).collect();
+        let mut drawn: Vec<&str> =
+            r.iter().map(|r| r[key].as_str().unwrap_or_else(|| panic!("{lang}: {v:#}"))).collect();
         drawn.sort();
         drawn.dedup();
         assert_eq!(drawn.len(), 4, "{lang}: four fresh instances drew the same `{key}` value: {v:#}");
     }
     for r in &r {
         let now = r["nowMs"].as_i64().unwrap();
-        assert!(before - 1000 <= now && now <= after + 1000, "{lang}: time.Now() {now} not in [{before}, {after}]: {v:#}");
+        assert!(
+            before - 1000 <= now && now <= after + 1000,
+            "{lang}: time.Now() {now} not in [{before}, {after}]: {v:#}"
+        );
     }
 }
 
