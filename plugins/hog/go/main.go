@@ -36,9 +36,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
-	"strconv"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
