@@ -63,7 +63,10 @@ if [ -z "$go_bin" ]; then
   echo "build-plugins: no Go >= 1.24 toolchain; run scripts/setup.sh first" >&2
   exit 1
 fi
-(cd "$root" && CARGO_TARGET_DIR="$root/target" cargo build --release -p bullpen-componentize --quiet)
+# The same command as scripts/setup.sh: one feature set for the workspace, so
+# bullpen-componentize (which pre-initialises Go with wasmtime) shares the
+# host's wasmtime build instead of compiling a second one.
+(cd "$root" && CARGO_TARGET_DIR="$root/target" cargo build --release --workspace --bins --tests --quiet)
 gotmp="$(mktemp -d)"
 trap 'rm -rf "$gotmp"' EXIT
 for dir in "$root"/plugins/*/go; do

@@ -196,6 +196,7 @@ func cabiRealloc(old, oldSize, align, newSize uint32) uint32 {
 
 //go:wasmexport process
 func wasmProcess(params uint32) uint32 {
+	reseedRuntimeRand()
 	job, err := liftJob(&mem, params)
 	mem.reset()
 	var r processResult
@@ -214,6 +215,7 @@ func wasmPostProcess(uint32) { mem.reset() }
 
 //go:wasmexport backoff
 func wasmBackoff(params uint32) uint32 {
+	reseedRuntimeRand()
 	p, err := liftBackoffParams(&mem, params)
 	mem.reset()
 	b := DelayMs(0)

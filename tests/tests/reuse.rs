@@ -55,6 +55,36 @@ fn without_the_flag_every_attempt_gets_a_fresh_instance(lang: &str) {
     assert_eq!(processed(&v), vec![1; 5], "{lang}: {v:#}");
 }
 
+/// What a runtime reads when it starts and a snapshot would freeze (issue 27:
+/// Go is pre-initialised at build time, JS is StarlingMonkey's snapshot):
+/// each fresh instance draws its own random bytes, both from the secure
+/// source (`crypto`) and the language's ordinary generator (`math`: Go's
+/// runtime generator, JS's Math.random), and reads the current time.
+fn fresh_instances_draw_their_own_randomness_and_read_the_time(lang: &str) {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "entropy", &hog(lang), &[]);
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let jobs = Value::Array((0..4).map(|_| json!({"name": "entropy", "data": {"mode": "entropy"}})).collect());
+    let ids = node_add(&redis, "entropy", jobs);
+    let v = wait_finished(&redis, "entropy", &ids, T);
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let r: Vec<&Value> = v["jobs"].as_array().unwrap().iter().map(|j| &j["returnvalue"]).collect();
+    for key in ["crypto", "math"] {
+        let mut drawn: Vec<&str> =
+            r.iter().map(|r| r[key].as_str().unwrap_or_else(|| panic!("{lang}: {v:#}"))).collect();
+        drawn.sort();
+        drawn.dedup();
+        assert_eq!(drawn.len(), 4, "{lang}: four fresh instances drew the same `{key}` value: {v:#}");
+    }
+    for r in &r {
+        let now = r["nowMs"].as_i64().unwrap();
+        assert!(
+            before - 1000 <= now && now <= after + 1000,
+            "{lang}: time.Now() {now} not in [{before}, {after}]: {v:#}"
+        );
+    }
+}
+
 fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output(lang: &str) {
     let redis = Redis::start();
     let _w = Worker::start(&redis, "warm", &hog(lang), &["--instance-reuse", "3"]);
@@ -127,6 +157,10 @@ macro_rules! per_language {
             #[test]
             fn without_the_flag_every_attempt_gets_a_fresh_instance() {
                 super::without_the_flag_every_attempt_gets_a_fresh_instance(stringify!($lang));
+            }
+            #[test]
+            fn fresh_instances_draw_their_own_randomness_and_read_the_time() {
+                super::fresh_instances_draw_their_own_randomness_and_read_the_time(stringify!($lang));
             }
             #[test]
             fn an_instance_serves_up_to_its_quota_and_each_job_logs_only_its_own_output() {

@@ -132,6 +132,17 @@ try {
   }
   if (opts['keep-bundle']) copyFileSync(bundle, `${out}.bundle.js`);
 
+  // A knob for measuring componentize-js's options (bench/README.md, issue
+  // 27), not for users: JSON merged over the options below, e.g.
+  // BULLPEN_BUILD_COMPONENTIZE='{"enableAot":true,"wevalBin":"/path/weval"}'.
+  let knob = {};
+  if (process.env.BULLPEN_BUILD_COMPONENTIZE) {
+    try {
+      knob = JSON.parse(process.env.BULLPEN_BUILD_COMPONENTIZE);
+    } catch (e) {
+      fail(`BULLPEN_BUILD_COMPONENTIZE is not JSON: ${e.message}`);
+    }
+  }
   let component;
   try {
     ({ component } = await componentize({
@@ -139,6 +150,7 @@ try {
       witPath: witDir,
       worldName: world,
       disableFeatures: ['http', 'fetch-event'],
+      ...knob,
     }));
   } catch (e) {
     fail(`componentize-js failed for ${positionals[0]} (world ${world}):\n${e.message}`);

@@ -21,6 +21,10 @@
 //   - `count`: prints and returns how many jobs this instance has processed
 //     (always 1 with a fresh instance per attempt; counts up with
 //     `--instance-reuse`)
+//   - `entropy`: returns what a fresh instance must draw anew (issue 27: the
+//     module is pre-initialised at build time): `crypto` (16 bytes of
+//     crypto/rand, hex), `math` (math/rand/v2's next number, the runtime's
+//     generator), `nowMs` (time.Now())
 //   - anything else: completes with `{"ok": true}`
 //
 // Data without a string `mode` fails unrecoverably with serde's words
@@ -28,9 +32,13 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -176,6 +184,16 @@ func process(job *guest.Job) (guest.Outcome, error) {
 	case "count":
 		fmt.Printf("hog: job %d of this instance\n", n)
 		return guest.Complete(map[string]any{"processed": n})
+	case "entropy":
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return guest.Outcome{}, err
+		}
+		return guest.Complete(map[string]any{
+			"crypto": hex.EncodeToString(b),
+			"math":   strconv.FormatUint(mrand.Uint64(), 10),
+			"nowMs":  time.Now().UnixMilli(),
+		})
 	}
 	return guest.Complete(map[string]any{"ok": true})
 }

@@ -31,6 +31,9 @@
 // - `count`: prints and returns how many jobs this instance has processed
 //   (always 1 with a fresh instance per attempt; counts up with
 //   `--instance-reuse`)
+// - `entropy`: returns what a fresh instance must draw anew (the engine is
+//   snapshotted at build time): `crypto` (16 bytes of
+//   crypto.getRandomValues, hex), `math` (Math.random()), `nowMs` (Date.now())
 // - anything else: completes with `{"ok": true}`
 //
 // Data without a string `mode` fails unrecoverably with serde's words
@@ -125,6 +128,11 @@ async function handle(job) {
     case 'count':
       console.log(`hog: job ${n} of this instance`);
       return Outcome.complete({ processed: n });
+    case 'entropy': {
+      const b = crypto.getRandomValues(new Uint8Array(16));
+      const hex = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+      return Outcome.complete({ crypto: hex, math: String(Math.random()), nowMs: Date.now() });
+    }
     default:
       return Outcome.complete({ ok: true });
   }

@@ -16,6 +16,9 @@
 //! - `count`: prints and returns how many jobs this instance has processed
 //!   (always 1 with a fresh instance per attempt; counts up with
 //!   `--instance-reuse`)
+//! - `entropy`: returns what a fresh instance must draw anew: `crypto` and
+//!   `math` (std has no generator of its own: the keys of two `RandomState`s,
+//!   which std draws from the host's random source), `nowMs` (SystemTime)
 //! - anything else: completes with `{"ok": true}`
 use bullpen_guest::{Error, Job, Outcome};
 use serde_json::json;
@@ -104,6 +107,16 @@ fn process(job: &Job) -> Result<Outcome, Error> {
         "count" => {
             println!("hog: job {processed} of this instance");
             Outcome::complete(&json!({ "processed": processed }))
+        }
+        "entropy" => {
+            use std::hash::BuildHasher;
+            let draw = || std::collections::hash_map::RandomState::new().hash_one(0u64);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Outcome::complete(&json!({
+                "crypto": format!("{:016x}{:016x}", draw(), draw()),
+                "math": draw().to_string(),
+                "nowMs": now.as_millis() as u64,
+            }))
         }
         _ => Outcome::complete(&json!({ "ok": true })),
     }
