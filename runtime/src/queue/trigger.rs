@@ -253,6 +253,7 @@ impl Trigger {
         // `--instance-reuse`: an instance whose `process` returned, within
         // its limits, serves the binding's next attempt (until its quota).
         let keep = instance.filter(|_| uses + 1 < self.reuse && memory_hit.is_none());
+        let stacktrace = state.stacktrace.take();
         let ctx = redis_ctx(&mut state.job);
         let mut verdict = verdict(Ended {
             called: result,
@@ -278,6 +279,19 @@ impl Trigger {
             match flushed {
                 Ok(()) | Err(JobError::LockLost) => {}
                 Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's log lines and progress")),
+            }
+        }
+        // The guest's stack goes with its failure, as Node writes err.stack
+        // with it (before the failure, so a client that sees `failed` sees it).
+        if let (Some(stack), Verdict::Retry(_) | Verdict::RetryAfter { .. } | Verdict::Unrecoverable(_)) =
+            (&stacktrace, &verdict)
+        {
+            if !ctx.lock_lost {
+                let limit = ctx.job.opts().stack_trace_limit;
+                match Box::pin(ctx.save_stacktrace(stack, limit)).await {
+                    Ok(()) | Err(JobError::LockLost) => {}
+                    Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's stacktrace")),
+                }
             }
         }
         if ctx.lock_lost {
