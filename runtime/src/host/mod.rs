@@ -279,10 +279,7 @@ impl job_context::Host for HostState {
     // failure (`queue::trigger`), and only the last call counts.
     async fn set_stacktrace(&mut self, stack: String) {
         let max = self.max_stack_bytes;
-        let mut stack = stack;
-        if stack.len() > max {
-            stack = crate::sandbox::truncate_utf8(&stack, max).to_string();
-        }
+        let stack = if stack.len() > max { crate::sandbox::truncate_utf8(&stack, max).to_string() } else { stack };
         self.stacktrace = Some(stack);
     }
 }

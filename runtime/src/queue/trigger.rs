@@ -283,15 +283,13 @@ impl Trigger {
         }
         // The guest's stack goes with its failure, as Node writes err.stack
         // with it (before the failure, so a client that sees `failed` sees it).
-        if let (Some(stack), Verdict::Retry(_) | Verdict::RetryAfter { .. } | Verdict::Unrecoverable(_)) =
-            (&stacktrace, &verdict)
+        if let (false, Some(stack), Verdict::Retry(_) | Verdict::RetryAfter { .. } | Verdict::Unrecoverable(_)) =
+            (ctx.lock_lost, &stacktrace, &verdict)
         {
-            if !ctx.lock_lost {
-                let limit = ctx.job.opts().stack_trace_limit;
-                match Box::pin(ctx.save_stacktrace(stack, limit)).await {
-                    Ok(()) | Err(JobError::LockLost) => {}
-                    Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's stacktrace")),
-                }
+            let limit = ctx.job.opts().stack_trace_limit;
+            match Box::pin(ctx.save_stacktrace(stack, limit)).await {
+                Ok(()) | Err(JobError::LockLost) => {}
+                Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's stacktrace")),
             }
         }
         if ctx.lock_lost {
