@@ -63,6 +63,10 @@ if [ ! -f guest-sdk/js/node_modules/.package-lock.json ] || [ guest-sdk/js/packa
   say "installing componentize-js and esbuild for JavaScript guests (npm)"
   (cd guest-sdk/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The JS example plugins import `bullpen-guest`; under Node (their unit tests,
+# `node --test`) it resolves through plugins/node_modules to this SDK.
+mkdir -p plugins/node_modules
+ln -sfn ../../guest-sdk/js plugins/node_modules/bullpen-guest
 
 if [ ! -x tests/python/.venv/bin/python ] || ! tests/python/.venv/bin/python -c 'import bullmq' 2>/dev/null; then
   say "installing bullmq (PyPI) into tests/python/.venv"

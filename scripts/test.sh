@@ -16,7 +16,14 @@ bash scripts/vendor.sh check
 # anchors included: sections move.
 python3 scripts/check-links.py
 # The Go guest SDK's unit tests (canonical-ABI layouts, serde_json-compatible JSON).
-(cd guest-sdk/go && "$(bash "$root/scripts/find-go.sh")" test ./...)
+go_bin="$(bash "$root/scripts/find-go.sh")"
+(cd guest-sdk/go && "$go_bin" test ./...)
+# The example plugins' own unit tests, each on its SDK's test harness
+# (bullpen_guest::testing, guesttest, bullpen-guest/testing): plain cargo
+# test / go test / node --test on this machine, no Redis, no Wasm.
+(cd plugins && CARGO_TARGET_DIR="$root/target/guests-host" cargo test --quiet -p echo -p steps)
+for p in echo steps; do (cd "plugins/$p/go" && "$go_bin" test ./...); done
+node --test plugins/echo/js/echo.test.mjs plugins/steps/js/steps.test.mjs
 # The Python guest SDK: its unit tests (the example plugins through
 # bullpen_guest.testing, well under a second) and its wheel, built offline
 # from the package alone (no repository paths; the WIT is embedded).

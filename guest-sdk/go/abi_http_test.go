@@ -215,11 +215,11 @@ func TestErrorTexts(t *testing.T) {
 		t.Errorf("variable: %q %v", v, err)
 	}
 	_, err = variableFrom("api_key", configGet{}, nil)
-	if f, ok := err.(*Failure); !ok || !f.IsUnrecoverable() || f.Error() != "variable `api_key` is not set for this queue (set it with --var api_key=... / --var-env api_key=ENVNAME, or in [queues.variables] of bullpen.toml)" {
+	if f, ok := err.(*JobError); !ok || !f.IsUnrecoverable() || f.Error() != "variable `api_key` is not set for this queue (set it with --var api_key=... / --var-env api_key=ENVNAME, or in [queues.variables] of bullpen.toml)" {
 		t.Errorf("missing variable: %v", err)
 	}
 	_, err = variableFrom("k", configGet{failed: true, message: "io"}, nil)
-	if f, ok := err.(*Failure); !ok || !f.IsRetry() || f.Error() != "variable `k` could not be read: io" {
+	if f, ok := err.(*JobError); !ok || !f.IsRetry() || f.Error() != "variable `k` could not be read: io" {
 		t.Errorf("store error: %v", err)
 	}
 }

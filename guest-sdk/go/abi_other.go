@@ -20,5 +20,6 @@ func (noHost) moveToWait() error                                       { return 
 func (noHost) addChild(string, string, string, string) (string, error) { return "", errNoHost }
 func (noHost) waitForChildren() (bool, error)                          { return false, errNoHost }
 func (noHost) childrenValues() ([]rawChild, error)                     { return nil, errNoHost }
+func (noHost) setStacktrace(string)                                    {}
 
 func trap() { panic("bullpen guest: trap") }

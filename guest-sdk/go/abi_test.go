@@ -362,6 +362,7 @@ func (h *recordingHost) waitForChildren() (bool, error) { return h.waiting, h.re
 func (h *recordingHost) childrenValues() ([]rawChild, error) {
 	return h.children, h.rec("children-values")
 }
+func (h *recordingHost) setStacktrace(s string) { _ = h.rec("set-stacktrace " + s) }
 
 func withHost(t *testing.T, h hostImports) {
 	old := host
@@ -440,7 +441,7 @@ func TestJobCallsTheHost(t *testing.T) {
 }
 
 func isUnrecoverable(err error) bool {
-	var f *Failure
+	var f *JobError
 	return errors.As(err, &f) && f.IsUnrecoverable()
 }
 

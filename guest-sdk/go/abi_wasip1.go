@@ -40,6 +40,9 @@ func wasmWaitForChildren(ret uint32)
 //go:wasmimport bullpen:processor/job-context@0.1.0 children-values
 func wasmChildrenValues(ret uint32)
 
+//go:wasmimport bullpen:processor/job-context@0.1.0 set-stacktrace
+func wasmSetStacktrace(stack string)
+
 // trap executes `unreachable` (trap_wasm.s).
 func trap()
 
@@ -173,6 +176,16 @@ func (wasmHost) waitForChildren() (bool, error) {
 
 func (wasmHost) childrenValues() ([]rawChild, error) {
 	return call(wasmChildrenValues, liftChildrenResult)
+}
+
+// set-stacktrace has no result: nothing for the host to allocate, so
+// only the collector is stopped, as around every import call.
+func (wasmHost) setStacktrace(stack string) {
+	callMu.Lock()
+	defer callMu.Unlock()
+	gc := stopGC()
+	wasmSetStacktrace(stack)
+	gc.restart()
 }
 
 // The component's exports.

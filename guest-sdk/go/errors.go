@@ -4,53 +4,109 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"runtime"
+	"strings"
 )
 
-// Failure is an error that says how the attempt fails: make one with
-// [Retry], [RetryAfter] or [Unrecoverable] and return it from the
-// processor. It may be wrapped (fmt.Errorf("...: %w", f)); the whole
-// error text is then the job's failedReason.
-type Failure struct {
+// JobError is an error that says how the attempt fails when a plain error
+// would not: make one with [Retry], [RetryAfter] or [Unrecoverable] and
+// return it from the processor. It may be wrapped (fmt.Errorf("...: %w",
+// f)); the whole error text is then the job's failedReason.
+//
+// Any other error returned from the processor fails the attempt
+// retryably with its text as the failedReason, as a thrown Error does in a
+// Node BullMQ worker. Either way the job's BullMQ `stacktrace` gets an
+// entry: the error's type and text, where it was made (a JobError: the
+// line that called Retry/RetryAfter/Unrecoverable; any other error: the
+// processor function that returned it, as Go errors do not record where
+// they were made), then the errors it wraps (`Caused by:` lines).
+type JobError struct {
 	kind    failureKind
 	reason  string
 	delayMs uint64
+	// where it was made: "function (file:line)"
+	at string
 }
 
 // Retry fails the attempt retryably: the job is retried according to its
 // `attempts` and `backoff` options, else it fails with reason as its
 // failedReason (a Node processor throwing an Error).
-func Retry(reason string) *Failure {
-	return &Failure{kind: failRetry, reason: reason}
+func Retry(reason string) *JobError {
+	return &JobError{kind: failRetry, reason: reason, at: callerAt(2)}
 }
 
 // RetryAfter fails the attempt and asks for the next one after delayMs
 // milliseconds (Celery's countdown), if attempts remain; else the job fails
 // with reason.
-func RetryAfter(reason string, delayMs uint64) *Failure {
-	return &Failure{kind: failRetryAfter, reason: reason, delayMs: delayMs}
+func RetryAfter(reason string, delayMs uint64) *JobError {
+	return &JobError{kind: failRetryAfter, reason: reason, delayMs: delayMs, at: callerAt(2)}
 }
 
 // Unrecoverable fails the job now, whatever `attempts` says (BullMQ's
 // UnrecoverableError).
-func Unrecoverable(reason string) *Failure {
-	return &Failure{kind: failUnrecoverable, reason: reason}
+func Unrecoverable(reason string) *JobError {
+	return &JobError{kind: failUnrecoverable, reason: reason, at: callerAt(2)}
+}
+
+// callerAt is "function (file:line)" of the caller `skip` frames up.
+func callerAt(skip int) string {
+	pc, file, line, ok := runtime.Caller(skip)
+	if !ok {
+		return ""
+	}
+	name := "?"
+	if f := runtime.FuncForPC(pc); f != nil {
+		name = f.Name()
+	}
+	return fmt.Sprintf("%s (%s:%d)", name, file, line)
+}
+
+// funcAt is "function (file:line)" of a function value's declaration.
+func funcAt(fn any) string {
+	f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer())
+	if f == nil {
+		return ""
+	}
+	file, line := f.FileLine(f.Entry())
+	return fmt.Sprintf("%s (%s:%d)", f.Name(), file, line)
+}
+
+// stackOf is err's `stacktrace` entry: "Type: text", "    at where", and
+// "Caused by: ..." for each error it wraps. fallback is where a plain
+// error came from (the processor function).
+func stackOf(err error, fallback string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%T: %s", err, err.Error())
+	at := fallback
+	var je *JobError
+	if errors.As(err, &je) && je.at != "" {
+		at = je.at
+	}
+	if at != "" {
+		b.WriteString("\n    at " + at)
+	}
+	for c := errors.Unwrap(err); c != nil; c = errors.Unwrap(c) {
+		fmt.Fprintf(&b, "\nCaused by: %T: %s", c, c.Error())
+	}
+	return b.String()
 }
 
 // Error returns the failure reason.
-func (f *Failure) Error() string { return f.reason }
+func (f *JobError) Error() string { return f.reason }
 
 // Reason is the failedReason this failure records.
-func (f *Failure) Reason() string { return f.reason }
+func (f *JobError) Reason() string { return f.reason }
 
 // IsRetry reports whether the failure is retryable per the job's options
 // ([Retry]).
-func (f *Failure) IsRetry() bool { return f.kind == failRetry }
+func (f *JobError) IsRetry() bool { return f.kind == failRetry }
 
 // IsUnrecoverable reports whether the failure ends the job at once.
-func (f *Failure) IsUnrecoverable() bool { return f.kind == failUnrecoverable }
+func (f *JobError) IsUnrecoverable() bool { return f.kind == failUnrecoverable }
 
 // RetryDelay is the delay asked for by [RetryAfter], and whether there is one.
-func (f *Failure) RetryDelay() (delayMs uint64, ok bool) {
+func (f *JobError) RetryDelay() (delayMs uint64, ok bool) {
 	return f.delayMs, f.kind == failRetryAfter
 }
 
@@ -121,7 +177,7 @@ func IsLockLost(err error) bool {
 // unrecoverable. Valid JSON of another shape (a string for a number) is
 // "unexpected JSON shape: ...", text that is not JSON "invalid JSON: ...",
 // as in every SDK.
-func invalidJSON(err error) *Failure {
+func invalidJSON(err error) *JobError {
 	var shape *json.UnmarshalTypeError
 	if errors.As(err, &shape) {
 		return Unrecoverable("unexpected JSON shape: " + err.Error())
@@ -140,7 +196,7 @@ func toResult(out Outcome, err error) processResult {
 		}
 		return processResult{ok: true, json: out.json}
 	}
-	var f *Failure
+	var f *JobError
 	if errors.As(err, &f) {
 		return processResult{kind: f.kind, reason: err.Error(), delayMs: f.delayMs}
 	}

@@ -74,7 +74,14 @@ func runProcess(job *Job) processResult {
 		return processResult{kind: failUnrecoverable, reason: "no processor registered: call guest.ExportProcessor(fn) from an init function"}
 	}
 	defer trapOnPanic()
-	return toResult(registered.process(job))
+	out, err := registered.process(job)
+	if err != nil {
+		// The job's stacktrace entry goes to the host first, as Node's
+		// worker writes err.stack with the failure.
+		stack := stackOf(err, funcAt(registered.process))
+		_ = callHost(func(h hostImports) error { h.setStacktrace(stack); return nil })
+	}
+	return toResult(out, err)
 }
 
 // runBackoff runs the registered backoff function; without one the job is

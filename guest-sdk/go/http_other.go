@@ -4,10 +4,8 @@ package guest
 
 import "bullpen.dev/guest/internal/outbound"
 
-// Outside a bullpen host there is no wasi:http and no variable store.
+// Outside a bullpen host there is no wasi:http (variables: testing_other.go).
 
 func send(*outbound.Request) (*outbound.Response, error) {
 	return nil, &HTTPError{msg: errNoHost.Message}
 }
-
-func storeGet(string) (configGet, error) { return configGet{}, errNoHost }

@@ -306,6 +306,7 @@ type hostImports interface {
 	addChild(queue, name, data, opts string) (string, error)
 	waitForChildren() (bool, error)
 	childrenValues() ([]rawChild, error)
+	setStacktrace(stack string)
 }
 
 // host is the job context: the component's imports on wasip1, a stand-in

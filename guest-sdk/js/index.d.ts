@@ -23,24 +23,38 @@ export class HostError extends Error {
 /** How a failure thrown from `process` ends the attempt (the WIT `failure` variant). */
 export type FailureKind = 'retry' | 'retry-after' | 'unrecoverable';
 
-/** Why an attempt failed: throw one from `process`. Every failure counts as an attempt. */
-export class BullpenError extends Error {
+/**
+ * Why an attempt failed, when it is not a plain retry: throw one from
+ * `process`. Anything else thrown (`throw new Error('SMTP server said 550')`)
+ * is a retry with its message as the failedReason, as in a Node BullMQ
+ * worker. Either way the error's stack, mapped to your source files, is the
+ * job's `stacktrace` entry. Every failure counts as an attempt.
+ */
+export class JobError extends Error {
   private constructor(kind: FailureKind, reason: string, delayMs?: bigint);
-  readonly name: 'BullpenError';
+  readonly name: 'JobError';
   readonly kind: FailureKind;
   /** The failedReason recorded for the attempt (same as `message`). */
   readonly reason: string;
   /** For 'retry-after': milliseconds until the job may run again. */
   readonly delayMs: bigint | undefined;
   /** Retry per the job's `attempts`/`backoff`; else fail with this reason. */
-  static retry(reason: string): BullpenError;
+  static retry(reason: string): JobError;
   /** Retry after `delayMs` (the guest's own countdown), if attempts remain; else fail with this reason. */
-  static retryAfter(reason: string, delayMs: number | bigint): BullpenError;
+  static retryAfter(reason: string, delayMs: number | bigint): JobError;
   /** Fail now, whatever `attempts` says (BullMQ's UnrecoverableError). */
-  static unrecoverable(reason: string): BullpenError;
+  static unrecoverable(reason: string): JobError;
   /** Always false. */
   isLockLost(): false;
 }
+
+/**
+ * End the attempt as a trap, as a Rust `panic!` or a Go `panic` does: a bug,
+ * not a failure. The instance is thrown away (even with --instance-reuse),
+ * the failedReason is `wasm trap: ... (guest panicked: <message>; ...)`, and
+ * retries apply.
+ */
+export function panic(message: string): never;
 
 /** How a successful attempt ended. */
 export class Outcome {
@@ -50,7 +64,7 @@ export class Outcome {
   readonly json: string | undefined;
   /**
    * Complete the job with `value` (JSON.stringify; undefined = null) as its
-   * return value. Throws an unrecoverable BullpenError if it cannot be serialised.
+   * return value. Throws an unrecoverable JobError if it cannot be serialised.
    */
   static complete(value: unknown): Outcome;
   /** Complete the job with a return value that is already JSON text. */
@@ -81,7 +95,7 @@ export interface ParentRef {
 /**
  * The job being processed: a snapshot taken when the attempt started, plus
  * the host calls that act on it. Host calls throw `HostError` when refused;
- * JSON that cannot be (de)serialised throws an unrecoverable `BullpenError`
+ * JSON that cannot be (de)serialised throws an unrecoverable `JobError`
  * ("invalid JSON: ...").
  */
 export class Job {
@@ -167,11 +181,11 @@ export interface ProcessorWithBackoffExports extends ProcessorExports {
  *   export const { process } = exportProcessor(handle);
  *   export const { process, backoff } = exportProcessor(handle, { backoff: strategy });
  *
- * `process` fails the attempt by throwing: a `BullpenError` as it says, a
- * `HostError` or an `HttpError` (a failed `fetch`) retryably with its message.
- * Anything else thrown is a bug, as a
- * Rust panic is: the attempt traps (retries apply), and the message and
- * stack go to the job log and the failedReason.
+ * `process` fails the attempt by throwing, as in a Node BullMQ worker: a
+ * `JobError` as it says; anything else (a plain `Error`, a `HostError`, an
+ * `HttpError` from `fetch`) retryably, with its message as the failedReason.
+ * The error's stack, mapped to your source files, is the job's `stacktrace`
+ * entry. `panic(message)` makes the attempt trap instead.
  */
 export function exportProcessor(process: ProcessFn): ProcessorExports;
 export function exportProcessor(process: ProcessFn, options: { backoff: BackoffFn }): ProcessorWithBackoffExports;
@@ -180,7 +194,7 @@ export function exportProcessor(process: ProcessFn, options?: { backoff?: Backof
 /**
  * The queue's variable `name` (`--var`, `--var-env`, `[queues.variables]` in
  * bullpen.toml): configuration and secrets; a guest reads only its own
- * queue's. Missing, it throws an unrecoverable `BullpenError` naming the
+ * queue's. Missing, it throws an unrecoverable `JobError` naming the
  * variable and how to set it; a store that cannot be read, a retryable one.
  */
 export function variable(name: string): string;

@@ -5,26 +5,36 @@
 // `bullpen-build` (bin/build.mjs, around componentize-js). bullpen runs it
 // once per attempt, in a fresh instance, on jobs from a BullMQ queue.
 //
-//   import { exportProcessor, Outcome, BullpenError } from 'bullpen-guest';
+//   import { exportProcessor, Outcome, JobError } from 'bullpen-guest';
 //
 //   export const { process } = exportProcessor((job) => {
 //     const email = job.data();
 //     job.log(`sending to ${email.to}`);
 //     job.progress(50);
-//     if (!email.to) throw BullpenError.unrecoverable('no recipient'); // no retries
+//     if (!email.to) throw JobError.unrecoverable('no recipient'); // no retries
 //     return Outcome.complete({ sent: true });
 //   });
 //
 // The API mirrors the Rust SDK (guest-sdk/rust) name for name, in camelCase,
 // and so do its semantics: every host call is checked against the job's lock
-// token by the host; a refused call throws a `HostError`, and a `HostError`
-// that escapes `process` fails the attempt retryably with its message (after a
-// lost lock the host writes nothing at all).
+// token by the host; a refused call throws a `HostError`. Errors follow Node's
+// BullMQ worker: anything `process` throws fails the attempt retryably with
+// its message as the failedReason (`JobError` says otherwise: a delay, or no
+// retry), and its stack, mapped back to your source files, becomes the job's
+// `stacktrace` entry (after a lost lock the host writes nothing at all).
 
-import * as host from 'bullpen:processor/job-context@0.1.0';
-import { handle as sendRequest } from 'wasi:http/outgoing-handler@0.2.12';
-import { Fields, OutgoingRequest, OutgoingBody, httpErrorCode } from 'wasi:http/types@0.2.12';
-import { get as getVariable } from 'wasi:config/store@0.2.0-rc.1';
+// The component's imports (host.js); under Node, bullpen-guest/testing's
+// in-memory job context (testing-host.js): package.json "imports".
+import {
+  host,
+  sendRequest,
+  Fields,
+  OutgoingRequest,
+  OutgoingBody,
+  httpErrorCode,
+  getVariable,
+  inComponent,
+} from '#host';
 
 const HOST_ERROR_KINDS = ['lock-lost', 'wrong-state', 'invalid', 'unavailable'];
 
@@ -61,11 +71,15 @@ function hostErrorMessage(kind, detail) {
   }
 }
 
-/** Why an attempt failed: throw one from `process`. */
-export class BullpenError extends Error {
+/**
+ * Why an attempt failed, when it is not a plain retry: throw one from
+ * `process`. (Any other thrown error is a retry with its message, as in a
+ * Node BullMQ worker.)
+ */
+export class JobError extends Error {
   constructor(kind, reason, delayMs) {
     super(String(reason));
-    this.name = 'BullpenError';
+    this.name = 'JobError';
     /** 'retry' | 'retry-after' | 'unrecoverable' */
     this.kind = kind;
     /** The failedReason recorded for the attempt (same as `message`). */
@@ -76,22 +90,40 @@ export class BullpenError extends Error {
 
   /** Retry per the job's `attempts`/`backoff`; else fail with this reason. */
   static retry(reason) {
-    return new BullpenError('retry', reason);
+    return new JobError('retry', reason);
   }
 
   /** Retry after `delayMs` (the guest's own countdown), if attempts remain. */
   static retryAfter(reason, delayMs) {
-    return new BullpenError('retry-after', reason, toU64(delayMs, 'delayMs'));
+    return new JobError('retry-after', reason, toU64(delayMs, 'delayMs'));
   }
 
   /** Fail now, whatever `attempts` says. */
   static unrecoverable(reason) {
-    return new BullpenError('unrecoverable', reason);
+    return new JobError('unrecoverable', reason);
   }
 
-  /** Always false: a `BullpenError` is the guest's own decision. */
+  /** Always false: a `JobError` is the guest's own decision. */
   isLockLost() {
     return false;
+  }
+}
+
+/**
+ * End the attempt as a trap, as a Rust `panic!` or a Go `panic` does: a bug,
+ * not a failure. The instance is thrown away (even with --instance-reuse),
+ * the failedReason is `wasm trap: ... (guest panicked: <message>; ...)`, and
+ * retries apply. Never returns.
+ */
+export function panic(message) {
+  throw new Panic(String(message));
+}
+
+// What `panic` throws: `exportProcessor` lets it end the call as a trap.
+class Panic {
+  constructor(message) {
+    this.message = message;
+    this.at = callerFrame(new Error().stack);
   }
 }
 
@@ -111,7 +143,7 @@ export class Outcome {
     try {
       json = JSON.stringify(value);
     } catch (e) {
-      throw BullpenError.unrecoverable(`return value is not serialisable: ${errorText(e)}`);
+      throw JobError.unrecoverable(`return value is not serialisable: ${errorText(e)}`);
     }
     return new Outcome('completed', json === undefined ? 'null' : json);
   }
@@ -292,10 +324,13 @@ export class Job {
  *   export const { process, backoff } = exportProcessor(handle, { backoff: strategy });
  *
  * `process(job)` may return an `Outcome`, a plain value (= `Outcome.complete(value)`),
- * or a Promise of either. It fails the attempt by throwing: a `BullpenError`
- * fails it as it says; a `HostError` fails it retryably with its message.
- * Anything else thrown is a bug, as a Rust panic is: the attempt traps, its
- * message and stack go to the job log, and retries apply.
+ * or a Promise of either. It fails the attempt by throwing, as in a Node
+ * BullMQ worker: a `JobError` fails it as it says; anything else
+ * (`throw new Error('SMTP server said 550')`, a `HostError`, an `HttpError`)
+ * fails it retryably, with its message as the failedReason. The error's
+ * stack, mapped through the bundle's source map to your files and lines,
+ * is the job's `stacktrace` entry for the attempt. `panic(message)` makes
+ * the attempt trap instead.
  */
 export function exportProcessor(process, options = {}) {
   if (typeof process !== 'function') {
@@ -309,6 +344,7 @@ export function exportProcessor(process, options = {}) {
         const result = await process(job);
         outcome = result instanceof Outcome ? result : Outcome.complete(result);
       } catch (e) {
+        if (e instanceof Panic) trap(e);
         return { tag: 'err', val: toFailure(e) };
       }
       return outcome.kind === 'moved'
@@ -329,7 +365,7 @@ export function exportProcessor(process, options = {}) {
           throw new TypeError(`backoff must return Backoff.delayMs(ms) or Backoff.giveUp, not ${describe(decision)}`);
         }
       } catch (e) {
-        panic('backoff', e);
+        trap(e instanceof Panic ? e : new Panic(errorText(e)));
       }
       return decision.kind === 'give-up' ? { tag: 'give-up' } : { tag: 'delay-ms', val: decision.ms };
     };
@@ -340,7 +376,7 @@ export function exportProcessor(process, options = {}) {
 /**
  * The queue's variable `name` (`--var`, `--var-env`, `[queues.variables]` in
  * bullpen.toml): configuration and secrets. A guest reads only its own
- * queue's. Missing, it throws an unrecoverable `BullpenError` naming the
+ * queue's. Missing, it throws an unrecoverable `JobError` naming the
  * variable and how to set it (a retry would not make it appear); a store
  * that cannot be read throws a retryable one. The Rust SDK's `variable`.
  */
@@ -352,10 +388,10 @@ export function variable(name) {
   } catch (e) {
     const p = e && typeof e === 'object' ? e.payload : undefined;
     const why = p && typeof p.val === 'string' ? p.val : errorText(e);
-    throw BullpenError.retry(`variable \`${key}\` could not be read: ${why}`);
+    throw JobError.retry(`variable \`${key}\` could not be read: ${why}`);
   }
   if (value === undefined || value === null) {
-    throw BullpenError.unrecoverable(
+    throw JobError.unrecoverable(
       `variable \`${key}\` is not set for this queue (set it with --var ${key}=... / --var-env ${key}=ENVNAME, ` +
         'or in [queues.variables] of bullpen.toml)',
     );
@@ -403,7 +439,8 @@ export class HttpError extends TypeError {
 // host never does): a 3xx is returned like any other response. While a
 // request waits, the guest blocks and the host runs other attempts; requests
 // started in the same tick (Promise.all) are in flight together.
-globalThis.fetch = async function fetch(input, init = undefined) {
+// Only in a component: under Node (unit tests) the global fetch stays Node's.
+const wasiFetch = async function fetch(input, init = undefined) {
   const request = new Request(input, init);
   if (request.signal && request.signal.aborted) throw request.signal.reason;
   const url = new URL(request.url);
@@ -420,6 +457,7 @@ globalThis.fetch = async function fetch(input, init = undefined) {
   await null;
   return receive(origin, request.url, pending);
 };
+if (inComponent) globalThis.fetch = wasiFetch;
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const utf8 = new TextEncoder();
@@ -612,9 +650,17 @@ function payloadText(e) {
   return p && p.tag ? p.tag : errorText(e);
 }
 
-// What `process` threw, as the WIT `failure` variant.
+// What `process` threw, as the WIT `failure` variant; its stack goes to the
+// host first (`set-stacktrace`), as Node's worker writes `err.stack`.
 function toFailure(e) {
-  if (e instanceof BullpenError) {
+  if (e instanceof Error) {
+    try {
+      host.setStacktrace(sourceStack(e));
+    } catch {
+      // A host without `set-stacktrace` is refused at load; nothing to do here.
+    }
+  }
+  if (e instanceof JobError) {
     switch (e.kind) {
       case 'retry':
         return { tag: 'retry', val: e.reason };
@@ -624,32 +670,127 @@ function toFailure(e) {
         return { tag: 'unrecoverable', val: e.reason };
     }
   }
-  if (e instanceof HostError) {
-    // As the Rust SDK: a host refusal fails the attempt retryably (and after
-    // a lost lock the host ignores the failure and writes nothing).
-    return { tag: 'retry', val: e.message };
-  }
-  if (e instanceof HttpError) {
-    // As the Rust SDK's `?` on an HttpError: network trouble may pass.
-    return { tag: 'retry', val: e.message };
-  }
-  panic('process', e);
+  // Anything else, as a Node worker: a retry with the message (a host
+  // refusal, network trouble and a plain `throw new Error(...)` alike; after
+  // a lost lock the host ignores the failure and writes nothing).
+  return { tag: 'retry', val: e instanceof Error ? e.message : errorText(e) };
 }
 
-// An exception that is not a failure is a bug, as a Rust panic is: report it
-// on stderr (it lands in the job log, and the host puts the message in the
-// failedReason, as it does for a Rust panic's) and trap.
-function panic(where, e) {
-  const msg = errorText(e);
-  const at = e instanceof Error && typeof e.stack === 'string' ? firstFrame(e.stack) : where;
-  console.error(`JavaScript exception in ${where}, panicked at ${at}:\n${msg}`);
-  if (e instanceof Error && e.stack) console.error(`stack:\n${e.stack.trimEnd()}`);
-  throw e instanceof Error ? e : new Error(msg);
+// A panic: its message and where it was, on stderr as a Rust panic prints
+// them (the host puts them in the failedReason), then a trap.
+function trap(p) {
+  console.error(`JavaScript panicked at ${p.at}:\n${p.message}`);
+  // An exception escaping the export is componentize-js's trap.
+  throw new Error(p.message);
 }
 
-function firstFrame(stack) {
-  const line = stack.split('\n').find((l) => l.trim() !== '');
-  return line ? line.trim().replace(/^[^@]*@/, '') : 'unknown location';
+// The first frame outside this SDK, mapped to the source ('file:line:col').
+function callerFrame(stack) {
+  const frame = parseStack(stack).find((f) => !f.sdk);
+  return frame ? frame.at : 'unknown location';
+}
+
+// `err.stack` as Node writes it (`Name: message` and `    at fn (file:line:col)`
+// per frame), with the bundle's positions mapped back to the source files
+// through the source map bullpen-build embeds; the SDK's own frames are left
+// out.
+function sourceStack(e) {
+  const head = e.message ? `${e.name || 'Error'}: ${e.message}` : e.name || 'Error';
+  const frames = parseStack(e.stack)
+    .filter((f) => !f.sdk)
+    .map((f) => (f.fn ? `    at ${f.fn} (${f.at})` : `    at ${f.at}`));
+  return [head, ...frames].join('\n');
+}
+
+// SpiderMonkey's stack lines (a component): `fn@file:line:col`,
+// `async*fn@...`, `@file:line:col`; V8's (Node, bullpen-guest/testing):
+// `    at fn (file:line:col)`, `    at file:line:col`.
+function parseStack(stack) {
+  if (typeof stack !== 'string') return [];
+  const frames = [];
+  for (const line of stack.split('\n')) {
+    const m =
+      /^(?:async\*)?(.*)@(.*):(\d+):(\d+)$/.exec(line.trim()) ??
+      /^at (?:async )?(?:(.*?) \()?(.*?):(\d+):(\d+)\)?$/.exec(line.trim());
+    if (!m) continue;
+    const [, fn = '', file, l, c] = m;
+    if (!inComponent) {
+      // Node ran the source itself: positions are the source's.
+      frames.push({ fn, at: `${file}:${l}:${c}`, sdk: file === import.meta.url });
+      continue;
+    }
+    const src = sourcePosition(Number(l), Number(c));
+    if (src) frames.push({ fn, at: `${src.file}:${src.line}:${src.column}`, sdk: src.sdk });
+    // Without a map (not built by bullpen-build) every frame is the bundle's;
+    // with one, a frame it does not cover is componentize-js's own glue.
+    else if (!globalThis[SOURCE_MAP]) frames.push({ fn, at: `${file}:${l}:${c}`, sdk: false });
+  }
+  return frames;
+}
+
+// The source map bullpen-build appends to the bundle (esbuild's, with the
+// `sources` made relative to the project), decoded on the first failure.
+const SOURCE_MAP = Symbol.for('bullpen-guest.sourceMap');
+let decodedMap;
+
+// The source position of a bundle position (1-based line and column), or
+// undefined when there is no map or no mapping.
+function sourcePosition(line, column) {
+  const map = globalThis[SOURCE_MAP];
+  if (!map) return undefined;
+  decodedMap ??= decodeMappings(map.mappings);
+  const segments = decodedMap[line - 1];
+  if (!segments) return undefined;
+  let best;
+  for (const s of segments) {
+    if (s.length >= 4 && s[0] <= column - 1) best = s;
+    else if (s[0] > column - 1) break;
+  }
+  if (!best) return undefined;
+  const file = map.sources[best[1]];
+  return { file, line: best[2] + 1, column: best[3] + 1, sdk: map.sdk.includes(best[1]) };
+}
+
+// Source map v3 `mappings` (base64 VLQ) as absolute segments per line:
+// [generated column, source index, source line, source column].
+function decodeMappings(mappings) {
+  const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  const lines = [];
+  let source = 0;
+  let srcLine = 0;
+  let srcCol = 0;
+  for (const text of mappings.split(';')) {
+    const segments = [];
+    let genCol = 0;
+    for (const seg of text.split(',')) {
+      if (!seg) continue;
+      const values = [];
+      let value = 0;
+      let shift = 0;
+      for (const ch of seg) {
+        const digit = B64.indexOf(ch);
+        value += (digit & 31) << shift;
+        if (digit & 32) {
+          shift += 5;
+        } else {
+          values.push(value & 1 ? -(value >>> 1) : value >>> 1);
+          value = 0;
+          shift = 0;
+        }
+      }
+      genCol += values[0];
+      if (values.length >= 4) {
+        source += values[1];
+        srcLine += values[2];
+        srcCol += values[3];
+        segments.push([genCol, source, srcLine, srcCol]);
+      } else {
+        segments.push([genCol]);
+      }
+    }
+    lines.push(segments);
+  }
+  return lines;
 }
 
 // Run a host import; turn its `job-error` into a HostError.
@@ -671,7 +812,7 @@ function parseJson(text) {
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw BullpenError.unrecoverable(`invalid JSON: ${errorText(e)}`);
+    throw JobError.unrecoverable(`invalid JSON: ${errorText(e)}`);
   }
 }
 
@@ -680,7 +821,7 @@ function toJson(value) {
   try {
     json = JSON.stringify(value);
   } catch (e) {
-    throw BullpenError.unrecoverable(`invalid JSON: ${errorText(e)}`);
+    throw JobError.unrecoverable(`invalid JSON: ${errorText(e)}`);
   }
   return json === undefined ? 'null' : json;
 }

@@ -76,6 +76,7 @@ async function main() {
         returnvalue: job.returnvalue, progress: job.progress, attemptsMade: job.attemptsMade,
         attemptsStarted: job.attemptsStarted, failedReason: job.failedReason || null,
         finishedOn: job.finishedOn || null, processedOn: job.processedOn || null, logs,
+        stacktrace: job.stacktrace,
       });
     }
     const counts = await queue.getJobCounts();

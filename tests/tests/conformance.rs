@@ -161,6 +161,59 @@ pub fn flaky(lang: &str) {
     );
 }
 
+/// A plain error — JS `throw new Error(..)`, Go `return fmt.Errorf(..)`,
+/// Rust `?` on an `io::Error` — is what a thrown Error is in a Node worker:
+/// a retryable failure (per `attempts`) whose failedReason is its message,
+/// and whose stack is the job's BullMQ `stacktrace` entry for the attempt
+/// (trimmed to `stackTraceLimit`, as Node does), in the plugin's own source
+/// terms. And nothing SDK-internal lands in the job log.
+pub fn plain_error(lang: &str) {
+    let redis = Redis::start();
+    let _w = Worker::start(&redis, "pe", &plugin("flaky", lang), &["--concurrency", "2"]);
+    let ids = node_add(
+        &redis,
+        "pe",
+        json!([
+            {"name": "plain", "data": {"plainError": true}, "opts": {"attempts": 2}},
+            {"name": "limited", "data": {"plainError": true}, "opts": {"attempts": 3, "stackTraceLimit": 1}},
+        ]),
+    );
+    let v = wait_finished(&redis, "pe", &ids, T);
+    let (file, line) = plain_error_site(lang);
+    let at = format!("{file}:{line}");
+    for (i, attempts) in [(0, 2), (1, 3)] {
+        let j = &v["jobs"][i];
+        assert_eq!(j["state"], "failed", "{lang}: {j:#}");
+        assert_eq!(j["attemptsMade"], attempts, "{lang}: retried per attempts");
+        assert_eq!(j["failedReason"], format!("flaky: plain error on attempt {attempts}"), "{lang}");
+        assert_eq!(guest_logs(j), json!([]), "{lang}: no SDK-internal lines in the job log");
+        let stacks: Vec<&str> = j["stacktrace"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let first = if i == 0 { 1 } else { attempts };
+        assert_eq!(stacks.len(), (attempts - first + 1) as usize, "{lang}: {stacks:#?}");
+        for (k, stack) in stacks.iter().enumerate() {
+            let attempt = first + k as u64;
+            let head = stack.lines().next().unwrap();
+            assert!(head.ends_with(&format!(": flaky: plain error on attempt {attempt}")), "{lang}: {stack}");
+            assert!(stack.contains(&at), "{lang}: the stack names {at}:\n{stack}");
+        }
+    }
+}
+
+/// Where flaky's plain error is made, as the language's stack names it:
+/// the source file and the line (Go: the processor function's, as Go
+/// errors do not record where they were made).
+fn plain_error_site(lang: &str) -> (&'static str, usize) {
+    let (path, file, marker) = match lang {
+        "rust" => ("plugins/flaky/rust/src/lib.rs", "flaky/rust/src/lib.rs", "plain error on attempt"),
+        "go" => ("plugins/flaky/go/main.go", "flaky/main.go", "func process("),
+        "js" => ("plugins/flaky/js/flaky.js", "flaky.js", "plain error on attempt"),
+        other => panic!("no plain-error site for {other}: add its flaky source file (and how its stacks name it) here"),
+    };
+    let src = std::fs::read_to_string(root().join(path)).unwrap();
+    let line = src.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("{marker} not in {path}")) + 1;
+    (file, line)
+}
+
 /// Nothing to prepare: the default for a language.
 pub fn no_preload(_lang: &str) {}
 
@@ -249,6 +302,11 @@ macro_rules! conformance {
             fn flaky() {
                 $prepare(stringify!($lang));
                 super::flaky(stringify!($lang));
+            }
+            #[test]
+            fn plain_error() {
+                $prepare(stringify!($lang));
+                super::plain_error(stringify!($lang));
             }
         }
     };

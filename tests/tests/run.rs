@@ -255,6 +255,25 @@ fn flaky_failures_exit_non_zero_and_retry_until_done() {
     assert_eq!(r.lines().len(), 3, "{}", r.stdout);
 }
 
+/// A plain error is a retry with its message; `bullpen run` prints the
+/// stack a worker would append to the job's `stacktrace`, just before.
+#[test]
+fn a_plain_error_retries_and_prints_its_stack() {
+    let r = run_json(&plugin("flaky", "rust"), &["--data", r#"{"plainError":true}"#]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let events = r.events();
+    let [.., stack, failed] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(failed["event"], "failed");
+    assert_eq!(failed["kind"], "retry");
+    assert_eq!(failed["reason"], "flaky: plain error on attempt 1");
+    assert_eq!(stack["event"], "stacktrace");
+    let stack = stack["stack"].as_str().unwrap();
+    assert!(
+        stack.starts_with("std::io::error::Error: flaky: plain error on attempt 1\n    at flaky/rust/src/lib.rs:"),
+        "{stack}"
+    );
+}
+
 #[test]
 fn traps_and_limits_fail_with_their_named_reason() {
     // A Rust panic: the trap, with the panic message and the guest's stderr.

@@ -102,10 +102,10 @@ fn each_abuse_fails_only_its_own_job(lang: &str) {
         "rust" => assert_eq!(r, "wasm trap: out-of-bounds memory access (a guest bug, or a stack kept in linear memory, as Rust's, overflowing)"),
         // Every Go call is a wasm call: the 1 MiB wasm stack runs out first.
         "go" => assert_eq!(r, "wasm trap: stack overflow (the guest recursed past its 1 MiB wasm stack)"),
-        // SpiderMonkey's own limit: an InternalError that escapes `process`,
-        // a bug, so a trap with the message (as a Rust panic's).
+        // SpiderMonkey's own limit: an InternalError, which hog turns into
+        // a panic (a trap with the message, as a Rust panic's).
         "js" => assert!(
-            r.starts_with("wasm trap: unreachable instruction executed (guest panicked: too much recursion; JavaScript exception in process, panicked at hog.js:"),
+            r.starts_with("wasm trap: unreachable instruction executed (guest panicked: too much recursion; JavaScript panicked at hog.js:"),
             "{r}"
         ),
         // CPython's own recursion limit: a RecursionError escapes `process`,

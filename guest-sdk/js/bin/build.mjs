@@ -17,10 +17,16 @@
 //    bench/README.md, the feature would also cost every attempt).
 //    componentize-js is called directly (`jco componentize` cannot find the
 //    WIT here).
+// 3. esbuild's source map of the bundle (positions only, no sources) is
+//    appended to the bundle as a global the SDK reads when `process`
+//    throws: the job's `stacktrace` then names your files and lines, not
+//    the bundle's. Its paths are relative to the project (the folder of the
+//    nearest package.json above the entry, else the entry's folder), so
+//    the same sources give the same component wherever they are built.
 import { build } from 'esbuild';
 import { componentize } from '@bytecodealliance/componentize-js';
-import { existsSync, mkdtempSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
-import { basename, dirname, extname, join, resolve } from 'node:path';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
+import { basename, dirname, extname, join, relative, resolve, sep } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -42,7 +48,6 @@ Options:
   --world <name>       processor | processor-with-backoff (default: from the entry's exports)
   --wit <dir>          the bullpen WIT directory (default: the SDK's own wit/, else <repo>/wit)
   --keep-bundle        also write the bundled JavaScript to <out>.bundle.js
-                       (job-log stack traces point into it)
   -h, --help           this text`;
 
 // Throws, so the `finally` below still removes the work directory.
@@ -115,6 +120,8 @@ try {
       metafile: true,
       logLevel: 'silent',
       legalComments: 'none',
+      sourcemap: 'external',
+      sourcesContent: false,
     });
   } catch (e) {
     const errors = (e.errors ?? []).map(
@@ -122,7 +129,8 @@ try {
     );
     fail(`bundling ${positionals[0]} failed:\n${errors.join('\n') || e.message}`);
   }
-  const exported = Object.values(result.metafile.outputs)[0]?.exports ?? [];
+  // The bundle's entry in the metafile (the source map has one too).
+  const exported = Object.entries(result.metafile.outputs).find(([f]) => f.endsWith('.js'))?.[1]?.exports ?? [];
   if (!exported.includes('process')) {
     fail(`${positionals[0]} does not export \`process\`; end it with\n  export const { process } = exportProcessor(handle);`);
   }
@@ -130,6 +138,7 @@ try {
   if (world === 'processor-with-backoff' && !exported.includes('backoff')) {
     fail(`the processor-with-backoff world needs a \`backoff\` export:\n  export const { process, backoff } = exportProcessor(handle, { backoff: strategy });`);
   }
+  embedSourceMap(bundle, projectRoot(dirname(entry)));
   if (opts['keep-bundle']) copyFileSync(bundle, `${out}.bundle.js`);
 
   // A knob for measuring componentize-js's options (bench/README.md, issue
@@ -161,4 +170,30 @@ try {
   console.error(`bullpen-build: wrote ${opts.out} (world ${world}, ${mb} MB) in ${secs} s`);
 } finally {
   rmSync(work, { recursive: true, force: true });
+}
+
+// The folder of the nearest package.json at or above `dir`, else `dir`.
+function projectRoot(dir) {
+  for (let d = dir; ; d = dirname(d)) {
+    if (existsSync(join(d, 'package.json'))) return d;
+    if (dirname(d) === d) return dir;
+  }
+}
+
+// Append esbuild's map of `bundle` to it as the global the SDK reads
+// (index.js, `sourcePosition`): `sources` relative to `root` ('/'
+// separators), and which of them are the SDK's own files (left out of
+// stack traces). Appended last, so no bundle position moves.
+function embedSourceMap(bundle, root) {
+  const mapFile = `${bundle}.map`;
+  const map = JSON.parse(readFileSync(mapFile, 'utf8'));
+  const sdkRoot = join(sdkDir, sep);
+  const abs = map.sources.map((src) => resolve(dirname(bundle), src));
+  const embedded = {
+    sources: abs.map((a) => relative(root, a).split(sep).join('/')),
+    sdk: abs.flatMap((a, i) => (a.startsWith(sdkRoot) && !a.includes(`${sep}node_modules${sep}`) ? [i] : [])),
+    mappings: map.mappings,
+  };
+  appendFileSync(bundle, `\nglobalThis[Symbol.for('bullpen-guest.sourceMap')] = ${JSON.stringify(embedded)};\n`);
+  rmSync(mapFile);
 }

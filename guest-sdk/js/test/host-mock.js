@@ -24,3 +24,4 @@ export const moveToWait = () => hostCall('moveToWait', []);
 export const addChild = (queue, name, data, opts) => hostCall('addChild', [queue, name, data, opts]);
 export const waitForChildren = () => hostCall('waitForChildren', []);
 export const childrenValues = () => hostCall('childrenValues', []);
+export const setStacktrace = (stack) => hostCall('setStacktrace', [stack]);

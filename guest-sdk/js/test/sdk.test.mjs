@@ -34,7 +34,7 @@ await build({
 });
 const sdk = await import(outfile);
 rmSync(dir, { recursive: true, force: true });
-const { exportProcessor, Outcome, BullpenError, HostError, HttpError, Backoff, variable, host, wasi } = sdk;
+const { exportProcessor, Outcome, JobError, HostError, HttpError, Backoff, variable, panic, host, wasi } = sdk;
 
 const witJob = (over = {}) => ({
   id: '42', name: 'n', queue: 'q', data: '{"a":1}', opts: '{"attempts":3}',
@@ -79,9 +79,9 @@ test('outcomes: Outcome, plain values, promises, moved', async () => {
 });
 
 test('failures map to the WIT failure variant', async () => {
-  assert.deepEqual(await run(() => { throw BullpenError.retry('r'); }), { tag: 'err', val: { tag: 'retry', val: 'r' } });
-  assert.deepEqual(await run(() => { throw BullpenError.retryAfter('later', 1500.9); }), { tag: 'err', val: { tag: 'retry-after', val: { reason: 'later', delayMs: 1500n } } });
-  assert.deepEqual(await run(async () => { throw BullpenError.unrecoverable('no'); }), { tag: 'err', val: { tag: 'unrecoverable', val: 'no' } });
+  assert.deepEqual(await run(() => { throw JobError.retry('r'); }), { tag: 'err', val: { tag: 'retry', val: 'r' } });
+  assert.deepEqual(await run(() => { throw JobError.retryAfter('later', 1500.9); }), { tag: 'err', val: { tag: 'retry-after', val: { reason: 'later', delayMs: 1500n } } });
+  assert.deepEqual(await run(async () => { throw JobError.unrecoverable('no'); }), { tag: 'err', val: { tag: 'unrecoverable', val: 'no' } });
   assert.deepEqual(await run(() => Outcome.complete(10n)), { tag: 'err', val: { tag: 'unrecoverable', val: 'return value is not serialisable: Do not know how to serialize a BigInt' } });
   assert.deepEqual(await run(() => ({ n: 10n })), { tag: 'err', val: { tag: 'unrecoverable', val: 'return value is not serialisable: Do not know how to serialize a BigInt' } });
 });
@@ -150,9 +150,12 @@ test('rateLimit and moveToWait send their call and give Outcome.moved', async ()
   assert.deepEqual(await run((job) => job.rateLimit(1500)), { tag: 'ok', val: { tag: 'moved' } });
   assert.deepEqual(await run((job) => job.moveToWait()), { tag: 'ok', val: { tag: 'moved' } });
   assert.deepEqual(host.calls, [['rateLimit', 1500n], ['moveToWait']]);
-  // A bad argument is a programming error, as for delayUntil: it escapes (the component traps).
-  await assert.rejects(run((job) => job.rateLimit(-1)), /rateLimit delayMs must be a non-negative number/);
-  assert.equal(host.calls.length, 2, 'a refused argument never reaches the host');
+  // A bad argument throws a RangeError: escaping `process`, a retry with its message (as in Node).
+  const bad = await run((job) => job.rateLimit(-1));
+  assert.equal(bad.val.tag, 'retry');
+  assert.match(bad.val.val, /^rateLimit delayMs must be a non-negative number/);
+  assert.deepEqual(host.calls.at(-1)[0], 'setStacktrace', 'a refused argument never reaches the host');
+  assert.equal(host.calls.length, 3);
 });
 
 test('JSON that does not fit is unrecoverable "invalid JSON: ..."', async () => {
@@ -167,19 +170,22 @@ test('JSON that does not fit is unrecoverable "invalid JSON: ..."', async () => 
   assert.equal(host.calls.filter(([n]) => n === 'updateData').length, 0, 'nothing written');
 });
 
-test('any other exception is a panic: reported on stderr, then rethrown (the component traps)', async () => {
+test('any other exception is a retry with its message, its stack sent first; panic() traps', async () => {
   const lines = [];
   const orig = console.error;
   console.error = (s) => lines.push(String(s));
   try {
-    await assert.rejects(run(() => { throw new TypeError('boom'); }), /boom/);
-    await assert.rejects(run(() => { throw 'a string'; }), /a string/);
+    assert.deepEqual(await run(() => { throw new TypeError('boom'); }), { tag: 'err', val: { tag: 'retry', val: 'boom' } });
+    const [name, stack] = host.calls.at(-1);
+    assert.equal(name, 'setStacktrace');
+    assert.match(stack, /^TypeError: boom\n    at /);
+    assert.deepEqual(await run(() => { throw 'a string'; }), { tag: 'err', val: { tag: 'retry', val: 'a string' } });
+    assert.equal(lines.length, 0, 'nothing printed for a failure');
+    await assert.rejects(run(() => panic('bad state')), /bad state/);
   } finally {
     console.error = orig;
   }
-  assert.match(lines[0], /^JavaScript exception in process, panicked at .*:\nboom$/);
-  assert.ok(lines.some((l) => l.startsWith('stack:')));
-  assert.match(lines.at(-1), /panicked at process:\na string$/);
+  assert.match(lines[0], /^JavaScript panicked at .*:\nbad state$/);
 });
 
 test('variable: the value; missing is unrecoverable, an unreadable store retries (the Rust SDK texts)', async () => {
@@ -188,7 +194,7 @@ test('variable: the value; missing is unrecoverable, an unreadable store retries
   assert.equal(variable('empty'), '');
   const missing =
     'variable `nope` is not set for this queue (set it with --var nope=... / --var-env nope=ENVNAME, or in [queues.variables] of bullpen.toml)';
-  assert.throws(() => variable('nope'), (e) => e instanceof BullpenError && e.kind === 'unrecoverable' && e.message === missing);
+  assert.throws(() => variable('nope'), (e) => e instanceof JobError && e.kind === 'unrecoverable' && e.message === missing);
   assert.deepEqual(await run(() => variable('nope')), { tag: 'err', val: { tag: 'unrecoverable', val: missing } });
   wasi.storeError = { tag: 'io', val: 'disk on fire' };
   assert.throws(() => variable('api_key'), (e) => e.kind === 'retry' && e.message === 'variable `api_key` could not be read: disk on fire');
@@ -278,7 +284,7 @@ test('backoff export', async () => {
     console.error = orig;
   }
   assert.throws(() => Backoff.delayMs(-1), RangeError);
-  assert.throws(() => BullpenError.retryAfter('x', NaN), RangeError);
+  assert.throws(() => JobError.retryAfter('x', NaN), RangeError);
 });
 
 test('serdejson: serde words for values, serde_json key order', () => {

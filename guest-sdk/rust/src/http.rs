@@ -10,13 +10,13 @@
 //! names the host and the flag. `?` on it in `process` retries the job.
 //!
 //! ```no_run
-//! # use bullpen_guest::{http, Error, Outcome};
-//! # fn f() -> Result<Outcome, Error> {
+//! # use bullpen_guest::{http, JobError, Outcome};
+//! # fn f() -> Result<Outcome, JobError> {
 //! let res = http::post("https://api.example.com/v1/charges")
 //!     .header("authorization", format!("Bearer {}", bullpen_guest::variable("api_key")?))
 //!     .json(&serde_json::json!({ "amount": 100 }))?
 //!     .send()?;
-//! if res.status >= 500 { return Err(Error::retry(format!("HTTP {}", res.status))); }
+//! if res.status >= 500 { return Err(JobError::retry(format!("HTTP {}", res.status))); }
 //! # Outcome::complete(&res.text())
 //! # }
 //! ```
@@ -37,7 +37,7 @@ use crate::bindings::wasi::http::types::{
     ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 use crate::bindings::wasi::io::streams::StreamError;
-use crate::Error;
+use crate::JobError;
 
 /// A request being built. Send it with [`Request::send`].
 #[derive(Clone)]
@@ -78,13 +78,6 @@ impl fmt::Display for HttpError {
 }
 
 impl std::error::Error for HttpError {}
-
-impl From<HttpError> for Error {
-    /// Network trouble may pass: retry (per the job's attempts and backoff).
-    fn from(e: HttpError) -> Self {
-        Error::Retry(e.message)
-    }
-}
 
 /// `GET url`.
 pub fn get(url: impl Into<String>) -> Request {
@@ -137,7 +130,7 @@ impl Request {
     }
 
     /// `value` as a JSON body, with `content-type: application/json`.
-    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Request, Error> {
+    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Request, JobError> {
         let body = serde_json::to_vec(value)?;
         Ok(self.header("content-type", "application/json").body(body))
     }
@@ -277,7 +270,7 @@ impl Response {
     }
 
     /// The body parsed as JSON.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
         Ok(serde_json::from_slice(&self.body)?)
     }
 }

@@ -1,22 +1,22 @@
 //! Write [bullpen](../../README.md) job processors in Rust.
 //!
-//! A processor is a function from a [`Job`] to `Result<Outcome, Error>`,
+//! A processor is a function from a [`Job`] to `Result<Outcome, JobError>`,
 //! compiled to a WebAssembly component for `wasm32-wasip2`. bullpen runs it
 //! once per attempt, in a fresh instance, on jobs from a BullMQ queue.
 //!
 //! ```no_run
-//! use bullpen_guest::{Error, Job, Outcome};
+//! use bullpen_guest::{JobError, Job, Outcome};
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]
 //! struct Email { to: String }
 //!
-//! fn process(job: &Job) -> Result<Outcome, Error> {
+//! fn process(job: &Job) -> Result<Outcome, JobError> {
 //!     let email: Email = job.data()?;          // typed data via serde
 //!     job.log(format!("sending to {}", email.to))?;
 //!     job.progress(50)?;
 //!     if email.to.is_empty() {
-//!         return Err(Error::unrecoverable("no recipient"));  // no retries
+//!         return Err(JobError::unrecoverable("no recipient"));  // no retries
 //!     }
 //!     Outcome::complete(&serde_json::json!({ "sent": true }))
 //! }
@@ -77,9 +77,16 @@ pub mod backoff_bindings {
 }
 
 pub mod http;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
+// The job-context calls: the component's imports in a component, the
+// in-memory job of [`testing`] on the build machine (`cargo test`).
+#[cfg(target_arch = "wasm32")]
 use bindings::bullpen::processor::job_context as host;
 use bindings::bullpen::processor::types as wit;
+#[cfg(not(target_arch = "wasm32"))]
+use testing::host;
 
 pub use wit::JobError as HostError;
 
@@ -111,10 +118,10 @@ pub enum Outcome {
 
 impl Outcome {
     /// Complete the job with `value` serialised as its return value.
-    pub fn complete<T: Serialize + ?Sized>(value: &T) -> Result<Outcome, Error> {
+    pub fn complete<T: Serialize + ?Sized>(value: &T) -> Result<Outcome, JobError> {
         serde_json::to_string(value)
             .map(Outcome::Completed)
-            .map_err(|e| Error::unrecoverable(format!("return value is not serialisable: {e}")))
+            .map_err(|e| JobError::unrecoverable(format!("return value is not serialisable: {e}")))
     }
 
     /// Complete the job with a return value that is already JSON text.
@@ -123,9 +130,26 @@ impl Outcome {
     }
 }
 
-/// Why an attempt failed, or why a host call was refused.
+/// Why an attempt failed: return it from `process`.
+///
+/// As in a Node BullMQ worker, any error is a failure: `?` on any
+/// `std::error::Error` (an `io::Error`, a `serde_json::Error`, an
+/// [`http::HttpError`], your own) turns it into a retryable `JobError`
+/// whose failedReason is the error's text, and whose stack (the job's
+/// BullMQ `stacktrace` entry) names the file and line of the `?` and the
+/// error's `source()` chain. [`JobError::retry_after`] and
+/// [`JobError::unrecoverable`] say otherwise. (Like `anyhow::Error`, a
+/// `JobError` is not itself a `std::error::Error`, so that `?` takes any
+/// error.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
+pub struct JobError {
+    kind: JobErrorKind,
+    stack: String,
+}
+
+/// What a [`JobError`] does to the attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobErrorKind {
     /// Retry per the job's `attempts`/`backoff`; else fail with this reason.
     Retry(String),
     /// Retry after `delay_ms` (the guest's own countdown), if attempts remain.
@@ -142,36 +166,62 @@ pub enum Error {
     Host(HostError),
 }
 
-impl Error {
+impl JobError {
     /// A retryable failure.
+    #[track_caller]
     pub fn retry(reason: impl Into<String>) -> Self {
-        Error::Retry(reason.into())
+        Self::at(JobErrorKind::Retry(reason.into()), "JobError")
     }
     /// A retryable failure that asks for its own delay before the next attempt.
+    #[track_caller]
     pub fn retry_after(reason: impl Into<String>, delay_ms: u64) -> Self {
-        Error::RetryAfter { reason: reason.into(), delay_ms }
+        Self::at(JobErrorKind::RetryAfter { reason: reason.into(), delay_ms }, "JobError")
     }
     /// A failure that must not be retried.
+    #[track_caller]
     pub fn unrecoverable(reason: impl Into<String>) -> Self {
-        Error::Unrecoverable(reason.into())
+        Self::at(JobErrorKind::Unrecoverable(reason.into()), "JobError")
+    }
+    /// What the failure does to the attempt.
+    pub fn kind(&self) -> &JobErrorKind {
+        &self.kind
+    }
+    /// The failedReason this failure records.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+    /// The job's `stacktrace` entry for it: `Type: reason`, `    at file:line:col`
+    /// (where it was made, or where `?` converted it), then `Caused by:` lines.
+    pub fn stack(&self) -> &str {
+        &self.stack
     }
     /// True when the worker lost the job's lock: stop and return.
     pub fn is_lock_lost(&self) -> bool {
-        matches!(self, Error::Host(HostError::LockLost))
+        matches!(self.kind, JobErrorKind::Host(HostError::LockLost))
+    }
+
+    #[track_caller]
+    fn at(kind: JobErrorKind, type_name: &str) -> Self {
+        let reason = kind_text(&kind);
+        let here = std::panic::Location::caller();
+        let stack = format!("{type_name}: {reason}\n    at {}:{}:{}", here.file(), here.line(), here.column());
+        JobError { kind, stack }
     }
 }
 
-impl fmt::Display for Error {
+fn kind_text(kind: &JobErrorKind) -> String {
+    match kind {
+        JobErrorKind::Retry(r) | JobErrorKind::Unrecoverable(r) => r.clone(),
+        JobErrorKind::RetryAfter { reason, .. } => reason.clone(),
+        JobErrorKind::Host(e) => HostErrorDisplay(e).to_string(),
+    }
+}
+
+impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Retry(r) | Error::Unrecoverable(r) => f.write_str(r),
-            Error::RetryAfter { reason, .. } => f.write_str(reason),
-            Error::Host(e) => fmt::Display::fmt(&HostErrorDisplay(e), f),
-        }
+        f.write_str(&kind_text(&self.kind))
     }
 }
-
-impl std::error::Error for Error {}
 
 struct HostErrorDisplay<'a>(&'a HostError);
 impl fmt::Display for HostErrorDisplay<'_> {
@@ -185,23 +235,32 @@ impl fmt::Display for HostErrorDisplay<'_> {
     }
 }
 
-impl From<HostError> for Error {
-    fn from(e: HostError) -> Self {
-        Error::Host(e)
-    }
-}
-
-impl From<serde_json::Error> for Error {
-    /// JSON that does not fit the expected type will not fit on a retry
-    /// either, so it is unrecoverable: "unexpected JSON shape: ..." for
-    /// valid JSON of another shape (a missing field, a string for a number),
-    /// "invalid JSON: ..." for text that is not JSON. Every SDK says the same.
-    fn from(e: serde_json::Error) -> Self {
-        if e.is_data() {
-            Error::Unrecoverable(format!("unexpected JSON shape: {e}"))
-        } else {
-            Error::Unrecoverable(format!("invalid JSON: {e}"))
+impl<E: std::error::Error + 'static> From<E> for JobError {
+    /// Any error, as a thrown Error in a Node processor: retryable, its text
+    /// the failedReason. Except JSON that does not fit the expected type: it
+    /// will not fit on a retry either, so it is unrecoverable: "unexpected
+    /// JSON shape: ..." for valid JSON of another shape (a missing field, a
+    /// string for a number), "invalid JSON: ..." for text that is not JSON.
+    /// Every SDK says the same.
+    #[track_caller]
+    fn from(e: E) -> Self {
+        let any = &e as &dyn std::any::Any;
+        if let Some(h) = any.downcast_ref::<HostError>() {
+            // A refused host call: retryable, or nothing at all after a lost lock.
+            return JobError::at(JobErrorKind::Host(h.clone()), "HostError");
         }
+        let kind = match any.downcast_ref::<serde_json::Error>() {
+            Some(j) if j.is_data() => JobErrorKind::Unrecoverable(format!("unexpected JSON shape: {e}")),
+            Some(_) => JobErrorKind::Unrecoverable(format!("invalid JSON: {e}")),
+            None => JobErrorKind::Retry(e.to_string()),
+        };
+        let mut err = JobError::at(kind, std::any::type_name::<E>());
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            err.stack.push_str(&format!("\nCaused by: {c}"));
+            cause = c.source();
+        }
+        err
     }
 }
 
@@ -219,7 +278,7 @@ impl Job {
         &self.inner.queue
     }
     /// The job data, deserialised into `T`.
-    pub fn data<T: DeserializeOwned>(&self) -> Result<T, Error> {
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         Ok(serde_json::from_str(&self.inner.data)?)
     }
     /// The job data as JSON text, exactly as stored in Redis.
@@ -252,25 +311,25 @@ impl Job {
     }
 
     /// Replace the job's data (seen by later attempts): the step pattern's memory.
-    pub fn update_data<T: Serialize + ?Sized>(&self, data: &T) -> Result<(), Error> {
+    pub fn update_data<T: Serialize + ?Sized>(&self, data: &T) -> Result<(), JobError> {
         let json = serde_json::to_string(data)?;
         host::update_data(&json)?;
         Ok(())
     }
     /// Report progress (a number or any serialisable value).
-    pub fn progress<T: Serialize>(&self, progress: T) -> Result<(), Error> {
+    pub fn progress<T: Serialize>(&self, progress: T) -> Result<(), JobError> {
         let json = serde_json::to_string(&progress)?;
         host::update_progress(&json)?;
         Ok(())
     }
     /// Append a line to the job's BullMQ log.
-    pub fn log(&self, line: impl AsRef<str>) -> Result<(), Error> {
+    pub fn log(&self, line: impl AsRef<str>) -> Result<(), JobError> {
         host::log(line.as_ref())?;
         Ok(())
     }
     /// Delay the job until `timestamp_ms` and end the attempt: return the
     /// `Outcome::Moved` this gives. `attemptsMade` does not grow.
-    pub fn delay_until(&self, timestamp_ms: u64) -> Result<Outcome, Error> {
+    pub fn delay_until(&self, timestamp_ms: u64) -> Result<Outcome, JobError> {
         host::move_to_delayed(timestamp_ms)?;
         Ok(Outcome::Moved)
     }
@@ -278,14 +337,14 @@ impl Job {
     /// `worker.rateLimit(ms)` + `Worker.RateLimitError`) and put the job back
     /// in wait; end the attempt: return the `Outcome::Moved` this gives.
     /// `attemptsMade` does not grow. `delay_ms` must be at least 1.
-    pub fn rate_limit(&self, delay_ms: u64) -> Result<Outcome, Error> {
+    pub fn rate_limit(&self, delay_ms: u64) -> Result<Outcome, JobError> {
         host::rate_limit(delay_ms)?;
         Ok(Outcome::Moved)
     }
     /// Put the job back in wait, without a delay (BullMQ's
     /// `job.moveToWait(token)` + `WaitingError`), and end the attempt:
     /// return the `Outcome::Moved` this gives. `attemptsMade` does not grow.
-    pub fn move_to_wait(&self) -> Result<Outcome, Error> {
+    pub fn move_to_wait(&self) -> Result<Outcome, JobError> {
         host::move_to_wait()?;
         Ok(Outcome::Moved)
     }
@@ -297,19 +356,19 @@ impl Job {
         name: &str,
         data: &T,
         opts: serde_json::Value,
-    ) -> Result<String, Error> {
+    ) -> Result<String, JobError> {
         let data = serde_json::to_string(data)?;
         let opts = if opts.is_null() { String::new() } else { opts.to_string() };
         Ok(host::add_child(queue, name, &data, &opts)?)
     }
     /// `Some(Outcome::Moved)` when the job now waits for pending children
     /// (return it); `None` when no child is pending (carry on).
-    pub fn wait_for_children(&self) -> Result<Option<Outcome>, Error> {
+    pub fn wait_for_children(&self) -> Result<Option<Outcome>, JobError> {
         Ok(if host::wait_for_children()? { Some(Outcome::Moved) } else { None })
     }
     /// The return values of completed children, keyed by child key
     /// (`prefix:queue:id`), parsed as JSON.
-    pub fn children_values(&self) -> Result<Vec<(String, serde_json::Value)>, Error> {
+    pub fn children_values(&self) -> Result<Vec<(String, serde_json::Value)>, JobError> {
         host::children_values()?
             .into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_str::<serde_json::Value>(&v)?)))
@@ -321,16 +380,20 @@ impl Job {
 /// bullpen.toml): configuration and secrets. A guest reads only its own
 /// queue's. Missing, it is an unrecoverable error naming the variable and
 /// how to set it (retrying would not make it appear).
-pub fn variable(name: &str) -> Result<String, Error> {
+pub fn variable(name: &str) -> Result<String, JobError> {
     use bindings::wasi::config::store;
-    match store::get(name) {
+    #[cfg(target_arch = "wasm32")]
+    let got = store::get(name);
+    #[cfg(not(target_arch = "wasm32"))]
+    let got = testing::host::variable(name);
+    match got {
         Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(Error::Unrecoverable(format!(
+        Ok(None) => Err(JobError::unrecoverable(format!(
             "variable `{name}` is not set for this queue (set it with --var {name}=... / --var-env {name}=ENVNAME, \
              or in [queues.variables] of bullpen.toml)"
         ))),
         Err(store::Error::Upstream(e)) | Err(store::Error::Io(e)) => {
-            Err(Error::Retry(format!("variable `{name}` could not be read: {e}")))
+            Err(JobError::retry(format!("variable `{name}` could not be read: {e}")))
         }
     }
 }
@@ -363,17 +426,25 @@ pub fn __backoff(
 /// Runs a user function as the component's `process` export. Used by
 /// [`export_processor!`]; not part of the API.
 #[doc(hidden)]
-pub fn __run(job: wit::Job, f: fn(&Job) -> Result<Outcome, Error>) -> Result<wit::Outcome, wit::Failure> {
+pub fn __run(job: wit::Job, f: fn(&Job) -> Result<Outcome, JobError>) -> Result<wit::Outcome, wit::Failure> {
     let job = Job { inner: job };
     match f(&job) {
         Ok(Outcome::Completed(v)) => Ok(wit::Outcome::Completed(v)),
         Ok(Outcome::Moved) => Ok(wit::Outcome::Moved),
-        Err(Error::Retry(r)) => Err(wit::Failure::Retry(r)),
-        Err(Error::RetryAfter { reason, delay_ms }) => {
-            Err(wit::Failure::RetryAfter(wit::RetryAfter { reason, delay_ms }))
+        Err(e) => {
+            host::set_stacktrace(&e.stack);
+            Err(to_failure(e))
         }
-        Err(Error::Unrecoverable(r)) => Err(wit::Failure::Unrecoverable(r)),
-        Err(e @ Error::Host(_)) => Err(wit::Failure::Retry(e.to_string())),
+    }
+}
+
+/// A `JobError` as the WIT failure.
+fn to_failure(e: JobError) -> wit::Failure {
+    match e.kind {
+        JobErrorKind::Retry(r) => wit::Failure::Retry(r),
+        JobErrorKind::RetryAfter { reason, delay_ms } => wit::Failure::RetryAfter(wit::RetryAfter { reason, delay_ms }),
+        JobErrorKind::Unrecoverable(r) => wit::Failure::Unrecoverable(r),
+        JobErrorKind::Host(h) => wit::Failure::Retry(HostErrorDisplay(&h).to_string()),
     }
 }
 
@@ -393,7 +464,7 @@ macro_rules! __process_export {
     };
 }
 
-/// Export `fn(&Job) -> Result<Outcome, Error>` as this component's processor.
+/// Export `fn(&Job) -> Result<Outcome, JobError>` as this component's processor.
 ///
 /// With `backoff = f`, also export a custom backoff strategy
 /// `fn(strategy: &str, attempts_made: u32, reason: &str, job: &Job) -> Backoff`,

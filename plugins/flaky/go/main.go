@@ -6,6 +6,9 @@
 //   - `retryAfterMs: ms` — those failures ask for their own delay (Celery's countdown)
 //   - `fatal: true` — fail unrecoverably
 //   - `panic: true` — panic (a trap)
+//   - `plainError: true` — return a plain error (fmt.Errorf): a retryable
+//     failure whose failedReason is its message and whose stacktrace names
+//     this file
 //   - `sleepMs: ms` — sleep first, then write `touchedOnAttempt` into the data
 //     (a host call that fails with lock-lost if the lock was taken meanwhile)
 //   - `returnChildren: true` — include the children's return values (flows)
@@ -31,11 +34,12 @@ type data struct {
 	retryAfterMs   *uint64
 	fatal          bool
 	panic          bool
+	plainError     bool
 	sleepMs        uint64
 	returnChildren bool
 }
 
-var fields = []string{"failTimes", "retryAfterMs", "fatal", "panic", "sleepMs", "returnChildren"}
+var fields = []string{"failTimes", "retryAfterMs", "fatal", "panic", "plainError", "sleepMs", "returnChildren"}
 
 // parseData reads the data as serde does for that struct: from an object
 // (unknown keys ignored) or a sequence (fields in order), strictly typed.
@@ -62,6 +66,8 @@ func parseData(text string) (*data, error) {
 			d.fatal, err = boolean(v)
 		case "panic":
 			d.panic, err = boolean(v)
+		case "plainError":
+			d.plainError, err = boolean(v)
 		case "sleepMs":
 			d.sleepMs, err = unsigned(v, math.MaxUint64, "u64")
 		case "returnChildren":
@@ -142,6 +148,9 @@ func process(job *guest.Job) (guest.Outcome, error) {
 	}
 	if d.panic {
 		panic(fmt.Sprintf("flaky: asked to panic on attempt %d", attempt))
+	}
+	if d.plainError {
+		return guest.Outcome{}, fmt.Errorf("flaky: plain error on attempt %d", attempt)
 	}
 	if d.fatal {
 		return guest.Outcome{}, guest.Unrecoverable(fmt.Sprintf("flaky: fatal error on attempt %d", attempt))

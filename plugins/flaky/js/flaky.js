@@ -7,14 +7,16 @@
 // - `failTimes: n` — fail retryably while `attemptsMade < n`
 // - `retryAfterMs: ms` — those failures ask for their own delay (Celery's countdown)
 // - `fatal: true` — fail unrecoverably
-// - `panic: true` — throw a plain Error: a bug, which traps like a Rust panic
+// - `panic: true` — panic (the SDK's `panic`: a trap, like a Rust panic)
+// - `plainError: true` — throw a plain `Error`: a retryable failure whose
+//   failedReason is its message and whose stacktrace names this file's line
 // - `sleepMs: ms` — sleep first, then write `touchedOnAttempt` into the data
 //   (a host call that fails with lock-lost if the lock was taken meanwhile)
 // - `returnChildren: true` — include the children's return values (flows)
 //
 // It also exports a custom backoff: job opts `backoff: {type: "linear"}`
 // retry after 300 ms × attempts made; `{type: "never"}` gives up.
-import { Backoff, BullpenError, exportProcessor, Outcome, serdejson } from 'bullpen-guest';
+import { Backoff, JobError, exportProcessor, Outcome, panic, serdejson } from 'bullpen-guest';
 
 /** @param {import('bullpen-guest').Job} job */
 async function handle(job) {
@@ -25,14 +27,17 @@ async function handle(job) {
     job.updateData(serdejson.sortKeys({ ...job.data(), touchedOnAttempt: attempt }));
   }
   if (data.panic) {
-    throw new Error(`flaky: asked to panic on attempt ${attempt}`);
+    panic(`flaky: asked to panic on attempt ${attempt}`);
+  }
+  if (data.plainError) {
+    throw new Error(`flaky: plain error on attempt ${attempt}`);
   }
   if (data.fatal) {
-    throw BullpenError.unrecoverable(`flaky: fatal error on attempt ${attempt}`);
+    throw JobError.unrecoverable(`flaky: fatal error on attempt ${attempt}`);
   }
   if (job.attemptsMade < data.failTimes) {
     const reason = `flaky: failing attempt ${attempt} of ${data.failTimes}`;
-    throw data.retryAfterMs === null ? BullpenError.retry(reason) : BullpenError.retryAfter(reason, data.retryAfterMs);
+    throw data.retryAfterMs === null ? JobError.retry(reason) : JobError.retryAfter(reason, data.retryAfterMs);
   }
   job.log(`flaky: succeeded on attempt ${attempt}`);
   /** @type {Record<string, unknown>} */
@@ -68,6 +73,7 @@ const FIELDS = /** @type {const} */ ({
   retryAfterMs: ['option u64', null],
   fatal: ['bool', false],
   panic: ['bool', false],
+  plainError: ['bool', false],
   sleepMs: ['u64', 0],
   returnChildren: ['bool', false],
 });
@@ -76,7 +82,7 @@ const FIELDS = /** @type {const} */ ({
  * The fields above with their defaults; other fields are ignored. Refuses
  * what serde refuses (a failTimes of "three", a negative sleepMs, ...), with
  * serde's words, as an unrecoverable "unexpected JSON shape: ..." failure.
- * @returns {{ failTimes: number, retryAfterMs: number | null, fatal: boolean, panic: boolean, sleepMs: number, returnChildren: boolean }}
+ * @returns {{ failTimes: number, retryAfterMs: number | null, fatal: boolean, panic: boolean, plainError: boolean, sleepMs: number, returnChildren: boolean }}
  */
 function parseData(raw) {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
@@ -102,5 +108,5 @@ function parseData(raw) {
 }
 
 function invalid(msg) {
-  return BullpenError.unrecoverable(`unexpected JSON shape: ${msg}`);
+  return JobError.unrecoverable(`unexpected JSON shape: ${msg}`);
 }

@@ -8,8 +8,9 @@
 // - `memory`: grows memory without bound (stopped by the memory cap)
 // - `output`: writes ~8 MiB to stdout, then completes (the log keeps a bounded part)
 // - `recursion`: recurses without bound; SpiderMonkey throws
-//   `InternalError: too much recursion`, which escapes `process` (a bug, so a
-//   trap naming the message, as a Rust panic traps)
+//   `InternalError: too much recursion`, which hog turns into a panic (the
+//   SDK's `panic`: a trap naming the message), as the stack running out is
+//   a trap in Rust and Go
 // - `file` / `net` / `env`: JavaScript here has no API for a file, a socket,
 //   the environment or the arguments (StarlingMonkey has none), so each
 //   completes with a value saying so, in the Rust plugin's shape of a failed
@@ -38,7 +39,7 @@
 //
 // Data without a string `mode` fails unrecoverably with serde's words
 // ("unexpected JSON shape: missing field `mode`", without serde's line and column).
-import { BullpenError, exportProcessor, HostError, Outcome, serdejson } from 'bullpen-guest';
+import { JobError, exportProcessor, HostError, Outcome, panic, serdejson } from 'bullpen-guest';
 
 const NO_API = 'JavaScript in the bullpen sandbox (StarlingMonkey) has no';
 
@@ -75,7 +76,11 @@ async function handle(job) {
       return Outcome.complete({ printed: 100_000 });
     }
     case 'recursion':
-      return Outcome.complete({ depth: recurse(0, []) });
+      try {
+        return Outcome.complete({ depth: recurse(0, []) });
+      } catch (e) {
+        return panic(e instanceof Error ? e.message : String(e));
+      }
     case 'file':
       return Outcome.complete({ file: { Err: `${NO_API} file system API: cannot read /etc/passwd` } });
     case 'net': {
@@ -102,7 +107,7 @@ async function handle(job) {
         else if (mode === 'bigprogress') job.progress('x'.repeat(100 << 10));
         else job.updateData({ blob: 'x'.repeat(17 << 20) });
       } catch (e) {
-        if (!(e instanceof HostError || e instanceof BullpenError)) throw e;
+        if (!(e instanceof HostError || e instanceof JobError)) throw e;
         refused = e.message;
       }
       return Outcome.complete({ refused });
@@ -173,5 +178,5 @@ function parseMode(raw) {
 
 /** @param {string} msg */
 function invalid(msg) {
-  return BullpenError.unrecoverable(`unexpected JSON shape: ${msg}`);
+  return JobError.unrecoverable(`unexpected JSON shape: ${msg}`);
 }

@@ -16,7 +16,7 @@
 // queue for N ms (back to wait); `data.moveToWait = true` moves it back to
 // wait there. Each option is taken out of the data first, so it happens
 // once and the job then carries on from Second.
-import { BullpenError, exportProcessor, Outcome, serdejson } from 'bullpen-guest';
+import { JobError, exportProcessor, Outcome, serdejson } from 'bullpen-guest';
 
 const STEPS = ['Initial', 'Second', 'Third', 'Finish'];
 
@@ -25,7 +25,7 @@ function handle(job) {
   const data = parseData(job.data());
   for (;;) {
     if (data.failAt === data.step && job.attemptsMade === 0) {
-      throw BullpenError.retry(`steps: injected failure at ${data.step}`);
+      throw JobError.retry(`steps: injected failure at ${data.step}`);
     }
     job.log(`steps: ${data.step}`);
     switch (data.step) {
@@ -117,5 +117,5 @@ function toJson(d) {
 }
 
 function invalid(msg) {
-  return BullpenError.unrecoverable(`unexpected JSON shape: ${msg}`);
+  return JobError.unrecoverable(`unexpected JSON shape: ${msg}`);
 }

@@ -15,7 +15,7 @@
 // - a network error or a denied host: retry, naming the error (the SDK's
 //   fetch rejects with an HttpError, which escaping `process` retries);
 // - `webhook_secret` not set: unrecoverable, saying so.
-import { BullpenError, exportProcessor, Outcome, serdejson, variable } from 'bullpen-guest';
+import { JobError, exportProcessor, Outcome, serdejson, variable } from 'bullpen-guest';
 
 /** @param {import('bullpen-guest').Job} job */
 async function handle(job) {
@@ -34,9 +34,9 @@ async function handle(job) {
     return Outcome.complete({ status, body: new TextDecoder().decode(head) });
   }
   if (status === 429 || (status >= 500 && status <= 599)) {
-    throw BullpenError.retryAfter(`HTTP ${status}`, retryAfterMs(res.headers.get('retry-after')));
+    throw JobError.retryAfter(`HTTP ${status}`, retryAfterMs(res.headers.get('retry-after')));
   }
-  throw BullpenError.unrecoverable(`HTTP ${status}`);
+  throw JobError.unrecoverable(`HTTP ${status}`);
 }
 
 // The Rust plugin reads `{url: String, payload: RawValue}` with serde: the
@@ -44,13 +44,13 @@ async function handle(job) {
 /** @param {any} data @returns {{url: string, payload: any}} */
 function parseData(data) {
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
-    throw BullpenError.unrecoverable(`unexpected JSON shape: invalid type: ${serdejson.describe(data)}, expected struct Data`);
+    throw JobError.unrecoverable(`unexpected JSON shape: invalid type: ${serdejson.describe(data)}, expected struct Data`);
   }
-  if (!('url' in data)) throw BullpenError.unrecoverable('unexpected JSON shape: missing field `url`');
+  if (!('url' in data)) throw JobError.unrecoverable('unexpected JSON shape: missing field `url`');
   if (typeof data.url !== 'string') {
-    throw BullpenError.unrecoverable(`unexpected JSON shape: invalid type: ${serdejson.describe(data.url)}, expected a string`);
+    throw JobError.unrecoverable(`unexpected JSON shape: invalid type: ${serdejson.describe(data.url)}, expected a string`);
   }
-  if (!('payload' in data)) throw BullpenError.unrecoverable('unexpected JSON shape: missing field `payload`');
+  if (!('payload' in data)) throw JobError.unrecoverable('unexpected JSON shape: missing field `payload`');
   return { url: data.url, payload: data.payload };
 }
 

@@ -166,9 +166,30 @@ pub(crate) fn verdict(e: Ended<'_>) -> Verdict {
                 "processor returned `moved` but no host call moved the job (call move-to-delayed or wait-for-children first)".into(),
             ),
         },
+        // The guest caught a refused memory grow (SpiderMonkey throws "out
+        // of memory", the JS SDK fails the attempt with it): the limit is
+        // still why, as when the refusal ends in a trap.
+        Ok(Err(failure)) if e.memory_hit.is_some() => {
+            let wanted = e.memory_hit.unwrap_or_default();
+            let reason = format!(
+                "out of memory: the guest tried to grow its memory to {}, over the limit of {} (--max-memory-mb); then it failed: {}",
+                mib(wanted),
+                mib(limits.max_memory_bytes),
+                failure_reason(&failure)
+            );
+            Verdict::Limit { which: LimitKind::Memory, trap: None, reason }
+        }
         Ok(Err(Failure::Retry(reason))) => Verdict::Retry(reason),
         Ok(Err(Failure::RetryAfter(r))) => Verdict::RetryAfter { reason: r.reason, delay_ms: r.delay_ms },
         Ok(Err(Failure::Unrecoverable(reason))) => Verdict::Unrecoverable(reason),
+    }
+}
+
+/// The failedReason a guest's failure asks for.
+fn failure_reason(f: &Failure) -> &str {
+    match f {
+        Failure::Retry(r) | Failure::Unrecoverable(r) => r,
+        Failure::RetryAfter(r) => &r.reason,
     }
 }
 
@@ -276,6 +297,21 @@ mod tests {
 
     fn trap(t: Trap) -> Result<Result<Outcome, Failure>, CallError> {
         Err(CallError::Trap(wasmtime::Error::new(t)))
+    }
+
+    #[test]
+    fn a_failure_after_a_refused_grow_is_the_memory_limit() {
+        let called = Ok(Err(Failure::Retry("out of memory".into())));
+        let v = verdict(Ended {
+            called,
+            memory_hit: Some(64 << 20),
+            moved: None,
+            lock_lost: false,
+            output: &[],
+            limits: &limits(),
+        });
+        let reason = "out of memory: the guest tried to grow its memory to 64 MiB, over the limit of 32 MiB (--max-memory-mb); then it failed: out of memory";
+        assert_eq!(v, Verdict::Limit { which: LimitKind::Memory, trap: None, reason: reason.into() });
     }
 
     #[test]

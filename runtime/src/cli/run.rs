@@ -302,6 +302,7 @@ async fn attempt(s: &Setup, mut local: LocalJob) -> (Verdict, LocalJob) {
     });
     let called = exec::call(&mut p.store, None, &s.plugin, limits, &s.job).await;
     let memory_hit = p.store.data().memory.hit;
+    let stacktrace = p.store.data_mut().stacktrace.take();
     let Backend::Local(local) = p.store.into_data().job else { unreachable!("`bullpen run` attempts run in memory") };
     let lines = local.flush_output();
     let v = verdict(Ended {
@@ -312,6 +313,12 @@ async fn attempt(s: &Setup, mut local: LocalJob) -> (Verdict, LocalJob) {
         output: &lines,
         limits,
     });
+    // What a worker would append to the job's `stacktrace` (printed before
+    // the verdict's line).
+    if let (Some(stack), Verdict::Retry(_) | Verdict::RetryAfter { .. } | Verdict::Unrecoverable(_)) = (stacktrace, &v)
+    {
+        local.report.event(&format!("stacktrace:\n{stack}"), json!({ "event": "stacktrace", "stack": stack }));
+    }
     (v, local)
 }
 

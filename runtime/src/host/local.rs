@@ -44,7 +44,7 @@ pub(crate) struct LocalJob {
     limits: Limits,
     child_queues: ChildQueues,
     output: CapturedOutput,
-    report: Report,
+    pub(crate) report: Report,
     /// The job data as the guest last wrote it (`update-data`).
     pub(crate) data: String,
     /// Ids of the children added and not yet waited for (nothing runs

@@ -71,6 +71,12 @@ pub(crate) struct HostState {
     /// The binding's variables as this attempt first read them (a SIGHUP
     /// reload does not change them under a running attempt).
     pub(crate) variables: Option<Arc<WasiConfigVariables>>,
+    /// The guest's stack for the failure it is returning (`set-stacktrace`),
+    /// cut to [`HostState::max_stack_bytes`]; the worker appends it to the
+    /// job's BullMQ `stacktrace` when the attempt fails.
+    pub(crate) stacktrace: Option<String>,
+    /// The log-line limit: a stack is one entry, read like a log line.
+    max_stack_bytes: usize,
 }
 
 impl HostState {
@@ -87,6 +93,8 @@ impl HostState {
             memory: MemoryLimiter::new(limits),
             job,
             variables: None,
+            stacktrace: None,
+            max_stack_bytes: limits.max_log_line_bytes,
         }
     }
 }
@@ -265,6 +273,14 @@ impl job_context::Host for HostState {
     async fn children_values(&mut self) -> Result<Vec<(String, String)>, JobError> {
         let job = redis_or_local!(self, l => l.children_values());
         job.children_values().await
+    }
+
+    // Kept in the store, not sent: only a failed attempt writes it, with its
+    // failure (`queue::trigger`), and only the last call counts.
+    async fn set_stacktrace(&mut self, stack: String) {
+        let max = self.max_stack_bytes;
+        let stack = if stack.len() > max { crate::sandbox::truncate_utf8(&stack, max).to_string() } else { stack };
+        self.stacktrace = Some(stack);
     }
 }
 

@@ -27,6 +27,8 @@ const CHECK_LOCK: &str = include_str!("lua/check_lock.lua");
 /// bullpen's scripts, compiled (hashed) once per binding.
 pub(crate) struct Scripts {
     update_data: redis::Script,
+    /// A failed attempt's stack appended to the job's `stacktrace`.
+    save_stacktrace: redis::Script,
     /// Pending log lines and progress values (see [`super::write_behind`]).
     pub(crate) flush: redis::Script,
     /// `flush`'s source and SHA1, for the flush sent ahead of a finish.
@@ -46,6 +48,7 @@ impl Scripts {
         let flush = redis::Script::new(&flush_source);
         Scripts {
             update_data: s(include_str!("lua/update_data.lua")),
+            save_stacktrace: s(include_str!("lua/save_stacktrace.lua")),
             flush_sha: flush.get_hash().into(),
             flush_source,
             flush,
@@ -330,6 +333,15 @@ impl JobContext {
     pub(crate) async fn update_data(&mut self, data: &str) -> Result<(), JobError> {
         self.flush_pending().await?;
         self.run_checked(|s| &s.update_data, Checked::Write, &[data]).await.map(|_| ())
+    }
+
+    /// Append a failed attempt's stack to the job's `stacktrace` (what
+    /// Node's `moveToFailed` writes with the failure), lock-checked, before
+    /// the failure itself is written. `limit` is the job's
+    /// `opts.stackTraceLimit`.
+    pub(crate) async fn save_stacktrace(&mut self, stack: &str, limit: Option<u32>) -> Result<(), JobError> {
+        let limit = limit.map(|n| n.to_string()).unwrap_or_default();
+        self.run_checked(|s| &s.save_stacktrace, Checked::Write, &[stack, &limit]).await.map(|_| ())
     }
 
     pub(crate) async fn update_progress(&mut self, progress: String) -> Result<(), JobError> {

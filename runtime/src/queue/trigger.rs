@@ -282,6 +282,7 @@ impl Trigger {
         // `--instance-reuse`: an instance whose `process` returned, within
         // its limits, serves the binding's next attempt (until its quota).
         let keep = instance.filter(|_| uses + 1 < self.reuse && memory_hit.is_none());
+        let stacktrace = state.stacktrace.take();
         let ctx = redis_ctx(&mut state.job);
         let mut verdict = verdict(Ended {
             called: result,
@@ -307,6 +308,17 @@ impl Trigger {
             match flushed {
                 Ok(()) | Err(JobError::LockLost) => {}
                 Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's log lines and progress")),
+            }
+        }
+        // The guest's stack goes with its failure, as Node writes err.stack
+        // with it (before the failure, so a client that sees `failed` sees it).
+        if let (false, Some(stack), Verdict::Retry(_) | Verdict::RetryAfter { .. } | Verdict::Unrecoverable(_)) =
+            (ctx.lock_lost, &stacktrace, &verdict)
+        {
+            let limit = ctx.job.opts().stack_trace_limit;
+            match Box::pin(ctx.save_stacktrace(stack, limit)).await {
+                Ok(()) | Err(JobError::LockLost) => {}
+                Err(e) => in_attempt(|| warn!(error = ?e, "could not write the attempt's stacktrace")),
             }
         }
         if ctx.lock_lost {

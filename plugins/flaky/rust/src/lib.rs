@@ -5,13 +5,16 @@
 //! - `retryAfterMs: ms` — those failures ask for their own delay (Celery's countdown)
 //! - `fatal: true` — fail unrecoverably
 //! - `panic: true` — panic (a trap)
+//! - `plainError: true` — return a plain `std::io::Error` with `?`: a
+//!   retryable failure whose failedReason is its message and whose
+//!   stacktrace names this file's line
 //! - `sleepMs: ms` — sleep first, then write `touchedOnAttempt` into the data
 //!   (a host call that fails with lock-lost if the lock was taken meanwhile)
 //! - `returnChildren: true` — include the children's return values (flows)
 //!
 //! It also exports a custom backoff: job opts `backoff: {type: "linear"}`
 //! retry after 300 ms × attempts made; `{type: "never"}` gives up.
-use bullpen_guest::{Backoff, Error, Job, Outcome};
+use bullpen_guest::{Backoff, Job, JobError, Outcome};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -22,11 +25,12 @@ struct Data {
     retry_after_ms: Option<u64>,
     fatal: bool,
     panic: bool,
+    plain_error: bool,
     sleep_ms: u64,
     return_children: bool,
 }
 
-fn process(job: &Job) -> Result<Outcome, Error> {
+fn process(job: &Job) -> Result<Outcome, JobError> {
     let data: Data = job.data()?;
     let attempt = job.attempts_made() + 1;
     if data.sleep_ms > 0 {
@@ -38,14 +42,17 @@ fn process(job: &Job) -> Result<Outcome, Error> {
     if data.panic {
         panic!("flaky: asked to panic on attempt {attempt}");
     }
+    if data.plain_error {
+        Err(std::io::Error::other(format!("flaky: plain error on attempt {attempt}")))?;
+    }
     if data.fatal {
-        return Err(Error::unrecoverable(format!("flaky: fatal error on attempt {attempt}")));
+        return Err(JobError::unrecoverable(format!("flaky: fatal error on attempt {attempt}")));
     }
     if job.attempts_made() < data.fail_times {
         let reason = format!("flaky: failing attempt {attempt} of {}", data.fail_times);
         return Err(match data.retry_after_ms {
-            Some(ms) => Error::retry_after(reason, ms),
-            None => Error::retry(reason),
+            Some(ms) => JobError::retry_after(reason, ms),
+            None => JobError::retry(reason),
         });
     }
     job.log(format!("flaky: succeeded on attempt {attempt}"))?;

@@ -20,7 +20,7 @@
 //!   `math` (std has no generator of its own: the keys of two `RandomState`s,
 //!   which std draws from the host's random source), `nowMs` (SystemTime)
 //! - anything else: completes with `{"ok": true}`
-use bullpen_guest::{Error, Job, Outcome};
+use bullpen_guest::{Job, JobError, Outcome};
 use serde_json::json;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +42,7 @@ fn recurse(n: u64, pad: [u64; 16]) -> u64 {
     1 + recurse(black_box(n + 1), black_box([n; 16]))
 }
 
-fn process(job: &Job) -> Result<Outcome, Error> {
+fn process(job: &Job) -> Result<Outcome, JobError> {
     let processed = PROCESSED.fetch_add(1, Ordering::Relaxed) + 1;
     let data: Data = job.data()?;
     match data.mode.as_str() {

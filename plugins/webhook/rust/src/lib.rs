@@ -12,7 +12,7 @@
 //! - any other status: unrecoverable, reason `HTTP <code>`;
 //! - a network error or a denied host: retry, naming the error;
 //! - `webhook_secret` not set: unrecoverable, saying so.
-use bullpen_guest::{http, variable, Error, Job, Outcome};
+use bullpen_guest::{http, variable, Job, JobError, Outcome};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -32,7 +32,7 @@ struct Done<'a> {
     body: &'a str,
 }
 
-fn process(job: &Job) -> Result<Outcome, Error> {
+fn process(job: &Job) -> Result<Outcome, JobError> {
     let data: Data = serde_json::from_str(job.data_json())?;
     let secret = variable("webhook_secret")?;
     // The payload's text as the producer stored it (BullMQ stores
@@ -56,9 +56,9 @@ fn process(job: &Job) -> Result<Outcome, Error> {
                 .header("retry-after")
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map_or(1000, |s| s.saturating_mul(1000));
-            Err(Error::retry_after(format!("HTTP {}", res.status), delay_ms))
+            Err(JobError::retry_after(format!("HTTP {}", res.status), delay_ms))
         }
-        code => Err(Error::unrecoverable(format!("HTTP {code}"))),
+        code => Err(JobError::unrecoverable(format!("HTTP {code}"))),
     }
 }
 
