@@ -225,6 +225,13 @@ async fn start_part(
         reuse: config.instance_reuse,
         idle: Default::default(),
         tally,
+        worker_name: config.name.as_deref().map(Arc::from),
+        finishing: Default::default(),
+    });
+    // With traces on, an attempt's span ends once its transition is written.
+    let on_finished = crate::telemetry::enabled().then(|| {
+        let trigger = trigger.clone();
+        Arc::new(move |id: &str| trigger.finished(id)) as bullmq::options::OnFinishedFn
     });
     let flush_source = trigger.shared.scripts.flush_source.clone();
     let processor = move |job: bullmq::Job, cancel: CancellationToken| {
@@ -254,6 +261,7 @@ async fn start_part(
         // the same library) as Redis Functions: the same Lua, less Redis
         // CPU per job (vendor/bullmq-official/PATCHES.md, patch 4).
         redis_functions: config.redis_functions,
+        on_finished,
         ..Default::default()
     };
     let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);
