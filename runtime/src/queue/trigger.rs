@@ -61,8 +61,12 @@ pub(crate) struct Trigger {
     pub(crate) worker_name: Option<Arc<str>>,
     /// With traces on: attempts whose transition bullmq-official is
     /// writing, by job id, with that transition's span ([`Trigger::finished`]).
-    pub(crate) finishing: Mutex<HashMap<String, (Arc<AttemptSpan>, Option<telemetry::ChildSpan>)>>,
+    pub(crate) finishing: Mutex<HashMap<String, Finishing>>,
 }
+
+/// An attempt whose transition bullmq-official is writing: its span, and
+/// the transition's (none for a job the guest or bullpen moved).
+type Finishing = (Arc<AttemptSpan>, Option<telemetry::ChildSpan>);
 
 /// Attempts by outcome, for the worker's periodic summary line (one line
 /// per queue per interval, instead of a line per job).
