@@ -81,10 +81,12 @@ def proc_rss_mb(pid):
     return 0.0
 
 
-def contenders(conc, extra_bins=(), hook=None):
+def contenders(conc, extra_bins=(), hook=None, otlp=None):
     """name -> command(redis url, queue). Echo's work per job; with `hook` (the webhook scenario's
     Hook server) the webhook contract's instead: node runs bench/node/webhook.js, bullpen-<lang>
-    webhook-<lang>.wasm granted the server's origin and the secret, and there is no native."""
+    webhook-<lang>.wasm granted the server's origin and the secret, and there is no native.
+    With `otlp` (--otlp: an OtlpSink) also bullpen-rust-traced: bullpen-rust exporting a trace
+    span per attempt to it (`--otlp-endpoint`)."""
     plugin, grants = "echo", []
     c = {"node": lambda url, q: ["node", f"{ROOT}/bench/node/worker.js", url, q, str(conc)]}
     native = f"{ROOT}/target/release/bullpen-bench-native"
@@ -103,6 +105,9 @@ def contenders(conc, extra_bins=(), hook=None):
             c[f"bullpen-{lang}-reuse"] = lambda url, q, p=p: [f"{ROOT}/target/release/bullpen", "worker", "--redis", url,
                                                               "--queue", q, "--plugin", p, "--concurrency", str(conc),
                                                               *grants, "--instance-reuse", "1000"]
+    if otlp and "bullpen-rust" in c:
+        rust = c["bullpen-rust"]
+        c["bullpen-rust-traced"] = lambda url, q: [*rust(url, q), "--otlp-endpoint", otlp.url]
     # A/B of two host builds, or of worker flags, in one run: NAME=PATH [FLAGS...] runs PATH (a
     # `bullpen` binary) with echo-rust.wasm (webhook-rust.wasm in the webhook scenario), and FLAGS
     # after the worker's own.
@@ -136,6 +141,64 @@ class Hook:
 
     def close(self):
         self.proc.send_signal(signal.SIGTERM); self.proc.wait(timeout=10)
+
+
+class OtlpSink:
+    """--otlp: an OTLP/HTTP receiver in this process (so its CPU is not the worker's): POST
+    /v1/traces -> 200, counting requests, bytes and spans (the protobuf walked just enough to
+    count ExportTraceServiceRequest.resource_spans[].scope_spans[].spans[])."""
+
+    def __init__(self):
+        import http.server, threading
+        sink = self
+        self.requests = self.bytes = self.spans = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                sink.requests += 1; sink.bytes += len(body)
+                sink.spans += sum(sum(len(fields(ss, 2)) for ss in fields(rs, 2)) for rs in fields(body, 1))
+                self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def fields(buf, number):
+    """The length-delimited fields `number` of one protobuf message (the others skipped)."""
+    def varint(i):
+        n = shift = 0
+        while True:
+            b = buf[i]; i += 1; n |= (b & 0x7F) << shift; shift += 7
+            if b < 0x80:
+                return n, i
+    out, i = [], 0
+    while i < len(buf):
+        key, i = varint(i)
+        wire = key & 7
+        if wire == 0:
+            _, i = varint(i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = varint(i)
+            if key >> 3 == number:
+                out.append(buf[i:i + n])
+            i += n
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+    return out
 
 
 # Completed jobs whose return value is not the webhook contract's `{"status": 200, "body": "ok"}`.
@@ -444,6 +507,9 @@ def main():
                          "(default 1; the full run, --scenario all: 3 rounds of node, native and bullpen-rust at concurrency 100)")
     ap.add_argument("--smoke", action="store_true", help="CI mode: 300 jobs, fail unless all complete")
     ap.add_argument("--setup", action="store_true", help="first run scripts/setup.sh and build the native baseline")
+    ap.add_argument("--otlp", action="store_true",
+                    help="also run bullpen-rust-traced: bullpen-rust with --otlp-endpoint to a receiver in this process "
+                         "(tracing on vs off; e.g. --scenario worker-concurrent --only bullpen-rust,bullpen-rust-traced --together)")
     ap.add_argument("--together", action="store_true",
                     help="worker-concurrent/-generic: run the chosen contenders at the same time, each on its own queue "
                          "(an A/B of worker CPU per job under the same machine phase; jobs/s and Redis CPU are shared)")
@@ -473,6 +539,7 @@ def main():
     if not a.smoke:
         scen["attempt-overhead"] = (0, 0)
     names = scen if a.scenario == "all" else {k: v for k, v in scen.items() if k.split("@")[0] == a.scenario}
+    otlp = OtlpSink() if a.otlp else None
     d = tempfile.mkdtemp()
     port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
@@ -500,7 +567,7 @@ def main():
             # node, native and bullpen-rust unless --only says otherwise.
             only = a.only or ("node,native,bullpen-rust" if "@" in sname else None)
             if sname == "job-latency":
-                for name, cmd in contenders(conc, a.bin).items():
+                for name, cmd in contenders(conc, a.bin, otlp=otlp).items():
                     if not chosen(only, name):
                         continue
                     rows.append(run_latency(name, cmd, jobs, port, a.rate))
@@ -524,7 +591,7 @@ def main():
             rounds = 3 if core_rounds and sname == "worker-concurrent" else a.repeat
             for rnd in range(rounds):
                 if a.together:
-                    cmds = {n: c for n, c in contenders(conc, a.bin).items() if chosen(only, n)}
+                    cmds = {n: c for n, c in contenders(conc, a.bin, otlp=otlp).items() if chosen(only, n)}
                     # Alternate who starts first, in case starting order matters.
                     if rnd % 2:
                         cmds = dict(reversed(list(cmds.items())))
@@ -532,7 +599,7 @@ def main():
                     rcli(port, "FLUSHALL")
                     continue
                 for k in [int(x) for x in a.workers.split(",")]:
-                    for name, cmd in contenders(conc, a.bin).items():
+                    for name, cmd in contenders(conc, a.bin, otlp=otlp).items():
                         if not chosen(only, name) or (rnd > 0 and core_rounds and name not in ("node", "native", "bullpen-rust")):
                             continue
                         rows += [{**r, "round": rnd + 1} for r in run_contenders({name: cmd}, jobs, port, k)]
@@ -569,11 +636,15 @@ def main():
             results[sname] = rows
         if a.scenario == "all":
             print_targets(results, a.smoke, a.jobs)
+        if otlp:
+            print(f"\nOTLP receiver (--otlp): {otlp.spans} spans in {otlp.requests} requests, {otlp.bytes / 1e6:.1f} MB")
         print("\n" + json.dumps(results))
         if bad:
             raise SystemExit(f"jobs failed in: {', '.join(bad)}")
     finally:
         redis.kill(); redis.wait(); shutil.rmtree(d, ignore_errors=True)
+        if otlp:
+            otlp.close()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("conn", 0),
     ("metrics", 0),
     ("span", 0),
+    ("telemetry", 0),
     ("bindings", 0),
     ("now_ms", 0),
     ("json", 0),

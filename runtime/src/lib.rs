@@ -35,6 +35,7 @@ mod process;
 mod queue;
 mod sandbox;
 mod span;
+mod telemetry;
 
 #[cfg(test)]
 mod architecture_tests;

@@ -35,6 +35,8 @@ pub(crate) struct WorkerPlan {
     pub(crate) grace: Duration,
     /// Serve Prometheus metrics here (`--metrics-addr`).
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Export traces to this OTLP/HTTP collector (`--otlp-endpoint`).
+    pub(crate) otlp_endpoint: Option<String>,
     /// How often each queue's summary line is logged (`--summary-secs`);
     /// `None`: never.
     pub(crate) summary: Option<Duration>,
@@ -54,8 +56,14 @@ fn default_threads(queues: &[QueuePlan]) -> usize {
 /// heartbeats and metrics.
 pub(crate) fn run(plan: WorkerPlan) -> anyhow::Result<()> {
     let threads = plan.threads.unwrap_or_else(|| default_threads(&plan.queues));
+    if let Some(endpoint) = &plan.otlp_endpoint {
+        crate::telemetry::start(endpoint)?;
+    }
     let shards = Shards::start(threads)?;
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(plan, shards))
+    let served = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(plan, shards));
+    // The attempts' spans are ended by now: export what is still batched.
+    crate::telemetry::shutdown();
+    served
 }
 
 async fn serve(plan: WorkerPlan, shards: Shards) -> anyhow::Result<()> {

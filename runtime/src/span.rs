@@ -1,6 +1,8 @@
 //! The running attempt's tracing span (`queue`, `job`, `attempt`, `digest`;
 //! JSON logs' `span`), for whatever logs inside an attempt: host calls, the
-//! write-behind flush, the trigger. A leaf: it knows no worker or host type.
+//! write-behind flush, the trigger; and, with `--otlp-endpoint`, its
+//! OpenTelemetry [`Trace`] (`telemetry.rs`), which host calls reach through
+//! [`trace`]. A leaf: it knows no worker or host type.
 //!
 //! The span is made the first time something in the attempt logs: most
 //! attempts log nothing, and making it for every attempt cost ~3 µs of worker
@@ -10,6 +12,8 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use tracing::info_span;
+
+use crate::telemetry::{self, Trace};
 
 tokio::task_local! {
     static ATTEMPT: Arc<AttemptSpan>;
@@ -22,11 +26,30 @@ pub(crate) struct AttemptSpan {
     attempt: u32,
     digest: Arc<str>,
     span: OnceLock<tracing::Span>,
+    /// The attempt's OpenTelemetry span; `None` when traces are off (boxed:
+    /// the field costs an attempt 8 bytes then).
+    otel: Option<Box<Trace>>,
 }
 
 impl AttemptSpan {
     pub(crate) fn new(queue: Arc<str>, job: String, attempt: u32, digest: Arc<str>) -> Self {
-        AttemptSpan { queue, job, attempt, digest, span: OnceLock::new() }
+        AttemptSpan { queue, job, attempt, digest, span: OnceLock::new(), otel: None }
+    }
+
+    /// With the attempt's OpenTelemetry span (see [`Trace::attempt`]).
+    pub(crate) fn with_trace(mut self, trace: Option<Trace>) -> Self {
+        self.otel = trace.map(Box::new);
+        self
+    }
+
+    /// The attempt's OpenTelemetry span, when traces are on.
+    pub(crate) fn trace(&self) -> Option<&Trace> {
+        self.otel.as_deref()
+    }
+
+    /// The job's id.
+    pub(crate) fn job(&self) -> &str {
+        &self.job
     }
 
     /// The plugin version that runs the attempt.
@@ -53,4 +76,14 @@ pub(crate) fn in_attempt<R>(log: impl FnOnce() -> R) -> R {
         Ok(span) => span.in_scope(log),
         Err(_) => log(),
     }
+}
+
+/// Call `f` with the running attempt's OpenTelemetry span, if traces are on
+/// and this runs inside an attempt; `None` otherwise (one atomic load when
+/// traces are off).
+pub(crate) fn trace<R>(f: impl FnOnce(&Trace) -> R) -> Option<R> {
+    if !telemetry::enabled() {
+        return None;
+    }
+    ATTEMPT.try_with(|a| a.otel.as_deref().map(f)).ok().flatten()
 }

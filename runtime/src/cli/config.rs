@@ -50,6 +50,8 @@ pub(crate) struct WorkerFile {
     pub(crate) prefix: Option<String>,
     /// Serve Prometheus metrics here (`host:port`); off when absent.
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Export traces to this OTLP/HTTP collector (`--otlp-endpoint`); off when absent.
+    pub(crate) otlp_endpoint: Option<String>,
     /// Shutdown grace period for running attempts, ms (default 10000).
     pub(crate) grace_ms: Option<u64>,
     /// Seconds between each queue's summary line (default 60; 0: never).

@@ -335,6 +335,12 @@ pub(crate) struct WorkerArgs {
     /// port 0 picks a free port, logged at start). Off when absent.
     #[arg(long)]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Export OpenTelemetry traces over OTLP/HTTP (protobuf) to this
+    /// collector, e.g. http://127.0.0.1:4318 (`/v1/traces` is added): a span
+    /// per attempt continuing the producer's trace (README "Tracing"). Off
+    /// when absent; else $OTEL_EXPORTER_OTLP_ENDPOINT, if set, turns it on.
+    #[arg(long, value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
     /// Log one line per queue every N seconds saying how many attempts
     /// completed, failed, were retried or moved (nothing when idle); 0: never
     /// [default: 60].
@@ -574,6 +580,12 @@ fn worker_plan(a: WorkerArgs) -> anyhow::Result<WorkerPlan> {
         threads,
         grace: Duration::from_millis(a.grace_ms.or_else(|| file.and_then(|f| f.grace_ms)).unwrap_or(10_000)),
         metrics_addr: a.metrics_addr.or_else(|| file.and_then(|f| f.metrics_addr)),
+        otlp_endpoint: a
+            .otlp_endpoint
+            .clone()
+            .or_else(|| file.and_then(|f| f.otlp_endpoint.clone()))
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|e| !e.is_empty()),
         summary: match a.summary_secs.or_else(|| file.and_then(|f| f.summary_secs)).unwrap_or(60) {
             0 => None,
             s => Some(Duration::from_secs(s)),

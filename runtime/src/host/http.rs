@@ -392,7 +392,7 @@ impl Hooks {
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send> {
@@ -400,8 +400,39 @@ impl WasiHttpHooks for Hooks {
         let max = grants.outbound.max_in_flight;
         let permits = self.in_flight.get_or_insert_with(|| Arc::new(Semaphore::new(max))).clone();
         let deadline = self.deadline;
-        Box::new(Outbound::send(grants, request, options, deadline, permits))
+        let Some(span) = crate::span::trace(|t| traced_request(t, &mut request)) else {
+            return Box::new(Outbound::send(grants, request, options, deadline, permits));
+        };
+        Box::new(async move {
+            let sent = Outbound::send(grants, request, options, deadline, permits).await;
+            match &sent {
+                Ok((res, _)) => {
+                    span.set("http.response.status_code", i64::from(res.status().as_u16()));
+                    span.ok();
+                }
+                Err(e) => span.err(&e.to_string()),
+            }
+            sent
+        })
     }
+}
+
+/// The request's client span, a child of the attempt's (`telemetry.rs`),
+/// and its `traceparent` header, so the server continues the trace. The
+/// span names the URL without its query (which may carry credentials).
+fn traced_request(t: &crate::telemetry::Trace, request: &mut http::Request<WasiBody>) -> crate::telemetry::ChildSpan {
+    let uri = request.uri();
+    let url = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map_or("", |a| a.as_str().rsplit('@').next().unwrap_or("")),
+        uri.path()
+    );
+    let (span, traceparent) = t.http(request.method().as_str(), &url);
+    if let Some(v) = traceparent.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+        request.headers_mut().insert("traceparent", v);
+    }
+    span
 }
 
 /// A load-time probe's hooks: every request is refused.

@@ -240,6 +240,7 @@ impl job_context::Host for HostState {
     async fn log(&mut self, line: String) -> Result<(), JobError> {
         let job = redis_or_local!(self, l => l.log(line));
         check_log_line(&line, &job.shared.limits)?;
+        crate::span::trace(|t| t.log(&line));
         job.log(line).await
     }
 

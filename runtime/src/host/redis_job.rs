@@ -331,8 +331,11 @@ impl JobContext {
     // The `job-context` calls, after the argument checks in `super`.
 
     pub(crate) async fn update_data(&mut self, data: &str) -> Result<(), JobError> {
-        self.flush_pending().await?;
-        self.run_checked(|s| &s.update_data, Checked::Write, &[data]).await.map(|_| ())
+        traced("updateData", async {
+            self.flush_pending().await?;
+            self.run_checked(|s| &s.update_data, Checked::Write, &[data]).await.map(|_| ())
+        })
+        .await
     }
 
     /// Append a failed attempt's stack to the job's `stacktrace` (what
@@ -362,14 +365,17 @@ impl JobContext {
 
     pub(crate) async fn move_to_delayed(&mut self, timestamp_ms: u64) -> Result<(), JobError> {
         self.movable()?;
-        self.flush_output().await?;
-        match self.job.move_to_delayed(timestamp_ms).await {
-            Ok(()) => {
-                self.moved = Some(Moved::Delayed);
-                Ok(())
+        traced("moveToDelayed", async {
+            self.flush_output().await?;
+            match self.job.move_to_delayed(timestamp_ms).await {
+                Ok(()) => {
+                    self.moved = Some(Moved::Delayed);
+                    Ok(())
+                }
+                Err(e) => Err(self.bullmq_error(e)),
             }
-            Err(e) => Err(self.bullmq_error(e)),
-        }
+        })
+        .await
     }
 
     /// Node's `worker.rateLimit(ms)` then `Worker.RateLimitError`: the
@@ -377,6 +383,10 @@ impl JobContext {
     /// 9007199254740991 PX ms`), then the job back to wait.
     pub(crate) async fn rate_limit(&mut self, delay_ms: u64) -> Result<(), JobError> {
         self.movable()?;
+        traced("rateLimit", self.rate_limit_now(delay_ms)).await
+    }
+
+    async fn rate_limit_now(&mut self, delay_ms: u64) -> Result<(), JobError> {
         self.flush_output().await?;
         let key = self.shared.keys.limiter();
         with_reconnect(|| {
@@ -400,8 +410,11 @@ impl JobContext {
     /// BullMQ's `job.moveToWait(token)`.
     pub(crate) async fn move_to_wait(&mut self) -> Result<(), JobError> {
         self.movable()?;
-        self.flush_output().await?;
-        self.back_to_wait(Moved::Waiting).await
+        traced("moveToWait", async {
+            self.flush_output().await?;
+            self.back_to_wait(Moved::Waiting).await
+        })
+        .await
     }
 
     /// BullMQ's `moveJobFromActiveToWait` (lock-checked by the script):
@@ -424,6 +437,27 @@ impl JobContext {
         mut opts: JobOptions,
     ) -> Result<String, JobError> {
         opts.parent = Some(ParentOptions { queue: self.shared.keys.base(), id: self.id.clone(), wait_children: None });
+        // With traces on, the child carries the context of its `add` span
+        // (opts `tm`), as Node's BullMQ does: its worker continues the trace.
+        let Some((span, tm)) = crate::span::trace(|t| t.add_child(queue, name)) else {
+            return self.add_child_now(queue, name, data, opts).await;
+        };
+        opts.telemetry_metadata = Some(tm);
+        let added = self.add_child_now(queue, name, data, opts).await;
+        match &added {
+            Ok(_) => span.ok(),
+            Err(e) => span.err(&format!("{e:?}")),
+        }
+        added
+    }
+
+    async fn add_child_now(
+        &mut self,
+        queue: &str,
+        name: &str,
+        data: serde_json::Value,
+        opts: JobOptions,
+    ) -> Result<String, JobError> {
         // The lock is checked just before adding; a retried step re-adding
         // a child with the same custom jobId gets the existing child back.
         self.check_lock().await?;
@@ -440,15 +474,18 @@ impl JobContext {
 
     pub(crate) async fn wait_for_children(&mut self) -> Result<bool, JobError> {
         self.movable()?;
-        self.flush_output().await?;
-        match self.job.move_to_waiting_children(None).await {
-            Ok(true) => {
-                self.moved = Some(Moved::WaitingChildren);
-                Ok(true)
+        traced("moveToWaitingChildren", async {
+            self.flush_output().await?;
+            match self.job.move_to_waiting_children(None).await {
+                Ok(true) => {
+                    self.moved = Some(Moved::WaitingChildren);
+                    Ok(true)
+                }
+                Ok(false) => Ok(false),
+                Err(e) => Err(self.bullmq_error(e)),
             }
-            Ok(false) => Ok(false),
-            Err(e) => Err(self.bullmq_error(e)),
-        }
+        })
+        .await
     }
 
     pub(crate) async fn children_values(&mut self) -> Result<Vec<(String, String)>, JobError> {
@@ -470,6 +507,23 @@ enum Checked {
     Write,
     /// Only checks the lock.
     ReadOnly,
+}
+
+/// Run one of the attempt's Redis transitions inside a child span of its
+/// trace named `operation` (`telemetry.rs`); just `call` when traces are off.
+pub(crate) async fn traced<T>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    let Some(span) = crate::span::trace(|t| t.redis(operation)) else {
+        return call.await;
+    };
+    let r = call.await;
+    match &r {
+        Ok(_) => span.ok(),
+        Err(e) => span.err(&format!("{e:?}")),
+    }
+    r
 }
 
 /// Redis trouble as the guest sees it: the attempt may be retried.

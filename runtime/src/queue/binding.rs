@@ -241,6 +241,13 @@ async fn start_part(
         tally,
         running,
         cancel_key: crate::ops::cancel::requests_key(&config.prefix, &config.queue).into(),
+        worker_name: config.name.as_deref().map(Arc::from),
+        finishing: Default::default(),
+    });
+    // With traces on, an attempt's span ends once its transition is written.
+    let on_finished = crate::telemetry::enabled().then(|| {
+        let trigger = trigger.clone();
+        Arc::new(move |id: &str| trigger.finished(id)) as bullmq::options::OnFinishedFn
     });
     let flush_source = trigger.shared.scripts.flush_source.clone();
     let processor = move |job: bullmq::Job, cancel: CancellationToken| {
@@ -270,6 +277,7 @@ async fn start_part(
         // the same library) as Redis Functions: the same Lua, less Redis
         // CPU per job (vendor/bullmq-official/PATCHES.md, patch 4).
         redis_functions: config.redis_functions,
+        on_finished,
         ..Default::default()
     };
     let worker = Arc::new(Worker::with_options(&config.queue, processor, opts).await?);

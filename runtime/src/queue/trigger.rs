@@ -11,6 +11,7 @@
 //! completed job, in the same round trip as its `moveToFinished`); the
 //! transition; metrics.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,12 +25,14 @@ use crate::attempt::input::{self, to_wit_job};
 use crate::attempt::verdict::{verdict, Ended};
 use crate::attempt::{LimitKind, TrapKind, Verdict};
 use crate::bindings::types::{self as wit, JobError};
+use crate::host::redis_job::traced;
 use crate::host::retry::{attempts_remain, random_unit, Backoff, RetryPlan};
 use crate::host::{Backend, HostState, JobContext, Moved, Shared};
 use crate::metrics::{self, JobLabels, LimitLabels, TrapLabels};
 use crate::plugins::{Plugin, PluginSlot};
 use crate::sandbox::CapturedOutput;
 use crate::span::{self, in_attempt, AttemptSpan};
+use crate::telemetry;
 
 use super::cancel::{self, Running};
 
@@ -60,7 +63,16 @@ pub(crate) struct Trigger {
     pub(crate) running: Arc<Running>,
     /// `ops::cancel::requests_key` of the queue.
     pub(crate) cancel_key: Arc<str>,
+    /// BullMQ worker `name` (`--name`), for the attempt's trace span.
+    pub(crate) worker_name: Option<Arc<str>>,
+    /// With traces on: attempts whose transition bullmq-official is
+    /// writing, by job id, with that transition's span ([`Trigger::finished`]).
+    pub(crate) finishing: Mutex<HashMap<String, Finishing>>,
 }
+
+/// An attempt whose transition bullmq-official is writing: its span, and
+/// the transition's (none for a job the guest or bullpen moved).
+type Finishing = (Arc<AttemptSpan>, Option<telemetry::ChildSpan>);
 
 /// Attempts by outcome, for the worker's periodic summary line (one line
 /// per queue per interval, instead of a line per job).
@@ -195,22 +207,90 @@ fn settle(verdict: Verdict, will_retry: bool) -> (BullResult, JobOutcome) {
     }
 }
 
+/// What the attempt became, on its trace span (Node's `job completed` /
+/// `job failed` events and attempts made).
+fn outcome_on_trace(t: &telemetry::Trace, f: &Finished, attempt: u32) {
+    let (result, reason) = match &f.result {
+        Ok(v) => (Some(v.json()), None),
+        Err(bullmq::Error::ProcessingError(r) | bullmq::Error::Unrecoverable(r)) => (None, Some(r.as_str())),
+        Err(_) => (None, None),
+    };
+    // attemptsMade as BullMQ counts it once the transition is written: a
+    // move, a lost lock or a hand-back does not count the attempt.
+    let counted = matches!(f.outcome, JobOutcome::Completed | JobOutcome::Failed | JobOutcome::Retried);
+    t.outcome(telemetry::AttemptEnd {
+        outcome: f.outcome.label(),
+        attempts_made: if counted { attempt } else { attempt - 1 },
+        result: result.as_deref(),
+        reason,
+    });
+}
+
 impl Trigger {
     /// One attempt of `job`: bullmq-official's processor.
     pub(crate) async fn run(self: Arc<Self>, job: bullmq::Job, cancel: CancellationToken) -> BullResult {
         let plugin = self.slot.current();
-        let span = Arc::new(AttemptSpan::new(
-            self.queue.clone(),
-            job.id().to_string(),
-            job.attempts_made() + 1,
-            plugin.digest.clone(),
-        ));
+        let attempt = job.attempts_made() + 1;
+        let trace = if telemetry::enabled() { self.trace(&job, attempt, &plugin.digest) } else { None };
+        let span = Arc::new(
+            AttemptSpan::new(self.queue.clone(), job.id().to_string(), attempt, plugin.digest.clone())
+                .with_trace(trace),
+        );
         let started = Instant::now();
         // Boxed: the attempt's future is large, and the task-local scope and
         // bullmq-official's driver would otherwise move it.
         let finished = span::scope(span.clone(), Box::pin(self.attempt(plugin, job, cancel))).await;
         self.record(&span, started.elapsed(), &finished);
+        if span.trace().is_some() {
+            self.finishing(span, &finished, attempt);
+        }
         finished.result
+    }
+
+    /// With traces on: the attempt's outcome on its span, and a child span
+    /// for the transition bullmq-official writes next; both end in
+    /// [`Trigger::finished`], once it is written.
+    #[cold]
+    fn finishing(&self, span: Arc<AttemptSpan>, f: &Finished, attempt: u32) {
+        let Some(t) = span.trace() else { return };
+        outcome_on_trace(t, f, attempt);
+        // What bullmq-official writes for the result, named as Node's BullMQ
+        // names its spans; nothing for a job the guest or bullpen moved.
+        let op = match (&f.result, f.outcome) {
+            (Ok(_), _) => Some("complete"),
+            (Err(bullmq::Error::ProcessingError(_)), JobOutcome::Retried) => Some("retry"),
+            (Err(bullmq::Error::ProcessingError(_) | bullmq::Error::Unrecoverable(_)), _) => Some("fail"),
+            (Err(bullmq::Error::RateLimited { .. }), _) => Some("moveToWait"),
+            _ => None,
+        };
+        let transition = op.map(|op| t.redis(op));
+        let id = span.job().to_string();
+        self.finishing.lock().unwrap().insert(id, (span, transition));
+    }
+
+    /// bullmq-official wrote job `id`'s transition (`WorkerOptions::on_finished`):
+    /// its span and its attempt's end.
+    pub(crate) fn finished(&self, id: &str) {
+        let Some((span, transition)) = self.finishing.lock().unwrap().remove(id) else { return };
+        drop(transition);
+        if let Some(t) = span.trace() {
+            t.close();
+        }
+    }
+
+    /// The attempt's OpenTelemetry span, continuing the trace the job was
+    /// added in (its opts `tm`, as Node's BullMQ telemetry writes it).
+    #[cold]
+    fn trace(&self, job: &bullmq::Job, attempt: u32, digest: &str) -> Option<telemetry::Trace> {
+        telemetry::Trace::attempt(telemetry::AttemptInfo {
+            queue: &self.queue,
+            job_id: job.id(),
+            job_name: job.name(),
+            attempt,
+            digest,
+            worker_name: self.worker_name.as_deref(),
+            metadata: job.opts().telemetry_metadata.as_deref(),
+        })
     }
 
     async fn attempt(&self, plugin: Arc<Plugin>, job: bullmq::Job, cancel: CancellationToken) -> Finished {
@@ -397,7 +477,7 @@ impl Trigger {
         reason: String,
         will_retry: bool,
     ) -> (BullResult, JobOutcome) {
-        match ctx.retry_later(delay_ms, &reason).await {
+        match traced("delay", ctx.retry_later(delay_ms, &reason)).await {
             Ok(()) | Err(JobError::LockLost) => {
                 (Err(bullmq::Error::Delayed), if ctx.lock_lost { JobOutcome::LockLost } else { JobOutcome::Retried })
             }

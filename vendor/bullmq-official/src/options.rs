@@ -562,6 +562,11 @@ pub struct WorkerOptions {
     /// without FUNCTION/FCALL turns it off with one warning. Default `false`
     /// (upstream's behaviour). See PATCHES.md, patch 4.
     pub redis_functions: bool,
+    /// bullpen patch: called with the job id once the worker has written
+    /// what the processor's result means for the job (completed, failed,
+    /// retried, or nothing for a job the processor moved), so a caller can
+    /// time that transition (bullpen's trace spans). Default `None`.
+    pub on_finished: Option<OnFinishedFn>,
     /// Rate limiter options (max jobs per duration window).
     pub limiter: Option<RateLimiterOptions>,
     /// Maximum delay in ms to wait when rate limited (default 30_000).
@@ -621,6 +626,7 @@ impl Default for WorkerOptions {
             finish_prelude_script: None,
             job_events: true,
             redis_functions: false,
+            on_finished: None,
             limiter: None,
             maximum_rate_limit_delay: 30_000,
             metrics: None,
@@ -630,6 +636,9 @@ impl Default for WorkerOptions {
         }
     }
 }
+
+/// bullpen patch: see [`WorkerOptions::on_finished`].
+pub type OnFinishedFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for WorkerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -895,6 +904,26 @@ pub struct JobOptions {
     /// `sizeLimit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_limit: Option<usize>,
+
+    /// The trace context the job was added in, as Node's BullMQ telemetry
+    /// stores it (`tm`: a JSON text such as `{"traceparent":"00-…-01"}`).
+    /// Kept as the text it is; a value that is not a string is ignored.
+    #[serde(
+        rename = "tm",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_none"
+    )]
+    pub telemetry_metadata: Option<String>,
+}
+
+/// A string, or `None` for any other JSON value: a job whose `tm` some
+/// other client wrote differently still parses.
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 impl JobOptions {
@@ -1117,5 +1146,26 @@ impl RateLimiterOptions {
             max,
             duration: duration_to_millis(duration),
         }
+    }
+}
+
+/// bullpen patch 15: `JobOptions::telemetry_metadata` (scripts/vendor.sh
+/// check runs these).
+#[cfg(test)]
+mod bullpen_tests {
+    use super::*;
+
+    #[test]
+    fn tm_is_read_as_node_bullmq_writes_it_and_anything_else_is_ignored() {
+        let tm = r#"{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#;
+        let opts: JobOptions = serde_json::from_value(serde_json::json!({"tm": tm, "attempts": 2})).unwrap();
+        assert_eq!(opts.telemetry_metadata.as_deref(), Some(tm));
+        assert_eq!(opts.attempts, Some(2));
+        for other in [serde_json::json!({"tm": {"traceparent": "x"}}), serde_json::json!({"tm": null}), serde_json::json!({})] {
+            let opts: JobOptions = serde_json::from_value(other.clone()).unwrap();
+            assert_eq!(opts.telemetry_metadata, None, "{other}");
+        }
+        let back = serde_json::to_value(JobOptions { telemetry_metadata: Some(tm.into()), ..Default::default() }).unwrap();
+        assert_eq!(back, serde_json::json!({"tm": tm}));
     }
 }

@@ -584,6 +584,13 @@ impl Queue {
             }
         }
 
+        // The trace context, under the key Node's BullMQ telemetry uses.
+        if let Some(ref tm) = opts.telemetry_metadata {
+            let mut b = Vec::new();
+            write_str(&mut b, tm).unwrap();
+            entries.push(("tm", b));
+        }
+
         // Encode as msgpack map
         let mut buf = Vec::with_capacity(64);
         write_map_len(&mut buf, entries.len() as u32).unwrap();

@@ -1433,6 +1433,12 @@ impl Worker {
             }
         };
 
+        // bullpen patch: the job's transition is written (or was left to
+        // the processor's move).
+        if let Some(on_finished) = &ctx.opts.on_finished {
+            on_finished(&job_id);
+        }
+
         // Remove from active jobs. bullpen patch 5: one swap_remove of the
         // job's own entry (order is not used), not a retain that compares
         // and shifts every running job's entry.
