@@ -40,7 +40,7 @@ the processor-with-backoff world):
 Options:
   -o, --out <file>     the component to write (required)
   --world <name>       processor | processor-with-backoff (default: from the entry's exports)
-  --wit <dir>          the bullpen WIT directory (default: the SDK's own wit/, else <repo>/wit)
+  --wit <dir>          the bullpen WIT directory (default: the SDK's own wit/)
   --keep-bundle        also write the bundled JavaScript to <out>.bundle.js
                        (job-log stack traces point into it)
   -h, --help           this text`;
@@ -83,11 +83,10 @@ const entry = resolve(positionals[0]);
 if (!existsSync(entry)) fail(`${positionals[0]}: no such file`);
 const out = resolve(opts.out);
 
-// The WIT: a copy inside the package (if one was packed), else the repository's.
-const witDir = opts.wit
-  ? resolve(opts.wit)
-  : [join(sdkDir, 'wit'), join(sdkDir, '..', '..', 'wit')].find((d) => existsSync(join(d, 'processor.wit')));
-if (!witDir) fail('cannot find the bullpen wit/ directory; pass --wit <dir>');
+// The WIT: the package's own copy (scripts/sync-wit.sh keeps it equal to
+// the repository's wit/), so the SDK builds from its npm package alone.
+const witDir = opts.wit ? resolve(opts.wit) : join(sdkDir, 'wit');
+if (!existsSync(join(witDir, 'processor.wit'))) fail(`no processor.wit in ${witDir}; pass --wit <dir>`);
 
 const started = Date.now();
 const work = mkdtempSync(join(tmpdir(), 'bullpen-build-'));
