@@ -9,8 +9,6 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 # Go needs no copy: its canonical-ABI glue is hand-written and `bullpen build`
 # embeds the WIT when it componentizes.
 copies=(guest-sdk/rust/wit guest-sdk/js/wit)
-# The Python SDK, once it has a wit/ folder of its own.
-[ -d "$root/guest-sdk/python/wit" ] && copies+=(guest-sdk/python/wit)
 
 if [ "${1:-}" = "--check" ]; then
   status=0
