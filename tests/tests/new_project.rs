@@ -91,6 +91,15 @@ impl Machine {
         project
     }
 
+    /// `bullpen worker` on queue `hello`, with `bullpen run`'s compile cache
+    /// (a JS component is not compiled again: 20-30 s on a busy machine).
+    fn worker(&self, redis: &Redis, component: &Path) -> Worker {
+        let mut args = redis.args();
+        args.extend(["--queue", "hello", "--plugin", component.to_str().unwrap()].map(String::from));
+        let cache = self.env.iter().find(|(k, _)| k == "BULLPEN_CACHE_DIR").unwrap();
+        Worker::spawn_env(&args, &[(cache.0.as_str(), cache.1.as_str())])
+    }
+
     /// `bullpen build`: the component's path is the last stdout line.
     fn build(&self, project: &Path) -> PathBuf {
         let out = ok(self.bullpen(&["build"], project));
@@ -139,7 +148,7 @@ fn new_build_run_work(lang: &str, prepare: impl FnOnce(&Machine, &Path)) {
     assert!(String::from_utf8_lossy(&out.stdout).contains(r#""received":{"nested":{"list":[1,2,3]},"unicode":"ünï"}"#));
 
     let redis = Redis::start();
-    let _worker = Worker::start(&redis, "hello", &component, &[]);
+    let _worker = m.worker(&redis, &component);
     let ids = node_add(&redis, "hello", json!([{"name": "welcome", "data": {"to": "ada@example.com"}}]));
     let v = wait_finished(&redis, "hello", &ids, Duration::from_secs(60));
     let job = &v["jobs"][0];
@@ -257,7 +266,7 @@ fn a_backoff_for_the_wrong_world_is_refused_at_build() {
 
     let component = m.build(&project);
     let redis = Redis::start();
-    let _worker = Worker::start(&redis, "hello", &component, &[]);
+    let _worker = m.worker(&redis, &component);
     let opts = json!({"attempts": 2, "backoff": {"type": "custom"}});
     let ids = node_add(&redis, "hello", json!([{"name": "welcome", "data": {}, "opts": opts}]));
     let v = wait_finished(&redis, "hello", &ids, Duration::from_secs(30));
