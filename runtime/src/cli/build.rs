@@ -13,8 +13,11 @@
 //!   with `.venv/bin/python` when there is one.
 //!
 //! The same source gives the same bytes (the same digest): Go builds with
-//! `-trimpath -buildvcs=false`, `bullpen-build` reuses its earlier output for
-//! the same inputs, and the output file is left alone when unchanged.
+//! `-trimpath -buildvcs=false`; the JS SDK's `bullpen-build` and, for
+//! Python, this module reuse the component made before from the same inputs
+//! (componentize-js and componentize-py snapshot an initialised engine,
+//! which differs from run to run); the output file is left alone when
+//! unchanged.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -248,9 +251,108 @@ fn build_python(dir: &Path, out: &Path) -> anyhow::Result<()> {
         ),
         Ok(_) => {}
     }
+    // componentize-py does not give the same bytes twice (its snapshot of
+    // the initialised interpreter differs: 13 of 19 MB measured, with
+    // PYTHONHASHSEED=0 too), so the same inputs reuse the component made
+    // from them before, as the JS SDK's bullpen-build does.
+    let key = python_inputs_key(dir, &python)?;
+    let cached = build_cache_dir("py-builds").map(|d| d.join(format!("{key}.wasm")));
+    if let Some(bytes) = cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
+        eprintln!("bullpen build: the component built before from the same inputs (same digest)");
+        return write_if_changed(out, &bytes);
+    }
     let out_abs = std::path::absolute(out)?;
     run(
         Command::new(&python).args(["-m", "bullpen_guest.build", "processor.py", "-o"]).arg(&out_abs).current_dir(dir),
         "install Python 3.9 or newer",
-    )
+    )?;
+    if let Some(cached) = cached {
+        remember(&cached, &std::fs::read(&out_abs)?);
+    }
+    Ok(())
+}
+
+/// `$BULLPEN_BUILD_CACHE` (`off`: none), else `~/.cache/bullpen/<what>`.
+fn build_cache_dir(what: &str) -> Option<PathBuf> {
+    match std::env::var_os("BULLPEN_BUILD_CACHE") {
+        Some(v) if v == "off" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("bullpen").join(what)),
+    }
+}
+
+/// Keep a build under its inputs' key; beyond 8 builds (~20 MB each), the
+/// least recently made go. A failure only costs the next build its reuse.
+fn remember(path: &Path, bytes: &[u8]) {
+    let keep = || -> std::io::Result<()> {
+        let dir = path.parent().expect("a file in a folder");
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)?;
+        let mut builds: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        builds.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, old) in builds.into_iter().skip(8) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    };
+    if let Err(e) = keep() {
+        eprintln!("bullpen build: cannot keep the build in {} ({e}); the next build makes it again", path.display());
+    }
+}
+
+/// sha256 of what a Python component is made from: the project's files
+/// (not .venv, dist, caches) and the installed packages it can import (the
+/// SDK, componentize-py, the user's), by path, size and mtime.
+fn python_inputs_key(dir: &Path, python: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(concat!("bullpen ", env!("CARGO_PKG_VERSION"), "\0"));
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            let name = p.file_name().and_then(OsStr::to_str).unwrap_or_default();
+            if name.starts_with('.') || name == "dist" || name == "__pycache__" {
+                continue;
+            }
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f)?;
+        h.update(format!("{}\0{}\0", f.strip_prefix(dir).unwrap_or(&f).display(), bytes.len()));
+        h.update(&bytes);
+    }
+    const PACKAGES: &str = "import hashlib, os, site, sys\n\
+        h = hashlib.sha256(sys.version.encode())\n\
+        for top in sorted(set(site.getsitepackages() + [site.getusersitepackages()])):\n\
+        \x20   for root, dirs, files in os.walk(top):\n\
+        \x20       dirs.sort()\n\
+        \x20       for f in sorted(files):\n\
+        \x20           if f.endswith('.pyc'): continue\n\
+        \x20           st = os.stat(os.path.join(root, f))\n\
+        \x20           h.update(f'{root}/{f} {st.st_size} {st.st_mtime_ns}\\n'.encode())\n\
+        print(h.hexdigest())";
+    let o = Command::new(python).args(["-c", PACKAGES]).current_dir(dir).output()?;
+    if !o.status.success() {
+        bail!("cannot list {}'s packages: {}", python.display(), String::from_utf8_lossy(&o.stderr));
+    }
+    h.update(&o.stdout);
+    Ok(hex::encode(h.finalize()))
 }
