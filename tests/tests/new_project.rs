@@ -165,12 +165,20 @@ fn install_js_sdk(m: &Machine, project: &Path) {
 }
 
 /// The Python SDK in the project's .venv (`pip install bullpen-guest`
-/// from its source folder: it is not on PyPI).
+/// from a copy of its source folder, its WIT link followed: it is not on
+/// PyPI, and pip builds in the folder it is given).
 fn install_python_sdk(m: &Machine, project: &Path) {
     let sdk = root().join("guest-sdk/python");
     assert!(sdk.join("pyproject.toml").exists(), "guest-sdk/python missing (the Python SDK)");
+    let copy = m.dir.path().join("python");
+    let tar = format!(
+        "tar -C {:?} --exclude=.venv --exclude=__pycache__ -chf - python | tar -C {:?} -xf -",
+        root().join("guest-sdk"),
+        m.dir.path()
+    );
+    ok(Command::new("bash").args(["-c", &tar]).output().unwrap());
     ok(m.cmd("python3", &["-m", "venv", ".venv"], project));
-    ok(m.cmd(".venv/bin/pip", &["install", "--quiet", sdk.to_str().unwrap(), "pytest"], project));
+    ok(m.cmd(".venv/bin/pip", &["install", "--quiet", copy.to_str().unwrap(), "pytest"], project));
 }
 
 #[test]
