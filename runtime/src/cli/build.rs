@@ -163,8 +163,8 @@ fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let cdylib = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib"));
         if msg["reason"] == "compiler-artifact" && cdylib {
-            let files = msg["filenames"].as_array().into_iter().flatten().filter_map(|f| f.as_str());
-            wasm = files.filter(|f| f.ends_with(".wasm")).last().map(PathBuf::from).or(wasm);
+            let mut files = msg["filenames"].as_array().into_iter().flatten().filter_map(|f| f.as_str());
+            wasm = files.rfind(|f| f.ends_with(".wasm")).map(PathBuf::from).or(wasm);
         }
     }
     let Some(wasm) = wasm else {
@@ -299,7 +299,7 @@ fn remember(path: &Path, bytes: &[u8]) {
             .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
-        builds.sort_by(|a, b| b.0.cmp(&a.0));
+        builds.sort_by_key(|b| std::cmp::Reverse(b.0));
         for (_, old) in builds.into_iter().skip(8) {
             let _ = std::fs::remove_file(old);
         }

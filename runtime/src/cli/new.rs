@@ -172,27 +172,21 @@ fn use_local_sdk(files: &mut [(&'static str, String)], lang: Lang, sdk: &Path) -
         bail!("--sdk {}: no {sub}/ folder in it; give a bullpen checkout's guest-sdk folder", sdk.display());
     }
     let d = dir.display();
-    let (file, edit): (&str, Box<dyn Fn(&str) -> String>) = match lang {
-        Lang::Rust => (
-            "Cargo.toml",
-            Box::new(move |t| format!("{t}\n[patch.crates-io]\nbullpen-guest = {{ path = {:?} }}\n", d.to_string())),
-        ),
-        Lang::Go => ("go.mod", Box::new(move |t| format!("{t}\nreplace bullpen.dev/guest => {d}\n"))),
-        Lang::Js => (
-            "package.json",
-            Box::new(move |t| {
-                t.replace("\"bullpen-guest\": \"^0.1.0\"", &format!("\"bullpen-guest\": {:?}", format!("file:{d}")))
-            }),
-        ),
-        Lang::Python => (
-            "requirements.txt",
-            Box::new(move |t| t.replace("bullpen-guest==0.1.0", &format!("bullpen-guest @ file://{d}"))),
-        ),
+    let file = match lang {
+        Lang::Rust => "Cargo.toml",
+        Lang::Go => "go.mod",
+        Lang::Js => "package.json",
+        Lang::Python => "requirements.txt",
     };
-    for (path, text) in files.iter_mut() {
-        if *path == file {
-            *text = edit(text);
-        }
+    for (_, text) in files.iter_mut().filter(|(path, _)| *path == file) {
+        *text = match lang {
+            Lang::Rust => format!("{text}\n[patch.crates-io]\nbullpen-guest = {{ path = {:?} }}\n", d.to_string()),
+            Lang::Go => format!("{text}\nreplace bullpen.dev/guest => {d}\n"),
+            Lang::Js => {
+                text.replace("\"bullpen-guest\": \"^0.1.0\"", &format!("\"bullpen-guest\": {:?}", format!("file:{d}")))
+            }
+            Lang::Python => text.replace("bullpen-guest==0.1.0", &format!("bullpen-guest @ file://{d}")),
+        };
     }
     Ok(())
 }
