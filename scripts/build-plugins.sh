@@ -55,9 +55,10 @@ done
 
 # Go guests: plugins/<name>/go, a GOOS=wasip1 reactor module (Go's own
 # toolchain, -buildmode=c-shared; the SDK has the canonical-ABI glue), made a
-# component by bullpen-componentize (the workspace's componentize/ crate)
-# with WASI's reactor adapter. A plugin that calls guest.WithBackoff exports
-# `backoff`: world processor-with-backoff.
+# component by bullpen-componentize (runtime/src/bin, over the componentize/
+# library) with WASI's reactor adapter and the WIT compiled into it. It
+# chooses the world: a plugin that calls guest.WithBackoff exports `backoff`
+# (processor-with-backoff).
 go_bin="$(bash "$root/scripts/find-go.sh" || true)"
 if [ -z "$go_bin" ]; then
   echo "build-plugins: no Go >= 1.24 toolchain; run scripts/setup.sh first" >&2
@@ -71,10 +72,8 @@ gotmp="$(mktemp -d)"
 trap 'rm -rf "$gotmp"' EXIT
 for dir in "$root"/plugins/*/go; do
   plugin="$(basename "$(dirname "$dir")")"
-  world=processor
-  if grep -q 'guest\.WithBackoff(' "$dir"/*.go; then world=processor-with-backoff; fi
   (cd "$dir" && GOOS=wasip1 GOARCH=wasm GOFLAGS=-buildvcs=false "$go_bin" build -buildmode=c-shared -trimpath -o "$gotmp/$plugin.wasm" .)
-  "$root/target/release/bullpen-componentize" "$gotmp/$plugin.wasm" --wit "$root/wit" --world "$world" -o "$out/$plugin-go.wasm"
+  "$root/target/release/bullpen-componentize" "$gotmp/$plugin.wasm" -o "$out/$plugin-go.wasm"
   echo "built target/plugins/$plugin-go.wasm"
 done
 

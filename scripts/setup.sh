@@ -109,5 +109,5 @@ if [ -w "$bin_dir" ]; then
   for b in bullpen bullpen-componentize; do ln -sf "$root/target/release/$b" "$bin_dir/$b"; done
   say "bullpen and bullpen-componentize are on PATH ($bin_dir -> target/release)"
 else
-  say "bullpen is $root/target/release/bullpen (and bullpen-componentize beside it): add $root/target/release to PATH, or: cargo install --locked --path runtime && cargo install --locked --path componentize"
+  say "bullpen is $root/target/release/bullpen (and bullpen-componentize beside it): add $root/target/release to PATH, or: cargo install --locked --path runtime (installs both)"
 fi

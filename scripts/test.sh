@@ -15,6 +15,10 @@ bash scripts/vendor.sh check
 # Every relative link between the docs (README, docs/, SDK READMEs) resolves,
 # anchors included: sections move.
 python3 scripts/check-links.py
+# The guest SDKs as they would be published (a crate, an npm tarball, a Go
+# module proxy), each built or used from its own package, outside this
+# repository; their versions are the WIT package's (~30 s warm).
+bash scripts/package-sdks.sh
 # The Go guest SDK's unit tests (canonical-ABI layouts, serde_json-compatible JSON).
 go_bin="$(bash "$root/scripts/find-go.sh")"
 (cd guest-sdk/go && "$go_bin" test ./...)

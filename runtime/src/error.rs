@@ -18,9 +18,10 @@ pub enum PluginError {
     NotWasm(String),
     /// A core Wasm module, not a component.
     #[error(
-        "{0} is a core WebAssembly module, not a component: build Rust for wasm32-wasip2, JavaScript with \
-         bullpen-build, and make a Go module (-buildmode=c-shared) a component with \
-         `bullpen-componentize {0} --wit <bullpen>/wit -o <out>.wasm`"
+        "{0} is a core WebAssembly module, not a component: `bullpen build` in the processor's folder makes \
+         the component in every language (Rust for wasm32-wasip2, JavaScript with bullpen-build, Go with \
+         -buildmode=c-shared, then componentized); for a Go module built already: \
+         `bullpen-componentize {0} -o <out>.wasm`"
     )]
     CoreModule(String),
     /// wasmtime refused to compile the component (truncated, corrupt, or

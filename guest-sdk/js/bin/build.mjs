@@ -25,9 +25,23 @@
 //    the same sources give the same component wherever they are built.
 import { build } from 'esbuild';
 import { componentize } from '@bytecodealliance/componentize-js';
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  appendFileSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { basename, dirname, extname, join, relative, resolve, sep } from 'node:path';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -46,7 +60,7 @@ the processor-with-backoff world):
 Options:
   -o, --out <file>     the component to write (required)
   --world <name>       processor | processor-with-backoff (default: from the entry's exports)
-  --wit <dir>          the bullpen WIT directory (default: the SDK's own wit/, else <repo>/wit)
+  --wit <dir>          the bullpen WIT directory (default: the SDK's own wit/)
   --keep-bundle        also write the bundled JavaScript to <out>.bundle.js
   -h, --help           this text`;
 
@@ -88,11 +102,60 @@ const entry = resolve(positionals[0]);
 if (!existsSync(entry)) fail(`${positionals[0]}: no such file`);
 const out = resolve(opts.out);
 
-// The WIT: a copy inside the package (if one was packed), else the repository's.
-const witDir = opts.wit
-  ? resolve(opts.wit)
-  : [join(sdkDir, 'wit'), join(sdkDir, '..', '..', 'wit')].find((d) => existsSync(join(d, 'processor.wit')));
-if (!witDir) fail('cannot find the bullpen wit/ directory; pass --wit <dir>');
+// The WIT: the package's own copy (scripts/sync-wit.sh keeps it equal to
+// the repository's wit/), so the SDK builds from its npm package alone.
+const witDir = opts.wit ? resolve(opts.wit) : join(sdkDir, 'wit');
+if (!existsSync(join(witDir, 'processor.wit'))) fail(`no processor.wit in ${witDir}; pass --wit <dir>`);
+
+// componentize-js does not give the same bytes twice: StarlingMonkey's
+// pre-initialisation (wizer) runs the engine on the machine's clocks and
+// randomness, and its memory snapshot differs from run to run (about 3 MB of
+// a 13 MB component, with paths and features pinned). So the same inputs
+// reuse the component made from them before: same bytes, same digest, and
+// bullpen's compile cache serves it. BULLPEN_BUILD_CACHE=off: always build.
+const cacheDir =
+  process.env.BULLPEN_BUILD_CACHE === 'off'
+    ? null
+    : (process.env.BULLPEN_BUILD_CACHE ?? join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'bullpen', 'js-builds'));
+const CACHE_KEEP = 8; // ~13 MB each
+
+/** sha256 of everything the component is made from. */
+function inputsKey({ bundle, world, disableFeatures, knob }) {
+  const h = createHash('sha256');
+  const add = (label, data) => h.update(`${label}\0${data.length}\0`).update(data);
+  add('bundle', readFileSync(bundle));
+  add('module name', basename(bundle)); // componentize-js names the module after it
+  add('world', world);
+  add('disabled features', disableFeatures.join(','));
+  add('componentize options', JSON.stringify(knob));
+  add('build.mjs', readFileSync(fileURLToPath(import.meta.url)));
+  const cjs = fileURLToPath(new URL('../package.json', import.meta.resolve('@bytecodealliance/componentize-js')));
+  add('componentize-js', JSON.parse(readFileSync(cjs, 'utf8')).version);
+  const witFiles = (dir) =>
+    readdirSync(dir, { withFileTypes: true })
+      .sort((a, b) => (a.name < b.name ? -1 : 1))
+      .flatMap((e) => (e.isDirectory() ? witFiles(join(dir, e.name)).map((f) => join(e.name, f)) : [e.name]));
+  for (const f of witFiles(witDir)) add(`wit/${f}`, readFileSync(join(witDir, f)));
+  return h.digest('hex');
+}
+
+/** Keep `component` as the build of its inputs; the least recently used beyond CACHE_KEEP go. */
+function remember(path, component) {
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    const tmp = `${path}.${process.pid}.tmp`;
+    writeFileSync(tmp, component);
+    renameSync(tmp, path);
+    const dir = dirname(path);
+    const entries = readdirSync(dir)
+      .filter((f) => f.endsWith('.wasm'))
+      .map((f) => ({ f, t: statSync(join(dir, f)).mtimeMs }))
+      .sort((a, b) => b.t - a.t);
+    for (const { f } of entries.slice(CACHE_KEEP)) rmSync(join(dir, f), { force: true });
+  } catch (e) {
+    console.error(`bullpen-build: cannot keep the build in ${dirname(path)} (${e.message}); the next build of the same source makes it again`);
+  }
+}
 
 const started = Date.now();
 const work = mkdtempSync(join(tmpdir(), 'bullpen-build-'));
@@ -135,6 +198,11 @@ try {
     fail(`${positionals[0]} does not export \`process\`; end it with\n  export const { process } = exportProcessor(handle);`);
   }
   const world = opts.world ?? (exported.includes('backoff') ? 'processor-with-backoff' : 'processor');
+  if (world === 'processor' && exported.includes('backoff')) {
+    // The processor world has no `backoff` export: the strategy would be
+    // dropped silently and custom backoff types retried at once.
+    fail(`${positionals[0]} exports \`backoff\`, but the processor world has none: the strategy would never run. Build for --world processor-with-backoff, or leave --world out (it is chosen from the exports)`);
+  }
   if (world === 'processor-with-backoff' && !exported.includes('backoff')) {
     fail(`the processor-with-backoff world needs a \`backoff\` export:\n  export const { process, backoff } = exportProcessor(handle, { backoff: strategy });`);
   }
@@ -152,22 +220,27 @@ try {
       fail(`BULLPEN_BUILD_COMPONENTIZE is not JSON: ${e.message}`);
     }
   }
-  let component;
-  try {
-    ({ component } = await componentize({
-      sourcePath: bundle,
-      witPath: witDir,
-      worldName: world,
-      disableFeatures: ['http', 'fetch-event'],
-      ...knob,
-    }));
-  } catch (e) {
-    fail(`componentize-js failed for ${positionals[0]} (world ${world}):\n${e.message}`);
+  const disableFeatures = ['http', 'fetch-event'];
+  const key = inputsKey({ bundle, world, disableFeatures, knob });
+  const cached = cacheDir && join(cacheDir, `${key}.wasm`);
+  if (cached && existsSync(cached)) {
+    const component = readFileSync(cached);
+    if (!existsSync(out) || !component.equals(readFileSync(out))) writeFileSync(out, component);
+    utimesSync(cached, new Date(), new Date()); // its last use, for eviction
+    console.error(`bullpen-build: ${opts.out} is the component built before from the same inputs (same digest; world ${world})`);
+  } else {
+    let component;
+    try {
+      ({ component } = await componentize({ sourcePath: bundle, witPath: witDir, worldName: world, disableFeatures, ...knob }));
+    } catch (e) {
+      fail(`componentize-js failed for ${positionals[0]} (world ${world}):\n${e.message}`);
+    }
+    writeFileSync(out, component);
+    if (cached) remember(cached, component);
+    const mb = (component.length / 1e6).toFixed(1);
+    const secs = ((Date.now() - started) / 1000).toFixed(1);
+    console.error(`bullpen-build: wrote ${opts.out} (world ${world}, ${mb} MB) in ${secs} s`);
   }
-  writeFileSync(out, component);
-  const mb = (component.length / 1e6).toFixed(1);
-  const secs = ((Date.now() - started) / 1000).toFixed(1);
-  console.error(`bullpen-build: wrote ${opts.out} (world ${world}, ${mb} MB) in ${secs} s`);
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

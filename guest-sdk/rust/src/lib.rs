@@ -40,7 +40,7 @@ use std::fmt;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "processor",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_processor_world",
         default_bindings_module: "bullpen_guest::bindings",
@@ -58,7 +58,7 @@ pub mod bindings {
 pub mod backoff_bindings {
     wit_bindgen::generate!({
         world: "processor-with-backoff",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_processor_with_backoff_world",
         default_bindings_module: "bullpen_guest::backoff_bindings",

@@ -2,6 +2,6 @@ module bullpen.dev/plugins/steps
 
 go 1.24
 
-require bullpen.dev/guest v0.0.0
+require bullpen.dev/guest v0.1.0
 
 replace bullpen.dev/guest => ../../../guest-sdk/go

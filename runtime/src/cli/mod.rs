@@ -17,7 +17,9 @@ use crate::sandbox::engine::new_engine;
 use crate::sandbox::Limits;
 use config::{Settings, WorkerFile};
 
+pub(crate) mod build;
 pub(crate) mod config;
+pub(crate) mod new;
 pub(crate) mod run;
 
 #[derive(Parser, Debug)]
@@ -70,6 +72,12 @@ pub(crate) enum Command {
     /// Run a processor on one job held in memory, without Redis, printing
     /// every host call and the outcome: the development loop for a plugin.
     Run(run::RunArgs),
+    /// Write a ready processor project in a new folder NAME: the processor,
+    /// its build file, a README and a unit test, in Rust, Go, JavaScript or Python.
+    New(new::NewArgs),
+    /// Build the processor project in this folder (or DIR) into a component,
+    /// with its language's toolchain; prints the component's path last.
+    Build(build::BuildArgs),
 }
 
 /// Ends the process with this exit status; what went wrong was printed
@@ -487,6 +495,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             crate::process::catch_early_signals();
             crate::process::run(worker_plan(a)?)
         }
+        // Local file work and toolchains: no Redis, no runtime.
+        Command::New(a) => new::new(a),
+        Command::Build(a) => build::build(a),
         command => {
             crate::conn::one_shot();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(one_shot(command))
@@ -500,7 +511,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 /// the same words.
 async fn one_shot(command: Command) -> anyhow::Result<()> {
     let q = match &command {
-        Command::Worker(_) => unreachable!("bullpen worker runs as crate::process"),
+        Command::Worker(_) | Command::New(_) | Command::Build(_) => unreachable!("handled in main"),
         Command::Run(_) => None,
         Command::Add(a) => Some(&a.q),
         Command::Retry(a) => Some(&a.q),
@@ -518,7 +529,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
     target.ready().await?;
     let t = target.clone();
     let done = match command {
-        Command::Worker(_) | Command::Run(_) => unreachable!("handled above"),
+        Command::Worker(_) | Command::New(_) | Command::Build(_) | Command::Run(_) => unreachable!("handled above"),
         Command::Add(a) => add(a, t).await,
         Command::Retry(a) => retry(a, t).await,
         Command::Inspect(a) => inspect(a, t).await,

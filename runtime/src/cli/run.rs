@@ -16,10 +16,11 @@ use crate::attempt::exec::{self, Kept};
 use crate::attempt::verdict::{verdict, Ended};
 use crate::attempt::{LimitKind, Verdict};
 use crate::bindings::types as wit;
-use crate::error::InputError;
+use crate::error::{InputError, PluginError};
 use crate::host::config::{parse_var, parse_var_env, VarSource};
 use crate::host::{Backend, ChildQueues, Grants, LocalJob, Moved, Report};
 use crate::now_ms;
+use crate::plugins::plugin::will_compile;
 use crate::plugins::{new_linker, Plugin};
 use crate::sandbox::engine::{new_engine_with, EngineOptions};
 use crate::sandbox::{CapturedOutput, Limits};
@@ -268,7 +269,12 @@ fn setup(a: &RunArgs, report: Report) -> anyhow::Result<(Setup, LocalJob)> {
     let grants = Arc::new(a.grants.grants(&a.queue, report)?);
     let engine = new_engine_with(EngineOptions { fuel: limits.fuel.is_some() })?;
     let linker = new_linker(&engine)?;
-    let plugin = Plugin::from_file(&engine, &linker, &a.file)?;
+    let bytes = std::fs::read(&a.file).map_err(|cause| PluginError::Read { path: a.file.clone(), cause })?;
+    if will_compile(&engine, &bytes) {
+        // The wait that follows (seconds for JS) is the compile, once per version.
+        eprintln!("compiling (first load of this version)…");
+    }
+    let plugin = Plugin::from_bytes(&engine, &linker, &bytes, &a.file.display().to_string())?;
     let job = wit::Job {
         id: a.id.clone(),
         name: a.name.clone(),

@@ -129,12 +129,9 @@ pub(crate) fn cache_dir() -> Option<PathBuf> {
 /// engine's compatibility hash (so a different wasmtime or different
 /// settings never load a stale artifact). Returns whether the cache served it.
 fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, bool)> {
-    let Some(dir) = cache_dir() else {
+    let (Some(dir), Some(path)) = (cache_dir(), artifact_path(engine, digest)) else {
         return Ok((Component::new(engine, bytes)?, false));
     };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut h);
-    let path = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
     if path.exists() {
         // SAFETY: the file was written by `Component::serialize` of this
         // engine configuration (the name carries its compatibility hash) for
@@ -159,6 +156,21 @@ fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Resu
         Err(e) => warn!(dir = %dir.display(), error = %e, "cannot prune the artifact cache"),
     }
     Ok((component, false))
+}
+
+/// Where the artifact for this digest and this engine's settings is
+/// cached (`None`: the cache is off).
+fn artifact_path(engine: &Engine, digest: &str) -> Option<PathBuf> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    Some(cache_dir()?.join(format!("{digest}-{:016x}.cwasm", h.finish())))
+}
+
+/// Whether loading these component bytes compiles them (seconds for a JS
+/// component) rather than loading the cached artifact: `bullpen run` says so
+/// first.
+pub(crate) fn will_compile(engine: &Engine, bytes: &[u8]) -> bool {
+    check_header(bytes, "").is_ok() && artifact_path(engine, &digest(bytes)).is_none_or(|p| !p.exists())
 }
 
 /// The artifact cache's size limit: `BULLPEN_CACHE_MAX_MB` (default 2048).
