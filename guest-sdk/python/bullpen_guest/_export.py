@@ -101,7 +101,9 @@ def node_stack(e: BaseException) -> str:
     tb = e.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
-        file = os.path.abspath(code.co_filename)
+        file = code.co_filename
+        if not file.startswith("<"):  # `<string>`, `<frozen ...>`: no file
+            file = os.path.abspath(file)
         if not file.startswith(_SDK_DIR + os.sep):
             # The function's name, as Python's tracebacks and Node's stacks give it.
             frames.append(f"    at {code.co_name} ({_relative(file, roots)}:{tb.tb_lineno})")

@@ -164,6 +164,12 @@ def test_a_job_error_and_a_host_error_send_their_stack_and_causes():
     assert "bullpen_guest/" not in r.stack, "the SDK's own frames are left out"
 
 
+def test_a_stack_names_code_without_a_file_as_python_does():
+    scope = {}
+    exec("def process(job):\n    raise KeyError('to')\n", scope)
+    assert TestJob({}).run(scope["process"]).outcome.stack == "KeyError: 'to'\n    at process (<string>:2)"
+
+
 def test_webhook_signs_and_posts():
     seen = {}
 
