@@ -207,6 +207,8 @@ fn plain_error_site(lang: &str) -> (&'static str, usize) {
         "rust" => ("plugins/flaky/rust/src/lib.rs", "flaky/rust/src/lib.rs", "plain error on attempt"),
         "go" => ("plugins/flaky/go/main.go", "flaky/main.go", "func process("),
         "js" => ("plugins/flaky/js/flaky.js", "flaky.js", "plain error on attempt"),
+        // Relative to the module's folder on the component's Python path.
+        "python" => ("plugins/flaky/python/flaky.py", "flaky.py", "plain error on attempt"),
         other => panic!("no plain-error site for {other}: add its flaky source file (and how its stacks name it) here"),
     };
     let src = std::fs::read_to_string(root().join(path)).unwrap();

@@ -23,7 +23,9 @@ semantics. Failing an attempt: raise `JobError.retry(reason)`,
 `JobError.retry_after(reason, delay_ms)` or `JobError.unrecoverable(reason)`;
 any other exception (`raise ValueError("x")`, a refused host call, a failed
 HTTP request) fails the attempt retryably with its message as the job's
-failedReason, as a thrown Error does in a Node processor.
+failedReason, as a thrown Error does in a Node processor. Either way its
+stack (Node's format, your frames only) is the job's BullMQ `stacktrace`
+entry for the attempt.
 
 Every host call is checked against the job's lock token by the host: after
 the worker lost the lock, calls raise a `HostError` whose `is_lock_lost()`

@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Any, Callable, Optional, Tuple
 
-from . import Backoff, HostError, Job, JobError, Outcome
+from . import Backoff, HostError, Job, JobError, Outcome, _host
 from .http import HttpError
 
 _registered: Optional[Tuple[Callable, Optional[Callable]]] = None
@@ -42,7 +42,7 @@ def registered() -> Optional[Tuple[Callable, Optional[Callable]]]:
 class Ended:
     """What one call of the user's `process` came to, before any WIT type:
     ('completed', json) | ('moved', None) | ('failed', (kind, reason,
-    delay_ms, stacktrace)). Shared by the component and bullpen_guest.testing."""
+    delay_ms)). Shared by the component and bullpen_guest.testing."""
 
     __slots__ = ("kind", "json", "failure")
 
@@ -53,10 +53,11 @@ class Ended:
 
 
 def run_process(process: Callable, job: Job) -> Ended:
-    """Call `process(job)`: its Outcome, its value, or what it raised.
-    MemoryError and exceptions that are not `Exception`s (SystemExit,
-    KeyboardInterrupt) propagate: the attempt traps (out of memory names the
-    limit; a trap stays a trap)."""
+    """Call `process(job)`: its Outcome, its value, or what it raised. A
+    failure's stack goes to the host first (`set-stacktrace`), as Node's
+    worker writes `err.stack` with the failure. MemoryError and exceptions
+    that are not `Exception`s (SystemExit, KeyboardInterrupt) propagate: the
+    attempt traps (out of memory names the limit; a trap stays a trap)."""
     try:
         out = process(job)
         if not isinstance(out, Outcome):
@@ -64,11 +65,13 @@ def run_process(process: Callable, job: Job) -> Ended:
     except MemoryError:
         raise
     except JobError as e:
-        return Ended("failed", failure=(e.kind, e.reason, e.delay_ms, user_traceback(e)))
+        _host.host().set_stacktrace(node_stack(e))
+        return Ended("failed", failure=(e.kind, e.reason, e.delay_ms))
     except Exception as e:
         # A plain exception (and a refused host call, a failed request) is a
         # retryable failure with its message, as a thrown Error in Node.
-        return Ended("failed", failure=("retry", reason_of(e), None, user_traceback(e)))
+        _host.host().set_stacktrace(node_stack(e))
+        return Ended("failed", failure=("retry", reason_of(e), None))
     if out.kind == "moved":
         return Ended("moved")
     return Ended("completed", json=out.json)
@@ -81,6 +84,67 @@ def reason_of(e: BaseException) -> str:
         return str(e)
     text = str(e)
     return text if text else type(e).__name__
+
+
+def node_stack(e: BaseException) -> str:
+    """The job's `stacktrace` entry for `e`, in the format Node's `err.stack`
+    has (what BullMQ stores, and the Rust, Go and JS SDKs send): `Type:
+    message`, then `    at function (file:line)` per frame, innermost first,
+    then `Caused by: Type: message` for each exception it was raised from
+    (`raise ... from`, or during the handling of). The SDK's own frames are
+    left out; a file is named relative to the folder on the Python path it
+    was imported from (your entry module's folder for your modules: the same
+    name in a component and under bullpen_guest.testing)."""
+    lines = [_head(e)]
+    roots = _path_roots()
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        file = code.co_filename
+        if not file.startswith("<"):  # `<string>`, `<frozen ...>`: no file
+            file = os.path.abspath(file)
+        if not file.startswith(_SDK_DIR + os.sep):
+            # The function's name, as Python's tracebacks and Node's stacks give it.
+            frames.append(f"    at {code.co_name} ({_relative(file, roots)}:{tb.tb_lineno})")
+        tb = tb.tb_next
+    lines += reversed(frames)
+    seen = {id(e)}
+    cause = _cause_of(e)
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        lines.append(f"Caused by: {_head(cause)}")
+        cause = _cause_of(cause)
+    return "\n".join(lines)
+
+
+def _head(e: BaseException) -> str:
+    """`Type: message` (`Type` alone for an empty message), the type named
+    as Python's own tracebacks name it (`ValueError`, `bullpen_guest.JobError`)."""
+    t = type(e)
+    name = t.__qualname__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
+    text = str(e)
+    return f"{name}: {text}" if text else name
+
+
+def _cause_of(e: BaseException) -> Optional[BaseException]:
+    if e.__cause__ is not None:
+        return e.__cause__
+    return None if e.__suppress_context__ else e.__context__
+
+
+def _path_roots() -> list:
+    """The Python path's folders, longest first (a package's folder before
+    the folder it sits in)."""
+    roots = {os.path.abspath(p) for p in sys.path if isinstance(p, str)}
+    return sorted(roots, key=len, reverse=True)
+
+
+def _relative(file: str, roots: list) -> str:
+    for root in roots:
+        if file.startswith(root.rstrip(os.sep) + os.sep):
+            return file[len(root.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+    return file
 
 
 def user_traceback(e: BaseException) -> str:
@@ -130,8 +194,6 @@ def world_class(world: str) -> type:
     # does not have.
     from wit_world.imports import error, outgoing_handler, poll, store, streams, wasi_http_types  # noqa: F401
 
-    from . import _host
-
     _host.host()
 
     def _process(self: Any, job: Any) -> Any:
@@ -148,9 +210,8 @@ def world_class(world: str) -> type:
             return t.Outcome_Completed(ended.json)
         if ended.kind == "moved":
             return t.Outcome_Moved()
-        kind, reason, delay_ms, _stack = ended.failure
-        # The WIT `failure` carries a reason only: the traceback has no
-        # place to go (see guest-sdk/python/README.md, "Failures").
+        # Its stack went to the host already (run_process: set-stacktrace).
+        kind, reason, delay_ms = ended.failure
         if kind == "retry-after":
             raise Err(t.Failure_RetryAfter(t.RetryAfter(reason, delay_ms)))
         if kind == "unrecoverable":

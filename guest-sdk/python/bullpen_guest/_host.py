@@ -40,6 +40,11 @@ class HostError(Exception):
         return f"HostError({self.kind!r}, {self.detail!r})"
 
 
+# Named as it is imported (`from bullpen_guest import HostError`), in
+# tracebacks and the stacks the SDK sends.
+HostError.__module__ = "bullpen_guest"
+
+
 def _host_error_text(kind: str, detail: str) -> str:
     # The Rust SDK's texts, word for word.
     if kind == "lock-lost":
@@ -94,6 +99,9 @@ class _Component:
 
     def children_values(self) -> list:
         return self._call(self._ctx.children_values)
+
+    def set_stacktrace(self, stack: str) -> None:
+        self._ctx.set_stacktrace(stack)  # no result: it cannot be refused
 
     def variable(self, name: str) -> "tuple[str, Any]":
         """('ok', value or None) or ('error', text)."""

@@ -22,8 +22,10 @@ names (`update-data`, `update-progress`, `log`, `move-to-delayed`,
 
 What the processor raises is mapped exactly as in the component: a JobError
 by its kind, anything else (a refused host call, a failed request, a
-ValueError) a retryable failure with its message. MemoryError and exceptions
-that are not `Exception`s propagate out of `run` (in a component they trap).
+ValueError) a retryable failure with its message; either way the outcome's
+`stack` is the `stacktrace` entry the component would send. MemoryError and
+exceptions that are not `Exception`s propagate out of `run` (in a component
+they trap).
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ class TestOutcome:
     - `kind`: 'completed', 'failed' or 'moved'
     - completed: `json` (the return value's text) and `value` (parsed)
     - failed: `failure` ('retry', 'retry-after' or 'unrecoverable'),
-      `reason` (the failedReason), `delay_ms` (retry-after), `stacktrace`
-      (the Python traceback, the SDK's frames left out)
+      `reason` (the failedReason), `delay_ms` (retry-after), `stack` (the
+      job's `stacktrace` entry the SDK sent with `set-stacktrace`: `Type:
+      message`, then `    at function (file:line)` per frame, innermost
+      first, the SDK's frames left out)
     - moved: `move` ('delayed', 'rate-limited', 'waiting' or 'waiting-children')
     """
 
@@ -92,14 +96,14 @@ class TestOutcome:
 
     def __init__(self, kind: str, json: Optional[str] = None, failure: Optional[str] = None,
                  reason: Optional[str] = None, delay_ms: Optional[int] = None,
-                 stacktrace: Optional[str] = None, move: Optional[str] = None):
+                 stack: Optional[str] = None, move: Optional[str] = None):
         self.kind = kind
         self.json = json
         self.value = None if json is None else _json.loads(json)
         self.failure = failure
         self.reason = reason
         self.delay_ms = delay_ms
-        self.stacktrace = stacktrace
+        self.stack = stack
         self.move = move
 
     def __repr__(self) -> str:
@@ -240,8 +244,8 @@ class TestJob:
             else:
                 outcome = TestOutcome("moved", move=host.moved)
         else:
-            kind, reason, delay_ms, stack = ended.failure
-            outcome = TestOutcome("failed", failure=kind, reason=reason, delay_ms=delay_ms, stacktrace=stack)
+            kind, reason, delay_ms = ended.failure
+            outcome = TestOutcome("failed", failure=kind, reason=reason, delay_ms=delay_ms, stack=host.stack)
         return TestRun(outcome, host.calls, host.data, out.getvalue())
 
 
@@ -255,6 +259,9 @@ class _MemoryHost:
         self.data = job.data_json
         self.children: List[str] = []
         self.moved: Optional[str] = None
+        # What `set-stacktrace` sent last (not a recorded call, as in the
+        # other SDKs' harnesses: it is the failed outcome's `stack`).
+        self.stack: Optional[str] = None
 
     def _call(self, name: str, args: Dict[str, Any], check: Callable[[], Any]) -> Any:
         injected = self.job.host_errors.get(name)
@@ -346,6 +353,9 @@ class _MemoryHost:
 
     def children_values(self) -> list:
         return self._call("children-values", {}, lambda: list(self.job.children_values))
+
+    def set_stacktrace(self, stack: str) -> None:
+        self.stack = stack
 
     def variable(self, name: str) -> Tuple[str, Any]:
         return ("ok", self.job.variables.get(name))

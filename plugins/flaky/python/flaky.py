@@ -9,6 +9,8 @@ Fields of `data`:
 - `panic: true` — abort (a trap, as a Rust panic): Python has no panic, and
   any exception raised from `process` is a retryable failure, so this
   plugin prints its message and calls `os.abort()`
+- `plainError: true` — raise a plain `Exception`: a retryable failure whose
+  failedReason is its message and whose stacktrace names this file's line
 - `sleepMs: ms` — sleep first, then write `touchedOnAttempt` into the data
   (a host call that fails with lock-lost if the lock was taken meanwhile)
 - `returnChildren: true` — include the children's return values (flows)
@@ -36,6 +38,8 @@ def process(job: Job) -> Outcome:
     if data["panic"]:
         print(f"flaky: asked to panic on attempt {attempt}", file=sys.stderr, flush=True)
         os.abort()
+    if data["plainError"]:
+        raise Exception(f"flaky: plain error on attempt {attempt}")
     if data["fatal"]:
         raise JobError.unrecoverable(f"flaky: fatal error on attempt {attempt}")
     if job.attempts_made < data["failTimes"]:
@@ -68,6 +72,7 @@ FIELDS = {
     "retryAfterMs": ("option u64", None),
     "fatal": ("bool", False),
     "panic": ("bool", False),
+    "plainError": ("bool", False),
     "sleepMs": ("u64", 0),
     "returnChildren": ("bool", False),
 }
