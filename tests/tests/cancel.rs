@@ -79,7 +79,7 @@ fn cancel_stops_a_spinning_job_on_one_of_three_workers() {
     assert_eq!(r["state"], "failed", "{r}");
     assert_eq!(r["failedReason"], "cancelled: operator said stop", "{r}");
     eprintln!("cancel latency: {} ms until the job left active (command total {took:?})", r["waitedMs"]);
-    let v = inspect(&redis, "c", &[id.clone()]);
+    let v = inspect(&redis, "c", std::slice::from_ref(&id));
     let j = one(&v);
     assert_eq!(j["state"], "failed", "{j:#}");
     assert_eq!(j["failedReason"], "cancelled: operator said stop", "{j:#}");
@@ -121,7 +121,7 @@ fn cancel_with_retry_gives_the_job_its_next_attempt_and_discards_a_kept_instance
     assert_ne!(r["state"], "failed", "the job got its second attempt: {r}");
     // Its second attempt (picked up at once) spins again.
     wait_until_ok(T, POLL, "no second attempt", || {
-        let v = inspect(&redis, "r", &[id.clone()]);
+        let v = inspect(&redis, "r", std::slice::from_ref(&id));
         if one(&v)["state"] == "active" && one(&v)["attemptsMade"] == 1 {
             Ok(())
         } else {
@@ -130,7 +130,7 @@ fn cancel_with_retry_gives_the_job_its_next_attempt_and_discards_a_kept_instance
     });
     let out = cancel(&redis, "r", &id, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v = inspect(&redis, "r", &[id.clone()]);
+    let v = inspect(&redis, "r", std::slice::from_ref(&id));
     let j = one(&v);
     assert_eq!(j["state"], "failed", "{j:#}");
     assert_eq!(j["failedReason"], "cancelled", "{j:#}");
@@ -154,7 +154,7 @@ fn cancel_of_jobs_that_are_not_running() {
         assert!(out.status.success(), "{from}: {}", String::from_utf8_lossy(&out.stderr));
         let r = json_out(&out);
         assert_eq!(r, json!({"result": "removed", "from": from, "failedReason": "cancelled: not needed"}));
-        let v = inspect(&redis, "n", &[id.clone()]);
+        let v = inspect(&redis, "n", std::slice::from_ref(id));
         assert_eq!(one(&v)["state"], "failed", "{v:#}");
         assert_eq!(one(&v)["failedReason"], "cancelled: not needed", "{v:#}");
     }
@@ -171,7 +171,7 @@ fn cancel_of_jobs_that_are_not_running() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("job {waiting} is already failed")), "{out:?}");
     let _w = Worker::start(&redis, "n", &plugin("echo", "rust"), &[]);
     let done = add(&redis, "n", "e", json!({"x": 1}), json!({}));
-    wait_finished(&redis, "n", &[done.clone()], T);
+    wait_finished(&redis, "n", std::slice::from_ref(&done), T);
     let out = cancel(&redis, "n", &done, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is already completed; nothing to cancel"), "{out:?}");
