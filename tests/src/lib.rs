@@ -650,6 +650,16 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The port of a worker started with `--metrics-addr 127.0.0.1:0`, from its log line.
+    pub fn metrics_port(&self) -> u16 {
+        let log = self.log();
+        log.split("addr=127.0.0.1:")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
+    }
+
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         wait_until_ok(timeout, POLL, &format!("worker log never said {needle:?}"), || {
             let log = self.log();

@@ -209,13 +209,7 @@ fn a_node_service_cancels_with_the_readme_recipe() {
     use std::io::{Read, Write};
     let redis = Redis::start();
     let w = Worker::start(&redis, "node", &plugin("hog", "rust"), &[LONG[0], LONG[1], "--metrics-addr", "127.0.0.1:0"]);
-    let log = w.log();
-    let port: u16 = log
-        .split("addr=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+    let port = w.metrics_port();
     let id = add(&redis, "node", "spin", json!({"mode": "loop"}), json!({}));
     wait_active(&redis, "node", &id);
     node(&["cancel-request", &redis.url(), "node", &id, "from node"]);

@@ -413,14 +413,6 @@ fn https(lang: &str) {
     assert_eq!(s.seen().len(), 1, "the refused handshake sent no request");
 }
 
-fn metrics_port(log: &str) -> u16 {
-    log.split("addr=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
-}
-
 fn scrape(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
@@ -479,7 +471,7 @@ fn worker_outcomes(lang: &str) {
         ],
         &[(secret_env, SECRET)],
     );
-    let port = metrics_port(&w.log());
+    let port = w.metrics_port();
     let job = |path: &str| json!({"name": "hook", "data": {"url": s.url(path), "payload": {"path": path}}});
     let denied = json!({"name": "hook", "data": {"url": other.url("/hook"), "payload": 1}});
     let ids = node_add(

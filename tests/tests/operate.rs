@@ -217,13 +217,7 @@ fn metrics_count_outcomes_traps_limits_and_attempt_costs() {
         &hog,
         &["--concurrency", "4", "--timeout-ms", "1000", "--max-memory-mb", "32", "--metrics-addr", "127.0.0.1:0"],
     );
-    let log = w.log();
-    let port: u16 = log
-        .split("addr=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+    let port = w.metrics_port();
     let jobs = json!([
         {"name": "a", "data": {"mode": "fine"}},
         {"name": "b", "data": {"mode": "fine"}},
