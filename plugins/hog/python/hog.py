@@ -23,6 +23,9 @@ lines, except where Python reaches a limit differently (noted below).
 - `count`: prints and returns how many jobs this instance has processed
   (always 1 with a fresh instance per attempt; counts up with
   `--instance-reuse`)
+- `entropy`: returns what a fresh instance must draw anew (the interpreter
+  is snapshotted at build time): `crypto` (16 bytes of os.urandom, hex),
+  `math` (random.random()), `nowMs` (time.time() in ms)
 - anything else: completes with `{"ok": true}`
 
 Data without a string `mode` fails unrecoverably with serde's words
@@ -31,6 +34,7 @@ Data without a string `mode` fails unrecoverably with serde's words
 
 import encodings.idna  # noqa: F401  (socket's host names; imported now, as every module must be)
 import os
+import random
 import socket
 import sys
 import time
@@ -124,6 +128,8 @@ def process(job: Job) -> Outcome:
     if mode == "count":
         print(f"hog: job {processed} of this instance")
         return Outcome.complete({"processed": processed})
+    if mode == "entropy":
+        return Outcome.complete({"crypto": os.urandom(16).hex(), "math": str(random.random()), "nowMs": int(time.time() * 1000)})
     return Outcome.complete({"ok": True})
 
 
