@@ -216,8 +216,10 @@ fn outcome_on_trace(t: &telemetry::Trace, f: &Finished, attempt: u32) {
         Err(_) => (None, None),
     };
     // attemptsMade as BullMQ counts it once the transition is written: a
-    // move, a lost lock or a hand-back does not count the attempt.
-    let counted = matches!(f.outcome, JobOutcome::Completed | JobOutcome::Failed | JobOutcome::Retried);
+    // move, a lost lock or a hand-back does not count the attempt; a
+    // cancelled one fails (or retries) like any failed attempt.
+    let counted =
+        matches!(f.outcome, JobOutcome::Completed | JobOutcome::Failed | JobOutcome::Retried | JobOutcome::Cancelled);
     t.outcome(telemetry::AttemptEnd {
         outcome: f.outcome.label(),
         attempts_made: if counted { attempt } else { attempt - 1 },
