@@ -40,7 +40,7 @@ orig_pwd="$PWD"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-CRATES=(bullmq-official redis)
+CRATES=(bullmq-official redis wasmtime)
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 case "$target_dir" in /*) ;; *) target_dir="$orig_pwd/$target_dir" ;; esac
