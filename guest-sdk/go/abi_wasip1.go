@@ -210,16 +210,21 @@ func cabiRealloc(old, oldSize, align, newSize uint32) uint32 {
 //go:wasmexport process
 func wasmProcess(params uint32) uint32 {
 	reseedRuntimeRand()
+	// The host has lowered the parameters and calls no realloc until this
+	// export returns, so the collector may run from here, lifting included:
+	// the lifted job is most of a call's garbage, and a processor that
+	// allocates nothing itself would otherwise never let a cycle start (an
+	// instance kept by --instance-reuse then grew until the memory cap).
+	guestGC.restart()
 	job, err := liftJob(&mem, params)
 	mem.reset()
 	var r processResult
 	if err != nil {
 		r = processResult{kind: failRetry, reason: "bullpen guest SDK: " + err.Error()}
 	} else {
-		guestGC.restart()
 		r = runProcess(job)
-		guestGC = stopGC()
 	}
+	guestGC = stopGC()
 	return lowerProcessResult(&mem, r)
 }
 
@@ -229,14 +234,14 @@ func wasmPostProcess(uint32) { mem.reset() }
 //go:wasmexport backoff
 func wasmBackoff(params uint32) uint32 {
 	reseedRuntimeRand()
+	guestGC.restart() // as in wasmProcess
 	p, err := liftBackoffParams(&mem, params)
 	mem.reset()
 	b := DelayMs(0)
 	if err == nil {
-		guestGC.restart()
 		b = runBackoff(p)
-		guestGC = stopGC()
 	}
+	guestGC = stopGC()
 	return lowerBackoff(&mem, b)
 }
 
