@@ -332,24 +332,38 @@ export class Job {
  * is the job's `stacktrace` entry for the attempt. `panic(message)` makes
  * the attempt trap instead.
  */
+function finished(result) {
+  let outcome;
+  try {
+    outcome = result instanceof Outcome ? result : Outcome.complete(result);
+  } catch (e) {
+    return failed(e);
+  }
+  return outcome.kind === 'moved'
+    ? { tag: 'ok', val: { tag: 'moved' } }
+    : { tag: 'ok', val: { tag: 'completed', val: outcome.json } };
+}
+
+function failed(e) {
+  if (e instanceof Panic) trap(e);
+  return { tag: 'err', val: toFailure(e) };
+}
+
 export function exportProcessor(process, options = {}) {
   if (typeof process !== 'function') {
     throw new TypeError('exportProcessor: the first argument must be the process(job) function');
   }
   const exports = {
-    async process(witJob) {
-      const job = new Job(witJob);
-      let outcome;
+    process(witJob) {
+      let result;
       try {
-        const result = await process(job);
-        outcome = result instanceof Outcome ? result : Outcome.complete(result);
+        result = process(new Job(witJob));
       } catch (e) {
-        if (e instanceof Panic) trap(e);
-        return { tag: 'err', val: toFailure(e) };
+        return failed(e);
       }
-      return outcome.kind === 'moved'
-        ? { tag: 'ok', val: { tag: 'moved' } }
-        : { tag: 'ok', val: { tag: 'completed', val: outcome.json } };
+      return result !== null && typeof result === 'object' && typeof result.then === 'function'
+        ? result.then(finished, failed)
+        : finished(result);
     },
   };
   const backoff = options.backoff;
@@ -899,4 +913,23 @@ function describe(v) {
   if (v === null) return 'null';
   if (typeof v === 'object') return v.constructor ? `a ${v.constructor.name}` : 'an object';
   return `${typeof v} ${String(v)}`;
+}
+
+// At build time (componentize-js snapshots the engine after the modules'
+// top level ran) run the SDK's own per-call path once on a made-up job, so
+// the shapes and lazily made builtins it needs are in the snapshot rather
+// than made again by every fresh instance. No processor code and no host
+// call runs here. bin/warm-bindings.js does the same for the bindings.
+if (inComponent) {
+  try {
+    const job = new Job({
+      id: '1', name: 'warm', queue: 'warm', data: '{"a":[1,"b",null,true,{"c":2.5}]}', opts: '{}',
+      attemptsMade: 0, attemptsStarted: 1, timestamp: 0n, progress: '0', parent: undefined,
+    });
+    const text = `${job.id} (${job.name}) ${job.queue} ${job.attemptsMade} ${job.attemptsStarted} ${job.timestamp}`;
+    finished(Outcome.completeJson(job.dataJson));
+    finished({ text, data: job.data(), parent: job.parent(), progress: toJson(100) });
+  } catch {
+    // A warm-up that fails costs speed, never the build.
+  }
 }

@@ -120,7 +120,7 @@ const cacheDir =
 const CACHE_KEEP = 8; // ~13 MB each
 
 /** sha256 of everything the component is made from. */
-function inputsKey({ bundle, world, disableFeatures, knob }) {
+function inputsKey({ bundle, world, disableFeatures, knob, warm }) {
   const h = createHash('sha256');
   const add = (label, data) => h.update(`${label}\0${data.length}\0`).update(data);
   add('bundle', readFileSync(bundle));
@@ -128,6 +128,7 @@ function inputsKey({ bundle, world, disableFeatures, knob }) {
   add('world', world);
   add('disabled features', disableFeatures.join(','));
   add('componentize options', JSON.stringify(knob));
+  add('bindings warm-up', warm);
   add('build.mjs', readFileSync(fileURLToPath(import.meta.url)));
   const cjs = fileURLToPath(new URL('../package.json', import.meta.resolve('@bytecodealliance/componentize-js')));
   add('componentize-js', JSON.parse(readFileSync(cjs, 'utf8')).version);
@@ -221,7 +222,8 @@ try {
     }
   }
   const disableFeatures = ['http', 'fetch-event'];
-  const key = inputsKey({ bundle, world, disableFeatures, knob });
+  const warm = readFileSync(join(sdkDir, 'bin', 'warm-bindings.js'), 'utf8');
+  const key = inputsKey({ bundle, world, disableFeatures, knob, warm });
   const cached = cacheDir && join(cacheDir, `${key}.wasm`);
   if (cached && existsSync(cached)) {
     const component = readFileSync(cached);
@@ -231,7 +233,11 @@ try {
   } else {
     let component;
     try {
+      const warmed = await warmBindings(warm);
       ({ component } = await componentize({ sourcePath: bundle, witPath: witDir, worldName: world, disableFeatures, ...knob }));
+      if (!warmed.done) {
+        console.error(`bullpen-build: note: this componentize-js did not let bin/warm-bindings.js in; the component works, its fresh instances start slower`);
+      }
     } catch (e) {
       fail(`componentize-js failed for ${positionals[0]} (world ${world}):\n${e.message}`);
     }
@@ -243,6 +249,36 @@ try {
   }
 } finally {
   rmSync(work, { recursive: true, force: true });
+}
+
+// Have componentize-js append `warm` (bin/warm-bindings.js) to the bindings
+// it generates, which run at build time before the snapshot. It has no
+// option for that: its splicer module (the one instance both share) gets a
+// wrapper around spliceBindings. `done` says whether it was called; another
+// componentize-js version may not have the module, and then the build goes
+// on without the warm-up.
+async function warmBindings(warm) {
+  const state = { done: false };
+  let splicer;
+  try {
+    const url = new URL('../lib/spidermonkey-embedding-splicer.js', import.meta.resolve('@bytecodealliance/componentize-js'));
+    ({ splicer } = await import(url.href));
+  } catch {
+    return state;
+  }
+  if (!splicer || typeof splicer.spliceBindings !== 'function' || splicer.spliceBindings.bullpenWarm) return state;
+  const splice = splicer.spliceBindings;
+  const wrapped = (...args) => {
+    const spliced = splice(...args);
+    if (typeof spliced?.jsBindings === 'string') {
+      spliced.jsBindings += `\n;${warm}\n`;
+      state.done = true;
+    }
+    return spliced;
+  };
+  wrapped.bullpenWarm = true;
+  splicer.spliceBindings = wrapped;
+  return state;
 }
 
 // The folder of the nearest package.json at or above `dir`, else `dir`.

@@ -181,7 +181,7 @@ test('any other exception is a retry with its message, its stack sent first; pan
     assert.match(stack, /^TypeError: boom\n    at /);
     assert.deepEqual(await run(() => { throw 'a string'; }), { tag: 'err', val: { tag: 'retry', val: 'a string' } });
     assert.equal(lines.length, 0, 'nothing printed for a failure');
-    await assert.rejects(run(() => panic('bad state')), /bad state/);
+    await assert.rejects(async () => run(() => panic('bad state')), /bad state/);
   } finally {
     console.error = orig;
   }
