@@ -69,6 +69,12 @@ pub(crate) fn new_engine_with(options: EngineOptions) -> anyhow::Result<Engine> 
         }
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
+    // Tables stay lazily initialised (wasmtime's default): a fresh instance
+    // fills only the function references its calls reach. The knob is for
+    // measuring (bench/README.md: eager made Go's fresh attempt 91 -> 274 µs).
+    if std::env::var("BULLPEN_TABLE_LAZY_INIT").as_deref() == Ok("no") {
+        config.table_lazy_init(false);
+    }
     // Epoch interruption, not fuel, for time limits: near-zero cost per
     // instruction, and a guest in a tight loop is still interrupted.
     config.epoch_interruption(true);
