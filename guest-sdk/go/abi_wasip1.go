@@ -3,6 +3,8 @@
 package guest
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
 	"runtime/debug"
 	"sync"
@@ -106,7 +108,20 @@ type wasmHost struct{}
 
 func init() {
 	host = wasmHost{}
+	warmUp()
 	guestGC = stopGC()
+}
+
+// warmUp runs at build time: bullpen-componentize pre-initialises the
+// module after every init and snapshots it, so what this fills is in every
+// fresh instance instead of being made by its first call — fmt's printer
+// pool (sync.Pool's per-P arrays) and encoding/json's encoder state and
+// type caches for JSON's own types, which most processors use.
+func warmUp() {
+	_ = fmt.Sprintf("%s %d %v %q", "warm", 1, 2.5, "x")
+	b, _ := json.Marshal(map[string]any{"a": []any{1, "b", nil, true, 2.5}})
+	var v any
+	_ = json.Unmarshal(b, &v)
 }
 
 // callMu makes import calls from several goroutines take turns: stopGC
