@@ -313,6 +313,29 @@ export class Job {
   }
 }
 
+// The export's result for what the processor returned (or threw).
+function finished(result) {
+  let outcome;
+  try {
+    outcome = result instanceof Outcome ? result : Outcome.complete(result);
+  } catch (e) {
+    return failed(e);
+  }
+  return outcome.kind === 'moved'
+    ? { tag: 'ok', val: { tag: 'moved' } }
+    : { tag: 'ok', val: { tag: 'completed', val: outcome.json } };
+}
+
+function failed(e) {
+  if (e instanceof Panic) trap(e);
+  return { tag: 'err', val: toFailure(e) };
+}
+
+// What `await` would wait for.
+function isThenable(v) {
+  return (typeof v === 'object' || typeof v === 'function') && v !== null && typeof v.then === 'function';
+}
+
 /**
  * Make the exports of a processor component from `process(job)`, and
  * optionally a custom backoff strategy `backoff(strategy, attemptsMade, reason,
@@ -332,23 +355,6 @@ export class Job {
  * is the job's `stacktrace` entry for the attempt. `panic(message)` makes
  * the attempt trap instead.
  */
-function finished(result) {
-  let outcome;
-  try {
-    outcome = result instanceof Outcome ? result : Outcome.complete(result);
-  } catch (e) {
-    return failed(e);
-  }
-  return outcome.kind === 'moved'
-    ? { tag: 'ok', val: { tag: 'moved' } }
-    : { tag: 'ok', val: { tag: 'completed', val: outcome.json } };
-}
-
-function failed(e) {
-  if (e instanceof Panic) trap(e);
-  return { tag: 'err', val: toFailure(e) };
-}
-
 export function exportProcessor(process, options = {}) {
   if (typeof process !== 'function') {
     throw new TypeError('exportProcessor: the first argument must be the process(job) function');
@@ -361,9 +367,10 @@ export function exportProcessor(process, options = {}) {
       } catch (e) {
         return failed(e);
       }
-      return result !== null && typeof result === 'object' && typeof result.then === 'function'
-        ? result.then(finished, failed)
-        : finished(result);
+      // A synchronous processor's outcome goes back as is: an async export
+      // would cost every attempt a promise and an async function (the
+      // bindings await the result either way).
+      return isThenable(result) ? result.then(finished, failed) : finished(result);
     },
   };
   const backoff = options.backoff;
