@@ -12,8 +12,8 @@
 //! over every timed iteration follow (criterion reports means and medians,
 //! the issue asks for tails too). Plugins come from `target/plugins/`
 //! (`bash scripts/build-plugins.sh`); a missing one is skipped, saying so.
-//! `floor-<lang>` (bench/floor: completes with `null`, calls nothing) runs
-//! too when `bash bench/floor/build.sh` built it.
+//! `floor-<lang>` (bench/guests: completes with `null`, calls nothing) runs
+//! too when `bash scripts/build-plugins.sh bench/guests target/bench-guests` built it.
 //! `BULLPEN_BENCH_QUICK=1` runs a few iterations only;
 //! `BULLPEN_BENCH_EXTRA=label=file.wasm,...` times more components (A/Bs). scripts/test.sh runs
 //! it with `cargo test --benches` (criterion's test mode: each variant once),
@@ -52,9 +52,9 @@ fn attempt_overhead(c: &mut Criterion) {
     let plugins = ["rust", "go", "js", "python"]
         .map(|lang| (lang.to_string(), root.join(format!("target/plugins/echo-{lang}.wasm"))));
     // `floor-<lang>`: a guest that completes with `null` and calls nothing
-    // (bench/floor), when `bash bench/floor/build.sh` built it.
+    // (bench/guests/README.md), when built into target/bench-guests.
     let floors = ["rust", "go", "js", "python"]
-        .map(|lang| (format!("floor-{lang}"), root.join(format!("target/bench-floor/floor-{lang}.wasm"))))
+        .map(|lang| (format!("floor-{lang}"), root.join(format!("target/bench-guests/floor-{lang}.wasm"))))
         .into_iter()
         .filter(|(_, file)| file.exists());
     for (lang, file) in plugins.into_iter().chain(floors).chain(extra) {

@@ -1,6 +1,6 @@
 //! floor: completes every job with `null` and calls nothing. An attempt of
 //! it costs what a language's SDK, runtime and instance cost and nothing
-//! else (bench/floor/README.md).
+//! else (bench/guests/README.md).
 use bullpen_guest::{Job, JobError, Outcome};
 
 fn process(_job: &Job) -> Result<Outcome, JobError> {

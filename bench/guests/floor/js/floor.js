@@ -1,4 +1,4 @@
-// floor: completes every job with `null` and calls nothing (bench/floor/README.md).
+// floor: completes every job with `null` and calls nothing (bench/guests/README.md).
 import { exportProcessor, Outcome } from 'bullpen-guest';
 
 export const { process } = exportProcessor(() => Outcome.completeJson('null'));

@@ -1,4 +1,4 @@
-"""floor: completes every job with `null` and calls nothing (bench/floor/README.md)."""
+"""floor: completes every job with `null` and calls nothing (bench/guests/README.md)."""
 
 from bullpen_guest import Job, Outcome, export_processor
 
