@@ -721,8 +721,10 @@ pub fn terminate(child: &mut Child) {
     }
 }
 
-fn run_json(mut cmd: Command, what: &str) -> Value {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+/// `out`, after asserting that its command (`what`) succeeded; the failure
+/// message has the command's stdout and stderr.
+#[track_caller]
+pub fn succeeded(out: Output, what: &str) -> Output {
     assert!(
         out.status.success(),
         "{what} failed: {}\nstdout: {}\nstderr: {}",
@@ -730,6 +732,11 @@ fn run_json(mut cmd: Command, what: &str) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn run_json(mut cmd: Command, what: &str) -> Value {
+    let out = succeeded(cmd.output().unwrap_or_else(|e| panic!("{what}: {e}")), what);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{what}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)]))
     })

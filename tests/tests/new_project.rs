@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bullpen_tests::{bullpen_bin, node_add, root, wait_finished, Redis, Worker};
+use bullpen_tests::{bullpen_bin, node_add, root, succeeded, wait_finished, Redis, Worker};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -112,14 +112,7 @@ impl Machine {
 
 #[track_caller]
 fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeded(out, "the command")
 }
 
 fn digest(path: &Path) -> String {
